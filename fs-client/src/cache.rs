@@ -1,0 +1,40 @@
+//! An LRU cache of decoded blocks, keyed by (chunk, version, block): a new
+//! version never hits an old entry, so the cache needs no invalidation.
+
+use lru::LruCache;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+use stripefs_proto::block::BLOCK_SIZE;
+use stripefs_proto::{ChunkId, Version};
+
+type Key = (ChunkId, Version, u32);
+
+/// Decoded blocks shared by every open file of a mount.
+pub struct BlockCache(Mutex<LruCache<Key, Arc<Vec<u8>>>>);
+
+impl BlockCache {
+    /// A cache holding about `bytes` of block data.
+    pub fn new(bytes: u64) -> BlockCache {
+        let blocks = (bytes / BLOCK_SIZE as u64).max(16) as usize;
+        BlockCache(Mutex::new(LruCache::new(NonZeroUsize::new(blocks).expect("at least 16"))))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<Key, Arc<Vec<u8>>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A cached block.
+    pub fn get(&self, chunk: ChunkId, version: Version, block: u32) -> Option<Arc<Vec<u8>>> {
+        self.lock().get(&(chunk, version, block)).cloned()
+    }
+
+    /// Whether a block is cached (without touching its recency).
+    pub fn contains(&self, chunk: ChunkId, version: Version, block: u32) -> bool {
+        self.lock().contains(&(chunk, version, block))
+    }
+
+    /// Caches a block.
+    pub fn put(&self, chunk: ChunkId, version: Version, block: u32, data: Arc<Vec<u8>>) {
+        self.lock().put((chunk, version, block), data);
+    }
+}

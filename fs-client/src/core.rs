@@ -1,0 +1,493 @@
+//! `FsCore`: the filesystem as async operations over RPC, independent of
+//! FUSE. The FUSE adapter calls these; so can tests.
+
+use crate::cache::BlockCache;
+use crate::conn::{MasterConn, NodePool};
+use crate::error::{ClientError, Result};
+use crate::file::FileState;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use stripefs_proto::types::{Attr, DirEntry, FileKind, Owner, SetAttr, StatFs};
+use stripefs_proto::{FsError, InodeId};
+
+/// How the client behaves.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// This host's name, for read-local and write-local placement.
+    pub host: String,
+    /// This host's zone, for read preference.
+    pub zone: Option<String>,
+    /// How long the kernel may cache attributes.
+    pub attr_ttl: Duration,
+    /// How long the kernel may cache names.
+    pub entry_ttl: Duration,
+    /// Refuse every change.
+    pub read_only: bool,
+    /// Bytes of decoded blocks kept in memory.
+    pub cache_bytes: u64,
+    /// Unwritten bytes one open file may buffer before it uploads.
+    pub dirty_limit_bytes: u64,
+}
+
+impl Default for ClientConfig {
+    fn default() -> ClientConfig {
+        ClientConfig {
+            host: "localhost".into(),
+            zone: None,
+            attr_ttl: Duration::from_secs(1),
+            entry_ttl: Duration::from_secs(1),
+            read_only: false,
+            cache_bytes: 256 << 20,
+            dirty_limit_bytes: 64 << 20,
+        }
+    }
+}
+
+/// How long a statfs answer is reused (Ray asks ~17 times a second).
+const STATFS_TTL: Duration = Duration::from_secs(1);
+/// Entries fetched per readdir RPC.
+const READDIR_BATCH: u32 = 4096;
+
+struct OpenEntry {
+    refs: usize,
+    state: Arc<tokio::sync::Mutex<Option<FileState>>>,
+}
+
+#[derive(Clone, Copy)]
+struct Handle {
+    ino: InodeId,
+    write: bool,
+}
+
+/// The client side of one mounted filesystem.
+pub struct FsCore {
+    pub(crate) master: MasterConn,
+    pub(crate) nodes: NodePool,
+    pub(crate) cfg: ClientConfig,
+    pub(crate) chunk_size: u64,
+    fs_id: String,
+    files: Mutex<HashMap<InodeId, OpenEntry>>,
+    handles: Mutex<HashMap<u64, Handle>>,
+    dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    next_handle: AtomicU64,
+    pub(crate) cache: BlockCache,
+    statfs_cache: Mutex<Option<(Instant, StatFs)>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The maps hold plain data; a panic elsewhere does not make them wrong.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl FsCore {
+    /// Connects to the master and learns the filesystem's parameters.
+    pub async fn connect(
+        master_addr: &str,
+        secret: stripefs_proto::net::Secret,
+        cfg: ClientConfig,
+    ) -> anyhow::Result<Arc<FsCore>> {
+        let master = MasterConn::connect(master_addr, secret.clone()).await?;
+        let info = master.call(|c, ctx| async move { c.fs_info(ctx).await }).await?;
+        let cache = BlockCache::new(cfg.cache_bytes);
+        Ok(Arc::new(FsCore {
+            master,
+            nodes: NodePool::new(secret),
+            chunk_size: info.chunk_size as u64,
+            fs_id: info.fs_id,
+            cfg,
+            files: Mutex::new(HashMap::new()),
+            handles: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
+            cache,
+            statfs_cache: Mutex::new(None),
+        }))
+    }
+
+    /// The filesystem id.
+    pub fn fs_id(&self) -> &str {
+        &self.fs_id
+    }
+
+    /// The master's address.
+    pub fn master_addr(&self) -> &str {
+        self.master.addr()
+    }
+
+    /// The client's configuration.
+    pub fn config(&self) -> &ClientConfig {
+        &self.cfg
+    }
+
+    fn writable(&self) -> Result<()> {
+        if self.cfg.read_only {
+            return Err(ClientError::ReadOnly);
+        }
+        Ok(())
+    }
+
+    /// The inode named `name` in `parent`.
+    pub async fn lookup(&self, parent: InodeId, name: &str) -> Result<Attr> {
+        let name = name.to_string();
+        let attr = self
+            .master
+            .call(|c, ctx| {
+                let a1 = name.clone();
+                async move { c.lookup(ctx, parent, a1).await }
+            })
+            .await?;
+        Ok(self.with_local_size(attr).await)
+    }
+
+    /// Attributes, with the size this client has written but not uploaded.
+    pub async fn getattr(&self, ino: InodeId) -> Result<Attr> {
+        let attr = self.master.call(|c, ctx| async move { c.getattr(ctx, ino).await }).await?;
+        Ok(self.with_local_size(attr).await)
+    }
+
+    async fn with_local_size(&self, mut attr: Attr) -> Attr {
+        if attr.kind != FileKind::File {
+            return attr;
+        }
+        let state = lock(&self.files).get(&attr.ino).map(|e| e.state.clone());
+        if let Some(state) = state {
+            if let Some(st) = state.lock().await.as_mut() {
+                attr.size = st.visible_size(attr.size);
+            }
+        }
+        attr
+    }
+
+    /// Changes attributes; a size change first uploads buffered writes.
+    pub async fn setattr(self: &Arc<Self>, ino: InodeId, set: SetAttr) -> Result<Attr> {
+        self.writable()?;
+        let state = lock(&self.files).get(&ino).map(|e| e.state.clone());
+        if set.size.is_some() {
+            if let Some(state) = &state {
+                let mut guard = state.lock().await;
+                if let Some(st) = guard.as_mut() {
+                    self.flush_state(st).await?;
+                    let attr = self
+                        .master
+                        .call(|c, ctx| {
+                            let a1 = set.clone();
+                            async move { c.setattr(ctx, ino, a1).await }
+                        })
+                        .await?;
+                    st.truncated(attr.size);
+                    return Ok(attr);
+                }
+            }
+        }
+        self.master
+            .call(|c, ctx| {
+                let a1 = set.clone();
+                async move { c.setattr(ctx, ino, a1).await }
+            })
+            .await
+    }
+
+    /// Creates a non-directory inode.
+    pub async fn mknod(
+        &self,
+        parent: InodeId,
+        name: &str,
+        kind: FileKind,
+        perm: u32,
+        owner: Owner,
+        rdev: u32,
+    ) -> Result<Attr> {
+        self.writable()?;
+        let name = name.to_string();
+        self.master
+            .call(|c, ctx| {
+                let a1 = name.clone();
+                async move { c.mknod(ctx, parent, a1, kind, perm, owner, rdev).await }
+            })
+            .await
+    }
+
+    /// Creates a directory.
+    pub async fn mkdir(&self, parent: InodeId, name: &str, perm: u32, owner: Owner) -> Result<Attr> {
+        self.writable()?;
+        let name = name.to_string();
+        self.master
+            .call(|c, ctx| {
+                let a1 = name.clone();
+                async move { c.mkdir(ctx, parent, a1, perm, owner).await }
+            })
+            .await
+    }
+
+    /// Creates a symlink.
+    pub async fn symlink(&self, parent: InodeId, name: &str, target: &str, owner: Owner) -> Result<Attr> {
+        self.writable()?;
+        let (name, target) = (name.to_string(), target.to_string());
+        self.master
+            .call(|c, ctx| {
+                let a1 = name.clone();
+                let a2 = target.clone();
+                async move { c.symlink(ctx, parent, a1, a2, owner).await }
+            })
+            .await
+    }
+
+    /// Reads a symlink.
+    pub async fn readlink(&self, ino: InodeId) -> Result<String> {
+        self.master.call(|c, ctx| async move { c.readlink(ctx, ino).await }).await
+    }
+
+    /// Adds a hard link.
+    pub async fn link(&self, ino: InodeId, new_parent: InodeId, new_name: &str) -> Result<Attr> {
+        self.writable()?;
+        let new_name = new_name.to_string();
+        let attr = self
+            .master
+            .call(|c, ctx| {
+                let a2 = new_name.clone();
+                async move { c.link(ctx, ino, new_parent, a2).await }
+            })
+            .await?;
+        Ok(self.with_local_size(attr).await)
+    }
+
+    /// Removes a name.
+    pub async fn unlink(&self, parent: InodeId, name: &str) -> Result<()> {
+        self.writable()?;
+        let name = name.to_string();
+        self.master
+            .call(|c, ctx| {
+                let a1 = name.clone();
+                async move { c.unlink(ctx, parent, a1).await }
+            })
+            .await
+    }
+
+    /// Removes an empty directory.
+    pub async fn rmdir(&self, parent: InodeId, name: &str) -> Result<()> {
+        self.writable()?;
+        let name = name.to_string();
+        self.master
+            .call(|c, ctx| {
+                let a1 = name.clone();
+                async move { c.rmdir(ctx, parent, a1).await }
+            })
+            .await
+    }
+
+    /// Renames (renameat2 flags).
+    pub async fn rename(
+        &self,
+        parent: InodeId,
+        name: &str,
+        new_parent: InodeId,
+        new_name: &str,
+        flags: u32,
+    ) -> Result<()> {
+        self.writable()?;
+        let (name, new_name) = (name.to_string(), new_name.to_string());
+        self.master
+            .call(|c, ctx| {
+                let a1 = name.clone();
+                let a3 = new_name.clone();
+                async move { c.rename(ctx, parent, a1, new_parent, a3, flags).await }
+            })
+            .await
+    }
+
+    /// Opens a directory: its whole listing is fetched now and served from
+    /// the handle, so entries are stable while it is read.
+    pub async fn opendir(&self, ino: InodeId) -> Result<u64> {
+        let mut all = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let a = after.clone();
+            let batch = self
+                .master
+                .call(|c, ctx| {
+                    let a1 = a.clone();
+                    async move { c.readdir(ctx, ino, a1, READDIR_BATCH).await }
+                })
+                .await?;
+            let n = batch.len();
+            after = batch.last().map(|e| e.name.clone());
+            all.extend(batch);
+            if n < READDIR_BATCH as usize {
+                break;
+            }
+        }
+        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        lock(&self.dirs).insert(fh, Arc::new(all));
+        Ok(fh)
+    }
+
+    /// The listing of an open directory handle.
+    pub fn dir_entries(&self, fh: u64) -> Result<Arc<Vec<DirEntry>>> {
+        lock(&self.dirs).get(&fh).cloned().ok_or(ClientError::BadHandle)
+    }
+
+    /// Closes a directory handle.
+    pub fn releasedir(&self, fh: u64) {
+        lock(&self.dirs).remove(&fh);
+    }
+
+    /// Opens a file and returns a handle.
+    pub async fn open(&self, ino: InodeId, write: bool) -> Result<u64> {
+        if write {
+            self.writable()?;
+        }
+        let state = {
+            let mut files = lock(&self.files);
+            let e = files
+                .entry(ino)
+                .or_insert_with(|| OpenEntry { refs: 0, state: Arc::new(tokio::sync::Mutex::new(None)) });
+            e.refs += 1;
+            e.state.clone()
+        };
+        let mut guard = state.lock().await;
+        if guard.is_none() {
+            match self.master.call(|c, ctx| async move { c.open(ctx, ino).await }).await {
+                Ok(attr) => *guard = Some(FileState::new(ino, attr.size)),
+                Err(e) => {
+                    drop(guard);
+                    self.drop_ref(ino);
+                    return Err(e);
+                }
+            }
+        }
+        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        lock(&self.handles).insert(fh, Handle { ino, write });
+        Ok(fh)
+    }
+
+    /// Drops one local reference; returns the state when it was the last.
+    fn drop_ref(&self, ino: InodeId) -> Option<Arc<tokio::sync::Mutex<Option<FileState>>>> {
+        let mut files = lock(&self.files);
+        let e = files.get_mut(&ino)?;
+        e.refs = e.refs.saturating_sub(1);
+        if e.refs == 0 {
+            return files.remove(&ino).map(|e| e.state);
+        }
+        None
+    }
+
+    pub(crate) fn handle(&self, fh: u64) -> Result<(InodeId, bool)> {
+        lock(&self.handles).get(&fh).map(|h| (h.ino, h.write)).ok_or(ClientError::BadHandle)
+    }
+
+    pub(crate) fn state_of(&self, ino: InodeId) -> Result<Arc<tokio::sync::Mutex<Option<FileState>>>> {
+        lock(&self.files).get(&ino).map(|e| e.state.clone()).ok_or(ClientError::BadHandle)
+    }
+
+    /// Uploads everything buffered for the file (close-to-open: called on
+    /// every close) and reports an earlier upload error.
+    pub async fn flush(self: &Arc<Self>, fh: u64) -> Result<()> {
+        let (ino, write) = self.handle(fh)?;
+        if !write {
+            return Ok(());
+        }
+        let state = self.state_of(ino)?;
+        let mut guard = state.lock().await;
+        match guard.as_mut() {
+            Some(st) => self.flush_state(st).await,
+            None => Ok(()),
+        }
+    }
+
+    /// fsync: uploads and waits until every replica has the data on disk.
+    pub async fn fsync(self: &Arc<Self>, fh: u64) -> Result<()> {
+        let (ino, _) = self.handle(fh)?;
+        let state = self.state_of(ino)?;
+        let mut guard = state.lock().await;
+        match guard.as_mut() {
+            Some(st) => self.sync_state(st).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Closes a handle; the last close of a file uploads what is left and
+    /// drops the master's open reference.
+    pub async fn release(self: &Arc<Self>, fh: u64) -> Result<()> {
+        let Some(h) = lock(&self.handles).remove(&fh) else {
+            return Err(ClientError::BadHandle);
+        };
+        let Some(state) = self.drop_ref(h.ino) else { return Ok(()) };
+        let mut guard = state.lock().await;
+        let mut result = Ok(());
+        if let Some(st) = guard.as_mut() {
+            result = self.flush_state(st).await;
+        }
+        *guard = None;
+        drop(guard);
+        let ino = h.ino;
+        if let Err(e) = self.master.call(|c, ctx| async move { c.release(ctx, ino).await }).await {
+            tracing::warn!("release of inode {ino} at the master failed: {e}");
+        }
+        result
+    }
+
+    /// Space figures, from a cache refreshed at most once a second.
+    pub async fn statfs(&self) -> Result<StatFs> {
+        if let Some((at, s)) = *lock(&self.statfs_cache) {
+            if at.elapsed() < STATFS_TTL {
+                return Ok(s);
+            }
+        }
+        let s = self.master.call(|c, ctx| async move { c.statfs(ctx).await }).await?;
+        *lock(&self.statfs_cache) = Some((Instant::now(), s));
+        Ok(s)
+    }
+
+    /// Sets an xattr.
+    pub async fn setxattr(&self, ino: InodeId, name: &str, value: &[u8], flags: u32) -> Result<()> {
+        self.writable()?;
+        if name == POLICY_XATTR {
+            return Err(FsError::NotSupported.into());
+        }
+        let (name, value) = (name.to_string(), value.to_vec());
+        self.master
+            .call(|c, ctx| {
+                let a1 = name.clone();
+                let a2 = value.clone();
+                async move { c.setxattr(ctx, ino, a1, a2, flags).await }
+            })
+            .await
+    }
+
+    /// Gets an xattr; `user.stripefs.policy` shows the data policy.
+    pub async fn getxattr(&self, ino: InodeId, name: &str) -> Result<Vec<u8>> {
+        if name == POLICY_XATTR {
+            let attr = self.master.call(|c, ctx| async move { c.getattr(ctx, ino).await }).await?;
+            return Ok(attr.policy.describe().into_bytes());
+        }
+        let name = name.to_string();
+        self.master
+            .call(|c, ctx| {
+                let a1 = name.clone();
+                async move { c.getxattr(ctx, ino, a1).await }
+            })
+            .await
+    }
+
+    /// Lists xattr names.
+    pub async fn listxattr(&self, ino: InodeId) -> Result<Vec<String>> {
+        self.master.call(|c, ctx| async move { c.listxattr(ctx, ino).await }).await
+    }
+
+    /// Removes an xattr.
+    pub async fn removexattr(&self, ino: InodeId, name: &str) -> Result<()> {
+        self.writable()?;
+        let name = name.to_string();
+        self.master
+            .call(|c, ctx| {
+                let a1 = name.clone();
+                async move { c.removexattr(ctx, ino, a1).await }
+            })
+            .await
+    }
+}
+
+/// The virtual xattr that shows an inode's data policy.
+pub const POLICY_XATTR: &str = "user.stripefs.policy";

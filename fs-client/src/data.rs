@@ -1,0 +1,431 @@
+//! File data: buffered writes, chunk uploads down the replica chain,
+//! reads from the nearest replica through the block cache.
+
+use crate::core::FsCore;
+use crate::error::{ClientError, Result};
+use crate::file::{DirtyChunk, FileState, OldChunk};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use stripefs_proto::block::{self, BlockEncoder, BLOCK_SIZE};
+use stripefs_proto::types::{ChunkCommit, ChunkLoc, EncodedBlock, Replica, WriteChunk};
+use stripefs_proto::{FsError, InodeId};
+
+use crate::conn::DATA_TIMEOUT;
+
+/// Uploads of one file in flight at once.
+const MAX_INFLIGHT_UPLOADS: usize = 4;
+/// Blocks fetched ahead on sequential reads (1 MiB).
+const READAHEAD_BLOCKS: u32 = 16;
+/// Chunk locations fetched per master call on reads.
+const LOC_PREFETCH: u64 = 16;
+/// Attempts at placing and writing one chunk.
+const WRITE_ATTEMPTS: usize = 3;
+/// Largest file size.
+const MAX_FILE_BYTES: u64 = 1 << 60;
+
+impl FsCore {
+    /// Writes `data` at `offset` through handle `fh` (buffered).
+    pub async fn write(self: &Arc<Self>, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
+        let (ino, write) = self.handle(fh)?;
+        if !write {
+            return Err(ClientError::BadHandle);
+        }
+        let end =
+            offset.checked_add(data.len() as u64).filter(|e| *e <= MAX_FILE_BYTES).ok_or(FsError::FileTooLarge)?;
+        let state = self.state_of(ino)?;
+        let mut guard = state.lock().await;
+        let st = guard.as_mut().ok_or(ClientError::BadHandle)?;
+        if let Some(e) = st.error.take() {
+            return Err(e);
+        }
+        let c = self.chunk_size;
+        let mut pos = 0usize;
+        while pos < data.len() {
+            let at = offset + pos as u64;
+            let index = at / c;
+            let in_chunk = (at % c) as usize;
+            let n = (c as usize - in_chunk).min(data.len() - pos);
+            let d = st.dirty.entry(index).or_default();
+            let before = d.data.len();
+            d.write(in_chunk, &data[pos..pos + n]);
+            st.dirty_bytes += (d.data.len() - before) as u64;
+            let full = d.covers(0, c as usize);
+            pos += n;
+            if full {
+                self.start_upload(st, index).await;
+            }
+        }
+        st.size = st.size.max(end);
+        if st.dirty_bytes > self.cfg.dirty_limit_bytes {
+            let indexes: Vec<u64> = st.dirty.keys().copied().collect();
+            for i in indexes {
+                self.start_upload(st, i).await;
+            }
+        }
+        Ok(data.len() as u32)
+    }
+
+    /// Starts uploading the buffered chunk `index` in the background.
+    async fn start_upload(self: &Arc<Self>, st: &mut FileState, index: u64) {
+        let Some(chunk) = st.dirty.remove(&index) else { return };
+        st.dirty_bytes = st.dirty_bytes.saturating_sub(chunk.data.len() as u64);
+        // An earlier upload of the same chunk must land first: this one is
+        // built on top of it.
+        while let Some(pos) = st.uploads.iter().position(|(i, _)| *i == index) {
+            if let Some((i, h)) = st.uploads.remove(pos) {
+                let r = h.await;
+                st.reap(i, r);
+            }
+        }
+        while st.uploads.len() >= MAX_INFLIGHT_UPLOADS {
+            if let Some((i, h)) = st.uploads.pop_front() {
+                let r = h.await;
+                st.reap(i, r);
+            }
+        }
+        let old = st.old_chunk(index, self.chunk_size);
+        let core = self.clone();
+        let ino = st.ino;
+        let h = tokio::spawn(async move { core.upload_chunk(ino, index, chunk, old, false).await });
+        st.uploads.push_back((index, h));
+    }
+
+    /// Uploads everything buffered and waits for every upload; reports the
+    /// first error of any of them.
+    pub(crate) async fn flush_state(self: &Arc<Self>, st: &mut FileState) -> Result<()> {
+        let indexes: Vec<u64> = st.dirty.keys().copied().collect();
+        for i in indexes {
+            self.start_upload(st, i).await;
+        }
+        while let Some((i, h)) = st.uploads.pop_front() {
+            let r = h.await;
+            st.reap(i, r);
+        }
+        match st.error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Flushes, then has every replica of every chunk written since the
+    /// last sync put it on disk.
+    pub(crate) async fn sync_state(self: &Arc<Self>, st: &mut FileState) -> Result<()> {
+        self.flush_state(st).await?;
+        let mut by_node: BTreeMap<String, Vec<(stripefs_proto::ChunkId, stripefs_proto::Version)>> = BTreeMap::new();
+        for loc in &st.unsynced {
+            for r in &loc.replicas {
+                by_node.entry(r.addr.clone()).or_default().push((loc.chunk, loc.version));
+            }
+        }
+        for (addr, chunks) in by_node {
+            self.nodes
+                .call(&addr, DATA_TIMEOUT, |c, ctx| {
+                    let chunks = chunks.clone();
+                    async move { c.sync_chunks(ctx, chunks).await }
+                })
+                .await?;
+        }
+        st.unsynced.clear();
+        Ok(())
+    }
+
+    /// Builds the new version of chunk `index` (merging with the old one
+    /// when the writes do not cover it), stores it and commits it.
+    async fn upload_chunk(
+        self: Arc<Self>,
+        ino: InodeId,
+        index: u64,
+        chunk: DirtyChunk,
+        old: OldChunk,
+        sync: bool,
+    ) -> Result<ChunkLoc> {
+        let old = match old {
+            OldChunk::None => None,
+            OldChunk::Known(l) => Some(l),
+            OldChunk::Ask => {
+                self.master.call(|c, ctx| async move { c.chunks(ctx, ino, index, 1).await }).await?.into_iter().next()
+            }
+        };
+        let data = match old {
+            Some(old) if !chunk.covers(0, old.length as usize) => {
+                let mut base = self.read_chunk_range(&old, 0, old.length as u64, false).await?;
+                chunk.overlay(&mut base);
+                base
+            }
+            _ => chunk.data,
+        };
+        self.store_chunk(ino, index, data, sync).await
+    }
+
+    /// Stores `data` as a new version of chunk `index` on fresh targets and
+    /// commits it; retries on new targets when a node fails.
+    async fn store_chunk(&self, ino: InodeId, index: u64, data: Vec<u8>, sync: bool) -> Result<ChunkLoc> {
+        let length = data.len() as u32;
+        let data = Arc::new(data);
+        let mut encoded: Option<(i8, Arc<Vec<EncodedBlock>>)> = None;
+        let mut last_err = ClientError::Fs(FsError::Unavailable);
+        let host = self.cfg.host.clone();
+        for attempt in 0..WRITE_ATTEMPTS {
+            let alloc = self
+                .master
+                .call(|c, ctx| {
+                    let a2 = host.clone();
+                    async move { c.alloc_chunk(ctx, ino, index, a2).await }
+                })
+                .await?;
+            let Some((first, rest)) = alloc.targets.split_first() else {
+                return Err(FsError::Unavailable.into());
+            };
+            let blocks = match &encoded {
+                Some((level, b)) if *level == alloc.compression_level => b.clone(),
+                _ => {
+                    let level = alloc.compression_level;
+                    let raw = data.clone();
+                    let b = tokio::task::spawn_blocking(move || BlockEncoder::new(level).encode_all(&raw))
+                        .await
+                        .map_err(|e| ClientError::Transport(format!("encoder task: {e}")))?;
+                    let b = Arc::new(b);
+                    encoded = Some((level, b.clone()));
+                    b
+                }
+            };
+            let req = WriteChunk {
+                chunk: alloc.chunk,
+                version: alloc.version,
+                length,
+                blocks: blocks.as_ref().clone(),
+                chain: rest.iter().map(|r| r.addr.clone()).collect(),
+                sync,
+            };
+            let stored = self
+                .nodes
+                .call(&first.addr, DATA_TIMEOUT, |c, ctx| {
+                    let req = req.clone();
+                    async move { c.write_chunk(ctx, req).await }
+                })
+                .await;
+            let stored_bytes = match stored {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(
+                        "writing chunk {index} of inode {ino} to {} (attempt {}): {e}",
+                        first.addr,
+                        attempt + 1
+                    );
+                    last_err = e;
+                    continue;
+                }
+            };
+            let commit = ChunkCommit {
+                ino,
+                index,
+                chunk: alloc.chunk,
+                version: alloc.version,
+                length,
+                stored_bytes,
+                replicas: alloc.targets.iter().map(|r| r.node).collect(),
+            };
+            self.master
+                .call(|c, ctx| {
+                    let a0 = commit.clone();
+                    async move { c.commit_chunk(ctx, a0).await }
+                })
+                .await?;
+            return Ok(ChunkLoc {
+                index,
+                chunk: alloc.chunk,
+                version: alloc.version,
+                length,
+                stored_bytes,
+                replicas: alloc.targets,
+            });
+        }
+        Err(last_err)
+    }
+
+    /// Reads up to `size` bytes at `offset` through handle `fh`.
+    pub async fn read(self: &Arc<Self>, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let (ino, _) = self.handle(fh)?;
+        let state = self.state_of(ino)?;
+        for attempt in 0..2 {
+            let (end, locs, sequential) = {
+                let mut guard = state.lock().await;
+                let st = guard.as_mut().ok_or(ClientError::BadHandle)?;
+                if st.has_pending() {
+                    self.flush_state(st).await?;
+                }
+                let end = offset.saturating_add(size as u64).min(st.size);
+                if offset >= end {
+                    return Ok(Vec::new());
+                }
+                let locs = self.locations(st, offset, end).await?;
+                let sequential = st.last_read_end == offset;
+                st.last_read_end = end;
+                (end, locs, sequential)
+            };
+            match self.read_range(offset, end, &locs, sequential).await {
+                Ok(data) => return Ok(data),
+                Err(ClientError::Fs(FsError::NotFound | FsError::Stale)) if attempt == 0 => {
+                    // A chunk was rewritten by another client since we
+                    // looked: forget the locations and try again.
+                    if let Some(st) = state.lock().await.as_mut() {
+                        st.locs.clear();
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(FsError::Stale.into())
+    }
+
+    async fn read_range(
+        &self,
+        offset: u64,
+        end: u64,
+        locs: &[(u64, Option<ChunkLoc>)],
+        sequential: bool,
+    ) -> Result<Vec<u8>> {
+        let c = self.chunk_size;
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        for (index, loc) in locs {
+            let start = offset.max(index * c) - index * c;
+            let stop = end.min((index + 1) * c) - index * c;
+            match loc {
+                None => out.resize(out.len() + (stop - start) as usize, 0),
+                Some(l) => out.extend(self.read_chunk_range(l, start, stop, sequential).await?),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Chunk locations covering `[offset, end)`, from the file's cache or
+    /// the master (fetching a few more ahead).
+    async fn locations(&self, st: &mut FileState, offset: u64, end: u64) -> Result<Vec<(u64, Option<ChunkLoc>)>> {
+        let c = self.chunk_size;
+        let (first, last) = (offset / c, (end - 1) / c);
+        if (first..=last).any(|i| !st.locs.contains_key(&i)) {
+            let last_chunk = st.size.saturating_sub(1) / c;
+            let count =
+                (last - first + 1).max(LOC_PREFETCH).min(last_chunk.saturating_sub(first) + 1).max(last - first + 1);
+            let ino = st.ino;
+            let found = self.master.call(|cl, ctx| async move { cl.chunks(ctx, ino, first, count).await }).await?;
+            for i in first..first + count {
+                st.locs.insert(i, None);
+            }
+            for l in found {
+                st.locs.insert(l.index, Some(l));
+            }
+        }
+        Ok((first..=last).map(|i| (i, st.locs.get(&i).cloned().flatten())).collect())
+    }
+
+    /// Bytes `[start, stop)` of a chunk; bytes past its length are zeros.
+    async fn read_chunk_range(&self, loc: &ChunkLoc, start: u64, stop: u64, readahead: bool) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity((stop - start) as usize);
+        let valid_end = stop.min(loc.length as u64);
+        if start < valid_end {
+            let bs = BLOCK_SIZE as u64;
+            let total_blocks = (loc.length as u64).div_ceil(bs) as u32;
+            let first = (start / bs) as u32;
+            let last = ((valid_end - 1) / bs) as u32;
+            let mut b = first;
+            while b <= last {
+                let blocks = match self.cache.get(loc.chunk, loc.version, b) {
+                    Some(d) => vec![d],
+                    None => {
+                        let mut n = 1;
+                        while b + n <= last && !self.cache.contains(loc.chunk, loc.version, b + n) {
+                            n += 1;
+                        }
+                        if readahead {
+                            n = n.max(READAHEAD_BLOCKS.min(total_blocks - b));
+                        }
+                        self.fetch_blocks(loc, b, n).await?
+                    }
+                };
+                for (k, d) in blocks.iter().enumerate() {
+                    let blk = b + k as u32;
+                    if blk > last {
+                        break;
+                    }
+                    let blk_start = blk as u64 * bs;
+                    let from = start.max(blk_start) - blk_start;
+                    let to = (valid_end.min(blk_start + d.len() as u64)).saturating_sub(blk_start);
+                    if from < to {
+                        out.extend_from_slice(&d[from as usize..to as usize]);
+                    }
+                }
+                b += (blocks.len() as u32).min(last - b + 1).max(1);
+            }
+        }
+        out.resize((stop - start) as usize, 0);
+        Ok(out)
+    }
+
+    /// Replicas in order of preference: this host, this zone, the rest.
+    fn preferred(&self, replicas: &[Replica]) -> Vec<Replica> {
+        let mut r = replicas.to_vec();
+        r.sort_by_key(|x| {
+            if x.host == self.cfg.host {
+                0
+            } else if self.cfg.zone.as_deref() == Some(x.zone.as_str()) {
+                1
+            } else {
+                2
+            }
+        });
+        r
+    }
+
+    /// Fetches, verifies and caches `count` blocks from the first replica
+    /// that serves them intact.
+    async fn fetch_blocks(&self, loc: &ChunkLoc, first: u32, count: u32) -> Result<Vec<Arc<Vec<u8>>>> {
+        let mut last_err = ClientError::Fs(FsError::Unavailable);
+        for r in self.preferred(&loc.replicas) {
+            let (chunk, version) = (loc.chunk, loc.version);
+            let got =
+                self.nodes
+                    .call(&r.addr, DATA_TIMEOUT, |c, ctx| async move {
+                        c.read_blocks(ctx, chunk, version, first, count).await
+                    })
+                    .await;
+            let blocks = match got {
+                Ok(b) if !b.is_empty() => b,
+                Ok(_) => {
+                    last_err = FsError::NotFound.into();
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!("reading chunk {chunk} v{version} from node {} ({}): {e}", r.node, r.addr);
+                    last_err = e;
+                    continue;
+                }
+            };
+            let decoded = if blocks.len() > 2 {
+                tokio::task::spawn_blocking(move || decode_each(&blocks))
+                    .await
+                    .map_err(|e| ClientError::Transport(format!("decoder task: {e}")))?
+            } else {
+                decode_each(&blocks)
+            };
+            match decoded {
+                Ok(d) => {
+                    let d: Vec<Arc<Vec<u8>>> = d.into_iter().map(Arc::new).collect();
+                    for (k, b) in d.iter().enumerate() {
+                        self.cache.put(chunk, version, first + k as u32, b.clone());
+                    }
+                    return Ok(d);
+                }
+                Err(e) => {
+                    tracing::error!("chunk {chunk} v{version} on node {} ({}) failed its checksum", r.node, r.addr);
+                    last_err = e.into();
+                }
+            }
+        }
+        Err(last_err)
+    }
+}
+
+fn decode_each(blocks: &[EncodedBlock]) -> std::result::Result<Vec<Vec<u8>>, FsError> {
+    blocks.iter().map(block::decode).collect()
+}

@@ -1,0 +1,499 @@
+//! The thin fuser adapter: kernel requests → [`FsCore`] calls.
+//!
+//! Each request runs on a fuser session thread, which blocks on the
+//! client's tokio runtime for the one async call it needs (one hop per
+//! request; see docs/ARCHITECTURE.md).
+
+use crate::core::FsCore;
+use crate::error::{ClientError, Result};
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, OpenAccMode,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use std::ffi::OsStr;
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+use stripefs_proto::types::{Attr, FileKind, Owner, SetAttr, TimeSet, Timestamp};
+use stripefs_proto::InodeId;
+
+/// Largest write the kernel may send (1 MiB).
+const MAX_WRITE_BYTES: u32 = 1 << 20;
+/// `st_blksize`: the I/O size programs use for buffers.
+const PREFERRED_IO_BYTES: u32 = 128 * 1024;
+/// Block size reported by statfs.
+const STATFS_BLOCK_BYTES: u64 = 4096;
+
+/// A mounted stripefs, as fuser sees it.
+pub struct StripeFs {
+    core: Arc<FsCore>,
+    rt: tokio::runtime::Handle,
+}
+
+fn kind(k: FileKind) -> FileType {
+    match k {
+        FileKind::File => FileType::RegularFile,
+        FileKind::Dir => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
+        FileKind::CharDevice => FileType::CharDevice,
+        FileKind::BlockDevice => FileType::BlockDevice,
+    }
+}
+
+/// fuser's view of an inode's attributes.
+pub fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino.0),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: a.atime.into(),
+        mtime: a.mtime.into(),
+        ctime: a.ctime.into(),
+        crtime: a.crtime.into(),
+        kind: kind(a.kind),
+        perm: a.perm,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev,
+        blksize: PREFERRED_IO_BYTES,
+        flags: 0,
+    }
+}
+
+fn name_of(name: &OsStr) -> std::result::Result<&str, Errno> {
+    // Names cross the wire as UTF-8; others are refused rather than mangled.
+    name.to_str().ok_or(Errno::EINVAL)
+}
+
+fn owner(req: &Request) -> Owner {
+    Owner { uid: req.uid(), gid: req.gid() }
+}
+
+fn time_set(t: TimeOrNow) -> TimeSet {
+    match t {
+        TimeOrNow::Now => TimeSet::Now,
+        TimeOrNow::SpecificTime(t) => TimeSet::At(Timestamp::from(t)),
+    }
+}
+
+fn errno(op: &str, e: &ClientError) -> Errno {
+    if e.is_noteworthy() {
+        tracing::warn!("{op}: {e}");
+    } else {
+        tracing::debug!("{op}: {e}");
+    }
+    e.errno()
+}
+
+impl StripeFs {
+    /// An adapter running `core`'s calls on `rt`.
+    pub fn new(core: Arc<FsCore>, rt: tokio::runtime::Handle) -> StripeFs {
+        StripeFs { core, rt }
+    }
+
+    fn run<T>(&self, f: impl Future<Output = Result<T>>) -> Result<T> {
+        self.rt.block_on(f)
+    }
+
+    fn reply_entry(&self, op: &str, r: Result<Attr>, reply: ReplyEntry) {
+        match r {
+            Ok(a) => reply.entry_with_ttls(
+                &self.core.config().entry_ttl,
+                &self.core.config().attr_ttl,
+                &file_attr(&a),
+                Generation(0),
+            ),
+            Err(e) => reply.error(errno(op, &e)),
+        }
+    }
+
+    fn reply_empty(&self, op: &str, r: Result<()>, reply: ReplyEmpty) {
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(op, &e)),
+        }
+    }
+
+    fn reply_xattr(&self, op: &str, r: Result<Vec<u8>>, size: u32, reply: ReplyXattr) {
+        match r {
+            Ok(v) if size == 0 => reply.size(v.len() as u32),
+            Ok(v) if v.len() > size as usize => reply.error(Errno::ERANGE),
+            Ok(v) => reply.data(&v),
+            Err(e) => reply.error(errno(op, &e)),
+        }
+    }
+
+    fn readdir_entries(
+        &self,
+        ino: INodeNo,
+        fh: FileHandle,
+    ) -> Result<(Attr, Arc<Vec<stripefs_proto::types::DirEntry>>)> {
+        let entries = self.core.dir_entries(fh.0)?;
+        let dir = self.run(self.core.getattr(InodeId(ino.0)))?;
+        Ok((dir, entries))
+    }
+}
+
+impl Filesystem for StripeFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(MAX_WRITE_BYTES);
+        let wanted = fuser::InitFlags::FUSE_PARALLEL_DIROPS
+            | fuser::InitFlags::FUSE_ASYNC_DIO
+            | fuser::InitFlags::FUSE_HANDLE_KILLPRIV_V2
+            | fuser::InitFlags::FUSE_DO_READDIRPLUS
+            | fuser::InitFlags::FUSE_READDIRPLUS_AUTO
+            | fuser::InitFlags::FUSE_ASYNC_READ;
+        let available = config.capabilities() & wanted;
+        if let Err(missing) = config.add_capabilities(available) {
+            tracing::info!("kernel lacks FUSE capabilities {missing:?}");
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let name = match name_of(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        self.reply_entry("lookup", self.run(self.core.lookup(InodeId(parent.0), name)), reply);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.run(self.core.getattr(InodeId(ino.0))) {
+            Ok(a) => reply.attr(&self.core.config().attr_ttl, &file_attr(&a)),
+            Err(e) => reply.error(errno("getattr", &e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr { mode, uid, gid, size, atime: atime.map(time_set), mtime: mtime.map(time_set) };
+        match self.run(self.core.setattr(InodeId(ino.0), set)) {
+            Ok(a) => reply.attr(&self.core.config().attr_ttl, &file_attr(&a)),
+            Err(e) => reply.error(errno("setattr", &e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.run(self.core.readlink(InodeId(ino.0))) {
+            Ok(t) => reply.data(t.as_bytes()),
+            Err(e) => reply.error(errno("readlink", &e)),
+        }
+    }
+
+    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
+        let name = match name_of(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let Some(k) = FileKind::from_mode(mode) else { return reply.error(Errno::EINVAL) };
+        let r = self.run(self.core.mknod(InodeId(parent.0), name, k, mode & !umask, owner(req), rdev));
+        self.reply_entry("mknod", r, reply);
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        let name = match name_of(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let r = self.run(self.core.mkdir(InodeId(parent.0), name, mode & !umask, owner(req)));
+        self.reply_entry("mkdir", r, reply);
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = match name_of(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        self.reply_empty("unlink", self.run(self.core.unlink(InodeId(parent.0), name)), reply);
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = match name_of(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        self.reply_empty("rmdir", self.run(self.core.rmdir(InodeId(parent.0), name)), reply);
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let (name, target) = match (name_of(link_name), name_of(target.as_os_str())) {
+            (Ok(n), Ok(t)) => (n, t),
+            _ => return reply.error(Errno::EINVAL),
+        };
+        let r = self.run(self.core.symlink(InodeId(parent.0), name, target, owner(req)));
+        self.reply_entry("symlink", r, reply);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let (name, newname) = match (name_of(name), name_of(newname)) {
+            (Ok(a), Ok(b)) => (a, b),
+            _ => return reply.error(Errno::EINVAL),
+        };
+        let r = self.run(self.core.rename(InodeId(parent.0), name, InodeId(newparent.0), newname, flags.bits()));
+        self.reply_empty("rename", r, reply);
+    }
+
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let name = match name_of(newname) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        self.reply_entry("link", self.run(self.core.link(InodeId(ino.0), InodeId(newparent.0), name)), reply);
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
+        match self.run(self.core.open(InodeId(ino.0), write)) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(errno("open", &e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.run(self.core.read(fh.0, offset, size)) {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(errno("read", &e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.run(self.core.write(fh.0, offset, data)) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(errno("write", &e)),
+        }
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: fuser::LockOwner, reply: ReplyEmpty) {
+        self.reply_empty("flush", self.run(self.core.flush(fh.0)), reply);
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.reply_empty("release", self.run(self.core.release(fh.0)), reply);
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        self.reply_empty("fsync", self.run(self.core.fsync(fh.0)), reply);
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.run(self.core.opendir(InodeId(ino.0))) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(errno("opendir", &e)),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let entries = match self.core.dir_entries(fh.0) {
+            Ok(e) => e,
+            Err(e) => return reply.error(errno("readdir", &e)),
+        };
+        let dots = [(ino, FileType::Directory, "."), (ino, FileType::Directory, "..")];
+        let all =
+            dots.into_iter().chain(entries.iter().map(|e| (INodeNo(e.attr.ino.0), kind(e.attr.kind), e.name.as_str())));
+        for (i, (ino, k, name)) in all.enumerate().skip(offset as usize) {
+            if reply.add(ino, i as u64 + 1, k, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let (dir, entries) = match self.readdir_entries(ino, fh) {
+            Ok(x) => x,
+            Err(e) => return reply.error(errno("readdirplus", &e)),
+        };
+        let ttl = self.core.config().entry_ttl;
+        let dots = [(".", &dir), ("..", &dir)];
+        let all = dots.into_iter().chain(entries.iter().map(|e| (e.name.as_str(), &e.attr)));
+        for (i, (name, attr)) in all.enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(attr.ino.0), i as u64 + 1, name, &ttl, &file_attr(attr), Generation(0)) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        self.core.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        // Every metadata change is durable on the master when acknowledged.
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.run(self.core.statfs()) {
+            Ok(s) => {
+                let blocks = s.total_bytes / STATFS_BLOCK_BYTES;
+                let free = s.free_bytes / STATFS_BLOCK_BYTES;
+                reply.statfs(
+                    blocks,
+                    free,
+                    free,
+                    s.files,
+                    u32::MAX as u64,
+                    STATFS_BLOCK_BYTES as u32,
+                    stripefs_proto::MAX_NAME_BYTES as u32,
+                    STATFS_BLOCK_BYTES as u32,
+                )
+            }
+            Err(e) => reply.error(errno("statfs", &e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let name = match name_of(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let r = self.run(self.core.setxattr(InodeId(ino.0), name, value, flags as u32));
+        self.reply_empty("setxattr", r, reply);
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let name = match name_of(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        self.reply_xattr("getxattr", self.run(self.core.getxattr(InodeId(ino.0), name)), size, reply);
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let r = self.run(self.core.listxattr(InodeId(ino.0))).map(|names| {
+            let mut out = Vec::new();
+            for n in names {
+                out.extend_from_slice(n.as_bytes());
+                out.push(0);
+            }
+            out
+        });
+        self.reply_xattr("listxattr", r, size, reply);
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = match name_of(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        self.reply_empty("removexattr", self.run(self.core.removexattr(InodeId(ino.0), name)), reply);
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let name = match name_of(name) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let exclusive = flags & libc::O_EXCL != 0;
+        let core = &self.core;
+        let r = self.run(async {
+            let attr = match core.mknod(InodeId(parent.0), name, FileKind::File, mode & !umask, owner(req), 0).await {
+                Ok(a) => a,
+                // Created by someone else since the kernel's lookup: open it, as open(2) would.
+                Err(ClientError::Fs(stripefs_proto::FsError::Exists)) if !exclusive => {
+                    let a = core.lookup(InodeId(parent.0), name).await?;
+                    if flags & libc::O_TRUNC != 0 && a.kind == FileKind::File {
+                        core.setattr(a.ino, SetAttr { size: Some(0), ..Default::default() }).await?
+                    } else {
+                        a
+                    }
+                }
+                Err(e) => return Err(e),
+            };
+            let fh = core.open(attr.ino, write).await?;
+            Ok((attr, fh))
+        });
+        match r {
+            Ok((a, fh)) => reply.created(
+                &self.core.config().entry_ttl,
+                &file_attr(&a),
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+            ),
+            Err(e) => reply.error(errno("create", &e)),
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! Mounting: connect to the master, mount the FUSE session, record the
+//! mount for admin commands, unmount cleanly.
+
+use crate::core::{ClientConfig, FsCore};
+use crate::fuse_adapter::StripeFs;
+use crate::options::MountOptions;
+use anyhow::{bail, Context as _};
+use fuser::{MountOption, SessionACL};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use stripefs_proto::net::Secret;
+
+/// Environment variable overriding where mounts are recorded.
+pub const RUN_DIR_ENV: &str = "STRIPEFS_RUN_DIR";
+/// Where mounts are recorded for admin commands.
+pub const DEFAULT_RUN_DIR: &str = "/run/stripefs";
+
+/// The directory holding one record per live mount.
+pub fn mounts_dir() -> PathBuf {
+    std::env::var_os(RUN_DIR_ENV).map(PathBuf::from).unwrap_or_else(|| PathBuf::from(DEFAULT_RUN_DIR)).join("mounts")
+}
+
+/// The record of the mount whose filesystem has device number `dev`.
+pub fn mount_record_path(dev: u64) -> PathBuf {
+    mounts_dir().join(format!("{dev:x}"))
+}
+
+/// This machine's host name.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// A mounted (not yet running) session.
+pub struct Mount {
+    /// The fuser session; `run` or `spawn` it.
+    pub session: fuser::Session<StripeFs>,
+    /// The client core.
+    pub core: Arc<FsCore>,
+    /// Where the mount's record was written.
+    pub record: Option<PathBuf>,
+}
+
+/// Connects to `master` and mounts at `mountpoint`. The mount is live when
+/// this returns; the session still has to run.
+pub fn mount(
+    master: &str,
+    mountpoint: &Path,
+    opts: &MountOptions,
+    secret: Secret,
+    rt: &tokio::runtime::Handle,
+) -> anyhow::Result<Mount> {
+    let meta =
+        std::fs::metadata(mountpoint).with_context(|| format!("mount point {} is unusable", mountpoint.display()))?;
+    if !meta.is_dir() {
+        bail!("mount point {} is not a directory", mountpoint.display());
+    }
+    let cfg = ClientConfig {
+        host: opts.host.clone().unwrap_or_else(hostname),
+        zone: opts.zone.clone(),
+        attr_ttl: opts.attr_ttl,
+        entry_ttl: opts.entry_ttl,
+        read_only: opts.read_only,
+        cache_bytes: opts.cache_mb << 20,
+        dirty_limit_bytes: opts.dirty_mb << 20,
+    };
+    let core = rt
+        .block_on(FsCore::connect(master, secret.clone(), cfg))
+        .with_context(|| format!("cannot reach the stripefs master at {master}"))?;
+    let mut options = vec![
+        MountOption::FSName(master.to_string()),
+        MountOption::Subtype("stripefs".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+    ];
+    if opts.read_only {
+        options.push(MountOption::RO);
+    }
+    let mut config = fuser::Config::default();
+    config.mount_options = options;
+    config.acl = if opts.allow_other {
+        SessionACL::All
+    } else if opts.allow_root {
+        SessionACL::RootAndOwner
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads =
+        Some(opts.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)));
+    config.clone_fd = true;
+    let fs = StripeFs::new(core.clone(), rt.clone());
+    let session = fuser::Session::new(fs, mountpoint, &config)
+        .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
+    let record = write_record(mountpoint, master, &secret);
+    Ok(Mount { session, core, record })
+}
+
+/// Records the mount (master address and secret, root-only) so that admin
+/// commands given a path inside it can reach its cluster.
+fn write_record(mountpoint: &Path, master: &str, secret: &Secret) -> Option<PathBuf> {
+    let dev = match std::fs::metadata(mountpoint) {
+        Ok(m) => m.dev(),
+        Err(e) => {
+            tracing::warn!("cannot stat the new mount {}: {e}", mountpoint.display());
+            return None;
+        }
+    };
+    let path = mount_record_path(dev);
+    let text = format!(
+        "master={master}\nsecret={}\nmountpoint={}\n",
+        String::from_utf8_lossy(secret.bytes()),
+        mountpoint.display()
+    );
+    let write = || -> std::io::Result<()> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        let dir = mounts_dir();
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
+        let tmp = path.with_extension("tmp");
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        std::io::Write::write_all(&mut f, text.as_bytes())?;
+        std::fs::rename(&tmp, &path)
+    };
+    match write() {
+        Ok(()) => Some(path),
+        Err(e) => {
+            tracing::warn!("cannot record the mount in {}: {e}; admin commands will need --master", path.display());
+            None
+        }
+    }
+}
+
+/// Removes a mount's record.
+pub fn remove_record(record: Option<&Path>) {
+    if let Some(p) = record {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// A mount running in background threads of this process (for tests and
+/// embedding). Dropping it unmounts.
+pub struct BackgroundMount {
+    session: Option<fuser::BackgroundSession>,
+    record: Option<PathBuf>,
+    /// The client core.
+    pub core: Arc<FsCore>,
+    mountpoint: PathBuf,
+}
+
+impl BackgroundMount {
+    /// Mounts and starts serving in the background.
+    pub fn start(
+        master: &str,
+        mountpoint: &Path,
+        opts: &MountOptions,
+        secret: Secret,
+        rt: &tokio::runtime::Handle,
+    ) -> anyhow::Result<BackgroundMount> {
+        let m = mount(master, mountpoint, opts, secret, rt)?;
+        let session = m.session.spawn().context("start the FUSE session")?;
+        Ok(BackgroundMount {
+            session: Some(session),
+            record: m.record,
+            core: m.core,
+            mountpoint: mountpoint.to_path_buf(),
+        })
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// Unmounts and waits for the session to end.
+    pub fn unmount(mut self) -> anyhow::Result<()> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> anyhow::Result<()> {
+        remove_record(self.record.take().as_deref());
+        if let Some(s) = self.session.take() {
+            s.umount_and_join().context("unmount")?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for BackgroundMount {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            tracing::error!("unmounting {}: {e:#}", self.mountpoint.display());
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! Mount options (`-o a,b=c`), as given to `stripefs-mount` or by mount(8)
+//! from /etc/fstab.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Parsed mount options.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MountOptions {
+    /// `ro`: refuse every change.
+    pub read_only: bool,
+    /// `allow_other`: let every user use the mount.
+    pub allow_other: bool,
+    /// `allow_root`: let root use the mount too.
+    pub allow_root: bool,
+    /// `attr_timeout=SECS`: kernel attribute cache time.
+    pub attr_ttl: Duration,
+    /// `entry_timeout=SECS`: kernel name cache time.
+    pub entry_ttl: Duration,
+    /// `host=NAME`: this host's name for read-local (default: hostname).
+    pub host: Option<String>,
+    /// `zone=NAME`: this host's zone for read preference.
+    pub zone: Option<String>,
+    /// `secret_file=PATH`: the cluster secret.
+    pub secret_file: Option<PathBuf>,
+    /// `threads=N`: FUSE session threads (default: cores).
+    pub threads: Option<usize>,
+    /// `log=PATH`: where a background client logs.
+    pub log: Option<PathBuf>,
+    /// `cache_mb=N`: block cache size.
+    pub cache_mb: u64,
+    /// `dirty_mb=N`: unwritten bytes one file may buffer.
+    pub dirty_mb: u64,
+}
+
+impl Default for MountOptions {
+    fn default() -> MountOptions {
+        MountOptions {
+            read_only: false,
+            allow_other: false,
+            allow_root: false,
+            attr_ttl: Duration::from_secs(1),
+            entry_ttl: Duration::from_secs(1),
+            host: None,
+            zone: None,
+            secret_file: None,
+            threads: None,
+            log: None,
+            cache_mb: 256,
+            dirty_mb: 64,
+        }
+    }
+}
+
+/// Options mount(8), fstab or systemd pass that mean nothing to the client.
+const IGNORED: &[&str] = &[
+    "rw",
+    "defaults",
+    "auto",
+    "noauto",
+    "user",
+    "nouser",
+    "users",
+    "_netdev",
+    "nofail",
+    "exec",
+    "noexec",
+    "suid",
+    "nosuid",
+    "dev",
+    "nodev",
+    "async",
+    "atime",
+    "noatime",
+    "relatime",
+    "norelatime",
+    "strictatime",
+    "lazytime",
+    "nodiratime",
+    "diratime",
+    "default_permissions",
+    "loop",
+];
+
+fn secs(key: &str, v: &str) -> Result<Duration, String> {
+    let f: f64 = v.parse().map_err(|_| format!("mount option {key}={v}: not a number of seconds"))?;
+    if !(0.0..=86400.0).contains(&f) {
+        return Err(format!("mount option {key}={v}: must be between 0 and 86400 seconds"));
+    }
+    Ok(Duration::from_secs_f64(f))
+}
+
+fn number<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, String> {
+    v.parse().map_err(|_| format!("mount option {key}={v}: not a valid number"))
+}
+
+/// Parses `-o` lists (each may hold several comma-separated options).
+pub fn parse_options<S: AsRef<str>>(lists: &[S]) -> Result<MountOptions, String> {
+    let mut o = MountOptions::default();
+    for list in lists {
+        for opt in list.as_ref().split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (key, value) = match opt.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (opt, None),
+            };
+            match (key, value) {
+                ("ro", None) => o.read_only = true,
+                ("allow_other", None) => o.allow_other = true,
+                ("allow_root", None) => o.allow_root = true,
+                ("attr_timeout", Some(v)) => o.attr_ttl = secs(key, v)?,
+                ("entry_timeout", Some(v)) => o.entry_ttl = secs(key, v)?,
+                ("host", Some(v)) if !v.is_empty() => o.host = Some(v.to_string()),
+                ("zone", Some(v)) if !v.is_empty() => o.zone = Some(v.to_string()),
+                ("secret_file", Some(v)) => o.secret_file = Some(PathBuf::from(v)),
+                ("threads", Some(v)) => {
+                    let n: usize = number(key, v)?;
+                    if n == 0 || n > 256 {
+                        return Err(format!("mount option threads={v}: must be between 1 and 256"));
+                    }
+                    o.threads = Some(n);
+                }
+                ("log", Some(v)) => o.log = Some(PathBuf::from(v)),
+                ("cache_mb", Some(v)) => o.cache_mb = number(key, v)?,
+                ("dirty_mb", Some(v)) => {
+                    o.dirty_mb = number(key, v)?;
+                    if o.dirty_mb == 0 {
+                        return Err("mount option dirty_mb must be at least 1".into());
+                    }
+                }
+                (k, None) if IGNORED.contains(&k) => {}
+                // systemd's and mount's own options: x-systemd.*, comment=...
+                (k, _) if k.starts_with("x-") || k == "comment" => {}
+                _ => return Err(format!("unknown mount option {opt:?} (see stripefs-mount --help)")),
+            }
+        }
+    }
+    Ok(o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fstab_options_parse() {
+        let o =
+            parse_options(&["rw,_netdev,noatime,allow_other", "attr_timeout=0.5,host=web1,threads=4"]).expect("parse");
+        assert!(o.allow_other);
+        assert!(!o.read_only);
+        assert_eq!(o.attr_ttl, Duration::from_millis(500));
+        assert_eq!(o.host.as_deref(), Some("web1"));
+        assert_eq!(o.threads, Some(4));
+    }
+
+    #[test]
+    fn bad_options_are_explained() {
+        let e = parse_options(&["bogus"]).expect_err("unknown");
+        assert!(e.contains("bogus"), "{e}");
+        assert!(parse_options(&["attr_timeout=x"]).is_err());
+        assert!(parse_options(&["threads=0"]).is_err());
+        assert!(parse_options(&["ro"]).expect("ro").read_only);
+    }
+}

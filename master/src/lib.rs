@@ -1,0 +1,98 @@
+//! The stripefs master: the namespace, the inode table and the chunk map in
+//! one redb database, the registry of storage nodes and replica placement.
+//!
+//! The master never touches chunk bytes: clients write them to nodes and
+//! report back with a commit.
+
+pub mod namespace;
+pub mod records;
+pub mod registry;
+pub mod service;
+pub mod store;
+pub mod tables;
+
+use futures::StreamExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use stripefs_proto::net::{accept_loop, Secret};
+use stripefs_proto::MasterService;
+use tarpc::server::{BaseChannel, Channel};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// How the master runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Directory of the metadata database.
+    pub data_dir: PathBuf,
+    /// Chunk size for a new filesystem; must match an existing one if given.
+    pub chunk_size: Option<u32>,
+    /// A node silent for this long is dead.
+    pub node_dead_after: Duration,
+    /// Cluster secret.
+    pub secret: Secret,
+}
+
+/// Opens the database and serves on `listener` until `shutdown`.
+pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let opens = Arc::new(service::OpenFiles::default());
+    let fatal = CancellationToken::new();
+    let store = {
+        let dir = cfg.data_dir.clone();
+        let opens = opens.clone();
+        let fatal = fatal.clone();
+        tokio::task::spawn_blocking(move || {
+            store::Store::open(&dir, cfg.chunk_size, Box::new(move |ino| opens.is_open(ino)), fatal)
+        })
+        .await??
+    };
+    tracing::info!("opened filesystem {} in {}", store.fs_id(), cfg.data_dir.display());
+    let registry = registry::Registry::new(store.nodes()?, cfg.node_dead_after);
+    let orphans = store.orphans()?;
+    let shared = Arc::new(service::Shared { store, registry, opens });
+    if !orphans.is_empty() {
+        // Orphans from before a restart: give their clients time to reopen them.
+        let shared = shared.clone();
+        let token = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = token.cancelled() => {}
+                _ = tokio::time::sleep(Duration::from_secs(60)) => {
+                    for ino in orphans {
+                        shared.store.submit(namespace::Command::Purge { ino });
+                    }
+                }
+            }
+        });
+    }
+    tracing::info!("serving on {}", listener.local_addr()?);
+    let conns = CancellationToken::new();
+    let accept = {
+        let shared = shared.clone();
+        let conns = conns.clone();
+        tokio::spawn(accept_loop(listener, cfg.secret.clone(), shutdown.clone(), move |stream, peer| {
+            let server = service::MasterServer::new(shared.clone(), peer);
+            let conns = conns.clone();
+            tokio::spawn(async move {
+                let serve = BaseChannel::with_defaults(stripefs_proto::net::transport(stream))
+                    .execute(server.serve())
+                    .for_each(|f| async {
+                        tokio::spawn(f);
+                    });
+                tokio::select! {
+                    _ = conns.cancelled() => {}
+                    _ = serve => {}
+                }
+            });
+        }))
+    };
+    let result = tokio::select! {
+        _ = shutdown.cancelled() => Ok(()),
+        _ = fatal.cancelled() => Err(anyhow::anyhow!("a metadata commit failed; the master stopped to protect the database")),
+    };
+    conns.cancel();
+    accept.abort();
+    tracing::info!("master stopped");
+    result
+}

@@ -1,0 +1,97 @@
+//! `stripefs-master`: serves a stripefs namespace.
+
+use anyhow::Context as _;
+use clap::Parser;
+use std::path::PathBuf;
+use std::time::Duration;
+use stripefs_proto::net::Secret;
+use tokio_util::sync::CancellationToken;
+
+/// The stripefs master: keeps the namespace, the inode table and the chunk
+/// map in one redb database under --data, and tells clients and storage
+/// nodes where chunk replicas live.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// Directory of the metadata database (created if missing; a new
+    /// filesystem is created in an empty directory).
+    #[arg(long, value_name = "DIR")]
+    data: PathBuf,
+    /// Address to listen on, e.g. 0.0.0.0:9400 (port 0 picks a free port;
+    /// the bound address is written to DIR/listen.addr).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9400")]
+    listen: String,
+    /// File holding the cluster secret (else $STRIPEFS_SECRET,
+    /// $STRIPEFS_SECRET_FILE or /etc/stripefs/secret).
+    #[arg(long, value_name = "FILE")]
+    secret_file: Option<PathBuf>,
+    /// Chunk size of a new filesystem, in bytes (power of two, 64 KiB to 64 MiB).
+    #[arg(long, value_name = "BYTES")]
+    chunk_size: Option<u32>,
+    /// Seconds without heartbeat after which a storage node is dead.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    node_dead_after: u64,
+}
+
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("stripefs-master: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    if let Some(c) = args.chunk_size {
+        if !c.is_power_of_two() || !(64 << 10..=64 << 20).contains(&c) {
+            anyhow::bail!("--chunk-size must be a power of two between 65536 and 67108864, not {c}");
+        }
+    }
+    let secret = Secret::resolve(args.secret_file.as_deref())?;
+    std::fs::create_dir_all(&args.data).with_context(|| format!("create {}", args.data.display()))?;
+    let rt = tokio::runtime::Runtime::new().context("start the async runtime")?;
+    rt.block_on(async {
+        let listener =
+            tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("listen on {}", args.listen))?;
+        let bound = listener.local_addr()?;
+        write_atomic(&args.data.join("listen.addr"), bound.to_string().as_bytes())?;
+        let shutdown = CancellationToken::new();
+        spawn_signal_handler(shutdown.clone());
+        let cfg = stripefs_master::Config {
+            data_dir: args.data.clone(),
+            chunk_size: args.chunk_size,
+            node_dead_after: Duration::from_secs(args.node_dead_after),
+            secret,
+        };
+        stripefs_master::run(cfg, listener, shutdown).await
+    })
+}
+
+fn write_atomic(path: &std::path::Path, data: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, data).with_context(|| format!("write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("rename to {}", path.display()))?;
+    Ok(())
+}
+
+fn spawn_signal_handler(token: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("cannot install the SIGTERM handler: {e}");
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+        token.cancel();
+    });
+}

@@ -1,0 +1,193 @@
+//! On-disk records of the master's tables, encoded explicitly: one format
+//! byte, then a bincode body of a fixed struct. Changing a struct means a
+//! new format byte (and a decode arm for the old one), never a silent
+//! layout change.
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use stripefs_proto::types::{Attr, FileKind, Policy, Timestamp};
+use stripefs_proto::{ChunkId, InodeId, NodeId, Version};
+
+/// Why a record could not be decoded.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot decode {what} record: {detail}")]
+pub struct DecodeError {
+    what: &'static str,
+    detail: String,
+}
+
+const FORMAT_V1: u8 = 1;
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = vec![FORMAT_V1];
+    bincode::serialize_into(&mut out, value).expect("serializing a plain struct into a Vec cannot fail");
+    out
+}
+
+fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, DecodeError> {
+    match bytes.split_first() {
+        Some((&FORMAT_V1, body)) => bincode::deserialize(body).map_err(|e| DecodeError { what, detail: e.to_string() }),
+        Some((v, _)) => Err(DecodeError { what, detail: format!("unknown format byte {v}") }),
+        None => Err(DecodeError { what, detail: "empty".into() }),
+    }
+}
+
+/// An inode as stored in `inodes.v1`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InodeRecord {
+    /// File kind.
+    pub kind: FileKind,
+    /// Permission bits.
+    pub perm: u16,
+    /// Link count (directories: 2 + subdirectories).
+    pub nlink: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Size in bytes.
+    pub size: u64,
+    /// Access time.
+    pub atime: Timestamp,
+    /// Modification time.
+    pub mtime: Timestamp,
+    /// Change time.
+    pub ctime: Timestamp,
+    /// Creation time.
+    pub crtime: Timestamp,
+    /// Device number.
+    pub rdev: u32,
+    /// Data policy.
+    pub policy: Policy,
+    /// Parent directory (directories only; 0 otherwise). Used to refuse
+    /// moving a directory into its own subtree.
+    pub parent: u64,
+    /// Symlink target.
+    pub target: Option<String>,
+}
+
+impl InodeRecord {
+    /// Encodes for storage.
+    pub fn encode(&self) -> Vec<u8> {
+        encode(self)
+    }
+
+    /// Decodes from storage.
+    pub fn decode(bytes: &[u8]) -> Result<InodeRecord, DecodeError> {
+        decode("inode", bytes)
+    }
+
+    /// The attributes clients see.
+    pub fn to_attr(&self, ino: InodeId) -> Attr {
+        Attr {
+            ino,
+            kind: self.kind,
+            perm: self.perm,
+            nlink: self.nlink,
+            uid: self.uid,
+            gid: self.gid,
+            size: self.size,
+            atime: self.atime,
+            mtime: self.mtime,
+            ctime: self.ctime,
+            crtime: self.crtime,
+            rdev: self.rdev,
+            policy: self.policy,
+        }
+    }
+}
+
+/// A chunk as stored in `chunks.v1`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRecord {
+    /// Chunk id.
+    pub chunk: ChunkId,
+    /// Current version.
+    pub version: Version,
+    /// Valid bytes.
+    pub length: u32,
+    /// Bytes one replica takes on disk.
+    pub stored_bytes: u64,
+    /// Nodes holding the current version.
+    pub replicas: Vec<NodeId>,
+}
+
+impl ChunkRecord {
+    /// Encodes for storage.
+    pub fn encode(&self) -> Vec<u8> {
+        encode(self)
+    }
+
+    /// Decodes from storage.
+    pub fn decode(bytes: &[u8]) -> Result<ChunkRecord, DecodeError> {
+        decode("chunk", bytes)
+    }
+}
+
+/// A storage node as stored in `nodes.v1`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// RPC address.
+    pub addr: String,
+    /// Host name.
+    pub host: String,
+    /// Zone.
+    pub zone: String,
+}
+
+impl NodeRecord {
+    /// Encodes for storage.
+    pub fn encode(&self) -> Vec<u8> {
+        encode(self)
+    }
+
+    /// Decodes from storage.
+    pub fn decode(bytes: &[u8]) -> Result<NodeRecord, DecodeError> {
+        decode("node", bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inode_round_trips() {
+        let r = InodeRecord {
+            kind: FileKind::Symlink,
+            perm: 0o755,
+            nlink: 1,
+            uid: 1000,
+            gid: 100,
+            size: 7,
+            atime: Timestamp { secs: -5, nanos: 3 },
+            mtime: Timestamp { secs: 1, nanos: 2 },
+            ctime: Timestamp { secs: 3, nanos: 4 },
+            crtime: Timestamp { secs: 5, nanos: 6 },
+            rdev: 0,
+            policy: Policy { replication: 3, compression_level: 0 },
+            parent: 0,
+            target: Some("a/b/c".into()),
+        };
+        assert_eq!(InodeRecord::decode(&r.encode()).expect("decode"), r);
+    }
+
+    #[test]
+    fn chunk_and_node_round_trip() {
+        let c = ChunkRecord {
+            chunk: ChunkId(9),
+            version: Version(12),
+            length: 4096,
+            stored_bytes: 100,
+            replicas: vec![NodeId(1), NodeId(3)],
+        };
+        assert_eq!(ChunkRecord::decode(&c.encode()).expect("decode"), c);
+        let n = NodeRecord { addr: "127.0.0.1:1".into(), host: "h".into(), zone: "z".into() };
+        assert_eq!(NodeRecord::decode(&n.encode()).expect("decode"), n);
+    }
+
+    #[test]
+    fn unknown_format_is_an_error() {
+        assert!(InodeRecord::decode(&[9, 1, 2]).is_err());
+        assert!(InodeRecord::decode(&[]).is_err());
+    }
+}

@@ -1,0 +1,372 @@
+//! The master's RPC service: one [`MasterServer`] per connection over the
+//! shared state. Reads go straight to the store; mutations become
+//! [`Command`]s for the writer.
+
+use crate::namespace::{Command, Reply};
+use crate::records::NodeRecord;
+use crate::registry::Registry;
+use crate::store::Store;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use stripefs_proto::types::*;
+use stripefs_proto::{check_name, FsError, InodeId, MasterService};
+use tarpc::context::Context;
+
+/// Most entries returned by one readdir call.
+const MAX_READDIR: u32 = 4096;
+/// Most chunks returned by one chunks call.
+const MAX_CHUNKS: u64 = 4096;
+/// Largest file: chunk indexes beyond this are refused.
+const MAX_FILE_BYTES: u64 = 1 << 60;
+
+/// Open references per inode, over all connections.
+#[derive(Debug, Default)]
+pub struct OpenFiles(Mutex<HashMap<InodeId, u64>>);
+
+impl OpenFiles {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<InodeId, u64>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether some client holds `ino` open.
+    pub fn is_open(&self, ino: InodeId) -> bool {
+        self.lock().contains_key(&ino)
+    }
+
+    fn acquire(&self, ino: InodeId) {
+        *self.lock().entry(ino).or_insert(0) += 1;
+    }
+
+    /// Drops `n` references; true when none is left.
+    fn release(&self, ino: InodeId, n: u64) -> bool {
+        let mut m = self.lock();
+        match m.get_mut(&ino) {
+            Some(c) if *c > n => {
+                *c -= n;
+                false
+            }
+            Some(_) => {
+                m.remove(&ino);
+                true
+            }
+            None => true,
+        }
+    }
+}
+
+/// State shared by every connection.
+pub struct Shared {
+    /// The database.
+    pub store: Store,
+    /// Node registry.
+    pub registry: Registry,
+    /// Open references.
+    pub opens: Arc<OpenFiles>,
+}
+
+impl Shared {
+    /// Releases `n` references to `ino`, freeing it if it was an orphan.
+    fn release(&self, ino: InodeId, n: u64) {
+        if self.opens.release(ino, n) && self.store.is_orphan(ino).unwrap_or(false) {
+            self.store.submit(Command::Purge { ino });
+        }
+    }
+}
+
+/// What one connection holds open; released when the connection ends.
+struct Connection {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    opens: Mutex<HashMap<InodeId, u64>>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        let opens = std::mem::take(&mut *self.opens.lock().unwrap_or_else(|e| e.into_inner()));
+        if !opens.is_empty() {
+            tracing::info!("connection from {} closed with {} open files; releasing them", self.peer, opens.len());
+        }
+        for (ino, n) in opens {
+            self.shared.release(ino, n);
+        }
+    }
+}
+
+/// The service behind one connection.
+#[derive(Clone)]
+pub struct MasterServer {
+    shared: Arc<Shared>,
+    conn: Arc<Connection>,
+}
+
+impl MasterServer {
+    /// A server for a new connection from `peer`.
+    pub fn new(shared: Arc<Shared>, peer: SocketAddr) -> MasterServer {
+        let conn = Arc::new(Connection { shared: shared.clone(), peer, opens: Mutex::new(HashMap::new()) });
+        MasterServer { shared, conn }
+    }
+
+    async fn attr(&self, cmd: Command) -> Result<Attr, FsError> {
+        match self.shared.store.execute(cmd).await? {
+            Reply::Attr(a) => Ok(a),
+            other => {
+                tracing::error!("command answered {other:?} where attributes were expected");
+                Err(FsError::Internal)
+            }
+        }
+    }
+
+    async fn unit(&self, cmd: Command) -> Result<(), FsError> {
+        self.shared.store.execute(cmd).await.map(|_| ())
+    }
+
+    fn locate(&self, index: u64, rec: crate::records::ChunkRecord) -> ChunkLoc {
+        let mut replicas: Vec<(Replica, bool)> =
+            rec.replicas.iter().filter_map(|id| self.shared.registry.replica(*id)).collect();
+        // Live replicas first.
+        replicas.sort_by_key(|(_, alive)| !alive);
+        ChunkLoc {
+            index,
+            chunk: rec.chunk,
+            version: rec.version,
+            length: rec.length,
+            stored_bytes: rec.stored_bytes,
+            replicas: replicas.into_iter().map(|(r, _)| r).collect(),
+        }
+    }
+}
+
+impl MasterService for MasterServer {
+    async fn fs_info(self, _: Context) -> Result<FsInfo, FsError> {
+        Ok(FsInfo { fs_id: self.shared.store.fs_id().to_string(), chunk_size: self.shared.store.chunk_size() })
+    }
+
+    async fn lookup(self, _: Context, parent: InodeId, name: String) -> Result<Attr, FsError> {
+        check_name(&name)?;
+        let (ino, rec) = self.shared.store.lookup(parent, &name)?;
+        Ok(rec.to_attr(ino))
+    }
+
+    async fn getattr(self, _: Context, ino: InodeId) -> Result<Attr, FsError> {
+        Ok(self.shared.store.inode(ino)?.to_attr(ino))
+    }
+
+    async fn setattr(self, _: Context, ino: InodeId, set: SetAttr) -> Result<Attr, FsError> {
+        if set.size.is_some_and(|s| s > MAX_FILE_BYTES) {
+            return Err(FsError::FileTooLarge);
+        }
+        self.attr(Command::SetAttr { ino, set, now: Timestamp::now() }).await
+    }
+
+    async fn mknod(
+        self,
+        _: Context,
+        parent: InodeId,
+        name: String,
+        kind: FileKind,
+        perm: u32,
+        owner: Owner,
+        rdev: u32,
+    ) -> Result<Attr, FsError> {
+        self.attr(Command::Mknod { parent, name, kind, perm, owner, rdev, now: Timestamp::now() }).await
+    }
+
+    async fn mkdir(self, _: Context, parent: InodeId, name: String, perm: u32, owner: Owner) -> Result<Attr, FsError> {
+        self.attr(Command::Mkdir { parent, name, perm, owner, now: Timestamp::now() }).await
+    }
+
+    async fn symlink(
+        self,
+        _: Context,
+        parent: InodeId,
+        name: String,
+        target: String,
+        owner: Owner,
+    ) -> Result<Attr, FsError> {
+        self.attr(Command::Symlink { parent, name, target, owner, now: Timestamp::now() }).await
+    }
+
+    async fn readlink(self, _: Context, ino: InodeId) -> Result<String, FsError> {
+        self.shared.store.inode(ino)?.target.ok_or(FsError::InvalidArgument)
+    }
+
+    async fn link(self, _: Context, ino: InodeId, new_parent: InodeId, new_name: String) -> Result<Attr, FsError> {
+        self.attr(Command::Link { ino, new_parent, new_name, now: Timestamp::now() }).await
+    }
+
+    async fn unlink(self, _: Context, parent: InodeId, name: String) -> Result<(), FsError> {
+        self.unit(Command::Unlink { parent, name, now: Timestamp::now() }).await
+    }
+
+    async fn rmdir(self, _: Context, parent: InodeId, name: String) -> Result<(), FsError> {
+        self.unit(Command::Rmdir { parent, name, now: Timestamp::now() }).await
+    }
+
+    async fn rename(
+        self,
+        _: Context,
+        parent: InodeId,
+        name: String,
+        new_parent: InodeId,
+        new_name: String,
+        flags: u32,
+    ) -> Result<(), FsError> {
+        self.unit(Command::Rename { parent, name, new_parent, new_name, flags, now: Timestamp::now() }).await
+    }
+
+    async fn readdir(
+        self,
+        _: Context,
+        dir: InodeId,
+        after: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<DirEntry>, FsError> {
+        let limit = limit.clamp(1, MAX_READDIR) as usize;
+        self.shared.store.readdir(dir, after.as_deref(), limit)
+    }
+
+    async fn open(self, _: Context, ino: InodeId) -> Result<Attr, FsError> {
+        let attr = self.shared.store.inode(ino)?.to_attr(ino);
+        self.shared.opens.acquire(ino);
+        *self.conn.opens.lock().unwrap_or_else(|e| e.into_inner()).entry(ino).or_insert(0) += 1;
+        Ok(attr)
+    }
+
+    async fn release(self, _: Context, ino: InodeId) -> Result<(), FsError> {
+        let held = {
+            let mut m = self.conn.opens.lock().unwrap_or_else(|e| e.into_inner());
+            match m.get_mut(&ino) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    true
+                }
+                Some(_) => {
+                    m.remove(&ino);
+                    true
+                }
+                None => false,
+            }
+        };
+        if held {
+            self.shared.release(ino, 1);
+        }
+        Ok(())
+    }
+
+    async fn chunks(self, _: Context, ino: InodeId, first: u64, count: u64) -> Result<Vec<ChunkLoc>, FsError> {
+        let count = count.min(MAX_CHUNKS);
+        let recs = self.shared.store.chunks(ino, first, count)?;
+        Ok(recs.into_iter().map(|(i, r)| self.locate(i, r)).collect())
+    }
+
+    async fn alloc_chunk(
+        self,
+        _: Context,
+        ino: InodeId,
+        index: u64,
+        client_host: String,
+    ) -> Result<ChunkAlloc, FsError> {
+        let chunk_size = self.shared.store.chunk_size() as u64;
+        if index.checked_mul(chunk_size).is_none_or(|o| o >= MAX_FILE_BYTES) {
+            return Err(FsError::FileTooLarge);
+        }
+        let rec = self.shared.store.inode(ino)?;
+        if rec.kind != FileKind::File {
+            return Err(FsError::InvalidArgument);
+        }
+        let existing = self.shared.store.chunks(ino, index, 1)?.into_iter().next();
+        let chunk = match existing {
+            Some((_, c)) => c.chunk,
+            None => stripefs_proto::ChunkId(self.shared.store.next_id().await?),
+        };
+        let version = stripefs_proto::Version(self.shared.store.next_id().await?);
+        let targets = self.shared.registry.place(rec.policy.replication as usize, &client_host)?;
+        if targets.len() < rec.policy.replication as usize {
+            tracing::warn!(
+                "chunk {chunk} of inode {ino}: only {} of {} replicas can be placed",
+                targets.len(),
+                rec.policy.replication
+            );
+        }
+        Ok(ChunkAlloc { chunk, version, targets, compression_level: rec.policy.compression_level })
+    }
+
+    async fn commit_chunk(self, _: Context, commit: ChunkCommit) -> Result<Attr, FsError> {
+        self.attr(Command::CommitChunk { commit, now: Timestamp::now() }).await
+    }
+
+    async fn statfs(self, _: Context) -> Result<StatFs, FsError> {
+        let (total_bytes, free_bytes) = self.shared.registry.space();
+        Ok(StatFs { total_bytes, free_bytes, files: self.shared.store.inode_count()? })
+    }
+
+    async fn setxattr(self, _: Context, ino: InodeId, name: String, value: Vec<u8>, flags: u32) -> Result<(), FsError> {
+        self.unit(Command::SetXattr { ino, name, value, flags, now: Timestamp::now() }).await
+    }
+
+    async fn getxattr(self, _: Context, ino: InodeId, name: String) -> Result<Vec<u8>, FsError> {
+        self.shared.store.inode(ino)?;
+        self.shared.store.xattr(ino, &name)
+    }
+
+    async fn listxattr(self, _: Context, ino: InodeId) -> Result<Vec<String>, FsError> {
+        self.shared.store.inode(ino)?;
+        self.shared.store.xattr_names(ino)
+    }
+
+    async fn removexattr(self, _: Context, ino: InodeId, name: String) -> Result<(), FsError> {
+        self.unit(Command::RemoveXattr { ino, name, now: Timestamp::now() }).await
+    }
+
+    async fn set_policy(
+        self,
+        _: Context,
+        ino: InodeId,
+        replication: Option<u8>,
+        compression_level: Option<i8>,
+    ) -> Result<Attr, FsError> {
+        self.attr(Command::SetPolicy { ino, replication, compression_level, now: Timestamp::now() }).await
+    }
+
+    async fn nodes(self, _: Context) -> Result<Vec<NodeStatus>, FsError> {
+        Ok(self.shared.registry.status())
+    }
+
+    async fn register_node(self, _: Context, hello: NodeHello) -> Result<Registered, FsError> {
+        let fs_id = self.shared.store.fs_id().to_string();
+        if let Some(theirs) = &hello.fs_id {
+            if *theirs != fs_id {
+                tracing::error!(
+                    "refused node {} at {}: it belongs to filesystem {theirs}, this is {fs_id}",
+                    hello.host,
+                    hello.addr
+                );
+                return Err(FsError::PermissionDenied);
+            }
+        }
+        let record = NodeRecord { addr: hello.addr, host: hello.host, zone: hello.zone };
+        let node_id =
+            match self.shared.store.execute(Command::RegisterNode { id: hello.node_id, record: record.clone() }).await?
+            {
+                Reply::Node(id) => id,
+                _ => return Err(FsError::Internal),
+            };
+        tracing::info!("node {node_id} registered: {} host={} zone={}", record.addr, record.host, record.zone);
+        self.shared.registry.registered(node_id, record);
+        Ok(Registered { node_id, fs_id })
+    }
+
+    async fn heartbeat(self, _: Context, hb: Heartbeat) -> Result<HeartbeatReply, FsError> {
+        if !self.shared.registry.heartbeat(&hb) {
+            return Err(FsError::NotFound);
+        }
+        if !self.shared.store.has_deletions(hb.node)? {
+            return Ok(HeartbeatReply::default());
+        }
+        match self.shared.store.execute(Command::TakeDeletions { node: hb.node, max: 1000 }).await? {
+            Reply::Deletions(delete) => Ok(HeartbeatReply { delete }),
+            _ => Err(FsError::Internal),
+        }
+    }
+}

@@ -1,0 +1,474 @@
+//! The master's redb database: creation and format checks, read queries on
+//! concurrent read transactions, and the single writer thread that applies
+//! [`Command`]s with group commit (many commands, one fsync).
+//!
+//! This is the only module that touches redb directly besides
+//! [`crate::namespace`], so another engine can later stand behind it.
+
+use crate::namespace::{apply, ApplyError, Command, Context, Reply, Tables};
+use crate::records::{ChunkRecord, InodeRecord, NodeRecord};
+use crate::tables::{self, meta_keys, FORMAT_VERSION, MAGIC_VALUE};
+use rand::RngCore;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+use stripefs_proto::types::{DirEntry, FileKind, Policy, Timestamp};
+use stripefs_proto::{FsError, InodeId, NodeId};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+/// File name of the database inside the master's data directory.
+pub const DB_FILE: &str = "master.redb";
+
+/// Files the master itself may leave in its data directory.
+const OWN_FILES: &[&str] = &[DB_FILE, "listen.addr", "master.log", "secret"];
+
+/// Most commands applied in one transaction.
+const MAX_BATCH: usize = 512;
+
+/// Ids handed out per reservation of the id ceiling.
+const ID_BATCH: u64 = 1 << 20;
+
+/// Why the database could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The directory holds something else.
+    #[error("{0}")]
+    Refused(String),
+    /// The database failed.
+    #[error("metadata database {path}: {source}")]
+    Db {
+        /// The database file.
+        path: PathBuf,
+        /// The cause.
+        source: redb::Error,
+    },
+    /// I/O on the directory failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+struct Job {
+    cmd: Command,
+    reply: oneshot::Sender<Result<Reply, FsError>>,
+}
+
+/// The master's database.
+pub struct Store {
+    db: Arc<Database>,
+    fs_id: String,
+    chunk_size: u32,
+    writer: mpsc::Sender<Job>,
+    ids: tokio::sync::Mutex<(u64, u64)>,
+}
+
+/// Logs a database failure where it is turned into a wire error.
+pub fn internal(e: impl std::fmt::Display) -> FsError {
+    tracing::error!("metadata database: {e}");
+    FsError::Internal
+}
+
+fn db_err(path: &Path) -> impl Fn(redb::Error) -> OpenError + '_ {
+    move |source| OpenError::Db { path: path.to_path_buf(), source }
+}
+
+fn read_u64(v: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(v.try_into().ok()?))
+}
+
+impl Store {
+    /// Opens the database in `dir`, creating a new filesystem there when
+    /// the directory is empty. `chunk_size` applies at creation; given on
+    /// a later start it must match.
+    ///
+    /// `is_open` tells the writer whether an inode is open on a client;
+    /// `fatal` is cancelled if a commit fails (the master must stop).
+    pub fn open(
+        dir: &Path,
+        chunk_size: Option<u32>,
+        is_open: Box<dyn Fn(InodeId) -> bool + Send>,
+        fatal: CancellationToken,
+    ) -> Result<Store, OpenError> {
+        let path = dir.join(DB_FILE);
+        let io = |p: &Path| {
+            let p = p.to_path_buf();
+            move |source| OpenError::Io { path: p, source }
+        };
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let db = if path.exists() {
+            let db = Database::open(&path).map_err(|e| {
+                OpenError::Refused(format!("{} is not a stripefs master database: {e}", path.display()))
+            })?;
+            check_existing(&db, &path, chunk_size)?;
+            db
+        } else {
+            for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+                let name = entry.map_err(io(dir))?.file_name();
+                let name = name.to_string_lossy();
+                if name == "node.id" || name == "chunks" {
+                    return Err(OpenError::Refused(format!(
+                        "{} is a storage node's data directory; give the master a directory of its own",
+                        dir.display()
+                    )));
+                }
+                if !OWN_FILES.contains(&name.as_ref()) {
+                    return Err(OpenError::Refused(format!(
+                        "{} is not empty and holds no stripefs master database (found {name:?}); \
+                         use an empty directory for a new filesystem",
+                        dir.display()
+                    )));
+                }
+            }
+            let chunk_size = chunk_size.unwrap_or(4 << 20);
+            let db = Database::create(&path).map_err(|e| db_err(&path)(e.into()))?;
+            create_fs(&db, chunk_size).map_err(db_err(&path))?;
+            tracing::info!("created a new filesystem in {} (chunk size {chunk_size})", path.display());
+            db
+        };
+        let (fs_id, chunk_size, ceiling) = read_identity(&db).map_err(db_err(&path))?;
+        // Ids below the stored ceiling may have been handed out before a
+        // crash: start above it and reserve a new range now.
+        let new_ceiling = ceiling + ID_BATCH;
+        {
+            let txn = db.begin_write().map_err(|e| db_err(&path)(e.into()))?;
+            {
+                let mut meta = txn.open_table(tables::META).map_err(|e| db_err(&path)(e.into()))?;
+                meta.insert(meta_keys::ID_CEILING, new_ceiling.to_le_bytes().as_slice())
+                    .map_err(|e| db_err(&path)(e.into()))?;
+            }
+            txn.commit().map_err(|e| db_err(&path)(e.into()))?;
+        }
+        let db = Arc::new(db);
+        let (tx, rx) = mpsc::channel();
+        let writer_db = db.clone();
+        std::thread::Builder::new()
+            .name("master-writer".into())
+            .spawn(move || writer_loop(&writer_db, rx, chunk_size as u64, is_open, fatal))
+            .map_err(io(dir))?;
+        Ok(Store { db, fs_id, chunk_size, writer: tx, ids: tokio::sync::Mutex::new((ceiling, new_ceiling)) })
+    }
+
+    /// The filesystem id.
+    pub fn fs_id(&self) -> &str {
+        &self.fs_id
+    }
+
+    /// The chunk size.
+    pub fn chunk_size(&self) -> u32 {
+        self.chunk_size
+    }
+
+    /// Applies a command durably (group commit) and returns its reply.
+    pub async fn execute(&self, cmd: Command) -> Result<Reply, FsError> {
+        let (tx, rx) = oneshot::channel();
+        self.writer.send(Job { cmd, reply: tx }).map_err(|_| FsError::Internal)?;
+        rx.await.map_err(|_| FsError::Internal)?
+    }
+
+    /// Queues a command without waiting for it.
+    pub fn submit(&self, cmd: Command) {
+        let (tx, _rx) = oneshot::channel();
+        let _ = self.writer.send(Job { cmd, reply: tx });
+    }
+
+    /// A fresh id for a chunk or a chunk version (never reused).
+    pub async fn next_id(&self) -> Result<u64, FsError> {
+        let mut ids = self.ids.lock().await;
+        if ids.0 >= ids.1 {
+            let ceiling = ids.1 + ID_BATCH;
+            self.execute(Command::ReserveIds { ceiling }).await?;
+            ids.1 = ceiling;
+        }
+        let id = ids.0;
+        ids.0 += 1;
+        Ok(id)
+    }
+
+    fn read(&self) -> Result<redb::ReadTransaction, FsError> {
+        self.db.begin_read().map_err(internal)
+    }
+
+    /// An inode's record.
+    pub fn inode(&self, ino: InodeId) -> Result<InodeRecord, FsError> {
+        let txn = self.read()?;
+        let t = txn.open_table(tables::INODES).map_err(internal)?;
+        let v = t.get(ino.0).map_err(internal)?.ok_or(FsError::NotFound)?;
+        InodeRecord::decode(v.value()).map_err(internal)
+    }
+
+    /// The inode named `name` in `parent`.
+    pub fn lookup(&self, parent: InodeId, name: &str) -> Result<(InodeId, InodeRecord), FsError> {
+        let txn = self.read()?;
+        let inodes = txn.open_table(tables::INODES).map_err(internal)?;
+        let entries = txn.open_table(tables::DIR_ENTRIES).map_err(internal)?;
+        let p = inodes.get(parent.0).map_err(internal)?.ok_or(FsError::NotFound)?;
+        if InodeRecord::decode(p.value()).map_err(internal)?.kind != FileKind::Dir {
+            return Err(FsError::NotDir);
+        }
+        let child = entries.get((parent.0, name)).map_err(internal)?.ok_or(FsError::NotFound)?.value();
+        let v = inodes.get(child).map_err(internal)?.ok_or(FsError::NotFound)?;
+        Ok((InodeId(child), InodeRecord::decode(v.value()).map_err(internal)?))
+    }
+
+    /// Up to `limit` entries of `dir` after the name `after`.
+    pub fn readdir(&self, dir: InodeId, after: Option<&str>, limit: usize) -> Result<Vec<DirEntry>, FsError> {
+        let txn = self.read()?;
+        let inodes = txn.open_table(tables::INODES).map_err(internal)?;
+        let entries = txn.open_table(tables::DIR_ENTRIES).map_err(internal)?;
+        let d = inodes.get(dir.0).map_err(internal)?.ok_or(FsError::NotFound)?;
+        if InodeRecord::decode(d.value()).map_err(internal)?.kind != FileKind::Dir {
+            return Err(FsError::NotDir);
+        }
+        let start = after.unwrap_or("");
+        let mut out = Vec::new();
+        for item in entries.range((dir.0, start)..(dir.0 + 1, "")).map_err(internal)? {
+            let (k, v) = item.map_err(internal)?;
+            let name = k.value().1;
+            if after.is_some() && name == start {
+                continue;
+            }
+            let child = v.value();
+            let Some(rec) = inodes.get(child).map_err(internal)? else {
+                tracing::error!("directory {dir} entry {name:?} points to missing inode {child}");
+                continue;
+            };
+            let rec = InodeRecord::decode(rec.value()).map_err(internal)?;
+            out.push(DirEntry { name: name.to_string(), attr: rec.to_attr(InodeId(child)) });
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Chunks of `ino` with index in `[first, first+count)`.
+    pub fn chunks(&self, ino: InodeId, first: u64, count: u64) -> Result<Vec<(u64, ChunkRecord)>, FsError> {
+        let txn = self.read()?;
+        let t = txn.open_table(tables::CHUNKS).map_err(internal)?;
+        let last = first.saturating_add(count.saturating_sub(1));
+        let mut out = Vec::new();
+        for item in t.range((ino.0, first)..=(ino.0, last)).map_err(internal)? {
+            let (k, v) = item.map_err(internal)?;
+            out.push((k.value().1, ChunkRecord::decode(v.value()).map_err(internal)?));
+        }
+        Ok(out)
+    }
+
+    /// An xattr value.
+    pub fn xattr(&self, ino: InodeId, name: &str) -> Result<Vec<u8>, FsError> {
+        let txn = self.read()?;
+        let t = txn.open_table(tables::XATTRS).map_err(internal)?;
+        let v = t.get((ino.0, name)).map_err(internal)?.ok_or(FsError::NoAttr)?;
+        Ok(v.value().to_vec())
+    }
+
+    /// All xattr names of an inode.
+    pub fn xattr_names(&self, ino: InodeId) -> Result<Vec<String>, FsError> {
+        let txn = self.read()?;
+        let t = txn.open_table(tables::XATTRS).map_err(internal)?;
+        let mut out = Vec::new();
+        for item in t.range((ino.0, "")..(ino.0 + 1, "")).map_err(internal)? {
+            let (k, _) = item.map_err(internal)?;
+            out.push(k.value().1.to_string());
+        }
+        Ok(out)
+    }
+
+    /// Number of inodes.
+    pub fn inode_count(&self) -> Result<u64, FsError> {
+        let txn = self.read()?;
+        let t = txn.open_table(tables::META).map_err(internal)?;
+        let v = t.get(meta_keys::INODE_COUNT).map_err(internal)?.ok_or(FsError::Internal)?;
+        read_u64(v.value()).ok_or(FsError::Internal)
+    }
+
+    /// Every registered node.
+    pub fn nodes(&self) -> Result<Vec<(NodeId, NodeRecord)>, FsError> {
+        let txn = self.read()?;
+        let t = txn.open_table(tables::NODES).map_err(internal)?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(internal)? {
+            let (k, v) = item.map_err(internal)?;
+            out.push((NodeId(k.value()), NodeRecord::decode(v.value()).map_err(internal)?));
+        }
+        Ok(out)
+    }
+
+    /// Whether replica deletions wait for `node`.
+    pub fn has_deletions(&self, node: NodeId) -> Result<bool, FsError> {
+        let txn = self.read()?;
+        let t = txn.open_table(tables::DELETIONS).map_err(internal)?;
+        let mut r = t.range((node.0, 0, 0)..=(node.0, u64::MAX, u64::MAX)).map_err(internal)?;
+        Ok(r.next().is_some())
+    }
+
+    /// Number of replica deletions waiting, over all nodes.
+    pub fn pending_deletions(&self) -> Result<u64, FsError> {
+        let txn = self.read()?;
+        let t = txn.open_table(tables::DELETIONS).map_err(internal)?;
+        t.len().map_err(internal)
+    }
+
+    /// Whether `ino` is an orphan (unlinked, still open).
+    pub fn is_orphan(&self, ino: InodeId) -> Result<bool, FsError> {
+        let txn = self.read()?;
+        let t = txn.open_table(tables::ORPHANS).map_err(internal)?;
+        Ok(t.get(ino.0).map_err(internal)?.is_some())
+    }
+
+    /// Every orphan.
+    pub fn orphans(&self) -> Result<Vec<InodeId>, FsError> {
+        let txn = self.read()?;
+        let t = txn.open_table(tables::ORPHANS).map_err(internal)?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(internal)? {
+            out.push(InodeId(item.map_err(internal)?.0.value()));
+        }
+        Ok(out)
+    }
+}
+
+fn create_fs(db: &Database, chunk_size: u32) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    {
+        let mut t = Tables::open(&txn)?;
+        let mut id = [0u8; 16];
+        rand::rng().fill_bytes(&mut id);
+        let meta: [(&str, Vec<u8>); 7] = [
+            (meta_keys::MAGIC, MAGIC_VALUE.to_vec()),
+            (meta_keys::FORMAT_VERSION, FORMAT_VERSION.to_le_bytes().to_vec()),
+            (meta_keys::FS_ID, hex::encode(id).into_bytes()),
+            (meta_keys::CHUNK_SIZE, chunk_size.to_le_bytes().to_vec()),
+            (meta_keys::NEXT_INODE, 2u64.to_le_bytes().to_vec()),
+            (meta_keys::ID_CEILING, 1u64.to_le_bytes().to_vec()),
+            (meta_keys::INODE_COUNT, 1u64.to_le_bytes().to_vec()),
+        ];
+        for (k, v) in meta {
+            t.meta.insert(k, v.as_slice())?;
+        }
+        let now = Timestamp::now();
+        let root = InodeRecord {
+            kind: FileKind::Dir,
+            perm: 0o755,
+            nlink: 2,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            crtime: now,
+            rdev: 0,
+            policy: Policy::default(),
+            parent: InodeId::ROOT.0,
+            target: None,
+        };
+        t.inodes.insert(InodeId::ROOT.0, root.encode().as_slice())?;
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+fn check_existing(db: &Database, path: &Path, chunk_size: Option<u32>) -> Result<(), OpenError> {
+    let not_ours = || OpenError::Refused(format!("{} is not a stripefs master database", path.display()));
+    let txn = db.begin_read().map_err(|e| db_err(path)(e.into()))?;
+    let meta = txn.open_table(tables::META).map_err(|_| not_ours())?;
+    let get = |k: &str| -> Result<Option<Vec<u8>>, OpenError> {
+        Ok(meta.get(k).map_err(|e| db_err(path)(e.into()))?.map(|v| v.value().to_vec()))
+    };
+    if get(meta_keys::MAGIC)?.as_deref() != Some(MAGIC_VALUE) {
+        return Err(not_ours());
+    }
+    let version = get(meta_keys::FORMAT_VERSION)?
+        .and_then(|v| Some(u32::from_le_bytes(v.as_slice().try_into().ok()?)))
+        .ok_or_else(not_ours)?;
+    if version > FORMAT_VERSION {
+        return Err(OpenError::Refused(format!(
+            "{} has database format version {version}, newer than this stripefs-master supports \
+             ({FORMAT_VERSION}); run a newer stripefs-master",
+            path.display()
+        )));
+    }
+    if let Some(want) = chunk_size {
+        let have = get(meta_keys::CHUNK_SIZE)?
+            .and_then(|v| Some(u32::from_le_bytes(v.as_slice().try_into().ok()?)))
+            .ok_or_else(not_ours)?;
+        if have != want {
+            return Err(OpenError::Refused(format!(
+                "this filesystem was created with chunk size {have}; --chunk-size {want} cannot change it"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn read_identity(db: &Database) -> Result<(String, u32, u64), redb::Error> {
+    let txn = db.begin_read()?;
+    let meta = txn.open_table(tables::META)?;
+    let corrupt = || redb::Error::Corrupted("meta table lacks a required key".into());
+    let fs_id = meta.get(meta_keys::FS_ID)?.map(|v| String::from_utf8_lossy(v.value()).into_owned());
+    let chunk = meta.get(meta_keys::CHUNK_SIZE)?.and_then(|v| Some(u32::from_le_bytes(v.value().try_into().ok()?)));
+    let ceiling = meta.get(meta_keys::ID_CEILING)?.and_then(|v| read_u64(v.value()));
+    match (fs_id, chunk, ceiling) {
+        (Some(f), Some(c), Some(i)) => Ok((f, c, i)),
+        _ => Err(corrupt()),
+    }
+}
+
+fn writer_loop(
+    db: &Database,
+    rx: mpsc::Receiver<Job>,
+    chunk_size: u64,
+    is_open: Box<dyn Fn(InodeId) -> bool + Send>,
+    fatal: CancellationToken,
+) {
+    let ctx = Context { chunk_size, is_open: &*is_open };
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        match apply_batch(db, &jobs, &ctx) {
+            Ok(results) => {
+                for (job, r) in jobs.into_iter().zip(results) {
+                    let _ = job.reply.send(r);
+                }
+            }
+            Err(e) => {
+                tracing::error!("metadata commit failed, stopping the master: {e}");
+                for job in jobs {
+                    let _ = job.reply.send(Err(FsError::Internal));
+                }
+                fatal.cancel();
+                return;
+            }
+        }
+    }
+}
+
+fn apply_batch(db: &Database, jobs: &[Job], ctx: &Context) -> Result<Vec<Result<Reply, FsError>>, redb::Error> {
+    let txn = db.begin_write()?;
+    let mut results = Vec::with_capacity(jobs.len());
+    {
+        let mut t = Tables::open(&txn)?;
+        for job in jobs {
+            results.push(match apply(&mut t, &job.cmd, ctx) {
+                Ok(r) => Ok(r),
+                Err(ApplyError::Fs(e)) => Err(e),
+                Err(ApplyError::Store(e)) => return Err(e),
+                Err(ApplyError::Decode(e)) => return Err(redb::Error::Corrupted(e.to_string())),
+            });
+        }
+    }
+    txn.commit()?;
+    Ok(results)
+}

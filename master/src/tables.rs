@@ -1,0 +1,46 @@
+//! Every redb table of the master, in one place. Names carry a format
+//! suffix: changing a key or value layout means a new table and a copy.
+
+use redb::TableDefinition;
+
+/// Filesystem-wide values: format version, fs id, chunk size, counters.
+pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta.v1");
+/// Inode number → [`crate::records::InodeRecord`].
+pub const INODES: TableDefinition<u64, &[u8]> = TableDefinition::new("inodes.v1");
+/// (directory, name) → child inode number.
+pub const DIR_ENTRIES: TableDefinition<(u64, &str), u64> = TableDefinition::new("dir_entries.v1");
+/// (file, chunk index) → [`crate::records::ChunkRecord`].
+pub const CHUNKS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("chunks.v1");
+/// (inode, xattr name) → value.
+pub const XATTRS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("xattrs.v1");
+/// Inodes with no name left but still open somewhere.
+pub const ORPHANS: TableDefinition<u64, ()> = TableDefinition::new("orphans.v1");
+/// (node, chunk, version) replicas waiting to be deleted on that node.
+pub const DELETIONS: TableDefinition<(u64, u64, u64), ()> = TableDefinition::new("deletions.v1");
+/// Node id → [`crate::records::NodeRecord`].
+pub const NODES: TableDefinition<u64, &[u8]> = TableDefinition::new("nodes.v1");
+
+/// Keys of [`META`].
+pub mod meta_keys {
+    /// Format version of the database (u32 LE).
+    pub const FORMAT_VERSION: &str = "format_version";
+    /// Filesystem id (hex string).
+    pub const FS_ID: &str = "fs_id";
+    /// Chunk size (u32 LE).
+    pub const CHUNK_SIZE: &str = "chunk_size";
+    /// Next inode number (u64 LE).
+    pub const NEXT_INODE: &str = "next_inode";
+    /// Ceiling of reserved chunk ids / versions (u64 LE): ids below it may
+    /// have been handed out.
+    pub const ID_CEILING: &str = "id_ceiling";
+    /// Number of live inodes (u64 LE).
+    pub const INODE_COUNT: &str = "inode_count";
+    /// Default data policy for the root (replication u8, level i8).
+    pub const MAGIC: &str = "magic";
+}
+
+/// The value of [`meta_keys::MAGIC`]: marks a stripefs master database.
+pub const MAGIC_VALUE: &[u8] = b"stripefs-master";
+
+/// The database format this master writes and reads.
+pub const FORMAT_VERSION: u32 = 1;

@@ -1,0 +1,401 @@
+//! Authenticated connections.
+//!
+//! Every connection starts with a challenge–response handshake on the
+//! cluster secret before any RPC is exchanged; the secret itself never
+//! crosses the wire. Both sides prove they know it:
+//!
+//! ```text
+//! server → client: "STRIPEFS" | version u32 | nonce_s[32]
+//! client → server: nonce_c[32] | HMAC-SHA256(secret, "client" | nonce_s | nonce_c)
+//! server → client: status u8 (0 ok, 1 refused) | HMAC-SHA256(secret, "server" | nonce_c | nonce_s)
+//! ```
+//!
+//! After it, the stream carries length-delimited bincode frames (tarpc).
+
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use serde::{de::DeserializeOwned, Serialize};
+use sha2::Sha256;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tarpc::serde_transport::Transport;
+use tarpc::tokio_serde::formats::Bincode;
+use tarpc::tokio_util::codec::LengthDelimitedCodec;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+const MAGIC: &[u8; 8] = b"STRIPEFS";
+const PROTOCOL_VERSION: u32 = 1;
+const NONCE_BYTES: usize = 32;
+const MAC_BYTES: usize = 32;
+
+/// Largest frame accepted on a connection: a whole chunk plus headroom.
+pub const MAX_FRAME_BYTES: usize = 80 * 1024 * 1024;
+
+/// How long a peer may take to complete the handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Environment variable holding the cluster secret itself.
+pub const SECRET_ENV: &str = "STRIPEFS_SECRET";
+/// Environment variable naming a file that holds the cluster secret.
+pub const SECRET_FILE_ENV: &str = "STRIPEFS_SECRET_FILE";
+/// Where the secret is looked for when nothing else names it.
+pub const DEFAULT_SECRET_FILE: &str = "/etc/stripefs/secret";
+/// Shortest secret accepted, in bytes.
+pub const MIN_SECRET_BYTES: usize = 16;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The cluster secret shared by the master, the nodes and the clients.
+#[derive(Clone)]
+pub struct Secret(Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// Why no usable secret was found.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// The secret file could not be read.
+    #[error("cannot read the cluster secret file {path}: {error}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        error: std::io::Error,
+    },
+    /// The secret is too short.
+    #[error("the cluster secret from {from} is shorter than {MIN_SECRET_BYTES} bytes")]
+    TooShort {
+        /// Where it came from.
+        from: String,
+    },
+    /// Nothing names a secret.
+    #[error(
+        "no cluster secret: pass --secret-file FILE, set {SECRET_ENV} or {SECRET_FILE_ENV}, \
+         or create {DEFAULT_SECRET_FILE}"
+    )]
+    Missing,
+}
+
+impl Secret {
+    /// A secret from bytes; at least [`MIN_SECRET_BYTES`] long.
+    pub fn new(bytes: impl Into<Vec<u8>>, from: &str) -> Result<Secret, SecretError> {
+        let bytes = bytes.into();
+        if bytes.len() < MIN_SECRET_BYTES {
+            return Err(SecretError::TooShort { from: from.to_string() });
+        }
+        Ok(Secret(bytes))
+    }
+
+    /// A fresh random secret, hex-encoded (for `stripefs up`).
+    pub fn generate() -> String {
+        let mut b = [0u8; 32];
+        rand::rng().fill_bytes(&mut b);
+        hex::encode(b)
+    }
+
+    /// Reads a secret file; surrounding whitespace is ignored.
+    pub fn from_file(path: &Path) -> Result<Secret, SecretError> {
+        let text =
+            std::fs::read(path).map_err(|source| SecretError::Read { path: path.to_path_buf(), error: source })?;
+        let trimmed = text.trim_ascii();
+        Secret::new(trimmed, &path.display().to_string())
+    }
+
+    /// The secret named by `file`, else by the environment, else the default file.
+    pub fn resolve(file: Option<&Path>) -> Result<Secret, SecretError> {
+        if let Some(f) = file {
+            return Secret::from_file(f);
+        }
+        if let Ok(s) = std::env::var(SECRET_ENV) {
+            return Secret::new(s.trim().as_bytes(), SECRET_ENV);
+        }
+        if let Ok(f) = std::env::var(SECRET_FILE_ENV) {
+            return Secret::from_file(Path::new(&f));
+        }
+        let default = Path::new(DEFAULT_SECRET_FILE);
+        if default.exists() {
+            return Secret::from_file(default);
+        }
+        Err(SecretError::Missing)
+    }
+
+    /// The secret's bytes, for writing the root-only runtime file that
+    /// lets admin commands reach the cluster of a mount.
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    fn mac(&self, label: &[u8], a: &[u8], b: &[u8]) -> HmacSha256 {
+        let mut m = HmacSha256::new_from_slice(&self.0).expect("HMAC takes keys of any length");
+        m.update(label);
+        m.update(a);
+        m.update(b);
+        m
+    }
+}
+
+/// Why a connection could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// TCP connect failed.
+    #[error("cannot connect to {addr}: {error}")]
+    Connect {
+        /// The address.
+        addr: String,
+        /// The cause.
+        error: std::io::Error,
+    },
+    /// The peer did not answer in time.
+    #[error("{addr} did not answer within {timeout:?}")]
+    Timeout {
+        /// The address.
+        addr: String,
+        /// The time waited.
+        timeout: Duration,
+    },
+    /// The peer is not a stripefs server (or speaks another version).
+    #[error("{addr} is not a stripefs server of this version")]
+    NotStripefs {
+        /// The address.
+        addr: String,
+    },
+    /// The server refused our proof: the secrets differ.
+    #[error("{addr} refused the connection: wrong cluster secret")]
+    Refused {
+        /// The address.
+        addr: String,
+    },
+    /// The server could not prove it knows the secret.
+    #[error("{addr} failed to prove it knows the cluster secret")]
+    ServerNotAuthentic {
+        /// The address.
+        addr: String,
+    },
+    /// I/O failed during the handshake.
+    #[error("handshake with {addr} failed: {error}")]
+    Io {
+        /// The address.
+        addr: String,
+        /// The cause.
+        error: std::io::Error,
+    },
+}
+
+/// Runs the client side of the handshake on a fresh stream.
+pub async fn handshake_client(stream: &mut TcpStream, secret: &Secret, addr: &str) -> Result<(), ConnectError> {
+    let io = |error| ConnectError::Io { addr: addr.to_string(), error };
+    let mut hello = [0u8; 8 + 4 + NONCE_BYTES];
+    stream.read_exact(&mut hello).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            ConnectError::NotStripefs { addr: addr.to_string() }
+        } else {
+            io(e)
+        }
+    })?;
+    if &hello[..8] != MAGIC || hello[8..12] != PROTOCOL_VERSION.to_be_bytes() {
+        return Err(ConnectError::NotStripefs { addr: addr.to_string() });
+    }
+    let nonce_s = &hello[12..];
+    let mut nonce_c = [0u8; NONCE_BYTES];
+    rand::rng().fill_bytes(&mut nonce_c);
+    let proof = secret.mac(b"client", nonce_s, &nonce_c).finalize().into_bytes();
+    let mut msg = Vec::with_capacity(NONCE_BYTES + MAC_BYTES);
+    msg.extend_from_slice(&nonce_c);
+    msg.extend_from_slice(&proof);
+    stream.write_all(&msg).await.map_err(io)?;
+    let mut answer = [0u8; 1 + MAC_BYTES];
+    match stream.read_exact(&mut answer).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            return Err(ConnectError::Refused { addr: addr.to_string() })
+        }
+        Err(e) => return Err(io(e)),
+    }
+    if answer[0] != 0 {
+        return Err(ConnectError::Refused { addr: addr.to_string() });
+    }
+    secret
+        .mac(b"server", &nonce_c, nonce_s)
+        .verify_slice(&answer[1..])
+        .map_err(|_| ConnectError::ServerNotAuthentic { addr: addr.to_string() })
+}
+
+/// Why a peer was refused by a server.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    /// The peer's proof did not match: it does not hold the secret.
+    #[error("wrong cluster secret")]
+    BadProof,
+    /// The peer did not finish in time.
+    #[error("handshake timed out")]
+    Timeout,
+    /// I/O failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Runs the server side of the handshake on a fresh stream.
+pub async fn handshake_server(stream: &mut TcpStream, secret: &Secret) -> Result<(), AcceptError> {
+    let mut nonce_s = [0u8; NONCE_BYTES];
+    rand::rng().fill_bytes(&mut nonce_s);
+    let mut hello = Vec::with_capacity(8 + 4 + NONCE_BYTES);
+    hello.extend_from_slice(MAGIC);
+    hello.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+    hello.extend_from_slice(&nonce_s);
+    stream.write_all(&hello).await?;
+    let mut msg = [0u8; NONCE_BYTES + MAC_BYTES];
+    stream.read_exact(&mut msg).await?;
+    let (nonce_c, proof) = msg.split_at(NONCE_BYTES);
+    if secret.mac(b"client", &nonce_s, nonce_c).verify_slice(proof).is_err() {
+        let _ = stream.write_all(&[1u8; 1 + MAC_BYTES]).await;
+        return Err(AcceptError::BadProof);
+    }
+    let mut answer = Vec::with_capacity(1 + MAC_BYTES);
+    answer.push(0);
+    answer.extend_from_slice(&secret.mac(b"server", nonce_c, &nonce_s).finalize().into_bytes());
+    stream.write_all(&answer).await?;
+    Ok(())
+}
+
+/// A tarpc transport over an authenticated stream.
+pub type BincodeTransport<Item, SinkItem> = Transport<TcpStream, Item, SinkItem, Bincode<Item, SinkItem>>;
+
+/// Wraps an authenticated stream into a tarpc transport.
+pub fn transport<Item, SinkItem>(stream: TcpStream) -> BincodeTransport<Item, SinkItem>
+where
+    Item: DeserializeOwned,
+    SinkItem: Serialize,
+{
+    let _ = stream.set_nodelay(true);
+    let framed = LengthDelimitedCodec::builder().max_frame_length(MAX_FRAME_BYTES).new_framed(stream);
+    tarpc::serde_transport::new(framed, Bincode::default())
+}
+
+/// Opens a TCP connection and authenticates, all within `timeout`.
+pub async fn connect_stream(addr: &str, secret: &Secret, timeout: Duration) -> Result<TcpStream, ConnectError> {
+    let fut = async {
+        let mut stream =
+            TcpStream::connect(addr).await.map_err(|error| ConnectError::Connect { addr: addr.to_string(), error })?;
+        handshake_client(&mut stream, secret, addr).await?;
+        Ok(stream)
+    };
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(ConnectError::Timeout { addr: addr.to_string(), timeout }),
+    }
+}
+
+/// A client for the master at `addr`.
+pub async fn connect_master(
+    addr: &str,
+    secret: &Secret,
+    timeout: Duration,
+) -> Result<crate::MasterServiceClient, ConnectError> {
+    let stream = connect_stream(addr, secret, timeout).await?;
+    Ok(crate::MasterServiceClient::new(client_config(), transport(stream)).spawn())
+}
+
+/// A client for the storage node at `addr`.
+pub async fn connect_node(
+    addr: &str,
+    secret: &Secret,
+    timeout: Duration,
+) -> Result<crate::NodeServiceClient, ConnectError> {
+    let stream = connect_stream(addr, secret, timeout).await?;
+    Ok(crate::NodeServiceClient::new(client_config(), transport(stream)).spawn())
+}
+
+fn client_config() -> tarpc::client::Config {
+    let mut c = tarpc::client::Config::default();
+    c.max_in_flight_requests = 4096;
+    c.pending_request_buffer = 1024;
+    c
+}
+
+/// Accepts connections until `shutdown`, authenticates each in its own
+/// task, and hands authenticated streams to `handle`. Refused peers are
+/// logged and dropped.
+pub async fn accept_loop<H>(listener: TcpListener, secret: Secret, shutdown: CancellationToken, handle: H)
+where
+    H: Fn(TcpStream, SocketAddr) + Clone + Send + Sync + 'static,
+{
+    loop {
+        let (mut stream, peer) = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let secret = secret.clone();
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let r = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake_server(&mut stream, &secret)).await {
+                Ok(r) => r,
+                Err(_) => Err(AcceptError::Timeout),
+            };
+            match r {
+                Ok(()) => handle(stream, peer),
+                Err(e) => tracing::warn!("refused connection from {peer}: {e}"),
+            }
+        });
+    }
+}
+
+/// A tarpc context whose deadline is `timeout` from now.
+pub fn context_with_timeout(timeout: Duration) -> tarpc::context::Context {
+    let mut ctx = tarpc::context::current();
+    ctx.deadline = std::time::Instant::now() + timeout;
+    ctx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn pair(server_secret: Secret, client_secret: Secret) -> (Result<(), AcceptError>, Result<(), ConnectError>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.expect("accept");
+            handshake_server(&mut s, &server_secret).await
+        });
+        let client = connect_stream(&addr, &client_secret, Duration::from_secs(5)).await.map(|_| ());
+        (server.await.expect("join"), client)
+    }
+
+    fn secret(s: &str) -> Secret {
+        Secret::new(s.as_bytes(), "test").expect("secret")
+    }
+
+    #[tokio::test]
+    async fn same_secret_is_accepted() {
+        let (s, c) = pair(secret("0123456789abcdef"), secret("0123456789abcdef")).await;
+        assert!(s.is_ok(), "{s:?}");
+        assert!(c.is_ok(), "{c:?}");
+    }
+
+    #[tokio::test]
+    async fn wrong_secret_is_refused_on_both_sides() {
+        let (s, c) = pair(secret("0123456789abcdef"), secret("fedcba9876543210")).await;
+        assert!(matches!(s, Err(AcceptError::BadProof)), "{s:?}");
+        assert!(matches!(c, Err(ConnectError::Refused { .. })), "{c:?}");
+    }
+
+    #[test]
+    fn short_secrets_are_rejected() {
+        assert!(matches!(Secret::new(b"short".to_vec(), "x"), Err(SecretError::TooShort { .. })));
+    }
+}

@@ -1,0 +1,101 @@
+//! The tarpc services: the master's and the storage node's.
+
+// The generated client methods take one argument per RPC parameter.
+#![allow(clippy::too_many_arguments)]
+
+use crate::error::FsError;
+use crate::ids::{ChunkId, InodeId, Version};
+use crate::types::*;
+
+/// The master: namespace, chunk map, node registry.
+///
+/// Every mutation is durable in the master's database before it replies.
+#[tarpc::service]
+pub trait MasterService {
+    /// Filesystem-wide facts (id, chunk size).
+    async fn fs_info() -> Result<FsInfo, FsError>;
+    /// The inode named `name` in `parent`.
+    async fn lookup(parent: InodeId, name: String) -> Result<Attr, FsError>;
+    /// The attributes of `ino`.
+    async fn getattr(ino: InodeId) -> Result<Attr, FsError>;
+    /// Change attributes; a size change truncates or extends the file.
+    async fn setattr(ino: InodeId, set: SetAttr) -> Result<Attr, FsError>;
+    /// Create a non-directory, non-symlink inode. `Exists` if the name is taken.
+    async fn mknod(
+        parent: InodeId,
+        name: String,
+        kind: FileKind,
+        perm: u32,
+        owner: Owner,
+        rdev: u32,
+    ) -> Result<Attr, FsError>;
+    /// Create a directory.
+    async fn mkdir(parent: InodeId, name: String, perm: u32, owner: Owner) -> Result<Attr, FsError>;
+    /// Create a symbolic link.
+    async fn symlink(parent: InodeId, name: String, target: String, owner: Owner) -> Result<Attr, FsError>;
+    /// Read a symbolic link.
+    async fn readlink(ino: InodeId) -> Result<String, FsError>;
+    /// Add a hard link.
+    async fn link(ino: InodeId, new_parent: InodeId, new_name: String) -> Result<Attr, FsError>;
+    /// Remove a non-directory entry.
+    async fn unlink(parent: InodeId, name: String) -> Result<(), FsError>;
+    /// Remove an empty directory.
+    async fn rmdir(parent: InodeId, name: String) -> Result<(), FsError>;
+    /// Rename; `flags` are renameat2's (`RENAME_NOREPLACE`, `RENAME_EXCHANGE`).
+    async fn rename(
+        parent: InodeId,
+        name: String,
+        new_parent: InodeId,
+        new_name: String,
+        flags: u32,
+    ) -> Result<(), FsError>;
+    /// Up to `limit` entries of `dir` whose names sort after `after`.
+    async fn readdir(dir: InodeId, after: Option<String>, limit: u32) -> Result<Vec<DirEntry>, FsError>;
+    /// Take an open reference: an unlinked file lives until its last reference goes.
+    async fn open(ino: InodeId) -> Result<Attr, FsError>;
+    /// Drop an open reference.
+    async fn release(ino: InodeId) -> Result<(), FsError>;
+    /// The chunks of `ino` with index in `[first, first+count)`; holes are absent.
+    async fn chunks(ino: InodeId, first: u64, count: u64) -> Result<Vec<ChunkLoc>, FsError>;
+    /// Allocate a new version of chunk `index` of `ino` and pick its replica targets.
+    async fn alloc_chunk(ino: InodeId, index: u64, client_host: String) -> Result<ChunkAlloc, FsError>;
+    /// Make a stored chunk version current and extend the file size to cover it.
+    async fn commit_chunk(commit: ChunkCommit) -> Result<Attr, FsError>;
+    /// Space and inode figures.
+    async fn statfs() -> Result<StatFs, FsError>;
+    /// Set an xattr. `flags` are setxattr's (`XATTR_CREATE`, `XATTR_REPLACE`).
+    async fn setxattr(ino: InodeId, name: String, value: Vec<u8>, flags: u32) -> Result<(), FsError>;
+    /// Get an xattr.
+    async fn getxattr(ino: InodeId, name: String) -> Result<Vec<u8>, FsError>;
+    /// List xattr names.
+    async fn listxattr(ino: InodeId) -> Result<Vec<String>, FsError>;
+    /// Remove an xattr.
+    async fn removexattr(ino: InodeId, name: String) -> Result<(), FsError>;
+    /// Change the data policy of an inode (new children inherit a directory's).
+    async fn set_policy(ino: InodeId, replication: Option<u8>, compression_level: Option<i8>) -> Result<Attr, FsError>;
+    /// Every node the master knows.
+    async fn nodes() -> Result<Vec<NodeStatus>, FsError>;
+    /// A storage node announces itself.
+    async fn register_node(hello: NodeHello) -> Result<Registered, FsError>;
+    /// A storage node's periodic report.
+    async fn heartbeat(hb: Heartbeat) -> Result<HeartbeatReply, FsError>;
+}
+
+/// A storage node: stores chunk replicas, knows nothing of inodes.
+#[tarpc::service]
+pub trait NodeService {
+    /// Store a chunk version here and on the rest of the chain; replies once
+    /// every node of the chain holds it. Returns the bytes stored here.
+    async fn write_chunk(req: WriteChunk) -> Result<u64, FsError>;
+    /// Blocks `[first_block, first_block+count)` of a chunk version, as stored.
+    async fn read_blocks(
+        chunk: ChunkId,
+        version: Version,
+        first_block: u32,
+        count: u32,
+    ) -> Result<Vec<EncodedBlock>, FsError>;
+    /// Delete a chunk version (no error if absent).
+    async fn delete_chunk(chunk: ChunkId, version: Version) -> Result<(), FsError>;
+    /// Put replicas written earlier without `sync` on disk (fsync(2) of a client).
+    async fn sync_chunks(chunks: Vec<(ChunkId, Version)>) -> Result<(), FsError>;
+}

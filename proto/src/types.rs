@@ -1,0 +1,399 @@
+//! Records carried by requests and replies.
+
+use crate::ids::{ChunkId, InodeId, NodeId, Version};
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The kind of an inode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FileKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link.
+    Symlink,
+    /// A named pipe.
+    Fifo,
+    /// A unix socket.
+    Socket,
+    /// A character device.
+    CharDevice,
+    /// A block device.
+    BlockDevice,
+}
+
+impl FileKind {
+    /// The stable one-byte code used in on-disk records.
+    pub fn code(self) -> u8 {
+        match self {
+            FileKind::File => 1,
+            FileKind::Dir => 2,
+            FileKind::Symlink => 3,
+            FileKind::Fifo => 4,
+            FileKind::Socket => 5,
+            FileKind::CharDevice => 6,
+            FileKind::BlockDevice => 7,
+        }
+    }
+
+    /// The inverse of [`FileKind::code`].
+    pub fn from_code(code: u8) -> Option<FileKind> {
+        Some(match code {
+            1 => FileKind::File,
+            2 => FileKind::Dir,
+            3 => FileKind::Symlink,
+            4 => FileKind::Fifo,
+            5 => FileKind::Socket,
+            6 => FileKind::CharDevice,
+            7 => FileKind::BlockDevice,
+            _ => return None,
+        })
+    }
+
+    /// The kind named by the file-type bits (`S_IFMT`) of a mode.
+    pub fn from_mode(mode: u32) -> Option<FileKind> {
+        Some(match mode & 0o170000 {
+            0o100000 => FileKind::File,
+            0o040000 => FileKind::Dir,
+            0o120000 => FileKind::Symlink,
+            0o010000 => FileKind::Fifo,
+            0o140000 => FileKind::Socket,
+            0o020000 => FileKind::CharDevice,
+            0o060000 => FileKind::BlockDevice,
+            _ => return None,
+        })
+    }
+}
+
+/// A point in time, as seconds and nanoseconds since the Unix epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]
+pub struct Timestamp {
+    /// Seconds since the epoch (may be negative).
+    pub secs: i64,
+    /// Nanoseconds within the second.
+    pub nanos: u32,
+}
+
+impl Timestamp {
+    /// The current time.
+    pub fn now() -> Timestamp {
+        Timestamp::from(SystemTime::now())
+    }
+}
+
+impl From<SystemTime> for Timestamp {
+    fn from(t: SystemTime) -> Timestamp {
+        match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => Timestamp { secs: d.as_secs() as i64, nanos: d.subsec_nanos() },
+            Err(e) => {
+                let d = e.duration();
+                let mut secs = -(d.as_secs() as i64);
+                let mut nanos = d.subsec_nanos();
+                if nanos > 0 {
+                    secs -= 1;
+                    nanos = 1_000_000_000 - nanos;
+                }
+                Timestamp { secs, nanos }
+            }
+        }
+    }
+}
+
+impl From<Timestamp> for SystemTime {
+    fn from(t: Timestamp) -> SystemTime {
+        if t.secs >= 0 {
+            UNIX_EPOCH + Duration::new(t.secs as u64, t.nanos)
+        } else {
+            UNIX_EPOCH - Duration::from_secs(t.secs.unsigned_abs()) + Duration::from_nanos(t.nanos as u64)
+        }
+    }
+}
+
+/// Per-directory data policy, inherited by new inodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    /// Number of replicas of each chunk (1..=8).
+    pub replication: u8,
+    /// zstd level for blocks; 0 stores blocks raw.
+    pub compression_level: i8,
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy { replication: 2, compression_level: 1 }
+    }
+}
+
+impl Policy {
+    /// Largest replication factor accepted.
+    pub const MAX_REPLICATION: u8 = 8;
+    /// Largest zstd level accepted.
+    pub const MAX_COMPRESSION_LEVEL: i8 = 19;
+
+    /// The form shown in the `user.stripefs.policy` xattr and by the CLI.
+    pub fn describe(&self) -> String {
+        let compression =
+            if self.compression_level == 0 { "off".to_string() } else { format!("zstd:{}", self.compression_level) };
+        format!("replication={} compression={}", self.replication, compression)
+    }
+}
+
+/// The attributes of an inode.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attr {
+    /// Inode number.
+    pub ino: InodeId,
+    /// File kind.
+    pub kind: FileKind,
+    /// Permission bits (`0o7777`).
+    pub perm: u16,
+    /// Hard link count.
+    pub nlink: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Size in bytes (for a symlink: target length).
+    pub size: u64,
+    /// Last access.
+    pub atime: Timestamp,
+    /// Last data change.
+    pub mtime: Timestamp,
+    /// Last inode change.
+    pub ctime: Timestamp,
+    /// Creation.
+    pub crtime: Timestamp,
+    /// Device number for device nodes.
+    pub rdev: u32,
+    /// Data policy.
+    pub policy: Policy,
+}
+
+/// A time to set with `setattr`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TimeSet {
+    /// The server's current time.
+    Now,
+    /// A given time.
+    At(Timestamp),
+}
+
+/// The changes of a `setattr` request; `None` leaves a field alone.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetAttr {
+    /// New permission bits.
+    pub mode: Option<u32>,
+    /// New owner.
+    pub uid: Option<u32>,
+    /// New group.
+    pub gid: Option<u32>,
+    /// New size (truncate or extend).
+    pub size: Option<u64>,
+    /// New access time.
+    pub atime: Option<TimeSet>,
+    /// New modification time.
+    pub mtime: Option<TimeSet>,
+}
+
+/// Who creates an inode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+}
+
+/// One directory entry with the attributes of its target (readdirplus).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirEntry {
+    /// Entry name.
+    pub name: String,
+    /// Attributes of the inode it names.
+    pub attr: Attr,
+}
+
+/// Where a replica lives.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replica {
+    /// The node holding it.
+    pub node: NodeId,
+    /// The node's RPC address.
+    pub addr: String,
+    /// The node's host name (for read-local).
+    pub host: String,
+    /// The node's zone.
+    pub zone: String,
+}
+
+/// A chunk of a file and where its replicas are.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkLoc {
+    /// Chunk index in the file: it holds bytes `[index*C, (index+1)*C)`.
+    pub index: u64,
+    /// Chunk id.
+    pub chunk: ChunkId,
+    /// Current version.
+    pub version: Version,
+    /// Valid bytes in the chunk; bytes past it (within the file size) read as zeros.
+    pub length: u32,
+    /// Bytes the replica takes on disk (after compression), as reported at commit.
+    pub stored_bytes: u64,
+    /// Replicas, in no particular order.
+    pub replicas: Vec<Replica>,
+}
+
+/// The master's answer to a chunk allocation: where to write a new version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkAlloc {
+    /// Chunk id (the existing one when the chunk is rewritten).
+    pub chunk: ChunkId,
+    /// The new version to write.
+    pub version: Version,
+    /// Replica targets, in chain order (first one receives from the client).
+    pub targets: Vec<Replica>,
+    /// zstd level to store the blocks with (0: raw).
+    pub compression_level: i8,
+}
+
+/// The client's report that a new chunk version is stored on all targets.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkCommit {
+    /// File.
+    pub ino: InodeId,
+    /// Chunk index in the file.
+    pub index: u64,
+    /// Chunk id from the allocation.
+    pub chunk: ChunkId,
+    /// Version from the allocation.
+    pub version: Version,
+    /// Valid bytes in the chunk.
+    pub length: u32,
+    /// Bytes taken on disk by one replica.
+    pub stored_bytes: u64,
+    /// Nodes that acknowledged the write.
+    pub replicas: Vec<NodeId>,
+}
+
+/// Filesystem-wide facts a client needs at mount time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsInfo {
+    /// The filesystem's unique id (hex).
+    pub fs_id: String,
+    /// Chunk size in bytes, fixed at creation.
+    pub chunk_size: u32,
+}
+
+/// Space figures for statfs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatFs {
+    /// Sum of live nodes' capacity, in bytes.
+    pub total_bytes: u64,
+    /// Sum of live nodes' free space, in bytes.
+    pub free_bytes: u64,
+    /// Number of inodes.
+    pub files: u64,
+}
+
+/// A storage node as the master sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Node id.
+    pub id: NodeId,
+    /// RPC address.
+    pub addr: String,
+    /// Host name.
+    pub host: String,
+    /// Zone name.
+    pub zone: String,
+    /// Whether it heartbeated recently.
+    pub alive: bool,
+    /// Capacity of its data disk, in bytes.
+    pub capacity_bytes: u64,
+    /// Free space on its data disk, in bytes.
+    pub free_bytes: u64,
+    /// Bytes used by chunk replicas.
+    pub used_bytes: u64,
+    /// Number of chunk replicas it holds.
+    pub chunk_count: u64,
+    /// Milliseconds since its last heartbeat.
+    pub last_seen_ms: u64,
+}
+
+/// A node's registration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeHello {
+    /// The id it had before, if any.
+    pub node_id: Option<NodeId>,
+    /// The filesystem it belongs to, if it was registered before.
+    pub fs_id: Option<String>,
+    /// Address clients and peers reach it at.
+    pub addr: String,
+    /// Host name.
+    pub host: String,
+    /// Zone name.
+    pub zone: String,
+}
+
+/// A node's periodic report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Reporting node.
+    pub node: NodeId,
+    /// Capacity of its data disk, in bytes.
+    pub capacity_bytes: u64,
+    /// Free space on its data disk, in bytes.
+    pub free_bytes: u64,
+    /// Bytes used by chunk replicas.
+    pub used_bytes: u64,
+    /// Number of chunk replicas held.
+    pub chunk_count: u64,
+}
+
+/// The master's answer to a heartbeat: work for the node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    /// Replicas to delete.
+    pub delete: Vec<(ChunkId, Version)>,
+}
+
+/// The master's answer to a registration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registered {
+    /// The node's id.
+    pub node_id: NodeId,
+    /// The filesystem's id.
+    pub fs_id: String,
+}
+
+/// One stored block of chunk data, as sent on the wire and kept on disk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncodedBlock {
+    /// Length of the block's data once decoded.
+    pub raw_len: u32,
+    /// How `data` is encoded (see [`crate::block::Codec`]).
+    pub codec: u8,
+    /// crc32 of `data` as stored.
+    pub crc: u32,
+    /// The stored bytes.
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
+}
+
+/// A request to store a chunk version on a node and on the rest of its chain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteChunk {
+    /// Chunk id.
+    pub chunk: ChunkId,
+    /// Version.
+    pub version: Version,
+    /// Valid bytes in the chunk.
+    pub length: u32,
+    /// The blocks, in order, each of `BLOCK_SIZE` bytes decoded except the last.
+    pub blocks: Vec<EncodedBlock>,
+    /// Addresses of the next nodes in the replication chain.
+    pub chain: Vec<String>,
+    /// Whether to fsync before acknowledging.
+    pub sync: bool,
+}

@@ -1,0 +1,148 @@
+//! `stripefs-node`: runs one stripefs storage node.
+
+use anyhow::Context as _;
+use clap::Parser;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use stripefs_node::{run, write_file_atomic, Config};
+use stripefs_proto::net::Secret;
+use tokio_util::sync::CancellationToken;
+
+/// Log filter used when RUST_LOG is unset. tarpc logs every request at
+/// INFO; keep that out of the node's log unless asked for.
+const DEFAULT_LOG_FILTER: &str = "info,tarpc=warn";
+
+/// Name of the file, in the data directory, that receives the bound address.
+const LISTEN_ADDR_FILE: &str = "listen.addr";
+
+/// A stripefs storage node: keeps chunk replicas on local disk, serves them
+/// to clients and forwards writes to the next node of each replica chain.
+#[derive(Parser, Debug)]
+#[command(
+    name = "stripefs-node",
+    version,
+    after_help = "The node registers with the master at start and heartbeats every --heartbeat-ms. \
+                  Its identity is kept in DIR/node.id; the address it actually listens on is written \
+                  to DIR/listen.addr (useful with port 0).\n\nLogging is controlled by RUST_LOG \
+                  (default: info, with tarpc's per-request logs at warn)."
+)]
+struct Args {
+    /// Data directory for chunk replicas and the node identity (created if missing).
+    #[arg(long, value_name = "DIR")]
+    data: PathBuf,
+
+    /// Address to listen on, e.g. 0.0.0.0:7200; port 0 picks a free port.
+    #[arg(long, value_name = "ADDR")]
+    listen: String,
+
+    /// Address of the master, e.g. master.example:7100.
+    #[arg(long, value_name = "ADDR")]
+    master: String,
+
+    /// Address clients and peer nodes should use to reach this node
+    /// [default: the bound address, with the host name if bound to all interfaces].
+    #[arg(long, value_name = "ADDR")]
+    advertise: Option<String>,
+
+    /// Failure zone of this node; replicas of a chunk are spread across zones.
+    #[arg(long, value_name = "NAME", default_value = "default")]
+    zone: String,
+
+    /// Host name reported to the master; clients on the same host read from this node first
+    /// [default: this machine's host name].
+    #[arg(long, value_name = "NAME")]
+    host: Option<String>,
+
+    /// File holding the cluster secret [default: $STRIPEFS_SECRET, $STRIPEFS_SECRET_FILE,
+    /// then /etc/stripefs/secret].
+    #[arg(long, value_name = "FILE")]
+    secret_file: Option<PathBuf>,
+
+    /// Milliseconds between heartbeats to the master.
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    heartbeat_ms: u64,
+}
+
+fn main() {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER)),
+        )
+        .init();
+    if let Err(e) = real_main(args) {
+        eprintln!("stripefs-node: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main(args: Args) -> anyhow::Result<()> {
+    // SecretError's message already includes its cause: keep `{e:#}` from repeating it.
+    let secret = Secret::resolve(args.secret_file.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    std::fs::create_dir_all(&args.data)
+        .with_context(|| format!("cannot create the data directory {}", args.data.display()))?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    runtime.block_on(async_main(args, secret))
+}
+
+async fn async_main(args: Args, secret: Secret) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let bound = listener.local_addr().context("the listener has no address")?;
+    let addr_file = args.data.join(LISTEN_ADDR_FILE);
+    write_file_atomic(&addr_file, bound.to_string().as_bytes())
+        .with_context(|| format!("cannot write {}", addr_file.display()))?;
+    tracing::info!("listening on {bound}");
+
+    let host = args.host.unwrap_or_else(hostname);
+    let advertise = match args.advertise {
+        Some(a) => a,
+        None if bound.ip().is_unspecified() => format!("{host}:{}", bound.port()),
+        None => bound.to_string(),
+    };
+    let cfg = Config {
+        data_dir: args.data,
+        advertise_addr: advertise,
+        master_addr: args.master,
+        host,
+        zone: args.zone,
+        secret,
+        heartbeat_interval: Duration::from_millis(args.heartbeat_ms),
+    };
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    run(cfg, listener, shutdown).await
+}
+
+/// Cancels `shutdown` on SIGINT or SIGTERM.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot catch SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            shutdown.cancel();
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; shutting down"),
+        _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
+    }
+    shutdown.cancel();
+}
+
+/// This machine's host name, or "localhost" when it cannot be read.
+fn hostname() -> String {
+    std::fs::read_to_string(Path::new("/proc/sys/kernel/hostname"))
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}

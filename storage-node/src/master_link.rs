@@ -1,0 +1,330 @@
+//! The node's link to the master: registration, identity, heartbeats.
+//!
+//! The node registers at start and whenever the connection is lost or the
+//! master forgets it, then heartbeats with its space figures and applies
+//! the replica deletions the master hands back.
+
+use crate::chunk_store::ChunkStore;
+use crate::fsutil::{disk_space, write_file_atomic};
+use crate::Config;
+use anyhow::Context as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use stripefs_proto::net::{connect_master, context_with_timeout};
+use stripefs_proto::types::{Heartbeat, NodeHello};
+use stripefs_proto::{FsError, MasterServiceClient, NodeId};
+use tokio_util::sync::CancellationToken;
+
+/// Name of the identity file in the data directory.
+pub const IDENTITY_FILE: &str = "node.id";
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+const BACKOFF_START: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Who this node is, as recorded in `DIR/node.id`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Identity {
+    pub(crate) node_id: Option<NodeId>,
+    pub(crate) fs_id: Option<String>,
+}
+
+impl Identity {
+    fn path(dir: &Path) -> PathBuf {
+        dir.join(IDENTITY_FILE)
+    }
+
+    /// Reads the identity file; an absent file is an empty identity.
+    pub(crate) fn load(dir: &Path) -> anyhow::Result<Identity> {
+        let path = Identity::path(dir);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Identity::default()),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        Identity::parse(&text).with_context(|| format!("{} is malformed; fix or remove it", path.display()))
+    }
+
+    fn parse(text: &str) -> anyhow::Result<Identity> {
+        let mut id = Identity::default();
+        for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            let (key, value) = line.split_once('=').with_context(|| format!("line {line:?} is not key=value"))?;
+            match key.trim() {
+                "node_id" => {
+                    let n = value.trim().parse().with_context(|| format!("bad node_id {value:?}"))?;
+                    id.node_id = Some(NodeId(n));
+                }
+                "fs_id" => {
+                    let fs_id = value.trim();
+                    anyhow::ensure!(valid_fs_id(fs_id), "bad fs_id {fs_id:?}");
+                    id.fs_id = Some(fs_id.to_string());
+                }
+                other => tracing::warn!("ignoring unknown key {other:?} in {IDENTITY_FILE}"),
+            }
+        }
+        anyhow::ensure!(id.node_id.is_some() == id.fs_id.is_some(), "node_id and fs_id must both be present");
+        Ok(id)
+    }
+
+    fn render(&self) -> String {
+        let mut s = String::new();
+        if let Some(n) = self.node_id {
+            s.push_str(&format!("node_id={n}\n"));
+        }
+        if let Some(f) = &self.fs_id {
+            s.push_str(&format!("fs_id={f}\n"));
+        }
+        s
+    }
+
+    fn save(&self, dir: &Path) -> std::io::Result<()> {
+        write_file_atomic(&Identity::path(dir), self.render().as_bytes())
+    }
+}
+
+/// Whether `s` can be stored as an fs id (hex, or at worst a uuid-like token).
+fn valid_fs_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// Waits before retrying: 200 ms doubling up to 5 s.
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff { next: BACKOFF_START }
+    }
+
+    fn reset(&mut self) {
+        self.next = BACKOFF_START;
+    }
+
+    /// The current delay; doubles the next one.
+    fn advance(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (delay * 2).min(BACKOFF_MAX);
+        delay
+    }
+
+    /// Sleeps for the current delay. False on shutdown.
+    async fn wait(&mut self, shutdown: &CancellationToken) -> bool {
+        let delay = self.advance();
+        tokio::select! {
+            _ = shutdown.cancelled() => false,
+            _ = tokio::time::sleep(delay) => true,
+        }
+    }
+}
+
+/// Why a registration attempt did not succeed.
+enum Failure {
+    /// Try again later.
+    Retry(String),
+    /// Give up: the node cannot serve this master.
+    Fatal(anyhow::Error),
+}
+
+/// How the heartbeat loop ended.
+enum HeartbeatEnd {
+    Shutdown,
+    /// The connection broke: reconnect after a backoff.
+    Reconnect,
+    /// The master forgot us: register again now.
+    Reregister,
+}
+
+/// The link task's state.
+struct Link {
+    cfg: Config,
+    store: Arc<ChunkStore>,
+    shutdown: CancellationToken,
+    /// What this node claims to be (updated by the master's answers).
+    identity: Identity,
+    /// What `node.id` holds.
+    saved: Identity,
+}
+
+/// Runs the master link until `shutdown`. Returns an error only when the
+/// node must stop: it belongs to another filesystem.
+pub(crate) async fn run(
+    cfg: Config,
+    identity: Identity,
+    store: Arc<ChunkStore>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut link = Link { cfg, store, shutdown, saved: identity.clone(), identity };
+    let mut backoff = Backoff::new();
+    let mut attempt = 0u64;
+    loop {
+        attempt += 1;
+        let shutdown = link.shutdown.clone();
+        let registered = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            r = link.register() => r,
+        };
+        let (client, node) = match registered {
+            Ok(x) => x,
+            Err(Failure::Fatal(e)) => {
+                tracing::error!("{e:#}");
+                return Err(e);
+            }
+            Err(Failure::Retry(msg)) => {
+                tracing::warn!("registration with master {} failed (attempt {attempt}): {msg}", link.cfg.master_addr);
+                if !backoff.wait(&link.shutdown).await {
+                    return Ok(());
+                }
+                continue;
+            }
+        };
+        attempt = 0;
+        tracing::info!("registered with master {} as node {node}", link.cfg.master_addr);
+        match link.heartbeats(&client, node, &mut backoff).await {
+            HeartbeatEnd::Shutdown => return Ok(()),
+            HeartbeatEnd::Reregister => {}
+            HeartbeatEnd::Reconnect => {
+                if !backoff.wait(&link.shutdown).await {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+impl Link {
+    /// Connects to the master and registers; records a new identity.
+    async fn register(&mut self) -> Result<(MasterServiceClient, NodeId), Failure> {
+        let client = connect_master(&self.cfg.master_addr, &self.cfg.secret, CONNECT_TIMEOUT)
+            .await
+            .map_err(|e| Failure::Retry(e.to_string()))?;
+        let hello = NodeHello {
+            node_id: self.identity.node_id,
+            fs_id: self.identity.fs_id.clone(),
+            addr: self.cfg.advertise_addr.clone(),
+            host: self.cfg.host.clone(),
+            zone: self.cfg.zone.clone(),
+        };
+        let reg = match client.register_node(context_with_timeout(RPC_TIMEOUT), hello).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return Err(Failure::Retry(format!("the master refused: {e}"))),
+            Err(e) => return Err(Failure::Retry(e.to_string())),
+        };
+        if let Some(mine) = &self.identity.fs_id {
+            if *mine != reg.fs_id {
+                return Err(Failure::Fatal(anyhow::anyhow!(
+                    "this node's data directory {} belongs to filesystem {mine}, but the master at {} serves \
+                     filesystem {}; refusing to join it",
+                    self.cfg.data_dir.display(),
+                    self.cfg.master_addr,
+                    reg.fs_id
+                )));
+            }
+        }
+        if !valid_fs_id(&reg.fs_id) {
+            return Err(Failure::Retry(format!("the master sent an unusable fs id {:?}", reg.fs_id)));
+        }
+        if let Some(old) = self.identity.node_id.filter(|&old| old != reg.node_id) {
+            tracing::warn!("the master renamed this node from {old} to {}", reg.node_id);
+        }
+        self.identity = Identity { node_id: Some(reg.node_id), fs_id: Some(reg.fs_id) };
+        if self.identity != self.saved {
+            let (identity, dir) = (self.identity.clone(), self.cfg.data_dir.clone());
+            let saved = tokio::task::spawn_blocking(move || identity.save(&dir)).await;
+            match saved {
+                Ok(Ok(())) => self.saved = self.identity.clone(),
+                Ok(Err(e)) => return Err(Failure::Retry(format!("cannot record the node identity: {e}"))),
+                Err(e) => return Err(Failure::Retry(format!("cannot record the node identity: {e}"))),
+            }
+            tracing::info!(
+                "recorded node identity {} of filesystem {}",
+                reg.node_id,
+                self.identity.fs_id.as_deref().unwrap_or("?")
+            );
+        }
+        Ok((client, reg.node_id))
+    }
+
+    /// Heartbeats every interval until the link breaks or shutdown.
+    async fn heartbeats(&self, client: &MasterServiceClient, node: NodeId, backoff: &mut Backoff) -> HeartbeatEnd {
+        let mut ticker = tokio::time::interval(self.cfg.heartbeat_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return HeartbeatEnd::Shutdown,
+                _ = ticker.tick() => {}
+            }
+            let hb = self.heartbeat(node).await;
+            let reply = tokio::select! {
+                _ = self.shutdown.cancelled() => return HeartbeatEnd::Shutdown,
+                r = client.heartbeat(context_with_timeout(RPC_TIMEOUT), hb) => r,
+            };
+            match reply {
+                Ok(Ok(reply)) => {
+                    backoff.reset();
+                    if !reply.delete.is_empty() {
+                        self.apply_deletions(reply.delete).await;
+                    }
+                }
+                Ok(Err(FsError::NotFound)) => {
+                    tracing::warn!("the master does not know node {node}; registering again");
+                    return HeartbeatEnd::Reregister;
+                }
+                Ok(Err(e)) => tracing::warn!("the master refused a heartbeat: {e}"),
+                Err(e) => {
+                    tracing::warn!("heartbeat to master {} failed: {e}; reconnecting", self.cfg.master_addr);
+                    return HeartbeatEnd::Reconnect;
+                }
+            }
+        }
+    }
+
+    async fn heartbeat(&self, node: NodeId) -> Heartbeat {
+        let dir = self.cfg.data_dir.clone();
+        let space = match tokio::task::spawn_blocking(move || disk_space(&dir)).await {
+            Ok(Ok(s)) => Some(s),
+            Ok(Err(e)) => {
+                tracing::warn!("cannot stat the filesystem of {}: {e}", self.cfg.data_dir.display());
+                None
+            }
+            Err(e) => {
+                tracing::warn!("disk space task failed: {e}");
+                None
+            }
+        };
+        Heartbeat {
+            node,
+            capacity_bytes: space.map_or(0, |s| s.capacity_bytes),
+            free_bytes: space.map_or(0, |s| s.free_bytes),
+            used_bytes: self.store.used_bytes(),
+            chunk_count: self.store.chunk_count(),
+        }
+    }
+
+    async fn apply_deletions(&self, delete: Vec<(stripefs_proto::ChunkId, stripefs_proto::Version)>) {
+        let store = self.store.clone();
+        let n = delete.len();
+        let done = tokio::task::spawn_blocking(move || {
+            let mut failed = 0usize;
+            for (chunk, version) in delete {
+                if let Err(e) = store.delete(chunk, version) {
+                    tracing::warn!("cannot delete replica: {e}");
+                    failed += 1;
+                }
+            }
+            failed
+        })
+        .await;
+        match done {
+            Ok(0) => tracing::info!("deleted {n} replicas as the master asked"),
+            Ok(failed) => tracing::warn!("deleted {} of {n} replicas the master asked to delete", n - failed),
+            Err(e) => tracing::error!("deletion task failed: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "master_link_tests.rs"]
+mod tests;

@@ -1,0 +1,115 @@
+//! Putting a node together: the store, the RPC server and the master link.
+
+use crate::chunk_store::ChunkStore;
+use crate::master_link::{self, Identity};
+use crate::service::NodeServer;
+use anyhow::Context as _;
+use futures::StreamExt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use stripefs_proto::net::{accept_loop, transport, Secret};
+use stripefs_proto::NodeService;
+use tarpc::server::{BaseChannel, Channel};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How often a node heartbeats unless told otherwise.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What a storage node needs to run.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Directory holding the replicas (`chunks/`) and the identity (`node.id`).
+    pub data_dir: PathBuf,
+    /// Address clients and peer nodes reach this node at.
+    pub advertise_addr: String,
+    /// The master's address.
+    pub master_addr: String,
+    /// Host name reported to the master (clients on it read locally).
+    pub host: String,
+    /// Zone reported to the master (replicas are spread across zones).
+    pub zone: String,
+    /// Cluster secret.
+    pub secret: Secret,
+    /// Time between heartbeats (see [`DEFAULT_HEARTBEAT_INTERVAL`]).
+    pub heartbeat_interval: Duration,
+}
+
+/// Runs a storage node serving on `listener` until `shutdown` is
+/// cancelled. Fails if the data directory is unusable or if the master
+/// serves another filesystem than the one the node's data belongs to.
+pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    anyhow::ensure!(!cfg.heartbeat_interval.is_zero(), "the heartbeat interval must be positive");
+    let dir = cfg.data_dir.clone();
+
+    tracing::info!("opening the chunk store in {}", dir.display());
+    let open_dir = dir.clone();
+    let store = tokio::task::spawn_blocking(move || ChunkStore::open(&open_dir))
+        .await
+        .context("the chunk store task failed")?
+        .with_context(|| format!("cannot use {} as a data directory", dir.display()))?;
+    let store = Arc::new(store);
+    tracing::info!("chunk store holds {} replicas in {} bytes", store.chunk_count(), store.used_bytes());
+
+    let id_dir = dir.clone();
+    let identity =
+        tokio::task::spawn_blocking(move || Identity::load(&id_dir)).await.context("the identity task failed")??;
+    match (&identity.node_id, &identity.fs_id) {
+        (Some(n), Some(f)) => tracing::info!("this is node {n} of filesystem {f}"),
+        _ => tracing::info!("this node has not registered yet"),
+    }
+
+    let token = shutdown.child_token();
+    let tracker = TaskTracker::new();
+    let server = NodeServer::new(store.clone(), cfg.secret.clone());
+    let local = listener.local_addr().context("the listener has no address")?;
+    tracing::info!("serving on {local}, advertised as {}", cfg.advertise_addr);
+    let handler = {
+        let (tracker, token) = (tracker.clone(), token.clone());
+        move |stream: TcpStream, peer: SocketAddr| serve_connection(stream, peer, &server, &tracker, &token)
+    };
+    let accept = tokio::spawn(accept_loop(listener, cfg.secret.clone(), token.clone(), handler));
+
+    tracing::info!("starting the link to master {}", cfg.master_addr);
+    let mut link = tokio::spawn(master_link::run(cfg, identity, store, token.clone()));
+    let link_result = tokio::select! {
+        r = &mut link => r,
+        _ = token.cancelled() => link.await,
+    };
+    token.cancel();
+    if let Err(e) = accept.await {
+        tracing::error!("the accept loop failed: {e}");
+    }
+    tracker.close();
+    tracker.wait().await;
+    tracing::info!("storage node stopped");
+    link_result.context("the master link task failed")?
+}
+
+/// Serves tarpc on one authenticated connection until it closes or `token`
+/// is cancelled; each request runs in its own task.
+fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    server: &NodeServer,
+    tracker: &TaskTracker,
+    token: &CancellationToken,
+) {
+    let (server, requests_tracker, token) = (server.clone(), tracker.clone(), token.clone());
+    tracker.spawn(async move {
+        tracing::debug!("connection from {peer}");
+        let requests = BaseChannel::with_defaults(transport(stream)).execute(server.serve()).for_each(|request| {
+            requests_tracker.spawn(token.clone().run_until_cancelled_owned(request));
+            async {}
+        });
+        token.run_until_cancelled(requests).await;
+        tracing::debug!("connection from {peer} closed");
+    });
+}
+
+#[cfg(test)]
+#[path = "node_tests.rs"]
+pub(crate) mod tests;

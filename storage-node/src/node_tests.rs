@@ -1,0 +1,191 @@
+//! In-process tests of whole nodes talking to each other.
+
+use super::*;
+use crate::MAX_BLOCKS_PER_CHUNK;
+use stripefs_proto::block::{decode, BlockEncoder, BLOCK_SIZE};
+use stripefs_proto::net::{connect_node, context_with_timeout};
+use stripefs_proto::types::{EncodedBlock, WriteChunk};
+use stripefs_proto::{ChunkId, FsError, NodeServiceClient, Version};
+use tempfile::TempDir;
+use tokio::task::JoinHandle;
+
+pub(crate) fn secret() -> Secret {
+    Secret::new(b"0123456789abcdef".to_vec(), "test").expect("secret")
+}
+
+/// An address where nothing listens.
+pub(crate) async fn refused_addr() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr").to_string();
+    drop(l);
+    addr
+}
+
+pub(crate) struct TestNode {
+    pub(crate) addr: String,
+    pub(crate) dir: TempDir,
+    pub(crate) task: JoinHandle<anyhow::Result<()>>,
+}
+
+pub(crate) async fn start_node(master: &str, shutdown: &CancellationToken) -> TestNode {
+    let dir = tempfile::tempdir().expect("tempdir");
+    start_node_in(dir, master, shutdown).await
+}
+
+pub(crate) async fn start_node_in(dir: TempDir, master: &str, shutdown: &CancellationToken) -> TestNode {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let cfg = Config {
+        data_dir: dir.path().to_path_buf(),
+        advertise_addr: addr.clone(),
+        master_addr: master.to_string(),
+        host: "test-host".into(),
+        zone: "test-zone".into(),
+        secret: secret(),
+        heartbeat_interval: Duration::from_millis(50),
+    };
+    let task = tokio::spawn(run(cfg, listener, shutdown.clone()));
+    TestNode { addr, dir, task }
+}
+
+pub(crate) async fn stop(shutdown: &CancellationToken, nodes: Vec<TestNode>) {
+    shutdown.cancel();
+    for n in nodes {
+        let r = tokio::time::timeout(Duration::from_secs(10), n.task).await.expect("node stops promptly");
+        r.expect("join").expect("node ran cleanly");
+    }
+}
+
+async fn client(addr: &str) -> NodeServiceClient {
+    connect_node(addr, &secret(), Duration::from_secs(5)).await.expect("connect")
+}
+
+fn chunk_data() -> (Vec<u8>, Vec<EncodedBlock>) {
+    let mut data: Vec<u8> = (0..3 * BLOCK_SIZE).map(|i| (i / 97 % 256) as u8).collect();
+    data.extend((0..5000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
+    let blocks = BlockEncoder::new(1).encode_all(&data);
+    (data, blocks)
+}
+
+async fn read_all(c: &NodeServiceClient, chunk: ChunkId, version: Version) -> Result<Vec<u8>, FsError> {
+    let blocks =
+        c.read_blocks(context_with_timeout(Duration::from_secs(10)), chunk, version, 0, 1024).await.expect("rpc")?;
+    Ok(blocks.iter().flat_map(|b| decode(b).expect("decode")).collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_chain_write_lands_on_every_node() {
+    let master = refused_addr().await;
+    let shutdown = CancellationToken::new();
+    let a = start_node(&master, &shutdown).await;
+    let b = start_node(&master, &shutdown).await;
+    let c = start_node(&master, &shutdown).await;
+    let (data, blocks) = chunk_data();
+    let (chunk, version) = (ChunkId(77), Version(3));
+    let req = WriteChunk {
+        chunk,
+        version,
+        length: data.len() as u32,
+        blocks,
+        chain: vec![b.addr.clone(), c.addr.clone()],
+        sync: true,
+    };
+    let ca = client(&a.addr).await;
+    let stored = ca.write_chunk(context_with_timeout(Duration::from_secs(30)), req).await.expect("rpc").expect("write");
+    assert!(stored > 0 && stored < data.len() as u64, "compressed replica, got {stored}");
+    for n in [&a, &b, &c] {
+        assert_eq!(read_all(&client(&n.addr).await, chunk, version).await, Ok(data.clone()), "node {}", n.addr);
+    }
+    // A partial range.
+    let two = ca.read_blocks(context_with_timeout(Duration::from_secs(10)), chunk, version, 2, 5).await.expect("rpc");
+    assert_eq!(two.expect("read").len(), 2);
+
+    ca.delete_chunk(context_with_timeout(Duration::from_secs(10)), chunk, version).await.expect("rpc").expect("delete");
+    assert_eq!(read_all(&ca, chunk, version).await, Err(FsError::NotFound));
+    let cb = client(&b.addr).await;
+    assert_eq!(read_all(&cb, chunk, version).await, Ok(data));
+    stop(&shutdown, vec![a, b, c]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_chain_peer_fails_the_write() {
+    let master = refused_addr().await;
+    let shutdown = CancellationToken::new();
+    let a = start_node(&master, &shutdown).await;
+    let (data, blocks) = chunk_data();
+    let req = WriteChunk {
+        chunk: ChunkId(1),
+        version: Version(1),
+        length: data.len() as u32,
+        blocks,
+        chain: vec![refused_addr().await],
+        sync: false,
+    };
+    let ca = client(&a.addr).await;
+    let r = ca.write_chunk(context_with_timeout(Duration::from_secs(30)), req).await.expect("rpc");
+    assert_eq!(r, Err(FsError::Unavailable));
+    stop(&shutdown, vec![a]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn invalid_requests_get_error_replies() {
+    let master = refused_addr().await;
+    let shutdown = CancellationToken::new();
+    let a = start_node(&master, &shutdown).await;
+    let ca = client(&a.addr).await;
+    let ctx = || context_with_timeout(Duration::from_secs(10));
+    let (data, blocks) = chunk_data();
+    let write = |length: u32, blocks: Vec<EncodedBlock>, chain: Vec<String>| WriteChunk {
+        chunk: ChunkId(5),
+        version: Version(9),
+        length,
+        blocks,
+        chain,
+        sync: false,
+    };
+
+    let r = ca.read_blocks(ctx(), ChunkId(5), Version(9), 0, 5000).await.expect("rpc");
+    assert_eq!(r, Err(FsError::InvalidArgument));
+    let r = ca.read_blocks(ctx(), ChunkId(5), Version(9), 0, 1).await.expect("rpc");
+    assert_eq!(r, Err(FsError::NotFound));
+
+    let r = ca.write_chunk(ctx(), write(data.len() as u32 + 1, blocks.clone(), vec![])).await.expect("rpc");
+    assert_eq!(r, Err(FsError::InvalidArgument));
+    let too_many = vec![blocks[0].clone(); MAX_BLOCKS_PER_CHUNK + 1];
+    let r = ca.write_chunk(ctx(), write(((MAX_BLOCKS_PER_CHUNK + 1) * BLOCK_SIZE) as u32, too_many, vec![])).await;
+    assert_eq!(r.expect("rpc"), Err(FsError::InvalidArgument));
+    let long_chain = vec![refused_addr().await; 17];
+    let r = ca.write_chunk(ctx(), write(data.len() as u32, blocks.clone(), long_chain)).await.expect("rpc");
+    assert_eq!(r, Err(FsError::InvalidArgument));
+
+    let mut bad = blocks.clone();
+    bad[1].data[3] ^= 1;
+    let r = ca.write_chunk(ctx(), write(data.len() as u32, bad, vec![])).await.expect("rpc");
+    assert_eq!(r, Err(FsError::Corrupt));
+    assert_eq!(read_all(&ca, ChunkId(5), Version(9)).await, Err(FsError::NotFound));
+
+    // The node still serves after all that.
+    let r = ca.write_chunk(ctx(), write(data.len() as u32, blocks, vec![])).await.expect("rpc");
+    assert!(r.is_ok(), "{r:?}");
+    assert_eq!(read_all(&ca, ChunkId(5), Version(9)).await, Ok(data));
+    stop(&shutdown, vec![a]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_data_dir_fails_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"x").expect("write");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let cfg = Config {
+        data_dir: file,
+        advertise_addr: "127.0.0.1:1".into(),
+        master_addr: refused_addr().await,
+        host: "h".into(),
+        zone: "z".into(),
+        secret: secret(),
+        heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+    };
+    let e = run(cfg, listener, CancellationToken::new()).await.expect_err("must fail");
+    assert!(format!("{e:#}").contains("data directory"), "{e:#}");
+}
