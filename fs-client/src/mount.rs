@@ -6,7 +6,6 @@ use crate::fuse_adapter::StripeFs;
 use crate::options::MountOptions;
 use anyhow::{bail, Context as _};
 use fuser::{MountOption, SessionACL};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use stripefs_proto::net::Secret;
@@ -73,7 +72,8 @@ pub fn mount(
         .with_context(|| format!("cannot reach the stripefs master at {master}"))?;
     let mut options = vec![
         MountOption::FSName(master.to_string()),
-        MountOption::Subtype("stripefs".into()),
+        // A kernel option (fuser passes Subtype only to fusermount): /proc/mounts then shows fuse.stripefs.
+        MountOption::CUSTOM("subtype=stripefs".into()),
         MountOption::DefaultPermissions,
         MountOption::NoDev,
         MountOption::NoSuid,
@@ -103,12 +103,10 @@ pub fn mount(
 /// Records the mount (master address and secret, root-only) so that admin
 /// commands given a path inside it can reach its cluster.
 fn write_record(mountpoint: &Path, master: &str, secret: &Secret) -> Option<PathBuf> {
-    let dev = match std::fs::metadata(mountpoint) {
-        Ok(m) => m.dev(),
-        Err(e) => {
-            tracing::warn!("cannot stat the new mount {}: {e}", mountpoint.display());
-            return None;
-        }
+    // Not stat(2): the session does not serve requests yet, a stat would hang.
+    let Some(dev) = mount_dev(mountpoint) else {
+        tracing::warn!("cannot find the new mount {} in /proc/self/mountinfo", mountpoint.display());
+        return None;
     };
     let path = mount_record_path(dev);
     let text = format!(
@@ -132,6 +130,43 @@ fn write_record(mountpoint: &Path, master: &str, secret: &Secret) -> Option<Path
             None
         }
     }
+}
+
+/// The device number of the stripefs mount at `mountpoint`, from
+/// /proc/self/mountinfo (the last such mount wins, as in path lookup).
+fn mount_dev(mountpoint: &Path) -> Option<u64> {
+    let want = mountpoint.canonicalize().ok()?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split(' ').collect();
+            let sep = f.iter().position(|x| *x == "-")?;
+            let fstype = f.get(sep + 1)?;
+            let path = unescape_mount_path(f.get(4)?);
+            if *fstype != "fuse.stripefs" || Path::new(&path) != want {
+                return None;
+            }
+            let (major, minor) = f.get(2)?.split_once(':')?;
+            Some(libc::makedev(major.parse().ok()?, minor.parse().ok()?))
+        })
+        .last()
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space).
+pub fn unescape_mount_path(s: &str) -> String {
+    let mut out = Vec::new();
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Removes a mount's record.

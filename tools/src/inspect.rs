@@ -1,0 +1,211 @@
+//! `status`, `info` and `policy`.
+
+use crate::target::Target;
+use anyhow::{bail, Context as _};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use stripefs_proto::types::{FileKind, Policy};
+use stripefs_proto::InodeId;
+use tarpc::context;
+
+/// Bytes as a short human figure (binary units).
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// Parses `on`, `off` or a zstd level.
+pub fn parse_compression(s: &str) -> anyhow::Result<i8> {
+    match s {
+        "on" => Ok(1),
+        "off" => Ok(0),
+        n => match n.parse::<i8>() {
+            Ok(l) if (1..=Policy::MAX_COMPRESSION_LEVEL).contains(&l) => Ok(l),
+            _ => bail!("--compression takes on, off or a zstd level 1-{}, not {s:?}", Policy::MAX_COMPRESSION_LEVEL),
+        },
+    }
+}
+
+/// `stripefs status`.
+pub async fn status(t: &Target, json: bool) -> anyhow::Result<()> {
+    let c = t.connect().await?;
+    let nodes = c.nodes(context::current()).await?.map_err(|e| anyhow::anyhow!("master: {e}"))?;
+    let fs = c.statfs(context::current()).await?.map_err(|e| anyhow::anyhow!("master: {e}"))?;
+    if json {
+        let list: Vec<serde_json::Value> = nodes
+            .iter()
+            .map(|n| {
+                serde_json::json!({
+                    "id": n.id.0, "addr": n.addr, "host": n.host, "zone": n.zone,
+                    "state": if n.alive { "up" } else { "down" },
+                    "capacity_bytes": n.capacity_bytes, "free_bytes": n.free_bytes,
+                    "used_bytes": n.used_bytes, "chunks": n.chunk_count,
+                })
+            })
+            .collect();
+        let out = serde_json::json!({
+            "master": t.master, "nodes": list,
+            "total_bytes": fs.total_bytes, "free_bytes": fs.free_bytes, "files": fs.files,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!("master {}", t.master);
+    println!(
+        "{:>4}  {:<22} {:<12} {:<10} {:<5} {:>10} {:>10} {:>10} {:>8}",
+        "ID", "ADDRESS", "HOST", "ZONE", "STATE", "CAPACITY", "USED", "FREE", "CHUNKS"
+    );
+    let (mut used, mut chunks, mut up) = (0, 0, 0);
+    for n in &nodes {
+        let state = if n.alive { "up" } else { "down" };
+        up += n.alive as usize;
+        used += n.used_bytes;
+        chunks += n.chunk_count;
+        println!(
+            "{:>4}  {:<22} {:<12} {:<10} {:<5} {:>10} {:>10} {:>10} {:>8}",
+            n.id.0,
+            n.addr,
+            n.host,
+            n.zone,
+            state,
+            human(n.capacity_bytes),
+            human(n.used_bytes),
+            human(n.free_bytes),
+            n.chunk_count
+        );
+    }
+    println!(
+        "total: {up}/{} nodes up, capacity {}, free {}, used by chunks {}, {chunks} chunk replicas, {} inodes",
+        nodes.len(),
+        human(fs.total_bytes),
+        human(fs.free_bytes),
+        human(used),
+        fs.files
+    );
+    Ok(())
+}
+
+/// `stripefs info PATH`.
+pub async fn info(t: &Target, path: &Path, json: bool) -> anyhow::Result<()> {
+    let ino = InodeId(std::fs::metadata(path).with_context(|| format!("stat {}", path.display()))?.ino());
+    let c = t.connect().await?;
+    let attr = c.getattr(context::current(), ino).await?.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let mut chunks = Vec::new();
+    if attr.kind == FileKind::File {
+        let mut first = 0;
+        loop {
+            let batch = c
+                .chunks(context::current(), ino, first, 4096)
+                .await?
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let full = batch.len() == 4096;
+            first = batch.last().map(|l| l.index + 1).unwrap_or(u64::MAX);
+            chunks.extend(batch);
+            if !full {
+                break;
+            }
+        }
+    }
+    let stored: u64 = chunks.iter().map(|c| c.stored_bytes).sum();
+    let logical: u64 = chunks.iter().map(|c| c.length as u64).sum();
+    if json {
+        let list: Vec<serde_json::Value> = chunks
+            .iter()
+            .map(|l| {
+                serde_json::json!({
+                    "index": l.index, "chunk": l.chunk.0, "version": l.version.0,
+                    "length": l.length, "stored_bytes": l.stored_bytes,
+                    "replicas": l.replicas.iter().map(|r| serde_json::json!({
+                        "node": r.node.0, "addr": r.addr, "host": r.host, "zone": r.zone,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let out = serde_json::json!({
+            "path": path.display().to_string(), "inode": ino.0, "size": attr.size,
+            "replication": attr.policy.replication, "compression_level": attr.policy.compression_level,
+            "stored_bytes": stored, "chunks": list,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!("{}: inode {}, {:?}, {} bytes, {}", path.display(), ino.0, attr.kind, attr.size, attr.policy.describe());
+    if attr.kind != FileKind::File {
+        return Ok(());
+    }
+    println!(
+        "{:>8}  {:>10} {:>10} {:>10} {:>10} {:>6}  REPLICAS",
+        "INDEX", "CHUNK", "VERSION", "LENGTH", "STORED", "RATIO"
+    );
+    for l in &chunks {
+        let ratio = if l.stored_bytes > 0 { l.length as f64 / l.stored_bytes as f64 } else { 0.0 };
+        let replicas: Vec<String> = l.replicas.iter().map(|r| format!("{}@{}({})", r.node.0, r.host, r.addr)).collect();
+        println!(
+            "{:>8}  {:>10} {:>10} {:>10} {:>10} {:>6.2}  {}",
+            l.index,
+            l.chunk.0,
+            l.version.0,
+            l.length,
+            l.stored_bytes,
+            ratio,
+            replicas.join(" ")
+        );
+    }
+    let ratio = if stored > 0 { logical as f64 / stored as f64 } else { 0.0 };
+    println!(
+        "{} chunks, {} of data stored in {} per replica (ratio {ratio:.2}); holes read as zeros",
+        chunks.len(),
+        human(logical),
+        human(stored)
+    );
+    Ok(())
+}
+
+/// `stripefs policy PATH [...]`.
+pub async fn policy(t: &Target, path: &Path, replication: Option<u8>, level: Option<i8>) -> anyhow::Result<()> {
+    if let Some(r) = replication {
+        if r == 0 || r > Policy::MAX_REPLICATION {
+            bail!("--replication must be between 1 and {}", Policy::MAX_REPLICATION);
+        }
+    }
+    let ino = InodeId(std::fs::metadata(path).with_context(|| format!("stat {}", path.display()))?.ino());
+    let c = t.connect().await?;
+    let attr = if replication.is_none() && level.is_none() {
+        c.getattr(context::current(), ino).await?
+    } else {
+        c.set_policy(context::current(), ino, replication, level).await?
+    }
+    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    println!("{}: {}", path.display(), attr.policy.describe());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_human() {
+        assert_eq!(human(10), "10 B");
+        assert_eq!(human(4 << 20), "4.0 MiB");
+    }
+
+    #[test]
+    fn compression_parses() {
+        assert_eq!(parse_compression("on").expect("on"), 1);
+        assert_eq!(parse_compression("off").expect("off"), 0);
+        assert_eq!(parse_compression("7").expect("7"), 7);
+        assert!(parse_compression("99").is_err());
+        assert!(parse_compression("fast").is_err());
+    }
+}

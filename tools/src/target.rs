@@ -1,0 +1,85 @@
+//! Finding the cluster an admin command talks to: `--master ADDR`, a path
+//! inside a mount (from the mount's record), or the local cluster of
+//! `stripefs up`.
+
+use anyhow::{bail, Context as _};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use stripefs_client::mount::mount_record_path;
+use stripefs_proto::net::{connect_master, Secret};
+use stripefs_proto::MasterServiceClient;
+
+/// Where the cluster was found.
+pub struct Target {
+    /// Master address.
+    pub master: String,
+    /// Cluster secret.
+    pub secret: Secret,
+}
+
+/// A mount's record: master address and secret.
+fn read_record(path: &Path) -> anyhow::Result<Target> {
+    let dev = std::fs::metadata(path).with_context(|| format!("stat {}", path.display()))?.dev();
+    let rec = mount_record_path(dev);
+    let text = std::fs::read_to_string(&rec).with_context(|| {
+        format!(
+            "{} is not inside a stripefs mount of this host (no record {}); pass --master ADDR",
+            path.display(),
+            rec.display()
+        )
+    })?;
+    let mut master = None;
+    let mut secret = None;
+    for line in text.lines() {
+        match line.split_once('=') {
+            Some(("master", v)) => master = Some(v.to_string()),
+            Some(("secret", v)) => secret = Some(Secret::new(v.as_bytes(), &rec.display().to_string())?),
+            _ => {}
+        }
+    }
+    match (master, secret) {
+        (Some(master), Some(secret)) => Ok(Target { master, secret }),
+        _ => bail!("mount record {} is incomplete", rec.display()),
+    }
+}
+
+impl Target {
+    /// Resolves the cluster from the global options and an optional path.
+    pub fn resolve(
+        master: Option<&str>,
+        secret_file: Option<&Path>,
+        path: Option<&Path>,
+        local: &Path,
+    ) -> anyhow::Result<Target> {
+        if let Some(m) = master {
+            return Ok(Target { master: m.to_string(), secret: Secret::resolve(secret_file)? });
+        }
+        if let Some(p) = path {
+            return read_record(p);
+        }
+        let addr_file = local.join("master").join("listen.addr");
+        if let Ok(addr) = std::fs::read_to_string(&addr_file) {
+            let secret = match secret_file {
+                Some(f) => Secret::from_file(f)?,
+                None => Secret::from_file(&local.join("secret"))?,
+            };
+            return Ok(Target { master: addr.trim().to_string(), secret });
+        }
+        bail!(
+            "no cluster given: pass --master ADDR, or a path inside a stripefs mount, or start one with `stripefs up`"
+        )
+    }
+
+    /// A connected master client.
+    pub async fn connect(&self) -> anyhow::Result<MasterServiceClient> {
+        connect_master(&self.master, &self.secret, Duration::from_secs(5))
+            .await
+            .with_context(|| format!("cannot reach the stripefs master at {}", self.master))
+    }
+}
+
+/// The default data directory of `stripefs up`.
+pub fn default_local_dir() -> PathBuf {
+    PathBuf::from("/var/tmp/stripefs")
+}
