@@ -137,19 +137,17 @@ fn write_record(mountpoint: &Path, master: &str, secret: &Secret) -> Option<Path
 fn mount_dev(mountpoint: &Path) -> Option<u64> {
     let want = mountpoint.canonicalize().ok()?;
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines()
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split(' ').collect();
-            let sep = f.iter().position(|x| *x == "-")?;
-            let fstype = f.get(sep + 1)?;
-            let path = unescape_mount_path(f.get(4)?);
-            if *fstype != "fuse.stripefs" || Path::new(&path) != want {
-                return None;
-            }
-            let (major, minor) = f.get(2)?.split_once(':')?;
-            Some(libc::makedev(major.parse().ok()?, minor.parse().ok()?))
-        })
-        .last()
+    info.lines().rev().find_map(|line| {
+        let f: Vec<&str> = line.split(' ').collect();
+        let sep = f.iter().position(|x| *x == "-")?;
+        let fstype = f.get(sep + 1)?;
+        let path = unescape_mount_path(f.get(4)?);
+        if *fstype != "fuse.stripefs" || Path::new(&path) != want {
+            return None;
+        }
+        let (major, minor) = f.get(2)?.split_once(':')?;
+        Some(libc::makedev(major.parse().ok()?, minor.parse().ok()?))
+    })
 }
 
 /// Undoes mountinfo's octal escapes (`\040` for a space).

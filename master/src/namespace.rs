@@ -303,7 +303,7 @@ impl<'txn> Tables<'txn> {
     }
 
     fn meta_u64(&self, key: &str) -> Result<u64, ApplyError> {
-        let v = self.meta.get(key)?.ok_or_else(|| FsError::Internal)?;
+        let v = self.meta.get(key)?.ok_or(FsError::Internal)?;
         let bytes: [u8; 8] = v.value().try_into().map_err(|_| FsError::Internal)?;
         Ok(u64::from_le_bytes(bytes))
     }
@@ -831,7 +831,7 @@ fn truncate_chunks(t: &mut Tables, ino: InodeId, size: u64, chunk_size: u64) -> 
         t.queue_deletion(&rec)?;
         t.chunks.remove((ino.0, index))?;
     }
-    if size % chunk_size != 0 {
+    if !size.is_multiple_of(chunk_size) {
         let index = size / chunk_size;
         let keep = (size % chunk_size) as u32;
         let cut = match t.chunks.get((ino.0, index))? {

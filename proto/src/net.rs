@@ -354,6 +354,9 @@ where
     }
 }
 
+/// tarpc's call context.
+pub type TarpcContext = tarpc::context::Context;
+
 /// A tarpc context whose deadline is `timeout` from now.
 pub fn context_with_timeout(timeout: Duration) -> tarpc::context::Context {
     let mut ctx = tarpc::context::current();

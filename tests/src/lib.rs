@@ -1,1 +1,363 @@
-//! placeholder
+//! Test harness: a real stripefs cluster (master and storage nodes
+//! in-process, each on its own runtime and thread, listening on loopback
+//! port 0, data in temporary directories) and real FUSE mounts of it.
+//!
+//! Everything a [`TestCluster`] or [`TestMount`] starts is stopped and
+//! unmounted when it is dropped, also when a test panics.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use stripefs_client::{BackgroundMount, MountOptions};
+use stripefs_proto::net::Secret;
+use tempfile::TempDir;
+use tokio_util::sync::CancellationToken;
+
+/// The secret every test cluster uses.
+pub const TEST_SECRET: &[u8] = b"stripefs-test-secret-0123456789";
+
+/// Installs a log subscriber once per process (RUST_LOG controls it).
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,tarpc=error".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Fails the test with a clear message when FUSE cannot be used here.
+pub fn must_have_fuse() {
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "FUSE is not available: /dev/fuse is missing. Install fuse3 (apt-get install -y fuse3) and load the fuse module."
+    );
+    assert!(nix::unistd::geteuid().is_root(), "these tests mount FUSE filesystems directly and must run as root");
+}
+
+/// The test secret.
+pub fn secret() -> Secret {
+    Secret::new(TEST_SECRET, "test").expect("test secret is long enough")
+}
+
+/// A server (master or node) running on its own thread and runtime.
+struct Server {
+    token: CancellationToken,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Server {
+    fn start<F, Fut>(name: &str, listener: std::net::TcpListener, run: F) -> Server
+    where
+        F: FnOnce(tokio::net::TcpListener, CancellationToken) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = anyhow::Result<()>>,
+    {
+        let token = CancellationToken::new();
+        let t = token.clone();
+        let thread = std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+                let r = rt.block_on(async move {
+                    listener.set_nonblocking(true)?;
+                    let l = tokio::net::TcpListener::from_std(listener)?;
+                    run(l, t).await
+                });
+                rt.shutdown_timeout(Duration::from_secs(2));
+                r
+            })
+            .expect("spawn server thread");
+        Server { token, thread: Some(thread) }
+    }
+
+    fn stop(&mut self) -> anyhow::Result<()> {
+        self.token.cancel();
+        match self.thread.take() {
+            Some(t) => t.join().map_err(|_| anyhow::anyhow!("server thread panicked"))?,
+            None => Ok(()),
+        }
+    }
+
+    fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+fn bind(ip: &str) -> (std::net::TcpListener, SocketAddr) {
+    let l = std::net::TcpListener::bind(format!("{ip}:0")).expect("bind loopback");
+    let a = l.local_addr().expect("local addr");
+    (l, a)
+}
+
+/// How to build a cluster.
+pub struct ClusterBuilder {
+    nodes: usize,
+    chunk_size: Option<u32>,
+}
+
+impl ClusterBuilder {
+    /// Number of storage nodes (each with its own 127.0.0.x address and host name).
+    pub fn nodes(mut self, n: usize) -> Self {
+        self.nodes = n;
+        self
+    }
+
+    /// Chunk size of the filesystem.
+    pub fn chunk_size(mut self, bytes: u32) -> Self {
+        self.chunk_size = Some(bytes);
+        self
+    }
+
+    /// Starts the master and the nodes and waits until every node is up.
+    pub fn start(self) -> TestCluster {
+        init_logs();
+        let dir = tempfile::Builder::new().prefix("stripefs-test-").tempdir().expect("tempdir");
+        let mut c = TestCluster {
+            master: None,
+            master_addr: String::new(),
+            nodes: Vec::new(),
+            chunk_size: self.chunk_size,
+            dir,
+        };
+        c.start_master();
+        for i in 0..self.nodes {
+            c.start_node(i);
+        }
+        c.wait_nodes_up(self.nodes);
+        c
+    }
+}
+
+/// A running cluster.
+pub struct TestCluster {
+    // Field order is drop order: nodes and master stop before the temp dir goes.
+    nodes: Vec<Option<Server>>,
+    master: Option<Server>,
+    /// The master's address.
+    pub master_addr: String,
+    chunk_size: Option<u32>,
+    dir: TempDir,
+}
+
+impl TestCluster {
+    /// A builder: 3 nodes, default chunk size.
+    pub fn builder() -> ClusterBuilder {
+        ClusterBuilder { nodes: 3, chunk_size: None }
+    }
+
+    /// The cluster's data directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The data directory of node `i`.
+    pub fn node_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("node{i}"))
+    }
+
+    /// The host name of node `i`.
+    pub fn node_host(i: usize) -> String {
+        format!("host{i}")
+    }
+
+    fn start_master(&mut self) {
+        // Reuse the old address on restart so clients and nodes find it again.
+        let (listener, addr) = if self.master_addr.is_empty() {
+            bind("127.0.0.1")
+        } else {
+            let l = bind_retry(&self.master_addr);
+            let a = l.local_addr().expect("addr");
+            (l, a)
+        };
+        self.master_addr = addr.to_string();
+        let cfg = stripefs_master::Config {
+            data_dir: self.dir.path().join("master"),
+            chunk_size: self.chunk_size,
+            node_dead_after: Duration::from_secs(10),
+            secret: secret(),
+        };
+        self.master = Some(Server::start("master", listener, move |l, t| stripefs_master::run(cfg, l, t)));
+    }
+
+    fn start_node(&mut self, i: usize) {
+        let (listener, addr) = bind(&format!("127.0.0.{}", i + 2));
+        let cfg = stripefs_node::Config {
+            data_dir: self.node_dir(i),
+            advertise_addr: addr.to_string(),
+            master_addr: self.master_addr.clone(),
+            host: Self::node_host(i),
+            zone: "zone-a".into(),
+            secret: secret(),
+            heartbeat_interval: Duration::from_millis(200),
+        };
+        let server = Server::start(&format!("node{i}"), listener, move |l, t| stripefs_node::run(cfg, l, t));
+        if self.nodes.len() <= i {
+            self.nodes.resize_with(i + 1, || None);
+        }
+        self.nodes[i] = Some(server);
+    }
+
+    /// Stops node `i` gracefully.
+    pub fn stop_node(&mut self, i: usize) {
+        if let Some(mut s) = self.nodes[i].take() {
+            s.stop().expect("node stopped cleanly");
+        }
+    }
+
+    /// Restarts node `i` on its data directory.
+    pub fn restart_node(&mut self, i: usize) {
+        self.stop_node(i);
+        self.start_node(i);
+    }
+
+    /// Stops the master gracefully and starts it again on the same
+    /// database and address.
+    pub fn restart_master(&mut self) {
+        if let Some(mut m) = self.master.take() {
+            m.stop().expect("master stopped cleanly");
+        }
+        self.start_master();
+    }
+
+    /// Whether the master is still running (it stops on a fatal error).
+    pub fn master_running(&self) -> bool {
+        self.master.as_ref().is_some_and(|m| !m.is_finished())
+    }
+
+    /// A client of the master, for checks below the filesystem interface.
+    pub async fn master_client(&self) -> stripefs_proto::MasterServiceClient {
+        stripefs_proto::net::connect_master(&self.master_addr, &secret(), Duration::from_secs(5))
+            .await
+            .expect("connect to master")
+    }
+
+    /// Waits until `n` nodes are alive and have reported their space.
+    pub fn wait_nodes_up(&self, n: usize) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Ok(c) =
+                    stripefs_proto::net::connect_master(&self.master_addr, &secret(), Duration::from_secs(2)).await
+                {
+                    if let Ok(Ok(nodes)) = c.nodes(tarpc_ctx()).await {
+                        if nodes.iter().filter(|x| x.alive && x.capacity_bytes > 0).count() >= n {
+                            return;
+                        }
+                    }
+                }
+                assert!(Instant::now() < deadline, "{n} nodes did not come up within 20 s");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+    }
+
+    /// Mounts the filesystem with default options.
+    pub fn mount(&self) -> TestMount {
+        self.mount_with(MountOptions::default())
+    }
+
+    /// Mounts the filesystem with `opts`.
+    pub fn mount_with(&self, opts: MountOptions) -> TestMount {
+        must_have_fuse();
+        TestMount::start(&self.master_addr, opts).expect("mount")
+    }
+}
+
+fn bind_retry(addr: &str) -> std::net::TcpListener {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match std::net::TcpListener::bind(addr) {
+            Ok(l) => return l,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "cannot bind {addr} again: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// A tarpc context for test calls.
+pub fn tarpc_ctx() -> tarpc_context::Context {
+    stripefs_proto::net::context_with_timeout(Duration::from_secs(10))
+}
+
+/// Re-export of tarpc's context type for tests.
+pub mod tarpc_context {
+    pub use stripefs_proto::net::TarpcContext as Context;
+}
+
+/// A FUSE mount of a test cluster, in this process. Dropping it unmounts.
+pub struct TestMount {
+    mount: Option<BackgroundMount>,
+    rt: Option<tokio::runtime::Runtime>,
+    dir: TempDir,
+}
+
+impl TestMount {
+    /// Mounts the cluster at `master` on a fresh temporary directory.
+    pub fn start(master: &str, opts: MountOptions) -> anyhow::Result<TestMount> {
+        let dir = tempfile::Builder::new().prefix("stripefs-mnt-").tempdir()?;
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        let mount = BackgroundMount::start(master, dir.path(), &opts, secret(), rt.handle())?;
+        Ok(TestMount { mount: Some(mount), rt: Some(rt), dir })
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A path inside the mount.
+    pub fn join(&self, p: impl AsRef<Path>) -> PathBuf {
+        self.dir.path().join(p)
+    }
+}
+
+impl Drop for TestMount {
+    fn drop(&mut self) {
+        if let Some(m) = self.mount.take() {
+            if let Err(e) = m.unmount() {
+                eprintln!("unmount of {} failed: {e:#}", self.dir.path().display());
+            }
+        }
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_timeout(Duration::from_secs(2));
+        }
+    }
+}
+
+/// Path of a workspace binary (built by `cargo build --workspace`).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/debug/deps/<test> → target/debug/<name>
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let p = dir.join(name);
+    assert!(p.exists(), "{} is missing: build the binaries first (cargo build --workspace --bins)", p.display());
+    p
+}
+
+/// sha256 of a byte slice, hex.
+pub fn sha256(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// Random bytes.
+pub fn random_bytes(n: usize) -> Vec<u8> {
+    use rand::RngCore;
+    let mut v = vec![0u8; n];
+    rand::rng().fill_bytes(&mut v);
+    v
+}
+
+/// The errno of an I/O error (panics if it has none).
+pub fn errno(e: &std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or_else(|| panic!("no errno in {e}"))
+}
