@@ -20,6 +20,7 @@ use stripefs_proto::MasterService;
 use tarpc::server::{BaseChannel, Channel};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// How the master runs.
 #[derive(Debug, Clone)]
@@ -51,11 +52,13 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken
     let registry = registry::Registry::new(store.nodes()?, cfg.node_dead_after);
     let orphans = store.orphans()?;
     let shared = Arc::new(service::Shared { store, registry, opens });
+    let conns = CancellationToken::new();
+    let tracker = TaskTracker::new();
     if !orphans.is_empty() {
         // Orphans from before a restart: give their clients time to reopen them.
         let shared = shared.clone();
-        let token = shutdown.clone();
-        tokio::spawn(async move {
+        let token = conns.clone();
+        tracker.spawn(async move {
             tokio::select! {
                 _ = token.cancelled() => {}
                 _ = tokio::time::sleep(Duration::from_secs(60)) => {
@@ -67,23 +70,20 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken
         });
     }
     tracing::info!("serving on {}", listener.local_addr()?);
-    let conns = CancellationToken::new();
     let accept = {
         let shared = shared.clone();
-        let conns = conns.clone();
-        tokio::spawn(accept_loop(listener, cfg.secret.clone(), shutdown.clone(), move |stream, peer| {
+        let (conns, tracker) = (conns.clone(), tracker.clone());
+        tokio::spawn(accept_loop(listener, cfg.secret.clone(), conns.clone(), move |stream, peer| {
             let server = service::MasterServer::new(shared.clone(), peer);
-            let conns = conns.clone();
-            tokio::spawn(async move {
+            let (conns, requests) = (conns.clone(), tracker.clone());
+            tracker.spawn(async move {
                 let serve = BaseChannel::with_defaults(stripefs_proto::net::transport(stream))
                     .execute(server.serve())
-                    .for_each(|f| async {
-                        tokio::spawn(f);
+                    .for_each(|f| {
+                        requests.spawn(conns.clone().run_until_cancelled_owned(f));
+                        async {}
                     });
-                tokio::select! {
-                    _ = conns.cancelled() => {}
-                    _ = serve => {}
-                }
+                conns.run_until_cancelled(serve).await;
             });
         }))
     };
@@ -91,8 +91,14 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken
         _ = shutdown.cancelled() => Ok(()),
         _ = fatal.cancelled() => Err(anyhow::anyhow!("a metadata commit failed; the master stopped to protect the database")),
     };
+    // Stop accepting, end every connection and request, then close the
+    // database (dropping the last reference joins the writer thread), so a
+    // new master can open it as soon as this returns.
     conns.cancel();
-    accept.abort();
+    let _ = accept.await;
+    tracker.close();
+    tracker.wait().await;
+    let _ = tokio::task::spawn_blocking(move || drop(shared)).await;
     tracing::info!("master stopped");
     result
 }

@@ -893,3 +893,7 @@ fn commit_chunk(t: &mut Tables, c: &ChunkCommit, now: Timestamp, ctx: &Context) 
     t.put_inode(c.ino, &rec)?;
     Ok(rec.to_attr(c.ino))
 }
+
+#[cfg(test)]
+#[path = "namespace_tests.rs"]
+mod tests;

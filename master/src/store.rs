@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 pub const DB_FILE: &str = "master.redb";
 
 /// Files the master itself may leave in its data directory.
-const OWN_FILES: &[&str] = &[DB_FILE, "listen.addr", "master.log", "secret"];
+const OWN_FILES: &[&str] = &[DB_FILE, "listen.addr", "listen.tmp", "master.log", "secret"];
 
 /// Most commands applied in one transaction.
 const MAX_BATCH: usize = 512;
@@ -65,6 +65,8 @@ pub struct Store {
     fs_id: String,
     chunk_size: u32,
     writer: mpsc::Sender<Job>,
+    /// Joined on drop, so the database is closed when the store is gone.
+    writer_thread: Option<std::thread::JoinHandle<()>>,
     ids: tokio::sync::Mutex<(u64, u64)>,
 }
 
@@ -102,8 +104,13 @@ impl Store {
         };
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let db = if path.exists() {
-            let db = Database::open(&path).map_err(|e| {
-                OpenError::Refused(format!("{} is not a stripefs master database: {e}", path.display()))
+            let db = Database::open(&path).map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => OpenError::Refused(format!(
+                    "{} is already open; is another stripefs-master running on {}?",
+                    path.display(),
+                    dir.display()
+                )),
+                e => OpenError::Refused(format!("{} is not a stripefs master database: {e}", path.display())),
             })?;
             check_existing(&db, &path, chunk_size)?;
             db
@@ -147,11 +154,18 @@ impl Store {
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel();
         let writer_db = db.clone();
-        std::thread::Builder::new()
+        let writer_thread = std::thread::Builder::new()
             .name("master-writer".into())
             .spawn(move || writer_loop(&writer_db, rx, chunk_size as u64, is_open, fatal))
             .map_err(io(dir))?;
-        Ok(Store { db, fs_id, chunk_size, writer: tx, ids: tokio::sync::Mutex::new((ceiling, new_ceiling)) })
+        Ok(Store {
+            db,
+            fs_id,
+            chunk_size,
+            writer: tx,
+            writer_thread: Some(writer_thread),
+            ids: tokio::sync::Mutex::new((ceiling, new_ceiling)),
+        })
     }
 
     /// The filesystem id.
@@ -249,6 +263,9 @@ impl Store {
 
     /// Chunks of `ino` with index in `[first, first+count)`.
     pub fn chunks(&self, ino: InodeId, first: u64, count: u64) -> Result<Vec<(u64, ChunkRecord)>, FsError> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
         let txn = self.read()?;
         let t = txn.open_table(tables::CHUNKS).map_err(internal)?;
         let last = first.saturating_add(count.saturating_sub(1));
@@ -331,6 +348,20 @@ impl Store {
             out.push(InodeId(item.map_err(internal)?.0.value()));
         }
         Ok(out)
+    }
+}
+
+impl Drop for Store {
+    /// Stops the writer thread once it has applied what was queued, so the
+    /// database file is closed (and can be opened again) when this returns.
+    fn drop(&mut self) {
+        // Dropping the only sender ends the writer's loop.
+        drop(std::mem::replace(&mut self.writer, mpsc::channel().0));
+        if let Some(t) = self.writer_thread.take() {
+            if t.join().is_err() {
+                tracing::error!("the metadata writer thread panicked");
+            }
+        }
     }
 }
 
@@ -472,3 +503,7 @@ fn apply_batch(db: &Database, jobs: &[Job], ctx: &Context) -> Result<Vec<Result<
     txn.commit()?;
     Ok(results)
 }
+
+#[cfg(test)]
+#[path = "store_tests.rs"]
+mod tests;

@@ -1,0 +1,373 @@
+//! Tests of creating, reopening and refusing databases.
+
+use super::*;
+use crate::namespace::{Command, Reply};
+use std::collections::HashSet;
+use stripefs_proto::types::{Attr, ChunkCommit, Owner};
+use stripefs_proto::{ChunkId, Version};
+use tempfile::TempDir;
+
+const ROOT: InodeId = InodeId::ROOT;
+const OWNER: Owner = Owner { uid: 1, gid: 2 };
+
+fn open(dir: &Path, chunk_size: Option<u32>) -> Result<Store, OpenError> {
+    Store::open(dir, chunk_size, Box::new(|_| false), CancellationToken::new())
+}
+
+fn open_ok(dir: &Path, chunk_size: Option<u32>) -> Store {
+    open(dir, chunk_size).unwrap_or_else(|e| panic!("open {}: {e}", dir.display()))
+}
+
+/// Opens and expects a refusal; returns its message.
+fn refused(dir: &Path, chunk_size: Option<u32>) -> String {
+    match open(dir, chunk_size) {
+        Ok(_) => panic!("{} was opened but should have been refused", dir.display()),
+        Err(OpenError::Refused(msg)) => msg,
+        Err(e) => panic!("{}: expected a refusal, got {e}", dir.display()),
+    }
+}
+
+fn dir_entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| e.expect("dir entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+async fn attr(store: &Store, cmd: Command) -> Attr {
+    match store.execute(cmd.clone()).await {
+        Ok(Reply::Attr(a)) => a,
+        other => panic!("{cmd:?}: {other:?}"),
+    }
+}
+
+fn mkdir(parent: InodeId, name: &str) -> Command {
+    Command::Mkdir { parent, name: name.into(), perm: 0o750, owner: OWNER, now: Timestamp::now() }
+}
+
+fn mknod(parent: InodeId, name: &str) -> Command {
+    Command::Mknod {
+        parent,
+        name: name.into(),
+        kind: FileKind::File,
+        perm: 0o640,
+        owner: OWNER,
+        rdev: 0,
+        now: Timestamp::now(),
+    }
+}
+
+/// Writes a meta value straight into the database file.
+fn poke_meta(path: &Path, key: &str, value: &[u8]) {
+    let db = Database::open(path).expect("open the database with redb");
+    let txn = db.begin_write().expect("begin");
+    {
+        let mut meta = txn.open_table(tables::META).expect("meta table");
+        meta.insert(key, value).expect("insert");
+    }
+    txn.commit().expect("commit");
+}
+
+#[test]
+fn creates_a_new_filesystem_in_an_empty_dir() {
+    let tmp = TempDir::new().expect("temp dir");
+    let store = open_ok(tmp.path(), None);
+    assert_eq!(store.chunk_size(), 4 << 20, "the default chunk size");
+    assert_eq!(store.fs_id().len(), 32);
+    assert!(store.fs_id().chars().all(|c| c.is_ascii_hexdigit()), "{}", store.fs_id());
+    let root = store.inode(ROOT).expect("root");
+    assert_eq!((root.kind, root.nlink, root.perm, root.parent), (FileKind::Dir, 2, 0o755, ROOT.0));
+    assert_eq!(store.inode_count(), Ok(1));
+    assert_eq!(store.readdir(ROOT, None, 100), Ok(Vec::new()));
+    assert!(store.nodes().expect("nodes").is_empty());
+    assert!(store.orphans().expect("orphans").is_empty());
+    assert_eq!(store.pending_deletions(), Ok(0));
+    assert_eq!(dir_entries(tmp.path()), [DB_FILE]);
+
+    // Two filesystems get different ids.
+    let other = TempDir::new().expect("temp dir");
+    assert_ne!(open_ok(other.path(), None).fs_id(), store.fs_id());
+}
+
+#[test]
+fn creates_the_directory_when_missing() {
+    let tmp = TempDir::new().expect("temp dir");
+    let dir = tmp.path().join("a/b/master");
+    let store = open_ok(&dir, Some(1 << 16));
+    assert_eq!(store.chunk_size(), 1 << 16);
+    assert!(dir.join(DB_FILE).is_file());
+}
+
+#[test]
+fn the_masters_own_files_do_not_block_creation() {
+    let tmp = TempDir::new().expect("temp dir");
+    std::fs::write(tmp.path().join("listen.addr"), "127.0.0.1:9400").expect("write listen.addr");
+    std::fs::write(tmp.path().join("master.log"), "").expect("write master.log");
+    let store = open_ok(tmp.path(), None);
+    assert_eq!(store.inode_count(), Ok(1));
+}
+
+#[tokio::test]
+async fn reopening_keeps_everything() {
+    let tmp = TempDir::new().expect("temp dir");
+    let (fs_id, files, last_id, tree) = {
+        let store = open_ok(tmp.path(), Some(1 << 16));
+        let a = attr(&store, mkdir(ROOT, "a")).await;
+        let b = attr(&store, mkdir(a.ino, "b")).await;
+        let f = attr(&store, mknod(b.ino, "f")).await;
+        attr(&store, Command::Link { ino: f.ino, new_parent: ROOT, new_name: "f2".into(), now: Timestamp::now() })
+            .await;
+        attr(
+            &store,
+            Command::Symlink {
+                parent: ROOT,
+                name: "s".into(),
+                target: "a/b/f".into(),
+                owner: OWNER,
+                now: Timestamp::now(),
+            },
+        )
+        .await;
+        let commit = ChunkCommit {
+            ino: f.ino,
+            index: 3,
+            chunk: ChunkId(40),
+            version: Version(41),
+            length: 1000,
+            stored_bytes: 600,
+            replicas: vec![NodeId(1), NodeId(2)],
+        };
+        attr(&store, Command::CommitChunk { commit, now: Timestamp::now() }).await;
+        store
+            .execute(Command::SetXattr {
+                ino: a.ino,
+                name: "user.k".into(),
+                value: b"value".to_vec(),
+                flags: 0,
+                now: Timestamp::now(),
+            })
+            .await
+            .expect("setxattr");
+        attr(
+            &store,
+            Command::SetPolicy { ino: a.ino, replication: Some(3), compression_level: Some(0), now: Timestamp::now() },
+        )
+        .await;
+        let rec = NodeRecord { addr: "10.0.0.1:9500".into(), host: "h1".into(), zone: "z1".into() };
+        store.execute(Command::RegisterNode { id: None, record: rec }).await.expect("register");
+        let mut last_id = 0;
+        for _ in 0..3 {
+            last_id = store.next_id().await.expect("next id");
+        }
+        let tree = [
+            store.readdir(ROOT, None, 100).expect("readdir /"),
+            store.readdir(a.ino, None, 100).expect("readdir /a"),
+            store.readdir(b.ino, None, 100).expect("readdir /a/b"),
+        ];
+        (store.fs_id().to_string(), store.inode_count().expect("count"), last_id, tree)
+    };
+
+    for chunk_size in [None, Some(1 << 16)] {
+        let store = open_ok(tmp.path(), chunk_size);
+        assert_eq!(store.fs_id(), fs_id);
+        assert_eq!(store.chunk_size(), 1 << 16, "the chunk size is kept");
+        assert_eq!(store.inode_count(), Ok(files));
+        let (a, arec) = store.lookup(ROOT, "a").expect("lookup a");
+        let (b, _) = store.lookup(a, "b").expect("lookup a/b");
+        let (f, frec) = store.lookup(b, "f").expect("lookup a/b/f");
+        assert_eq!(store.lookup(ROOT, "f2").expect("lookup f2").0, f);
+        assert_eq!(frec.nlink, 2);
+        assert_eq!(frec.size, 3 * (1 << 16) + 1000);
+        assert_eq!((arec.nlink, arec.perm, arec.uid, arec.gid), (3, 0o750, 1, 2));
+        assert_eq!(arec.policy, Policy { replication: 3, compression_level: 0 });
+        assert_eq!(
+            store.inode(store.lookup(ROOT, "s").expect("lookup s").0).expect("s").target.as_deref(),
+            Some("a/b/f")
+        );
+        let now = [
+            store.readdir(ROOT, None, 100).expect("readdir /"),
+            store.readdir(a, None, 100).expect("readdir /a"),
+            store.readdir(b, None, 100).expect("readdir /a/b"),
+        ];
+        assert_eq!(now, tree, "readdir agrees after reopening");
+        let chunks = store.chunks(f, 0, 10).expect("chunks");
+        assert_eq!(chunks.len(), 1);
+        assert_eq!((chunks[0].0, chunks[0].1.chunk, chunks[0].1.version), (3, ChunkId(40), Version(41)));
+        assert_eq!(store.xattr(a, "user.k"), Ok(b"value".to_vec()));
+        assert_eq!(store.nodes().expect("nodes").len(), 1);
+        let id = store.next_id().await.expect("next id after reopening");
+        assert!(id > last_id, "id {id} after reopening must be above {last_id}");
+        // New inodes do not reuse numbers.
+        let g = attr(&store, mknod(ROOT, "g")).await;
+        let used: HashSet<InodeId> = [ROOT, a, b, f].into_iter().collect();
+        assert!(!used.contains(&g.ino));
+        // Clean up so the next round sees the same tree.
+        store
+            .execute(Command::Unlink { parent: ROOT, name: "g".into(), now: Timestamp::now() })
+            .await
+            .expect("unlink g");
+    }
+}
+
+#[test]
+fn dropping_the_store_applies_what_was_queued_and_closes_the_database() {
+    let tmp = TempDir::new().expect("temp dir");
+    {
+        let store = open_ok(tmp.path(), None);
+        for i in 0..50 {
+            store.submit(mkdir(ROOT, &format!("d{i:02}")));
+        }
+        // No await: the commands are only queued when the store goes.
+    }
+    // The database is closed as soon as the store is dropped ...
+    let store = open_ok(tmp.path(), None);
+    // ... and everything queued before was applied.
+    let names: Vec<String> = store.readdir(ROOT, None, 100).expect("readdir").into_iter().map(|e| e.name).collect();
+    let want: Vec<String> = (0..50).map(|i| format!("d{i:02}")).collect();
+    assert_eq!(names, want);
+    assert_eq!(store.inode(ROOT).expect("root").nlink, 52);
+}
+
+#[tokio::test]
+async fn orphans_survive_a_reopen() {
+    let tmp = TempDir::new().expect("temp dir");
+    let ino = {
+        let store = Store::open(tmp.path(), None, Box::new(|_| true), CancellationToken::new()).expect("open");
+        let f = attr(&store, mknod(ROOT, "f")).await;
+        store.execute(Command::Unlink { parent: ROOT, name: "f".into(), now: Timestamp::now() }).await.expect("unlink");
+        assert_eq!(store.orphans(), Ok(vec![f.ino]));
+        f.ino
+    };
+    let store = open_ok(tmp.path(), None);
+    assert_eq!(store.orphans(), Ok(vec![ino]));
+    assert_eq!(store.inode_count(), Ok(2));
+    store.execute(Command::Purge { ino }).await.expect("purge");
+    assert_eq!(store.orphans(), Ok(vec![]));
+    assert_eq!(store.inode_count(), Ok(1));
+}
+
+#[test]
+fn refuses_a_storage_nodes_directory() {
+    for (what, make) in [
+        ("node.id", Box::new(|p: &Path| std::fs::write(p.join("node.id"), "3")) as Box<dyn Fn(&Path) -> _>),
+        ("chunks", Box::new(|p: &Path| std::fs::create_dir(p.join("chunks")))),
+    ] {
+        let tmp = TempDir::new().expect("temp dir");
+        make(tmp.path()).expect("make a node's file");
+        let msg = refused(tmp.path(), None);
+        assert!(msg.contains("storage node"), "{what}: {msg}");
+        assert!(msg.contains(&tmp.path().display().to_string()), "{what}: {msg}");
+        assert_eq!(dir_entries(tmp.path()), [what], "nothing was created next to {what}");
+    }
+}
+
+#[test]
+fn refuses_a_non_empty_unrelated_directory() {
+    let tmp = TempDir::new().expect("temp dir");
+    std::fs::write(tmp.path().join("notes.txt"), "hello").expect("write");
+    let msg = refused(tmp.path(), None);
+    assert!(msg.contains("not empty"), "{msg}");
+    assert!(msg.contains("notes.txt"), "{msg}");
+    assert_eq!(dir_entries(tmp.path()), ["notes.txt"]);
+
+    let tmp = TempDir::new().expect("temp dir");
+    std::fs::create_dir(tmp.path().join("sub")).expect("mkdir");
+    let msg = refused(tmp.path(), Some(1 << 16));
+    assert!(msg.contains("not empty") && msg.contains("sub"), "{msg}");
+}
+
+#[test]
+fn refuses_a_redb_file_that_is_not_ours() {
+    // A redb database with other tables.
+    let tmp = TempDir::new().expect("temp dir");
+    {
+        let db = Database::create(tmp.path().join(DB_FILE)).expect("create");
+        let txn = db.begin_write().expect("begin");
+        {
+            let mut t = txn.open_table(redb::TableDefinition::<u64, u64>::new("other")).expect("table");
+            t.insert(1, 2).expect("insert");
+        }
+        txn.commit().expect("commit");
+    }
+    let msg = refused(tmp.path(), None);
+    assert!(msg.contains("not a stripefs master database"), "{msg}");
+
+    // A redb database with a meta table of ours, but no magic.
+    let tmp = TempDir::new().expect("temp dir");
+    {
+        let db = Database::create(tmp.path().join(DB_FILE)).expect("create");
+        let txn = db.begin_write().expect("begin");
+        {
+            let mut t = txn.open_table(tables::META).expect("table");
+            t.insert(meta_keys::MAGIC, b"someone-else".as_slice()).expect("insert");
+            t.insert(meta_keys::FORMAT_VERSION, 1u32.to_le_bytes().as_slice()).expect("insert");
+        }
+        txn.commit().expect("commit");
+    }
+    let msg = refused(tmp.path(), None);
+    assert!(msg.contains("not a stripefs master database"), "{msg}");
+
+    // A redb database whose meta table has other types.
+    let tmp = TempDir::new().expect("temp dir");
+    {
+        let db = Database::create(tmp.path().join(DB_FILE)).expect("create");
+        let txn = db.begin_write().expect("begin");
+        {
+            let mut t = txn.open_table(redb::TableDefinition::<u64, u64>::new("meta.v1")).expect("table");
+            t.insert(1, 2).expect("insert");
+        }
+        txn.commit().expect("commit");
+    }
+    let msg = refused(tmp.path(), None);
+    assert!(msg.contains("not a stripefs master database"), "{msg}");
+}
+
+#[test]
+fn refuses_a_file_that_is_not_a_database() {
+    let tmp = TempDir::new().expect("temp dir");
+    let junk: Vec<u8> = (0..100_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(tmp.path().join(DB_FILE), &junk).expect("write junk");
+    let msg = refused(tmp.path(), None);
+    assert!(msg.contains("not a stripefs master database"), "{msg}");
+    assert_eq!(std::fs::read(tmp.path().join(DB_FILE)).expect("read back"), junk, "the file is left alone");
+}
+
+#[test]
+fn refuses_a_newer_format_version() {
+    let tmp = TempDir::new().expect("temp dir");
+    drop(open_ok(tmp.path(), None));
+    poke_meta(&tmp.path().join(DB_FILE), meta_keys::FORMAT_VERSION, &(FORMAT_VERSION + 1).to_le_bytes());
+    let msg = refused(tmp.path(), None);
+    assert!(msg.contains(&format!("format version {}", FORMAT_VERSION + 1)), "{msg}");
+    assert!(msg.contains("newer"), "{msg}");
+
+    // The current version opens.
+    poke_meta(&tmp.path().join(DB_FILE), meta_keys::FORMAT_VERSION, &FORMAT_VERSION.to_le_bytes());
+    open_ok(tmp.path(), None);
+}
+
+#[test]
+fn refuses_another_chunk_size() {
+    let tmp = TempDir::new().expect("temp dir");
+    drop(open_ok(tmp.path(), Some(1 << 16)));
+    let msg = refused(tmp.path(), Some(1 << 17));
+    assert!(msg.contains("chunk size 65536"), "{msg}");
+    assert!(msg.contains("131072"), "{msg}");
+    // Neither giving none nor the same one is a problem.
+    assert_eq!(open_ok(tmp.path(), None).chunk_size(), 1 << 16);
+    assert_eq!(open_ok(tmp.path(), Some(1 << 16)).chunk_size(), 1 << 16);
+}
+
+#[test]
+fn refuses_a_database_open_elsewhere() {
+    let tmp = TempDir::new().expect("temp dir");
+    let _first = open_ok(tmp.path(), None);
+    let msg = match open(tmp.path(), None) {
+        Ok(_) => panic!("the database was opened twice"),
+        Err(e) => e.to_string(),
+    };
+    assert!(msg.to_lowercase().contains("already open"), "{msg}");
+    assert!(!msg.contains("not a stripefs master database"), "a database in use is ours: {msg}");
+}
