@@ -147,6 +147,16 @@ impl FsCore {
         Ok(self.with_local_size(attr).await)
     }
 
+    /// `attrs` with the sizes this client has written but not uploaded
+    /// (for readdirplus, which must not shrink a file being written).
+    pub async fn with_local_sizes(&self, attrs: impl Iterator<Item = Attr>) -> Vec<Attr> {
+        let mut out = Vec::new();
+        for a in attrs {
+            out.push(self.with_local_size(a).await);
+        }
+        out
+    }
+
     async fn with_local_size(&self, mut attr: Attr) -> Attr {
         if attr.kind != FileKind::File {
             return attr;
@@ -164,7 +174,9 @@ impl FsCore {
     pub async fn setattr(self: &Arc<Self>, ino: InodeId, set: SetAttr) -> Result<Attr> {
         self.writable()?;
         let state = lock(&self.files).get(&ino).map(|e| e.state.clone());
-        if set.size.is_some() {
+        // Buffered writes land before a size or time change, so the upload's
+        // commit can neither undo a truncate nor overwrite an explicit mtime.
+        if set.size.is_some() || set.mtime.is_some() || set.atime.is_some() {
             if let Some(state) = &state {
                 let mut guard = state.lock().await;
                 if let Some(st) = guard.as_mut() {
@@ -176,7 +188,9 @@ impl FsCore {
                             async move { c.setattr(ctx, ino, a1).await }
                         })
                         .await?;
-                    st.truncated(attr.size);
+                    if set.size.is_some() {
+                        st.truncated(attr.size, self.chunk_size);
+                    }
                     return Ok(attr);
                 }
             }
@@ -347,15 +361,19 @@ impl FsCore {
             e.state.clone()
         };
         let mut guard = state.lock().await;
-        if guard.is_none() {
-            match self.master.call(|c, ctx| async move { c.open(ctx, ino).await }).await {
-                Ok(attr) => *guard = Some(FileState::new(ino, attr.size)),
-                Err(e) => {
-                    drop(guard);
-                    self.drop_ref(ino);
-                    return Err(e);
-                }
-            }
+        let opened = match guard.as_mut() {
+            // Already open here: take a fresh look anyway (close-to-open).
+            Some(st) => self.master.call(|c, ctx| async move { c.getattr(ctx, ino).await }).await.map(|attr| {
+                st.reopened(attr.size);
+            }),
+            None => self.master.call(|c, ctx| async move { c.open(ctx, ino).await }).await.map(|attr| {
+                *guard = Some(FileState::new(ino, attr.size));
+            }),
+        };
+        if let Err(e) = opened {
+            drop(guard);
+            self.drop_ref(ino);
+            return Err(e);
         }
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
         lock(&self.handles).insert(fh, Handle { ino, write });
@@ -443,7 +461,7 @@ impl FsCore {
     /// Sets an xattr.
     pub async fn setxattr(&self, ino: InodeId, name: &str, value: &[u8], flags: u32) -> Result<()> {
         self.writable()?;
-        if name == POLICY_XATTR {
+        if name == POLICY_XATTR || name == CAPABILITY_XATTR {
             return Err(FsError::NotSupported.into());
         }
         let (name, value) = (name.to_string(), value.to_vec());
@@ -458,6 +476,11 @@ impl FsCore {
 
     /// Gets an xattr; `user.stripefs.policy` shows the data policy.
     pub async fn getxattr(&self, ino: InodeId, name: &str) -> Result<Vec<u8>> {
+        if name == CAPABILITY_XATTR {
+            // Never stored (setting it is refused), so answered here: the
+            // kernel asks before every write to decide on killing privileges.
+            return Err(FsError::NoAttr.into());
+        }
         if name == POLICY_XATTR {
             let attr = self.master.call(|c, ctx| async move { c.getattr(ctx, ino).await }).await?;
             return Ok(attr.policy.describe().into_bytes());
@@ -488,6 +511,9 @@ impl FsCore {
             .await
     }
 }
+
+/// File capabilities: not supported, so every write need not ask the master.
+pub const CAPABILITY_XATTR: &str = "security.capability";
 
 /// The virtual xattr that shows an inode's data policy.
 pub const POLICY_XATTR: &str = "user.stripefs.policy";

@@ -112,7 +112,7 @@ impl FsCore {
     pub(crate) async fn sync_state(self: &Arc<Self>, st: &mut FileState) -> Result<()> {
         self.flush_state(st).await?;
         let mut by_node: BTreeMap<String, Vec<(stripefs_proto::ChunkId, stripefs_proto::Version)>> = BTreeMap::new();
-        for loc in &st.unsynced {
+        for loc in st.unsynced.values() {
             for r in &loc.replicas {
                 by_node.entry(r.addr.clone()).or_default().push((loc.chunk, loc.version));
             }

@@ -93,8 +93,9 @@ pub struct FileState {
     pub locs: HashMap<u64, Option<ChunkLoc>>,
     /// Chunks this client committed since the file was opened.
     pub committed: HashSet<u64>,
-    /// Chunks uploaded without fsync since the last fsync.
-    pub unsynced: Vec<ChunkLoc>,
+    /// Chunks uploaded without fsync since the last fsync, by index (a
+    /// newer upload of a chunk replaces the entry of the older one).
+    pub unsynced: HashMap<u64, ChunkLoc>,
     /// First error of a background upload, reported at the next call.
     pub error: Option<ClientError>,
     /// Where the last read ended (to detect sequential reads).
@@ -113,7 +114,7 @@ impl FileState {
             uploads: VecDeque::new(),
             locs: HashMap::new(),
             committed: HashSet::new(),
-            unsynced: Vec::new(),
+            unsynced: HashMap::new(),
             error: None,
             last_read_end: u64::MAX,
         }
@@ -136,12 +137,26 @@ impl FileState {
         }
     }
 
-    /// After a truncate to `size` (with nothing pending).
-    pub fn truncated(&mut self, size: u64) {
+    /// After a truncate to `size` (with nothing pending): chunks past it
+    /// are gone, so there is nothing of them to sync.
+    pub fn truncated(&mut self, size: u64, chunk_size: u64) {
         self.size_seen = self.size_seen.max(self.size).max(size);
         self.size = size;
         self.locs.clear();
         self.committed.clear();
+        let first_gone = size.div_ceil(chunk_size);
+        self.unsynced.retain(|&i, _| i < first_gone);
+    }
+
+    /// A fresh look at the file for a new open while it is already open
+    /// here (close-to-open): the master's size, no cached locations.
+    pub fn reopened(&mut self, master_size: u64) {
+        if self.has_pending() {
+            return;
+        }
+        self.size = master_size;
+        self.size_seen = self.size_seen.max(master_size);
+        self.locs.clear();
     }
 
     /// What an upload of chunk `index` replaces.
@@ -169,7 +184,7 @@ impl FileState {
             Ok(Ok(loc)) => {
                 self.locs.insert(index, Some(loc.clone()));
                 self.committed.insert(index);
-                self.unsynced.push(loc);
+                self.unsynced.insert(index, loc);
             }
             Ok(Err(e)) => {
                 tracing::error!("upload of chunk {index} of inode {} failed: {e}", self.ino);

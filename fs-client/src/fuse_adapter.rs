@@ -23,6 +23,9 @@ use stripefs_proto::InodeId;
 const MAX_WRITE_BYTES: u32 = 1 << 20;
 /// `st_blksize`: the I/O size programs use for buffers.
 const PREFERRED_IO_BYTES: u32 = 128 * 1024;
+/// Most entries one readdirplus reply can hold (a reply is at most a page
+/// or so; entries beyond what fits are sent again in the next call).
+const READDIRPLUS_BATCH: usize = 512;
 /// Block size reported by statfs.
 const STATFS_BLOCK_BYTES: u64 = 4096;
 
@@ -144,7 +147,6 @@ impl Filesystem for StripeFs {
         let _ = config.set_max_write(MAX_WRITE_BYTES);
         let wanted = fuser::InitFlags::FUSE_PARALLEL_DIROPS
             | fuser::InitFlags::FUSE_ASYNC_DIO
-            | fuser::InitFlags::FUSE_HANDLE_KILLPRIV_V2
             | fuser::InitFlags::FUSE_DO_READDIRPLUS
             | fuser::InitFlags::FUSE_READDIRPLUS_AUTO
             | fuser::InitFlags::FUSE_ASYNC_READ;
@@ -365,10 +367,24 @@ impl Filesystem for StripeFs {
             Err(e) => return reply.error(errno("readdirplus", &e)),
         };
         let ttl = self.core.config().entry_ttl;
+        let skip = (offset as usize).saturating_sub(2);
+        // Only the entries of this reply, with this client's unwritten sizes.
+        let attrs = self.run(async {
+            Ok(self
+                .core
+                .with_local_sizes(entries.iter().skip(skip).take(READDIRPLUS_BATCH).map(|e| e.attr.clone()))
+                .await)
+        });
+        let attrs = match attrs {
+            Ok(a) => a,
+            Err(e) => return reply.error(errno("readdirplus", &e)),
+        };
         let dots = [(".", &dir), ("..", &dir)];
-        let all = dots.into_iter().chain(entries.iter().map(|e| (e.name.as_str(), &e.attr)));
-        for (i, (name, attr)) in all.enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(attr.ino.0), i as u64 + 1, name, &ttl, &file_attr(attr), Generation(0)) {
+        let listed = entries.iter().skip(skip).zip(attrs.iter()).map(|(e, a)| (e.name.as_str(), a));
+        let all = dots.into_iter().skip(offset as usize).chain(listed);
+        for (i, (name, attr)) in all.enumerate() {
+            let off = offset + i as u64 + 1;
+            if reply.add(INodeNo(attr.ino.0), off, name, &ttl, &file_attr(attr), Generation(0)) {
                 break;
             }
         }

@@ -109,11 +109,8 @@ fn write_record(mountpoint: &Path, master: &str, secret: &Secret) -> Option<Path
         return None;
     };
     let path = mount_record_path(dev);
-    let text = format!(
-        "master={master}\nsecret={}\nmountpoint={}\n",
-        String::from_utf8_lossy(secret.bytes()),
-        mountpoint.display()
-    );
+    let text =
+        format!("master={master}\nsecret_hex={}\nmountpoint={}\n", hex::encode(secret.bytes()), mountpoint.display());
     let write = || -> std::io::Result<()> {
         use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
         let dir = mounts_dir();

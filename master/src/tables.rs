@@ -35,7 +35,7 @@ pub mod meta_keys {
     pub const ID_CEILING: &str = "id_ceiling";
     /// Number of live inodes (u64 LE).
     pub const INODE_COUNT: &str = "inode_count";
-    /// Default data policy for the root (replication u8, level i8).
+    /// Marks a stripefs master database (value [`super::MAGIC_VALUE`]).
     pub const MAGIC: &str = "magic";
 }
 

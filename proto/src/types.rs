@@ -24,33 +24,6 @@ pub enum FileKind {
 }
 
 impl FileKind {
-    /// The stable one-byte code used in on-disk records.
-    pub fn code(self) -> u8 {
-        match self {
-            FileKind::File => 1,
-            FileKind::Dir => 2,
-            FileKind::Symlink => 3,
-            FileKind::Fifo => 4,
-            FileKind::Socket => 5,
-            FileKind::CharDevice => 6,
-            FileKind::BlockDevice => 7,
-        }
-    }
-
-    /// The inverse of [`FileKind::code`].
-    pub fn from_code(code: u8) -> Option<FileKind> {
-        Some(match code {
-            1 => FileKind::File,
-            2 => FileKind::Dir,
-            3 => FileKind::Symlink,
-            4 => FileKind::Fifo,
-            5 => FileKind::Socket,
-            6 => FileKind::CharDevice,
-            7 => FileKind::BlockDevice,
-            _ => return None,
-        })
-    }
-
     /// The kind named by the file-type bits (`S_IFMT`) of a mode.
     pub fn from_mode(mode: u32) -> Option<FileKind> {
         Some(match mode & 0o170000 {

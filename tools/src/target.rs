@@ -34,7 +34,10 @@ fn read_record(path: &Path) -> anyhow::Result<Target> {
     for line in text.lines() {
         match line.split_once('=') {
             Some(("master", v)) => master = Some(v.to_string()),
-            Some(("secret", v)) => secret = Some(Secret::new(v.as_bytes(), &rec.display().to_string())?),
+            Some(("secret_hex", v)) => {
+                let bytes = hex::decode(v).with_context(|| format!("bad secret in {}", rec.display()))?;
+                secret = Some(Secret::new(bytes, &rec.display().to_string())?)
+            }
             _ => {}
         }
     }
