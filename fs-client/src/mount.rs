@@ -109,8 +109,12 @@ fn write_record(mountpoint: &Path, master: &str, secret: &Secret) -> Option<Path
         return None;
     };
     let path = mount_record_path(dev);
-    let text =
-        format!("master={master}\nsecret_hex={}\nmountpoint={}\n", hex::encode(secret.bytes()), mountpoint.display());
+    let text = format!(
+        "master={master}\nsecret_hex={}\nmountpoint={}\npid={}\n",
+        hex::encode(secret.bytes()),
+        mountpoint.display(),
+        std::process::id()
+    );
     let write = || -> std::io::Result<()> {
         use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
         let dir = mounts_dir();
