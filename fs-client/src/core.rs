@@ -29,6 +29,8 @@ pub struct ClientConfig {
     pub cache_bytes: u64,
     /// Unwritten bytes one open file may buffer before it uploads.
     pub dirty_limit_bytes: u64,
+    /// How long operations wait for an unreachable master before failing.
+    pub master_timeout: Duration,
 }
 
 impl Default for ClientConfig {
@@ -41,6 +43,7 @@ impl Default for ClientConfig {
             read_only: false,
             cache_bytes: 256 << 20,
             dirty_limit_bytes: 64 << 20,
+            master_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -88,10 +91,10 @@ impl FsCore {
         secret: stripefs_proto::net::Secret,
         cfg: ClientConfig,
     ) -> anyhow::Result<Arc<FsCore>> {
-        let master = MasterConn::connect(master_addr, secret.clone()).await?;
+        let master = MasterConn::connect(master_addr, secret.clone(), cfg.master_timeout).await?;
         let info = master.call(|c, ctx| async move { c.fs_info(ctx).await }).await?;
         let cache = BlockCache::new(cfg.cache_bytes);
-        Ok(Arc::new(FsCore {
+        let core = Arc::new(FsCore {
             master,
             nodes: NodePool::new(secret),
             chunk_size: info.chunk_size as u64,
@@ -103,7 +106,26 @@ impl FsCore {
             next_handle: AtomicU64::new(1),
             cache,
             statfs_cache: Mutex::new(None),
-        }))
+        });
+        // After a reconnect (e.g. a master restart), open files are opened
+        // again so the master keeps unlinked-but-open files alive.
+        let weak = Arc::downgrade(&core);
+        core.master.set_reconnect_hook(Box::new(move |client| {
+            let weak = weak.clone();
+            Box::pin(async move {
+                let Some(core) = weak.upgrade() else { return };
+                let open: Vec<InodeId> = lock(&core.files).keys().copied().collect();
+                for ino in open {
+                    let ctx = stripefs_proto::net::context_with_timeout(crate::conn::METADATA_TIMEOUT);
+                    match client.open(ctx, ino).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => tracing::warn!("re-opening inode {ino} after reconnecting: {e}"),
+                        Err(e) => tracing::warn!("re-opening inode {ino} after reconnecting: {e}"),
+                    }
+                }
+            })
+        }));
+        Ok(core)
     }
 
     /// The filesystem id.

@@ -165,14 +165,10 @@ impl FsCore {
         let mut encoded: Option<(i8, Arc<Vec<EncodedBlock>>)> = None;
         let mut last_err = ClientError::Fs(FsError::Unavailable);
         let host = self.cfg.host.clone();
+        // Nodes that failed this upload: the next placement avoids them.
+        let mut exclude: Vec<stripefs_proto::NodeId> = Vec::new();
         for attempt in 0..WRITE_ATTEMPTS {
-            let alloc = self
-                .master
-                .call(|c, ctx| {
-                    let a2 = host.clone();
-                    async move { c.alloc_chunk(ctx, ino, index, a2).await }
-                })
-                .await?;
+            let alloc = self.alloc_waiting(ino, index, &host, &exclude).await?;
             let Some((first, rest)) = alloc.targets.split_first() else {
                 return Err(FsError::Unavailable.into());
             };
@@ -212,6 +208,12 @@ impl FsCore {
                         first.addr,
                         attempt + 1
                     );
+                    match &e {
+                        // The first node failed to forward: one of the others is at fault.
+                        ClientError::Fs(FsError::Unavailable) => exclude.extend(rest.iter().map(|r| r.node)),
+                        // The first node itself is unreachable or failed.
+                        _ => exclude.push(first.node),
+                    }
                     last_err = e;
                     continue;
                 }
@@ -241,6 +243,37 @@ impl FsCore {
             });
         }
         Err(last_err)
+    }
+
+    /// Allocates a chunk version; while no storage node is live (e.g. just
+    /// after a master restart, before the nodes have registered again),
+    /// waits up to `master_timeout` instead of failing.
+    async fn alloc_waiting(
+        &self,
+        ino: InodeId,
+        index: u64,
+        host: &str,
+        exclude: &[stripefs_proto::NodeId],
+    ) -> Result<stripefs_proto::types::ChunkAlloc> {
+        let deadline = std::time::Instant::now() + self.cfg.master_timeout;
+        let mut backoff = std::time::Duration::from_millis(50);
+        loop {
+            let r = self
+                .master
+                .call(|c, ctx| {
+                    let (host, exclude) = (host.to_string(), exclude.to_vec());
+                    async move { c.alloc_chunk(ctx, ino, index, host, exclude).await }
+                })
+                .await;
+            match r {
+                Err(ClientError::Fs(FsError::Unavailable)) if std::time::Instant::now() + backoff < deadline => {
+                    tracing::info!("no live storage node for chunk {index} of inode {ino} yet; waiting");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
+                }
+                r => return r,
+            }
+        }
     }
 
     /// Reads up to `size` bytes at `offset` through handle `fh`.

@@ -66,6 +66,7 @@ pub fn mount(
         read_only: opts.read_only,
         cache_bytes: opts.cache_mb << 20,
         dirty_limit_bytes: opts.dirty_mb << 20,
+        master_timeout: opts.master_timeout,
     };
     let core = rt
         .block_on(FsCore::connect(master, secret.clone(), cfg))

@@ -31,6 +31,9 @@ pub struct MountOptions {
     pub cache_mb: u64,
     /// `dirty_mb=N`: unwritten bytes one file may buffer.
     pub dirty_mb: u64,
+    /// `master_timeout=SECS`: how long operations wait for an unreachable
+    /// master (e.g. while it restarts) before failing with EIO.
+    pub master_timeout: Duration,
 }
 
 impl Default for MountOptions {
@@ -48,6 +51,7 @@ impl Default for MountOptions {
             log: None,
             cache_mb: 256,
             dirty_mb: 64,
+            master_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -109,6 +113,7 @@ pub fn parse_options<S: AsRef<str>>(lists: &[S]) -> Result<MountOptions, String>
                 ("allow_root", None) => o.allow_root = true,
                 ("attr_timeout", Some(v)) => o.attr_ttl = secs(key, v)?,
                 ("entry_timeout", Some(v)) => o.entry_ttl = secs(key, v)?,
+                ("master_timeout", Some(v)) => o.master_timeout = secs(key, v)?,
                 ("host", Some(v)) if !v.is_empty() => o.host = Some(v.to_string()),
                 ("zone", Some(v)) if !v.is_empty() => o.zone = Some(v.to_string()),
                 ("secret_file", Some(v)) => o.secret_file = Some(PathBuf::from(v)),

@@ -7,6 +7,7 @@
 pub mod namespace;
 pub mod records;
 pub mod registry;
+pub mod repair;
 pub mod service;
 pub mod store;
 pub mod tables;
@@ -51,7 +52,7 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken
     tracing::info!("opened filesystem {} in {}", store.fs_id(), cfg.data_dir.display());
     let registry = registry::Registry::new(store.nodes()?, cfg.node_dead_after);
     let orphans = store.orphans()?;
-    let shared = Arc::new(service::Shared { store, registry, opens });
+    let shared = Arc::new(service::Shared { store, registry, opens, repairs: repair::Repairs::default() });
     let conns = CancellationToken::new();
     let tracker = TaskTracker::new();
     if !orphans.is_empty() {
@@ -61,7 +62,7 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken
         tracker.spawn(async move {
             tokio::select! {
                 _ = token.cancelled() => {}
-                _ = tokio::time::sleep(Duration::from_secs(60)) => {
+                _ = tokio::time::sleep(service::ORPHAN_GRACE) => {
                     for ino in orphans {
                         shared.store.submit(namespace::Command::Purge { ino });
                     }
@@ -70,6 +71,7 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken
         });
     }
     tracing::info!("serving on {}", listener.local_addr()?);
+    tracker.spawn(repair::run(shared.clone(), conns.clone()));
     let accept = {
         let shared = shared.clone();
         let (conns, tracker) = (conns.clone(), tracker.clone());

@@ -186,6 +186,22 @@ pub enum Command {
         /// Most to take.
         max: u32,
     },
+    /// A node now holds a copy of a chunk version (re-replication).
+    AddReplica {
+        /// File.
+        ino: InodeId,
+        /// Chunk index.
+        index: u64,
+        /// Chunk.
+        chunk: ChunkId,
+        /// Version copied.
+        version: Version,
+        /// Node holding the copy.
+        node: NodeId,
+        /// Replicas on dead nodes to forget (and delete when they return)
+        /// once the copy is recorded: the chunk is fully replicated again.
+        drop_dead: Vec<NodeId>,
+    },
     /// Raise the ceiling of handed-out chunk ids and versions.
     ReserveIds {
         /// New ceiling.
@@ -617,6 +633,31 @@ pub fn apply(t: &mut Tables, cmd: &Command, ctx: &Context) -> Result<Reply, Appl
                 t.deletions.remove(*k)?;
             }
             Ok(Reply::Deletions(keys.into_iter().map(|(_, c, v)| (ChunkId(c), Version(v))).collect()))
+        }
+        Command::AddReplica { ino, index, chunk, version, node, drop_dead } => {
+            let rec = match t.chunks.get((ino.0, *index))? {
+                Some(v) => Some(ChunkRecord::decode(v.value())?),
+                None => None,
+            };
+            match rec {
+                Some(mut rec) if rec.chunk == *chunk && rec.version == *version => {
+                    if !rec.replicas.contains(node) {
+                        rec.replicas.push(*node);
+                    }
+                    let dropped: Vec<NodeId> = rec.replicas.iter().copied().filter(|n| drop_dead.contains(n)).collect();
+                    rec.replicas.retain(|n| !drop_dead.contains(n));
+                    for n in dropped {
+                        t.deletions.insert((n.0, chunk.0, version.0), ())?;
+                    }
+                    t.chunks.insert((ino.0, *index), rec.encode().as_slice())?;
+                }
+                // The chunk moved on (rewritten, truncated, deleted) while it
+                // was copied: the copy is garbage.
+                _ => {
+                    t.deletions.insert((node.0, chunk.0, version.0), ())?;
+                }
+            }
+            Ok(Reply::Unit)
         }
         Command::ReserveIds { ceiling } => {
             let current = t.meta_u64(meta_keys::ID_CEILING)?;

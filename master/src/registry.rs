@@ -116,13 +116,33 @@ impl Registry {
         nodes.values().filter(|e| self.alive(e, now)).fold((0, 0), |(t, f), e| (t + e.capacity, f + e.free))
     }
 
+    /// Whether node `id` is known and alive.
+    pub fn is_alive(&self, id: NodeId) -> bool {
+        let now = Instant::now();
+        self.lock().get(&id).is_some_and(|e| self.alive(e, now))
+    }
+
+    /// Whether some known node is dead.
+    pub fn any_dead(&self) -> bool {
+        let now = Instant::now();
+        self.lock().values().any(|e| !self.alive(e, now))
+    }
+
     /// Picks up to `n` live nodes for a new chunk: on distinct hosts, on
     /// distinct zones while there are unused ones, the client's own host
-    /// first when it runs a node, otherwise weighted by free space.
-    pub fn place(&self, n: usize, client_host: &str) -> Result<Vec<Replica>, FsError> {
+    /// first when it runs a node, otherwise weighted by free space. Nodes in
+    /// `avoid`, and other nodes on their hosts, are not picked.
+    pub fn place(&self, n: usize, client_host: &str, avoid: &[NodeId]) -> Result<Vec<Replica>, FsError> {
         let now = Instant::now();
         let nodes = self.lock();
-        let live: Vec<(&NodeId, &Entry)> = nodes.iter().filter(|(_, e)| self.alive(e, now)).collect();
+        let avoided_hosts: HashSet<&str> =
+            avoid.iter().filter_map(|id| nodes.get(id)).map(|e| e.record.host.as_str()).collect();
+        let live: Vec<(&NodeId, &Entry)> = nodes
+            .iter()
+            .filter(|(id, e)| {
+                self.alive(e, now) && !avoid.contains(id) && !avoided_hosts.contains(e.record.host.as_str())
+            })
+            .collect();
         if live.is_empty() {
             return Err(FsError::Unavailable);
         }
@@ -210,6 +230,8 @@ mod tests {
                 free_bytes: *free,
                 used_bytes: 0,
                 chunk_count: 0,
+                replicated: Vec::new(),
+                failed: Vec::new(),
             });
         }
         r
@@ -219,7 +241,7 @@ mod tests {
     fn replicas_go_to_distinct_hosts_and_local_first() {
         let r = reg(&[("h1", "z", 1 << 30), ("h1", "z", 1 << 30), ("h2", "z", 1 << 30), ("h3", "z", 1 << 30)]);
         for _ in 0..50 {
-            let p = r.place(3, "h3").expect("place");
+            let p = r.place(3, "h3", &[]).expect("place");
             assert_eq!(p.len(), 3);
             assert_eq!(p[0].host, "h3");
             let hosts: HashSet<_> = p.iter().map(|x| x.host.clone()).collect();
@@ -231,21 +253,32 @@ mod tests {
     fn zones_are_spread_when_possible() {
         let r = reg(&[("h1", "a", 1 << 30), ("h2", "a", 1 << 30), ("h3", "b", 1 << 30)]);
         for _ in 0..50 {
-            let p = r.place(2, "elsewhere").expect("place");
+            let p = r.place(2, "elsewhere", &[]).expect("place");
             let zones: HashSet<_> = p.iter().map(|x| x.zone.clone()).collect();
             assert_eq!(zones.len(), 2, "{p:?}");
         }
     }
 
     #[test]
+    fn avoided_nodes_and_their_hosts_are_skipped() {
+        let r = reg(&[("h1", "a", 1 << 30), ("h1", "a", 1 << 30), ("h2", "a", 1 << 30), ("h3", "a", 1 << 30)]);
+        for _ in 0..50 {
+            let p = r.place(3, "x", &[NodeId(1)]).expect("place");
+            assert_eq!(p.len(), 2, "h1 is avoided entirely: {p:?}");
+            assert!(p.iter().all(|x| x.host != "h1"));
+        }
+        assert_eq!(r.place(1, "x", &[NodeId(1), NodeId(3), NodeId(4)]), Err(FsError::Unavailable));
+    }
+
+    #[test]
     fn full_nodes_take_nothing() {
         let r = reg(&[("h1", "a", 1 << 30), ("h2", "a", 1000)]);
-        let p = r.place(2, "x").expect("place");
+        let p = r.place(2, "x", &[]).expect("place");
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].host, "h1");
         let full = reg(&[("h1", "a", 10)]);
-        assert_eq!(full.place(1, "x"), Err(FsError::NoSpace));
+        assert_eq!(full.place(1, "x", &[]), Err(FsError::NoSpace));
         let none = Registry::new(Vec::new(), Duration::from_secs(1));
-        assert_eq!(none.place(1, "x"), Err(FsError::Unavailable));
+        assert_eq!(none.place(1, "x", &[]), Err(FsError::Unavailable));
     }
 }

@@ -63,14 +63,39 @@ pub struct Shared {
     pub registry: Registry,
     /// Open references.
     pub opens: Arc<OpenFiles>,
+    /// Re-replication orders and copies in flight.
+    pub repairs: crate::repair::Repairs,
 }
 
+/// How long an unlinked file released by a lost connection survives: the
+/// client may reconnect (e.g. after a master restart) and open it again.
+pub const ORPHAN_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl Shared {
-    /// Releases `n` references to `ino`, freeing it if it was an orphan.
+    /// Releases `n` references to `ino` that a client gave back, freeing
+    /// the file if it was an orphan.
     fn release(&self, ino: InodeId, n: u64) {
         if self.opens.release(ino, n) && self.store.is_orphan(ino).unwrap_or(false) {
             self.store.submit(Command::Purge { ino });
         }
+    }
+
+    /// Releases references held by a connection that ended: an orphan is
+    /// freed only after [`ORPHAN_GRACE`], if nobody opened it again.
+    fn release_lost(self: &Arc<Self>, ino: InodeId, n: u64) {
+        if !self.opens.release(ino, n) || !self.store.is_orphan(ino).unwrap_or(false) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        // Weak: a master that stops does not wait for this timer.
+        let weak = Arc::downgrade(self);
+        rt.spawn(async move {
+            tokio::time::sleep(ORPHAN_GRACE).await;
+            if let Some(shared) = weak.upgrade() {
+                // Purge checks again that the file is not open.
+                shared.store.submit(Command::Purge { ino });
+            }
+        });
     }
 }
 
@@ -88,7 +113,7 @@ impl Drop for Connection {
             tracing::info!("connection from {} closed with {} open files; releasing them", self.peer, opens.len());
         }
         for (ino, n) in opens {
-            self.shared.release(ino, n);
+            self.shared.release_lost(ino, n);
         }
     }
 }
@@ -266,6 +291,7 @@ impl MasterService for MasterServer {
         ino: InodeId,
         index: u64,
         client_host: String,
+        exclude: Vec<stripefs_proto::NodeId>,
     ) -> Result<ChunkAlloc, FsError> {
         let chunk_size = self.shared.store.chunk_size() as u64;
         if index.checked_mul(chunk_size).is_none_or(|o| o >= MAX_FILE_BYTES) {
@@ -281,7 +307,7 @@ impl MasterService for MasterServer {
             None => stripefs_proto::ChunkId(self.shared.store.next_id().await?),
         };
         let version = stripefs_proto::Version(self.shared.store.next_id().await?);
-        let targets = self.shared.registry.place(rec.policy.replication as usize, &client_host)?;
+        let targets = self.shared.registry.place(rec.policy.replication as usize, &client_host, &exclude)?;
         if targets.len() < rec.policy.replication as usize {
             tracing::warn!(
                 "chunk {chunk} of inode {ino}: only {} of {} replicas can be placed",
@@ -361,12 +387,20 @@ impl MasterService for MasterServer {
         if !self.shared.registry.heartbeat(&hb) {
             return Err(FsError::NotFound);
         }
-        if !self.shared.store.has_deletions(hb.node)? {
-            return Ok(HeartbeatReply::default());
+        for cmd in self.shared.repairs.reported(hb.node, &hb.replicated, &hb.failed, &self.shared) {
+            if let Err(e) = self.shared.store.execute(cmd).await {
+                tracing::error!("recording a copy made by node {}: {e}", hb.node);
+            }
         }
-        match self.shared.store.execute(Command::TakeDeletions { node: hb.node, max: 1000 }).await? {
-            Reply::Deletions(delete) => Ok(HeartbeatReply { delete }),
-            _ => Err(FsError::Internal),
-        }
+        let replicate = self.shared.repairs.take_orders(hb.node);
+        let delete = if self.shared.store.has_deletions(hb.node)? {
+            match self.shared.store.execute(Command::TakeDeletions { node: hb.node, max: 1000 }).await? {
+                Reply::Deletions(d) => d,
+                _ => return Err(FsError::Internal),
+            }
+        } else {
+            Vec::new()
+        };
+        Ok(HeartbeatReply { delete, replicate })
     }
 }

@@ -70,6 +70,21 @@ pub struct Store {
     ids: tokio::sync::Mutex<(u64, u64)>,
 }
 
+/// A chunk with fewer live replicas than wanted.
+#[derive(Debug, Clone)]
+pub struct Degraded {
+    /// File.
+    pub ino: InodeId,
+    /// Chunk index.
+    pub index: u64,
+    /// Live replicas.
+    pub live: usize,
+    /// Wanted replicas.
+    pub want: u8,
+    /// The chunk.
+    pub rec: ChunkRecord,
+}
+
 /// Logs a database failure where it is turned into a wire error.
 pub fn internal(e: impl std::fmt::Display) -> FsError {
     tracing::error!("metadata database: {e}");
@@ -274,6 +289,39 @@ impl Store {
             let (k, v) = item.map_err(internal)?;
             out.push((k.value().1, ChunkRecord::decode(v.value()).map_err(internal)?));
         }
+        Ok(out)
+    }
+
+    /// Up to `limit` chunks with fewer live replicas than their file's
+    /// replication factor (but at least one), fewest live replicas first.
+    pub fn under_replicated(&self, alive: impl Fn(NodeId) -> bool, limit: usize) -> Result<Vec<Degraded>, FsError> {
+        let txn = self.read()?;
+        let chunks = txn.open_table(tables::CHUNKS).map_err(internal)?;
+        let inodes = txn.open_table(tables::INODES).map_err(internal)?;
+        let mut policy: Option<(u64, u8)> = None;
+        let mut out = Vec::new();
+        for item in chunks.iter().map_err(internal)? {
+            let (k, v) = item.map_err(internal)?;
+            let (ino, index) = k.value();
+            let want = match policy {
+                Some((i, w)) if i == ino => w,
+                _ => {
+                    let w = match inodes.get(ino).map_err(internal)? {
+                        Some(r) => InodeRecord::decode(r.value()).map_err(internal)?.policy.replication,
+                        None => continue,
+                    };
+                    policy = Some((ino, w));
+                    w
+                }
+            };
+            let rec = ChunkRecord::decode(v.value()).map_err(internal)?;
+            let live = rec.replicas.iter().filter(|n| alive(**n)).count();
+            if live > 0 && live < want as usize {
+                out.push(Degraded { ino: InodeId(ino), index, live, want, rec });
+            }
+        }
+        out.sort_by_key(|d| (d.live, std::cmp::Reverse(d.want)));
+        out.truncate(limit);
         Ok(out)
     }
 

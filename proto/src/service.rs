@@ -4,7 +4,7 @@
 #![allow(clippy::too_many_arguments)]
 
 use crate::error::FsError;
-use crate::ids::{ChunkId, InodeId, Version};
+use crate::ids::{ChunkId, InodeId, NodeId, Version};
 use crate::types::*;
 
 /// The master: namespace, chunk map, node registry.
@@ -57,8 +57,14 @@ pub trait MasterService {
     async fn release(ino: InodeId) -> Result<(), FsError>;
     /// The chunks of `ino` with index in `[first, first+count)`; holes are absent.
     async fn chunks(ino: InodeId, first: u64, count: u64) -> Result<Vec<ChunkLoc>, FsError>;
-    /// Allocate a new version of chunk `index` of `ino` and pick its replica targets.
-    async fn alloc_chunk(ino: InodeId, index: u64, client_host: String) -> Result<ChunkAlloc, FsError>;
+    /// Allocate a new version of chunk `index` of `ino` and pick its replica
+    /// targets, avoiding the nodes in `exclude` (they just failed a write).
+    async fn alloc_chunk(
+        ino: InodeId,
+        index: u64,
+        client_host: String,
+        exclude: Vec<NodeId>,
+    ) -> Result<ChunkAlloc, FsError>;
     /// Make a stored chunk version current and extend the file size to cover it.
     async fn commit_chunk(commit: ChunkCommit) -> Result<Attr, FsError>;
     /// Space and inode figures.

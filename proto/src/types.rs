@@ -322,6 +322,10 @@ pub struct Heartbeat {
     pub used_bytes: u64,
     /// Number of chunk replicas held.
     pub chunk_count: u64,
+    /// Replicas copied here on the master's order since the last heartbeat.
+    pub replicated: Vec<(ChunkId, Version)>,
+    /// Ordered copies that failed since the last heartbeat.
+    pub failed: Vec<(ChunkId, Version)>,
 }
 
 /// The master's answer to a heartbeat: work for the node.
@@ -329,6 +333,22 @@ pub struct Heartbeat {
 pub struct HeartbeatReply {
     /// Replicas to delete.
     pub delete: Vec<(ChunkId, Version)>,
+    /// Replicas to copy here from another node.
+    pub replicate: Vec<ReplicateOrder>,
+}
+
+/// An order to copy a replica to this node (re-replication): pull it from
+/// one of `sources` and report it in the next heartbeat.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicateOrder {
+    /// Chunk.
+    pub chunk: ChunkId,
+    /// Version.
+    pub version: Version,
+    /// Valid bytes of the chunk.
+    pub length: u32,
+    /// Addresses of nodes holding it, best first.
+    pub sources: Vec<String>,
 }
 
 /// The master's answer to a registration.

@@ -4,10 +4,12 @@
 //! ([`ChunkStore`]), serves them over the [`stripefs_proto::NodeService`]
 //! RPC interface ([`NodeServer`]), forwards writes down the replication
 //! chain chosen by the master, and registers and heartbeats with the
-//! master, applying the replica deletions it hands back. [`run`] puts it
+//! master, applying the replica deletions and copy orders (re-replication)
+//! it hands back. [`run`] puts it
 //! all together; the `stripefs-node` binary is a thin wrapper around it.
 
 mod chunk_store;
+mod copier;
 mod fsutil;
 mod master_link;
 mod node;

@@ -2,9 +2,10 @@
 //!
 //! The node registers at start and whenever the connection is lost or the
 //! master forgets it, then heartbeats with its space figures and applies
-//! the replica deletions the master hands back.
+//! the replica deletions and copy orders the master hands back.
 
 use crate::chunk_store::ChunkStore;
+use crate::copier::Copier;
 use crate::fsutil::{disk_space, write_file_atomic};
 use crate::Config;
 use anyhow::Context as _;
@@ -146,6 +147,8 @@ struct Link {
     identity: Identity,
     /// What `node.id` holds.
     saved: Identity,
+    /// Copies the master orders.
+    copier: Arc<Copier>,
 }
 
 /// Runs the master link until `shutdown`. Returns an error only when the
@@ -156,7 +159,8 @@ pub(crate) async fn run(
     store: Arc<ChunkStore>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut link = Link { cfg, store, shutdown, saved: identity.clone(), identity };
+    let copier = Copier::new(store.clone(), cfg.secret.clone(), shutdown.clone());
+    let mut link = Link { cfg, store, shutdown, saved: identity.clone(), identity, copier };
     let mut backoff = Backoff::new();
     let mut attempt = 0u64;
     loop {
@@ -257,13 +261,20 @@ impl Link {
                 _ = ticker.tick() => {}
             }
             let hb = self.heartbeat(node).await;
+            let reports = (hb.replicated.clone(), hb.failed.clone());
             let reply = tokio::select! {
                 _ = self.shutdown.cancelled() => return HeartbeatEnd::Shutdown,
                 r = client.heartbeat(context_with_timeout(RPC_TIMEOUT), hb) => r,
             };
+            if !matches!(reply, Ok(Ok(_))) {
+                self.copier.restore_reports(reports);
+            }
             match reply {
                 Ok(Ok(reply)) => {
                     backoff.reset();
+                    if !reply.replicate.is_empty() {
+                        self.copier.order(reply.replicate);
+                    }
                     if !reply.delete.is_empty() {
                         self.apply_deletions(reply.delete).await;
                     }
@@ -294,12 +305,15 @@ impl Link {
                 None
             }
         };
+        let (replicated, failed) = self.copier.take_reports();
         Heartbeat {
             node,
             capacity_bytes: space.map_or(0, |s| s.capacity_bytes),
             free_bytes: space.map_or(0, |s| s.free_bytes),
             used_bytes: self.store.used_bytes(),
             chunk_count: self.store.chunk_count(),
+            replicated,
+            failed,
         }
     }
 

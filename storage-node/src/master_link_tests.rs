@@ -98,7 +98,7 @@ impl MasterService for FakeMaster {
         open(ino: InodeId) -> Attr;
         release(ino: InodeId) -> ();
         chunks(ino: InodeId, first: u64, count: u64) -> Vec<ChunkLoc>;
-        alloc_chunk(ino: InodeId, index: u64, client_host: String) -> ChunkAlloc;
+        alloc_chunk(ino: InodeId, index: u64, client_host: String, exclude: Vec<NodeId>) -> ChunkAlloc;
         commit_chunk(commit: ChunkCommit) -> Attr;
         statfs() -> StatFs;
         setxattr(ino: InodeId, name: String, value: Vec<u8>, flags: u32) -> ();
@@ -128,7 +128,7 @@ impl MasterService for FakeMaster {
             return Err(FsError::NotFound);
         }
         s.heartbeats.push(hb);
-        Ok(HeartbeatReply { delete: std::mem::take(&mut s.delete) })
+        Ok(HeartbeatReply { delete: std::mem::take(&mut s.delete), replicate: Vec::new() })
     }
 }
 

@@ -99,6 +99,7 @@ fn bind(ip: &str) -> (std::net::TcpListener, SocketAddr) {
 pub struct ClusterBuilder {
     nodes: usize,
     chunk_size: Option<u32>,
+    node_dead_after: Duration,
 }
 
 impl ClusterBuilder {
@@ -114,6 +115,12 @@ impl ClusterBuilder {
         self
     }
 
+    /// How long a silent node counts as alive (default 10 s).
+    pub fn node_dead_after(mut self, d: Duration) -> Self {
+        self.node_dead_after = d;
+        self
+    }
+
     /// Starts the master and the nodes and waits until every node is up.
     pub fn start(self) -> TestCluster {
         init_logs();
@@ -122,7 +129,9 @@ impl ClusterBuilder {
             master: None,
             master_addr: String::new(),
             nodes: Vec::new(),
+            node_addrs: Vec::new(),
             chunk_size: self.chunk_size,
+            node_dead_after: self.node_dead_after,
             dir,
         };
         c.start_master();
@@ -138,6 +147,8 @@ impl ClusterBuilder {
 pub struct TestCluster {
     // Field order is drop order: nodes and master stop before the temp dir goes.
     nodes: Vec<Option<Server>>,
+    node_addrs: Vec<String>,
+    node_dead_after: Duration,
     master: Option<Server>,
     /// The master's address.
     pub master_addr: String,
@@ -148,7 +159,7 @@ pub struct TestCluster {
 impl TestCluster {
     /// A builder: 3 nodes, default chunk size.
     pub fn builder() -> ClusterBuilder {
-        ClusterBuilder { nodes: 3, chunk_size: None }
+        ClusterBuilder { nodes: 3, chunk_size: None, node_dead_after: Duration::from_secs(10) }
     }
 
     /// The cluster's data directory.
@@ -179,7 +190,7 @@ impl TestCluster {
         let cfg = stripefs_master::Config {
             data_dir: self.dir.path().join("master"),
             chunk_size: self.chunk_size,
-            node_dead_after: Duration::from_secs(10),
+            node_dead_after: self.node_dead_after,
             secret: secret(),
         };
         self.master = Some(Server::start("master", listener, move |l, t| stripefs_master::run(cfg, l, t)));
@@ -199,8 +210,56 @@ impl TestCluster {
         let server = Server::start(&format!("node{i}"), listener, move |l, t| stripefs_node::run(cfg, l, t));
         if self.nodes.len() <= i {
             self.nodes.resize_with(i + 1, || None);
+            self.node_addrs.resize_with(i + 1, String::new);
         }
         self.nodes[i] = Some(server);
+        self.node_addrs[i] = addr.to_string();
+    }
+
+    /// The address node `i` listens on (a new one after each restart).
+    pub fn node_addr(&self, i: usize) -> &str {
+        &self.node_addrs[i]
+    }
+
+    /// Waits until the master lists node `i` alive at its current address
+    /// (after [`TestCluster::restart_node`] it re-registers on a new port).
+    pub fn wait_node_registered(&self, i: usize) {
+        let want = self.node_addrs[i].clone();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Ok(c) =
+                    stripefs_proto::net::connect_master(&self.master_addr, &secret(), Duration::from_secs(2)).await
+                {
+                    if let Ok(Ok(nodes)) = c.nodes(tarpc_ctx()).await {
+                        if nodes.iter().any(|x| x.addr == want && x.alive && x.capacity_bytes > 0) {
+                            return;
+                        }
+                    }
+                }
+                assert!(Instant::now() < deadline, "node {i} did not register at {want} within 20 s");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+    }
+
+    /// How many chunk replica files (`*.chunk`) the nodes hold on disk.
+    pub fn replica_files(&self) -> u64 {
+        (0..self.nodes.len()).map(|i| count_chunk_files(&self.node_dir(i).join("chunks"))).sum()
+    }
+
+    /// Waits (up to 20 s) until the nodes hold exactly `n` replica files.
+    pub fn wait_replica_files(&self, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let now = self.replica_files();
+            if now == n {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the nodes hold {now} replica files, not {n}, after 20 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Stops node `i` gracefully.
@@ -216,6 +275,20 @@ impl TestCluster {
         self.start_node(i);
     }
 
+    /// Stops the master gracefully (until [`TestCluster::start_master_again`]).
+    pub fn stop_master(&mut self) {
+        if let Some(mut m) = self.master.take() {
+            m.stop().expect("master stopped cleanly");
+        }
+    }
+
+    /// Starts the master again after [`TestCluster::stop_master`], on the
+    /// same database and address.
+    pub fn start_master_again(&mut self) {
+        assert!(self.master.is_none(), "the master is running");
+        self.start_master();
+    }
+
     /// Stops the master gracefully and starts it again on the same
     /// database and address.
     pub fn restart_master(&mut self) {
@@ -223,6 +296,32 @@ impl TestCluster {
             m.stop().expect("master stopped cleanly");
         }
         self.start_master();
+    }
+
+    /// Waits (up to 20 s) until the master answers and `n` nodes are alive;
+    /// panics with the master's own error if it stopped instead.
+    pub fn must_wait_master_serving(&mut self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(m) = self.master.as_mut().filter(|m| m.is_finished()) {
+                let r = m.stop();
+                panic!("the master stopped on its own: {:#}", r.err().unwrap_or_else(|| anyhow::anyhow!("no error")));
+            }
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            let up = rt.block_on(async {
+                let Ok(c) =
+                    stripefs_proto::net::connect_master(&self.master_addr, &secret(), Duration::from_millis(500)).await
+                else {
+                    return false;
+                };
+                matches!(c.nodes(tarpc_ctx()).await, Ok(Ok(nodes)) if nodes.iter().filter(|x| x.alive && x.capacity_bytes > 0).count() >= n)
+            });
+            if up {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the master did not serve {n} live nodes within 20 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Whether the master is still running (it stops on a fatal error).
@@ -360,4 +459,102 @@ pub fn random_bytes(n: usize) -> Vec<u8> {
 /// The errno of an I/O error (panics if it has none).
 pub fn errno(e: &std::io::Error) -> i32 {
     e.raw_os_error().unwrap_or_else(|| panic!("no errno in {e}"))
+}
+
+/// A fresh temporary directory with a recognisable prefix.
+pub fn temp_dir(prefix: &str) -> TempDir {
+    tempfile::Builder::new().prefix(prefix).tempdir().expect("tempdir")
+}
+
+/// Runs a command to completion, killing it after `limit`; panics if it
+/// cannot be started or does not finish in time. Returns its output.
+pub fn run_with_deadline(cmd: &mut std::process::Command, limit: Duration) -> std::process::Output {
+    use std::io::Read;
+    let desc = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {desc}: {e}"));
+    // Drain the pipes on threads so a chatty child cannot block on them.
+    let mut out = child.stdout.take().expect("stdout pipe");
+    let mut err = child.stderr.take().expect("stderr pipe");
+    let t_out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait for child") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{desc} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // A daemon the command started may hold the pipes open: do not wait for them forever.
+    let join = |t: std::thread::JoinHandle<Vec<u8>>| {
+        let until = Instant::now() + Duration::from_secs(5);
+        while !t.is_finished() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if t.is_finished() {
+            t.join().unwrap_or_default()
+        } else {
+            b"<output pipe still held open by another process>".to_vec()
+        }
+    };
+    std::process::Output { status, stdout: join(t_out), stderr: join(t_err) }
+}
+
+/// Runs a command (with a deadline) and panics with its output unless it succeeds.
+pub fn must_run(cmd: &mut std::process::Command, limit: Duration) -> std::process::Output {
+    let desc = format!("{cmd:?}");
+    let out = run_with_deadline(cmd, limit);
+    assert!(
+        out.status.success(),
+        "{desc} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The fs type of the mount on `dir` (an absolute path without symlinks,
+/// as temp dirs are), from /proc/self/mountinfo; None if nothing is mounted
+/// there. Never touches the mount itself, so a dead FUSE mount cannot hang it.
+pub fn mount_type(dir: &Path) -> Option<String> {
+    let want = dir;
+    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("read /proc/self/mountinfo");
+    info.lines().rev().find_map(|line| {
+        let f: Vec<&str> = line.split(' ').collect();
+        let sep = f.iter().position(|x| *x == "-")?;
+        let path = stripefs_client::mount::unescape_mount_path(f.get(4)?);
+        (Path::new(&path) == want).then(|| f.get(sep + 1).map(|s| s.to_string()).unwrap_or_default())
+    })
+}
+
+fn count_chunk_files(dir: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
+    rd.filter_map(|e| e.ok())
+        .map(|e| {
+            let p = e.path();
+            if p.is_dir() {
+                count_chunk_files(&p)
+            } else {
+                u64::from(p.extension().is_some_and(|x| x == "chunk"))
+            }
+        })
+        .sum()
 }

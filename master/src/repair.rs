@@ -1,0 +1,190 @@
+//! Re-replication: finds chunks with fewer live replicas than their file's
+//! replication factor and orders a live node to copy each from a live
+//! replica (pull), most endangered chunks first, a bounded number at a
+//! time. Orders travel in heartbeat replies; completions come back in
+//! heartbeats and become [`Command::AddReplica`].
+
+use crate::namespace::Command;
+use crate::service::Shared;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use stripefs_proto::types::ReplicateOrder;
+use stripefs_proto::{ChunkId, InodeId, NodeId, Version};
+use tokio_util::sync::CancellationToken;
+
+/// Copies in flight over the whole cluster.
+const MAX_IN_FLIGHT: usize = 32;
+/// Copies in flight per target node.
+const MAX_PER_NODE: usize = 4;
+/// An order not reported done within this time is given up and retried.
+const ORDER_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often to look for work when some node is dead.
+const SCAN_INTERVAL: Duration = Duration::from_secs(1);
+/// How often to look for work when every node is alive (policy changes,
+/// writes placed on fewer nodes than wanted).
+const IDLE_SCAN_INTERVAL: Duration = Duration::from_secs(15);
+
+#[derive(Debug, Clone)]
+struct Pending {
+    ino: InodeId,
+    index: u64,
+    target: NodeId,
+    since: Instant,
+}
+
+/// Orders waiting for their node's heartbeat, and orders in flight.
+#[derive(Debug, Default)]
+pub struct Repairs {
+    outbox: Mutex<HashMap<NodeId, Vec<ReplicateOrder>>>,
+    pending: Mutex<HashMap<(ChunkId, Version), Pending>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Repairs {
+    /// Orders for `node`, handed over once.
+    pub fn take_orders(&self, node: NodeId) -> Vec<ReplicateOrder> {
+        lock(&self.outbox).remove(&node).unwrap_or_default()
+    }
+
+    /// Number of copies ordered and not yet done.
+    pub fn in_flight(&self) -> usize {
+        lock(&self.pending).len()
+    }
+
+    /// Records what a node reported; returns the commands that record its
+    /// new replicas.
+    pub fn reported(
+        &self,
+        node: NodeId,
+        done: &[(ChunkId, Version)],
+        failed: &[(ChunkId, Version)],
+        shared: &Shared,
+    ) -> Vec<Command> {
+        let mut pending = lock(&self.pending);
+        for key in failed {
+            if pending.get(key).is_some_and(|p| p.target == node) {
+                tracing::warn!("node {node} could not copy chunk {} v{}", key.0, key.1);
+                pending.remove(key);
+            }
+        }
+        let mut out = Vec::new();
+        for &(chunk, version) in done {
+            let Some(p) = pending.remove(&(chunk, version)).filter(|p| p.target == node) else {
+                // Not ordered (or given up): the copy is not recorded, and
+                // garbage collection removes it later.
+                continue;
+            };
+            // Replicas on dead nodes are dropped once the chunk is whole again.
+            let drop_dead = match shared.store.chunks(p.ino, p.index, 1) {
+                Ok(v) => v
+                    .into_iter()
+                    .next()
+                    .map(|(_, rec)| {
+                        let live = rec.replicas.iter().filter(|n| shared.registry.is_alive(**n)).count() + 1;
+                        let want = shared.store.inode(p.ino).map(|i| i.policy.replication as usize).unwrap_or(0);
+                        if live >= want {
+                            rec.replicas.into_iter().filter(|n| !shared.registry.is_alive(*n)).collect()
+                        } else {
+                            Vec::new()
+                        }
+                    })
+                    .unwrap_or_default(),
+                Err(_) => Vec::new(),
+            };
+            tracing::info!("chunk {chunk} v{version} copied to node {node}");
+            out.push(Command::AddReplica { ino: p.ino, index: p.index, chunk, version, node, drop_dead });
+        }
+        out
+    }
+
+    /// One round: expire stale orders, then order copies for the most
+    /// endangered chunks, within the limits.
+    fn round(&self, shared: &Shared) {
+        let now = Instant::now();
+        lock(&self.pending).retain(|_, p| now.duration_since(p.since) < ORDER_TIMEOUT);
+        let room = MAX_IN_FLIGHT.saturating_sub(self.in_flight());
+        if room == 0 {
+            return;
+        }
+        let degraded = match shared.store.under_replicated(|n| shared.registry.is_alive(n), room * 4) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!("re-replication scan failed: {e}");
+                return;
+            }
+        };
+        let mut ordered = 0;
+        for d in degraded {
+            if ordered >= room {
+                break;
+            }
+            let key = (d.rec.chunk, d.rec.version);
+            if lock(&self.pending).contains_key(&key) {
+                continue;
+            }
+            let sources: Vec<String> = d
+                .rec
+                .replicas
+                .iter()
+                .filter(|n| shared.registry.is_alive(**n))
+                .filter_map(|n| shared.registry.replica(*n).map(|(r, _)| r.addr))
+                .collect();
+            let busy: Vec<NodeId> = {
+                let pending = lock(&self.pending);
+                let mut count: HashMap<NodeId, usize> = HashMap::new();
+                for p in pending.values() {
+                    *count.entry(p.target).or_default() += 1;
+                }
+                count.into_iter().filter(|(_, c)| *c >= MAX_PER_NODE).map(|(n, _)| n).collect()
+            };
+            let mut avoid = d.rec.replicas.clone();
+            avoid.extend(busy);
+            let Ok(target) = shared.registry.place(1, "", &avoid) else { continue };
+            let Some(target) = target.into_iter().next() else { continue };
+            tracing::info!(
+                "chunk {} v{} of inode {} has {}/{} live replicas: copying it to node {}",
+                d.rec.chunk,
+                d.rec.version,
+                d.ino,
+                d.live,
+                d.want,
+                target.node
+            );
+            lock(&self.pending).insert(key, Pending { ino: d.ino, index: d.index, target: target.node, since: now });
+            lock(&self.outbox).entry(target.node).or_default().push(ReplicateOrder {
+                chunk: d.rec.chunk,
+                version: d.rec.version,
+                length: d.rec.length,
+                sources,
+            });
+            ordered += 1;
+        }
+    }
+}
+
+/// Runs re-replication rounds until `stop`.
+pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut last_scan: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(SCAN_INTERVAL) => {}
+        }
+        let due = match last_scan {
+            None => true,
+            Some(t) => shared.registry.any_dead() || t.elapsed() >= IDLE_SCAN_INTERVAL,
+        };
+        if !due {
+            continue;
+        }
+        last_scan = Some(Instant::now());
+        let s = shared.clone();
+        // The scan reads the whole chunk table: off the async threads.
+        let _ = tokio::task::spawn_blocking(move || s.repairs.round(&s)).await;
+    }
+}

@@ -1,0 +1,106 @@
+//! Storage nodes die: reads and writes go on, and the cluster copies the
+//! chunks that lost a replica until every chunk is fully replicated again.
+
+use std::collections::HashSet;
+use std::fs;
+use std::time::{Duration, Instant};
+use stripefs_proto::{InodeId, NodeId};
+use stripefs_tests::{random_bytes, sha256, tarpc_ctx, TestCluster};
+
+/// Counts the chunks of `ino` whose live replicas are fewer than `want`.
+async fn under_replicated(c: &TestCluster, ino: u64, want: usize) -> usize {
+    let client = c.master_client().await;
+    let nodes = client.nodes(tarpc_ctx()).await.expect("rpc").expect("nodes");
+    let alive: HashSet<NodeId> = nodes.iter().filter(|n| n.alive).map(|n| n.id).collect();
+    let chunks = client.chunks(tarpc_ctx(), InodeId(ino), 0, 4096).await.expect("rpc").expect("chunks");
+    assert!(!chunks.is_empty());
+    chunks
+        .iter()
+        .filter(|l| {
+            let live: HashSet<NodeId> = l.replicas.iter().map(|r| r.node).filter(|n| alive.contains(n)).collect();
+            live.len() < want
+        })
+        .count()
+}
+
+/// Waits until the master sees `dead` nodes as dead.
+fn wait_dead(c: &TestCluster, dead: usize) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let start = Instant::now();
+    loop {
+        let n = rt.block_on(async {
+            let client = c.master_client().await;
+            client.nodes(tarpc_ctx()).await.expect("rpc").expect("nodes").iter().filter(|n| !n.alive).count()
+        });
+        if n >= dead {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "the master did not notice {dead} dead nodes");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn wait_fully_replicated(c: &TestCluster, ino: u64, want: usize, dead: usize, what: &str) -> Duration {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let start = Instant::now();
+    wait_dead(c, dead);
+    assert!(rt.block_on(under_replicated(c, ino, want)) > 0, "{what}: no chunk lost a replica: the test tests nothing");
+    loop {
+        let missing = rt.block_on(under_replicated(c, ino, want));
+        if missing == 0 {
+            let took = start.elapsed();
+            println!("{what}: fully replicated again after {:.1} s", took.as_secs_f64());
+            return took;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{what}: {missing} chunks still under-replicated after 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_dead_node_is_replaced_and_reads_go_on() {
+    use std::os::unix::fs::MetadataExt;
+    let mut c = TestCluster::builder().nodes(3).chunk_size(256 * 1024).node_dead_after(Duration::from_secs(1)).start();
+    let m = c.mount();
+    let data = random_bytes(3_000_000);
+    fs::write(m.join("f"), &data).expect("write");
+    let ino = fs::metadata(m.join("f")).expect("stat").ino();
+    c.stop_node(0);
+    // Reads go on from the surviving replicas.
+    assert_eq!(sha256(&fs::read(m.join("f")).expect("read with a node down")), sha256(&data));
+    // Writes go on too.
+    let more = random_bytes(1_000_000);
+    fs::write(m.join("g"), &more).expect("write with a node down");
+    wait_fully_replicated(&c, ino, 2, 1, "after losing 1 of 3 nodes");
+    c.stop_node(1);
+    // Every chunk had two live replicas: one survives, on node 2.
+    drop(m);
+    let m = c.mount();
+    assert_eq!(sha256(&fs::read(m.join("f")).expect("read with two nodes down")), sha256(&data));
+    assert_eq!(sha256(&fs::read(m.join("g")).expect("read")), sha256(&more));
+}
+
+#[test]
+fn five_nodes_replication_three_lose_two() {
+    use std::os::unix::fs::MetadataExt;
+    let mut c = TestCluster::builder().nodes(5).chunk_size(256 * 1024).node_dead_after(Duration::from_secs(1)).start();
+    let m = c.mount();
+    fs::create_dir(m.join("r3")).expect("mkdir");
+    let client_rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let dir_ino = fs::metadata(m.join("r3")).expect("stat").ino();
+    client_rt.block_on(async {
+        let client = c.master_client().await;
+        client.set_policy(tarpc_ctx(), InodeId(dir_ino), Some(3), None).await.expect("rpc").expect("policy");
+    });
+    let data = random_bytes(4_000_000);
+    fs::write(m.join("r3/f"), &data).expect("write");
+    let ino = fs::metadata(m.join("r3/f")).expect("stat").ino();
+    c.stop_node(1);
+    c.stop_node(3);
+    let took = wait_fully_replicated(&c, ino, 3, 2, "5 nodes, replication 3, after losing 2");
+    println!("time to full replication after killing 2 of 5 nodes: {:.1} s", took.as_secs_f64());
+    assert_eq!(sha256(&fs::read(m.join("r3/f")).expect("read")), sha256(&data));
+}
