@@ -187,6 +187,8 @@ impl FsCore {
         if let Some(state) = state {
             if let Some(st) = state.lock().await.as_mut() {
                 attr.size = st.visible_size(attr.size);
+                // Buffered bytes will take space once uploaded.
+                attr.allocated_bytes += st.dirty_bytes;
             }
         }
         attr

@@ -26,6 +26,8 @@ const PREFERRED_IO_BYTES: u32 = 128 * 1024;
 /// Most entries one readdirplus reply can hold (a reply is at most a page
 /// or so; entries beyond what fits are sent again in the next call).
 const READDIRPLUS_BATCH: usize = 512;
+/// Free inodes reported by statfs.
+const FREE_INODES: u64 = 1 << 32;
 /// Block size reported by statfs.
 const STATFS_BLOCK_BYTES: u64 = 4096;
 
@@ -33,6 +35,9 @@ const STATFS_BLOCK_BYTES: u64 = 4096;
 pub struct StripeFs {
     core: Arc<FsCore>,
     rt: tokio::runtime::Handle,
+    /// Set once the session exists: tells the kernel to drop cached
+    /// attributes.
+    notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
 }
 
 fn kind(k: FileKind) -> FileType {
@@ -52,7 +57,7 @@ pub fn file_attr(a: &Attr) -> FileAttr {
     FileAttr {
         ino: INodeNo(a.ino.0),
         size: a.size,
-        blocks: a.size.div_ceil(512),
+        blocks: a.allocated_bytes.div_ceil(512),
         atime: a.atime.into(),
         mtime: a.mtime.into(),
         ctime: a.ctime.into(),
@@ -96,7 +101,26 @@ fn errno(op: &str, e: &ClientError) -> Errno {
 impl StripeFs {
     /// An adapter running `core`'s calls on `rt`.
     pub fn new(core: Arc<FsCore>, rt: tokio::runtime::Handle) -> StripeFs {
-        StripeFs { core, rt }
+        StripeFs { core, rt, notifier: Arc::new(std::sync::OnceLock::new()) }
+    }
+
+    /// Where the session's notifier goes once the session exists.
+    pub fn notifier_slot(&self) -> Arc<std::sync::OnceLock<fuser::Notifier>> {
+        self.notifier.clone()
+    }
+
+    /// Close-to-open: the kernel may hold this file's size from before
+    /// another client changed it, and would stop reading at the old end.
+    /// Dropping its cached attributes (not its pages: an open without
+    /// KEEP_CACHE already does that) makes the next stat or read past
+    /// the cached end ask us.
+    fn forget_cached_attrs(&self, ino: INodeNo) {
+        if let Some(n) = self.notifier.get() {
+            // Offset -1: attributes only. It takes no lock the open holds.
+            if let Err(e) = n.inval_inode(ino, -1, 0) {
+                tracing::debug!("invalidating attributes of {ino:?}: {e}");
+            }
+        }
     }
 
     fn run<T>(&self, f: impl Future<Output = Result<T>>) -> Result<T> {
@@ -277,7 +301,10 @@ impl Filesystem for StripeFs {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
         match self.run(self.core.open(InodeId(ino.0), write)) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(fh) => {
+                self.forget_cached_attrs(ino);
+                reply.opened(FileHandle(fh), FopenFlags::empty())
+            }
             Err(e) => reply.error(errno("open", &e)),
         }
     }
@@ -406,12 +433,14 @@ impl Filesystem for StripeFs {
             Ok(s) => {
                 let blocks = s.total_bytes / STATFS_BLOCK_BYTES;
                 let free = s.free_bytes / STATFS_BLOCK_BYTES;
+                // Inodes are not a limited resource: report plenty free,
+                // with f_files - f_ffree = inodes in use (as `df -i` shows).
                 reply.statfs(
                     blocks,
                     free,
                     free,
-                    s.files,
-                    u32::MAX as u64,
+                    s.files + FREE_INODES,
+                    FREE_INODES,
                     STATFS_BLOCK_BYTES as u32,
                     stripefs_proto::MAX_NAME_BYTES as u32,
                     STATFS_BLOCK_BYTES as u32,

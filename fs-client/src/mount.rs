@@ -95,8 +95,10 @@ pub fn mount(
         Some(opts.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)));
     config.clone_fd = true;
     let fs = StripeFs::new(core.clone(), rt.clone());
+    let notifier = fs.notifier_slot();
     let session = fuser::Session::new(fs, mountpoint, &config)
         .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
+    let _ = notifier.set(session.notifier());
     let record = write_record(mountpoint, master, &secret);
     Ok(Mount { session, core, record })
 }

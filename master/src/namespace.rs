@@ -435,6 +435,7 @@ fn new_record(kind: FileKind, perm: u32, owner: Owner, policy: Policy, now: Time
         policy,
         parent: 0,
         target: None,
+        allocated: 0,
     }
 }
 
@@ -840,7 +841,8 @@ fn set_attr(t: &mut Tables, ino: InodeId, set: &SetAttr, now: Timestamp, ctx: &C
         rec.ctime = now;
     }
     if let Some(size) = set.size {
-        truncate_chunks(t, ino, size, ctx.chunk_size)?;
+        let freed = truncate_chunks(t, ino, size, ctx.chunk_size)?;
+        rec.allocated = rec.allocated.saturating_sub(freed);
         rec.size = size;
         rec.mtime = now;
         rec.ctime = now;
@@ -858,7 +860,8 @@ fn set_attr(t: &mut Tables, ino: InodeId, set: &SetAttr, now: Timestamp, ctx: &C
 }
 
 /// Drops chunks wholly past `size` and shortens the one it cuts.
-fn truncate_chunks(t: &mut Tables, ino: InodeId, size: u64, chunk_size: u64) -> Result<(), ApplyError> {
+fn truncate_chunks(t: &mut Tables, ino: InodeId, size: u64, chunk_size: u64) -> Result<u64, ApplyError> {
+    let mut freed = 0u64;
     let first_gone = size.div_ceil(chunk_size);
     let gone: Vec<(u64, ChunkRecord)> = t
         .chunks
@@ -869,6 +872,7 @@ fn truncate_chunks(t: &mut Tables, ino: InodeId, size: u64, chunk_size: u64) -> 
         })
         .collect::<Result<_, _>>()?;
     for (index, rec) in gone {
+        freed += rec.length as u64;
         t.queue_deletion(&rec)?;
         t.chunks.remove((ino.0, index))?;
     }
@@ -883,12 +887,13 @@ fn truncate_chunks(t: &mut Tables, ino: InodeId, size: u64, chunk_size: u64) -> 
             if rec.length > keep {
                 // The replica keeps its bytes; readers clamp to `length`,
                 // so bytes past it read as zeros if the file grows again.
+                freed += (rec.length - keep) as u64;
                 rec.length = keep;
                 t.chunks.insert((ino.0, index), rec.encode().as_slice())?;
             }
         }
     }
-    Ok(())
+    Ok(freed)
 }
 
 fn commit_chunk(t: &mut Tables, c: &ChunkCommit, now: Timestamp, ctx: &Context) -> Result<Attr, ApplyError> {
@@ -928,6 +933,7 @@ fn commit_chunk(t: &mut Tables, c: &ChunkCommit, now: Timestamp, ctx: &Context) 
         }
     }
     t.chunks.insert((c.ino.0, c.index), new.encode().as_slice())?;
+    rec.allocated = rec.allocated.saturating_sub(old.map_or(0, |o| o.length as u64)) + c.length as u64;
     rec.size = rec.size.max(end);
     rec.mtime = now;
     rec.ctime = now;

@@ -63,6 +63,8 @@ pub struct InodeRecord {
     pub parent: u64,
     /// Symlink target.
     pub target: Option<String>,
+    /// Sum of the lengths of the file's chunks (holes excluded).
+    pub allocated: u64,
 }
 
 impl InodeRecord {
@@ -92,6 +94,7 @@ impl InodeRecord {
             crtime: self.crtime,
             rdev: self.rdev,
             policy: self.policy,
+            allocated_bytes: self.allocated,
         }
     }
 }
@@ -167,6 +170,7 @@ mod tests {
             policy: Policy { replication: 3, compression_level: 0 },
             parent: 0,
             target: Some("a/b/c".into()),
+            allocated: 7,
         };
         assert_eq!(InodeRecord::decode(&r.encode()).expect("decode"), r);
     }

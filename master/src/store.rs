@@ -447,6 +447,7 @@ fn create_fs(db: &Database, chunk_size: u32) -> Result<(), redb::Error> {
             policy: Policy::default(),
             parent: InodeId::ROOT.0,
             target: None,
+            allocated: 0,
         };
         t.inodes.insert(InodeId::ROOT.0, root.encode().as_slice())?;
     }

@@ -141,6 +141,8 @@ pub struct Attr {
     pub rdev: u32,
     /// Data policy.
     pub policy: Policy,
+    /// Bytes of data the file's chunks hold (holes excluded): `st_blocks`.
+    pub allocated_bytes: u64,
 }
 
 /// A time to set with `setattr`.

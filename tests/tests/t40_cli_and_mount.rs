@@ -1,0 +1,490 @@
+//! The built binaries against real clusters: `stripefs-mount` (directly,
+//! as mount(8)'s helper and from an fstab line), its start-up errors, and
+//! the `stripefs` admin CLI (`status`, `info`, `policy`, `up`, `down`).
+//!
+//! Every mount and process a test starts is undone by a guard's Drop
+//! (`umount -l`, then SIGKILL of what is left), also when the test fails.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+use stripefs_tests::{bin, mount_type, must_run, random_bytes, run_with_deadline, sha256, temp_dir, TestCluster};
+
+/// Generous bound for a command that should finish in seconds.
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn show(out: &Output) -> String {
+    format!("status {}\nstdout:\n{}\nstderr:\n{}", out.status, text(&out.stdout), text(&out.stderr))
+}
+
+/// Pids of processes (other than this one) with an argument containing `s`.
+fn pids_with_arg(s: &str) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let Ok(rd) = fs::read_dir("/proc") else { return Vec::new() };
+    rd.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+        .filter(|&pid| pid != me && !exited(pid))
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|&b| b == 0).any(|a| String::from_utf8_lossy(a).contains(s)))
+        })
+        .collect()
+}
+
+/// Whether `pid` is gone (or a zombie nobody has reaped yet).
+fn exited(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => true,
+    }
+}
+
+/// Waits (bounded) until every pid in `pids` has exited.
+fn must_wait_exited(pids: &[i32], what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let alive: Vec<i32> = pids.iter().copied().filter(|&p| !exited(p)).collect();
+        if alive.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: processes {alive:?} still run 15 s later");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits (bounded) until nothing is mounted on `dir`.
+fn must_wait_unmounted(dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while mount_type(dir).is_some() {
+        assert!(Instant::now() < deadline, "{} is still mounted 15 s later", dir.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Undoes a mount made by a binary: `umount -l`, then kills every process
+/// still naming the (unique) mount point, i.e. the client this test started.
+struct MountGuard {
+    dir: PathBuf,
+}
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        cleanup_mount(&self.dir);
+    }
+}
+
+fn cleanup_mount(dir: &Path) {
+    if mount_type(dir).is_some() {
+        let out = run_with_deadline(Command::new("umount").arg("-l").arg(dir), Duration::from_secs(20));
+        if !out.status.success() {
+            eprintln!("cleanup: umount -l {}: {}", dir.display(), show(&out));
+        }
+    }
+    for pid in pids_with_arg(&dir.display().to_string()) {
+        eprintln!("cleanup: killing leftover process {pid} of {}", dir.display());
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+/// A secret file holding the test clusters' secret, root-only.
+fn secret_file(dir: &Path) -> PathBuf {
+    let p = dir.join("secret");
+    fs::write(&p, stripefs_tests::TEST_SECRET).expect("write secret file");
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).expect("chmod secret");
+    p
+}
+
+/// Checks that `dir` is a live stripefs mount: a file written there can be
+/// read back there and through a harness mount of the same cluster.
+fn must_be_live(dir: &Path, c: &TestCluster) {
+    assert_eq!(mount_type(dir).as_deref(), Some("fuse.stripefs"), "{} is not a stripefs mount", dir.display());
+    let data = random_bytes(300_000);
+    let name = format!("live-{}", std::process::id());
+    fs::write(dir.join(&name), &data).expect("write through the mount");
+    assert_eq!(sha256(&fs::read(dir.join(&name)).expect("read back")), sha256(&data));
+    let other = c.mount();
+    assert_eq!(sha256(&fs::read(other.join(&name)).expect("read through another mount")), sha256(&data));
+    fs::remove_file(dir.join(&name)).expect("unlink");
+}
+
+/// `umount DIR`, then waits until the mount and its client are gone.
+fn must_umount(dir: &Path, client: &[i32]) {
+    must_run(Command::new("umount").arg(dir), LIMIT);
+    must_wait_unmounted(dir);
+    must_wait_exited(client, &format!("client of {}", dir.display()));
+}
+
+// ---------------------------------------------------------------------------
+// (a) stripefs-mount
+
+#[test]
+fn stripefs_mount_runs_in_the_background_and_umount_ends_it() {
+    let c = TestCluster::builder().start();
+    let tmp = temp_dir("stripefs-t40-");
+    let secret = secret_file(tmp.path());
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir(&mnt).expect("mkdir mount point");
+    let _guard = MountGuard { dir: mnt.clone() };
+    let log = tmp.path().join("client.log");
+
+    let t = Instant::now();
+    let out = run_with_deadline(
+        Command::new(bin("stripefs-mount")).arg(&c.master_addr).arg(&mnt).arg("-o").arg(format!(
+            "secret_file={},log={}",
+            secret.display(),
+            log.display()
+        )),
+        LIMIT,
+    );
+    eprintln!("stripefs-mount returned in {:?}", t.elapsed());
+    assert!(out.status.success(), "stripefs-mount failed: {}", show(&out));
+    // It returned with the mount live and the client in the background.
+    let client = pids_with_arg(&mnt.display().to_string());
+    assert_eq!(client.len(), 1, "want one background client, found {client:?}");
+    must_be_live(&mnt, &c);
+    // Its mount record lets admin commands find the cluster from a path.
+    let dev = fs::metadata(&mnt).expect("stat mount").dev();
+    let record = stripefs_client::mount::mount_record_path(dev);
+    assert!(record.exists(), "no mount record {}", record.display());
+    let out = must_run(Command::new(bin("stripefs")).arg("status").arg(&mnt), LIMIT);
+    assert!(text(&out.stdout).contains("3/3 nodes up"), "{}", show(&out));
+
+    must_umount(&mnt, &client);
+    assert!(!record.exists(), "the mount record {} outlived the mount", record.display());
+    let log_text = fs::read_to_string(&log).unwrap_or_default();
+    assert!(log_text.contains("unmounted"), "client log lacks the unmount:\n{log_text}");
+}
+
+// ---------------------------------------------------------------------------
+// (b) start-up errors
+
+/// Runs stripefs-mount expecting a failure; returns its stderr.
+fn must_fail_to_mount(master: &str, mnt: &Path, options: &str) -> String {
+    let t = Instant::now();
+    let out = run_with_deadline(Command::new(bin("stripefs-mount")).arg(master).arg(mnt).arg("-o").arg(options), LIMIT);
+    eprintln!("stripefs-mount failed in {:?}: {}", t.elapsed(), text(&out.stderr).trim());
+    assert!(!out.status.success(), "stripefs-mount succeeded: {}", show(&out));
+    assert_eq!(mount_type(mnt), None, "a failed stripefs-mount left a mount");
+    let left = pids_with_arg(&mnt.display().to_string());
+    must_wait_exited(&left, "a failed stripefs-mount");
+    text(&out.stderr)
+}
+
+#[test]
+fn stripefs_mount_with_a_wrong_secret_fails_and_says_so() {
+    let c = TestCluster::builder().nodes(1).start();
+    let tmp = temp_dir("stripefs-t40-");
+    let wrong = tmp.path().join("wrong");
+    fs::write(&wrong, "a-secret-that-is-not-the-cluster-one").expect("write");
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir(&mnt).expect("mkdir");
+    let _guard = MountGuard { dir: mnt.clone() };
+    let err = must_fail_to_mount(&c.master_addr, &mnt, &format!("secret_file={}", wrong.display()));
+    assert!(err.contains("secret"), "the error does not mention the secret: {err}");
+}
+
+#[test]
+fn stripefs_mount_with_an_unreachable_master_fails_and_says_so() {
+    // A port nothing listens on.
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").to_string()
+    };
+    let tmp = temp_dir("stripefs-t40-");
+    let secret = secret_file(tmp.path());
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir(&mnt).expect("mkdir");
+    let _guard = MountGuard { dir: mnt.clone() };
+    let err = must_fail_to_mount(&addr, &mnt, &format!("secret_file={}", secret.display()));
+    assert!(err.contains(&addr), "the error does not name the master {addr}: {err}");
+    assert!(err.contains("cannot reach"), "the error does not say the master is unreachable: {err}");
+}
+
+#[test]
+fn stripefs_mount_on_a_missing_mount_point_fails_and_says_so() {
+    let c = TestCluster::builder().nodes(1).start();
+    let tmp = temp_dir("stripefs-t40-");
+    let secret = secret_file(tmp.path());
+    let mnt = tmp.path().join("no-such-dir");
+    let _guard = MountGuard { dir: mnt.clone() };
+    let err = must_fail_to_mount(&c.master_addr, &mnt, &format!("secret_file={}", secret.display()));
+    assert!(err.contains(&mnt.display().to_string()), "the error does not name the mount point: {err}");
+    // An unknown option is refused before anything else happens.
+    fs::create_dir(&mnt).expect("mkdir");
+    let err = must_fail_to_mount(&c.master_addr, &mnt, &format!("secret_file={},bogus_opt=1", secret.display()));
+    assert!(err.contains("bogus_opt"), "the error does not name the unknown option: {err}");
+}
+
+// ---------------------------------------------------------------------------
+// (c) mount(8) and fstab
+
+const HELPER: &str = "/sbin/mount.fuse.stripefs";
+
+/// Removes the helper link on drop if this test created it (a link left
+/// behind would point into this build's target directory).
+struct HelperGuard {
+    created: bool,
+}
+
+impl Drop for HelperGuard {
+    fn drop(&mut self) {
+        if self.created {
+            if let Err(e) = fs::remove_file(HELPER) {
+                eprintln!("cleanup: remove {HELPER}: {e}");
+            }
+        }
+    }
+}
+
+/// Makes /sbin/mount.fuse.stripefs a link to the built stripefs-mount.
+fn must_have_helper() -> HelperGuard {
+    let target = bin("stripefs-mount");
+    let helper = Path::new(HELPER);
+    match fs::symlink_metadata(helper) {
+        Ok(_) => {
+            let points = fs::canonicalize(helper).ok();
+            assert!(
+                points.as_deref() == Some(target.canonicalize().expect("canonical target").as_path()),
+                "{HELPER} exists but is not a link to {} (it resolves to {points:?}); \
+                 remove it or point it there to run this test",
+                target.display()
+            );
+            HelperGuard { created: false }
+        }
+        Err(_) => {
+            // Atomically, in case another test run does the same.
+            let tmp = PathBuf::from(format!("{HELPER}.tmp-{}", std::process::id()));
+            std::os::unix::fs::symlink(&target, &tmp).expect("create the helper link");
+            fs::rename(&tmp, helper).expect("install the helper link");
+            HelperGuard { created: true }
+        }
+    }
+}
+
+#[test]
+fn mount_t_fuse_stripefs_and_an_fstab_line_with_netdev() {
+    let _helper = must_have_helper();
+    let c = TestCluster::builder().start();
+    let tmp = temp_dir("stripefs-t40-");
+    let secret = secret_file(tmp.path());
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir(&mnt).expect("mkdir");
+    let _guard = MountGuard { dir: mnt.clone() };
+
+    let t = Instant::now();
+    must_run(
+        Command::new("mount")
+            .args(["-t", "fuse.stripefs"])
+            .arg(&c.master_addr)
+            .arg(&mnt)
+            .arg("-o")
+            .arg(format!("secret_file={}", secret.display())),
+        LIMIT,
+    );
+    eprintln!("mount -t fuse.stripefs took {:?}", t.elapsed());
+    let client = pids_with_arg(&mnt.display().to_string());
+    must_be_live(&mnt, &c);
+    must_umount(&mnt, &client);
+
+    // The fstab line the README gives, from an alternative fstab file.
+    let fstab = tmp.path().join("fstab");
+    fs::write(
+        &fstab,
+        format!(
+            "# test fstab\n{}  {}  fuse.stripefs  _netdev,secret_file={}  0 0\n",
+            c.master_addr,
+            mnt.display(),
+            secret.display()
+        ),
+    )
+    .expect("write fstab");
+    let t = Instant::now();
+    must_run(Command::new("mount").arg("-T").arg(&fstab).arg(&mnt), LIMIT);
+    eprintln!("mount -T fstab took {:?}", t.elapsed());
+    let client = pids_with_arg(&mnt.display().to_string());
+    must_be_live(&mnt, &c);
+    must_umount(&mnt, &client);
+}
+
+// ---------------------------------------------------------------------------
+// (d) status, info, policy through a path inside a mount
+
+fn stripefs(args: &[&std::ffi::OsStr]) -> Output {
+    must_run(Command::new(bin("stripefs")).args(args), LIMIT)
+}
+
+fn info_json(path: &Path) -> serde_json::Value {
+    let out = stripefs(&["info".as_ref(), "--json".as_ref(), path.as_os_str()]);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("stripefs info --json: {e}: {}", show(&out)))
+}
+
+fn chunks(v: &serde_json::Value) -> &Vec<serde_json::Value> {
+    v["chunks"].as_array().expect("chunks array")
+}
+
+#[test]
+fn stripefs_status_info_and_policy_on_a_mount_path() {
+    let c = TestCluster::builder().chunk_size(64 * 1024).start();
+    let m = c.mount();
+
+    // status
+    let out = stripefs(&["status".as_ref(), m.path().as_os_str()]);
+    let s = text(&out.stdout);
+    assert!(s.contains("3/3 nodes up"), "{s}");
+    assert!(s.contains(&c.master_addr), "status does not name the master: {s}");
+    for i in 0..3 {
+        assert!(s.contains(c.node_addr(i)), "status lacks node {i} at {}: {s}", c.node_addr(i));
+        assert!(s.contains(&TestCluster::node_host(i)), "status lacks host{i}: {s}");
+    }
+    let out = stripefs(&["status".as_ref(), "--json".as_ref(), m.path().as_os_str()]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json is JSON");
+    let nodes = v["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 3, "{v}");
+    assert!(nodes.iter().all(|n| n["state"] == "up" && n["capacity_bytes"].as_u64() > Some(0)), "{v}");
+
+    // info: a 4-chunk file, 2 replicas (the default) on distinct hosts.
+    let f = m.join("f");
+    fs::write(&f, random_bytes(200_000)).expect("write");
+    let v = info_json(&f);
+    assert_eq!(v["size"], 200_000, "{v}");
+    assert_eq!(v["replication"], 2, "{v}");
+    assert_eq!(chunks(&v).len(), 4, "{v}");
+    for ch in chunks(&v) {
+        let hosts: std::collections::BTreeSet<&str> =
+            ch["replicas"].as_array().expect("replicas").iter().filter_map(|r| r["host"].as_str()).collect();
+        assert_eq!(hosts.len(), 2, "chunk {} replicas not on 2 distinct hosts: {v}", ch["index"]);
+    }
+    let lengths: Vec<u64> = chunks(&v).iter().filter_map(|ch| ch["length"].as_u64()).collect();
+    assert_eq!(lengths, vec![65_536, 65_536, 65_536, 200_000 - 3 * 65_536], "{v}");
+    let out = stripefs(&["info".as_ref(), f.as_os_str()]);
+    let s = text(&out.stdout);
+    assert!(s.contains("200000 bytes") && s.contains("replication=2"), "{s}");
+    assert_eq!(s.lines().filter(|l| l.contains("@host")).count(), 4, "want 4 chunk lines with replicas: {s}");
+
+    // policy: a directory set to 1 replica and no compression.
+    let dir = m.join("scratch");
+    fs::create_dir(&dir).expect("mkdir");
+    let out = stripefs(&[
+        "policy".as_ref(),
+        dir.as_os_str(),
+        "--replication".as_ref(),
+        "1".as_ref(),
+        "--compression".as_ref(),
+        "off".as_ref(),
+    ]);
+    assert_eq!(text(&out.stdout).trim(), format!("{}: replication=1 compression=off", dir.display()));
+    let out = stripefs(&["policy".as_ref(), dir.as_os_str()]);
+    assert_eq!(text(&out.stdout).trim(), format!("{}: replication=1 compression=off", dir.display()));
+
+    // A file created afterwards inherits it; compressible data stays raw there.
+    let compressible: Vec<u8> = b"spark shuffle block ".iter().copied().cycle().take(300_000).collect();
+    fs::write(dir.join("new"), &compressible).expect("write in scratch");
+    let v = info_json(&dir.join("new"));
+    assert_eq!(v["replication"], 1, "{v}");
+    assert_eq!(v["compression_level"], 0, "{v}");
+    assert!(chunks(&v).iter().all(|ch| ch["replicas"].as_array().map(Vec::len) == Some(1)), "{v}");
+    assert!(v["stored_bytes"].as_u64() >= Some(300_000), "compression off yet stored smaller: {v}");
+    // The same data under the default policy is compressed.
+    fs::write(m.join("compressed"), &compressible).expect("write");
+    let v = info_json(&m.join("compressed"));
+    assert!(v["stored_bytes"].as_u64() < Some(100_000), "default policy did not compress: {v}");
+
+    // Errors are explained.
+    let out = run_with_deadline(Command::new(bin("stripefs")).args(["policy", "--replication", "0"]).arg(&dir), LIMIT);
+    assert!(!out.status.success() && text(&out.stderr).contains("replication"), "{}", show(&out));
+    let outside = temp_dir("stripefs-t40-");
+    let out = run_with_deadline(Command::new(bin("stripefs")).arg("info").arg(outside.path()), LIMIT);
+    assert!(
+        !out.status.success() && text(&out.stderr).contains("not inside a stripefs mount"),
+        "info outside a mount: {}",
+        show(&out)
+    );
+}
+
+// ---------------------------------------------------------------------------
+// (e) stripefs up / down
+
+/// Undoes `stripefs up`: unmounts, then kills what the state file lists.
+struct UpGuard {
+    data: PathBuf,
+    mount: PathBuf,
+}
+
+fn state_pids(data: &Path) -> Vec<i32> {
+    fs::read_to_string(data.join("cluster"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once('=').filter(|(k, _)| k.starts_with("pid.")).and_then(|(_, v)| v.parse().ok()))
+        .collect()
+}
+
+impl Drop for UpGuard {
+    fn drop(&mut self) {
+        cleanup_mount(&self.mount);
+        let data = self.data.display().to_string();
+        for pid in state_pids(&self.data) {
+            // Only processes of this cluster: their arguments name its directory.
+            if pids_with_arg(&data).contains(&pid) {
+                eprintln!("cleanup: killing leftover process {pid} of {data}");
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+fn must_up(data: &Path, mnt: &Path) {
+    let t = Instant::now();
+    let out = must_run(
+        Command::new(bin("stripefs")).arg("up").arg("--data").arg(data).arg("--mount").arg(mnt).args(["--nodes", "2"]),
+        Duration::from_secs(120),
+    );
+    eprintln!("stripefs up took {:?}", t.elapsed());
+    assert!(text(&out.stdout).contains("stripefs is up"), "{}", show(&out));
+    assert_eq!(mount_type(mnt).as_deref(), Some("fuse.stripefs"), "stripefs up did not mount {}", mnt.display());
+}
+
+fn must_down(data: &Path, mnt: &Path) {
+    let mut pids = state_pids(data);
+    assert_eq!(pids.len(), 3, "the state file should list a master and 2 nodes");
+    pids.extend(pids_with_arg(&mnt.display().to_string()));
+    let t = Instant::now();
+    let out = must_run(Command::new(bin("stripefs")).arg("down").arg("--data").arg(data), LIMIT);
+    eprintln!("stripefs down took {:?}:\n{}", t.elapsed(), text(&out.stdout));
+    must_wait_unmounted(mnt);
+    must_wait_exited(&pids, "stripefs down");
+    assert!(!data.join("cluster").exists(), "stripefs down left its state file");
+}
+
+#[test]
+fn stripefs_up_then_status_then_down_and_up_again() {
+    let tmp = temp_dir("stripefs-t40-up-");
+    let data = tmp.path().join("data");
+    let mnt = tmp.path().join("mnt");
+    let _guard = UpGuard { data: data.clone(), mount: mnt.clone() };
+
+    must_up(&data, &mnt);
+    let payload = random_bytes(3 << 20);
+    fs::write(mnt.join("file"), &payload).expect("write on the up mount");
+    assert_eq!(sha256(&fs::read(mnt.join("file")).expect("read")), sha256(&payload));
+
+    let out = stripefs(&["status".as_ref(), "--data".as_ref(), data.as_os_str()]);
+    assert!(text(&out.stdout).contains("2/2 nodes up"), "{}", show(&out));
+    let out = stripefs(&["status".as_ref(), mnt.as_os_str()]);
+    assert!(text(&out.stdout).contains("2/2 nodes up"), "{}", show(&out));
+    let out = stripefs(&["info".as_ref(), "--json".as_ref(), mnt.join("file").as_os_str()]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["size"], 3 << 20, "{v}");
+
+    must_down(&data, &mnt);
+    // Starting again on the same directory finds the data.
+    must_up(&data, &mnt);
+    assert_eq!(sha256(&fs::read(mnt.join("file")).expect("read after up again")), sha256(&payload));
+    must_down(&data, &mnt);
+}
