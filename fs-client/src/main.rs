@@ -133,6 +133,7 @@ fn start_background(args: &Args) -> anyhow::Result<()> {
 fn run_here(args: &Args, child: bool) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,tarpc=warn".into()),
         )

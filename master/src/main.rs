@@ -44,7 +44,10 @@ fn real_main() -> anyhow::Result<()> {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,tarpc=warn".into()),
+        )
         .init();
     if let Some(c) = args.chunk_size {
         if !c.is_power_of_two() || !(64 << 10..=64 << 20).contains(&c) {
