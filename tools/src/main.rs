@@ -1,5 +1,6 @@
 //! `stripefs`: the admin command line of stripefs.
 
+mod bench;
 mod inspect;
 mod local;
 mod target;
@@ -8,7 +9,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 /// Administer a stripefs cluster: start a local one, show its state, show
-/// where a file's chunks live, set data policies.
+/// where a file's chunks live, set data policies, measure its speed.
 ///
 /// Commands that talk to a cluster find it from --master ADDR (with the
 /// secret from --secret-file, $STRIPEFS_SECRET, $STRIPEFS_SECRET_FILE or
@@ -63,6 +64,24 @@ enum Command {
         #[arg(long, value_name = "on|off|LEVEL")]
         compression: Option<String>,
     },
+    /// Measure a directory (a stripefs mount, or any other) against a baseline directory.
+    ///
+    /// Runs one fixed suite in a scratch directory DIR/.stripefs-bench-<pid>, then the same suite in one
+    /// made in the baseline (by default local disk under /var/tmp; any other mount works, e.g. MooseFS),
+    /// and prints each figure with its ratio DIR/baseline (above 1: DIR is faster). Both scratch
+    /// directories are removed afterwards, also on error or Ctrl-C.
+    ///
+    /// The suite: sequential write of --size in 1 MiB writes with an fsync at the end; cold sequential
+    /// read of it; random aligned 4 KiB reads of it by 1 thread and by --threads threads; --threads
+    /// writers each writing --size/--threads; on --files files in one directory: create, stat (cold),
+    /// readdir, rename, unlink, then mkdir and rmdir of as many directories; --small-files files of
+    /// 64 KiB: write (no fsync), cold read. Data is incompressible. Before each cold test the page cache
+    /// is dropped when running as root (the report says when it could not be).
+    ///
+    /// When DIR is in a stripefs mount, the report gives the client's peak RSS and --replication sets
+    /// the scratch directory's replication.
+    #[command(after_help = bench::EXAMPLES)]
+    Bench(bench::BenchArgs),
 }
 
 fn main() {
@@ -97,5 +116,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let level = compression.as_deref().map(inspect::parse_compression).transpose()?;
             inspect::policy(&resolve(Some(path), &local)?, path, replication, level).await
         }
+        Command::Bench(args) => bench::run(args, cli.master.as_deref(), cli.secret_file.as_deref()).await,
     }
 }

@@ -18,8 +18,16 @@ pub struct Target {
     pub secret: Secret,
 }
 
-/// A mount's record: master address and secret.
-fn read_record(path: &Path) -> anyhow::Result<Target> {
+/// A mount's record, written by `stripefs-mount` when it mounted.
+pub struct MountRecord {
+    /// The cluster it mounts.
+    pub target: Target,
+    /// The client process serving the mount.
+    pub pid: Option<u32>,
+}
+
+/// Reads the record of the stripefs mount holding `path`.
+pub fn read_mount_record(path: &Path) -> anyhow::Result<MountRecord> {
     let dev = std::fs::metadata(path).with_context(|| format!("stat {}", path.display()))?.dev();
     let rec = mount_record_path(dev);
     let text = std::fs::read_to_string(&rec).with_context(|| {
@@ -29,8 +37,7 @@ fn read_record(path: &Path) -> anyhow::Result<Target> {
             rec.display()
         )
     })?;
-    let mut master = None;
-    let mut secret = None;
+    let (mut master, mut secret, mut pid) = (None, None, None);
     for line in text.lines() {
         match line.split_once('=') {
             Some(("master", v)) => master = Some(v.to_string()),
@@ -38,11 +45,12 @@ fn read_record(path: &Path) -> anyhow::Result<Target> {
                 let bytes = hex::decode(v).with_context(|| format!("bad secret in {}", rec.display()))?;
                 secret = Some(Secret::new(bytes, &rec.display().to_string())?)
             }
+            Some(("pid", v)) => pid = v.parse().ok(),
             _ => {}
         }
     }
     match (master, secret) {
-        (Some(master), Some(secret)) => Ok(Target { master, secret }),
+        (Some(master), Some(secret)) => Ok(MountRecord { target: Target { master, secret }, pid }),
         _ => bail!("mount record {} is incomplete", rec.display()),
     }
 }
@@ -59,7 +67,7 @@ impl Target {
             return Ok(Target { master: m.to_string(), secret: Secret::resolve(secret_file)? });
         }
         if let Some(p) = path {
-            return read_record(p);
+            return read_mount_record(p).map(|r| r.target);
         }
         let addr_file = local.join("master").join("listen.addr");
         if let Ok(addr) = std::fs::read_to_string(&addr_file) {
