@@ -52,7 +52,14 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken
     tracing::info!("opened filesystem {} in {}", store.fs_id(), cfg.data_dir.display());
     let registry = registry::Registry::new(store.nodes()?, cfg.node_dead_after);
     let orphans = store.orphans()?;
-    let shared = Arc::new(service::Shared { store, registry, opens, repairs: repair::Repairs::default() });
+    let shared = Arc::new(service::Shared {
+        store,
+        registry,
+        opens,
+        repairs: repair::Repairs::default(),
+        inventories: Default::default(),
+        corrupt: Default::default(),
+    });
     let conns = CancellationToken::new();
     let tracker = TaskTracker::new();
     if !orphans.is_empty() {

@@ -65,6 +65,20 @@ pub struct Shared {
     pub opens: Arc<OpenFiles>,
     /// Re-replication orders and copies in flight.
     pub repairs: crate::repair::Repairs,
+    /// What each node last reported holding (its full replica inventory).
+    pub inventories: Mutex<HashMap<stripefs_proto::NodeId, Inventory>>,
+    /// Replicas found corrupt (by a node's scrubber or a client's read) and
+    /// not yet replaced.
+    pub corrupt: Mutex<std::collections::HashSet<(stripefs_proto::NodeId, stripefs_proto::ChunkId, stripefs_proto::Version)>>,
+}
+
+/// A node's replica inventory as last reported.
+#[derive(Debug, Clone, Default)]
+pub struct Inventory {
+    /// Every replica the node holds.
+    pub replicas: Vec<(stripefs_proto::ChunkId, stripefs_proto::Version)>,
+    /// When the report arrived.
+    pub at: Option<std::time::Instant>,
 }
 
 /// How long an unlinked file released by a lost connection survives: the
