@@ -485,7 +485,7 @@ impl FsCore {
     /// Sets an xattr.
     pub async fn setxattr(&self, ino: InodeId, name: &str, value: &[u8], flags: u32) -> Result<()> {
         self.writable()?;
-        if name == POLICY_XATTR || name == CAPABILITY_XATTR {
+        if name == POLICY_XATTR || is_unsupported_xattr(name) {
             return Err(FsError::NotSupported.into());
         }
         let (name, value) = (name.to_string(), value.to_vec());
@@ -500,9 +500,10 @@ impl FsCore {
 
     /// Gets an xattr; `user.stripefs.policy` shows the data policy.
     pub async fn getxattr(&self, ino: InodeId, name: &str) -> Result<Vec<u8>> {
-        if name == CAPABILITY_XATTR {
-            // Never stored (setting it is refused), so answered here: the
-            // kernel asks before every write to decide on killing privileges.
+        if is_unsupported_xattr(name) {
+            // Never stored (setting them is refused), so answered here: the
+            // kernel asks for security.capability before every write, and
+            // `ls -l` asks for ACLs and SELinux labels of every entry.
             return Err(FsError::NoAttr.into());
         }
         if name == POLICY_XATTR {
@@ -536,8 +537,12 @@ impl FsCore {
     }
 }
 
-/// File capabilities: not supported, so every write need not ask the master.
-pub const CAPABILITY_XATTR: &str = "security.capability";
+/// Whether `name` is an xattr stripefs does not store: `security.*`
+/// (capabilities, SELinux labels) and `system.*` (POSIX ACLs). Reads of
+/// them are answered without asking the master.
+pub fn is_unsupported_xattr(name: &str) -> bool {
+    name.starts_with("security.") || name.starts_with("system.")
+}
 
 /// The virtual xattr that shows an inode's data policy.
 pub const POLICY_XATTR: &str = "user.stripefs.policy";

@@ -450,7 +450,18 @@ impl FsCore {
                     return Ok(d);
                 }
                 Err(e) => {
+                    // The node sent blocks that do not match their checksum:
+                    // have the master replace that replica (rare: the node
+                    // checks too, and reports what it catches itself).
                     tracing::error!("chunk {chunk} v{version} on node {} ({}) failed its checksum", r.node, r.addr);
+                    let node = r.node;
+                    if let Err(e) = self
+                        .master
+                        .call(|c, ctx| async move { c.report_corrupt(ctx, node, chunk, version).await })
+                        .await
+                    {
+                        tracing::warn!("reporting the corrupt replica to the master: {e}");
+                    }
                     last_err = e.into();
                 }
             }

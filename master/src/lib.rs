@@ -4,6 +4,7 @@
 //! The master never touches chunk bytes: clients write them to nodes and
 //! report back with a commit.
 
+pub mod fsck;
 pub mod namespace;
 pub mod records;
 pub mod registry;
@@ -34,6 +35,8 @@ pub struct Config {
     pub node_dead_after: Duration,
     /// Cluster secret.
     pub secret: Secret,
+    /// Replicas nobody references are deleted once older than this.
+    pub gc_grace: Duration,
 }
 
 /// Opens the database and serves on `listener` until `shutdown`.
@@ -58,6 +61,7 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken
         opens,
         repairs: repair::Repairs::default(),
         inventories: Default::default(),
+        gc_grace: cfg.gc_grace,
         corrupt: Default::default(),
     });
     let conns = CancellationToken::new();

@@ -31,6 +31,10 @@ struct Args {
     /// Seconds without heartbeat after which a storage node is dead.
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     node_dead_after: u64,
+    /// Seconds an unreferenced replica on a node is kept before it is
+    /// deleted (it may belong to an upload still in progress).
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    gc_grace_secs: u64,
 }
 
 fn main() {
@@ -69,6 +73,7 @@ fn real_main() -> anyhow::Result<()> {
             chunk_size: args.chunk_size,
             node_dead_after: Duration::from_secs(args.node_dead_after),
             secret,
+            gc_grace: Duration::from_secs(args.gc_grace_secs),
         };
         stripefs_master::run(cfg, listener, shutdown).await
     })

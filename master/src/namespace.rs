@@ -202,11 +202,32 @@ pub enum Command {
         /// once the copy is recorded: the chunk is fully replicated again.
         drop_dead: Vec<NodeId>,
     },
+    /// A replica failed its checksum: forget it (and delete it on its
+    /// node), so re-replication replaces it.
+    DropReplica {
+        /// File.
+        ino: InodeId,
+        /// Chunk index.
+        index: u64,
+        /// Chunk.
+        chunk: ChunkId,
+        /// Version.
+        version: Version,
+        /// Node holding the bad replica.
+        node: NodeId,
+    },
+    /// Delete replicas nobody references (garbage collection).
+    QueueDeletions {
+        /// (node, chunk, version) of each.
+        replicas: Vec<(NodeId, ChunkId, Version)>,
+    },
     /// Raise the ceiling of handed-out chunk ids and versions.
     ReserveIds {
         /// New ceiling.
         ceiling: u64,
     },
+    /// A repair made by fsck.
+    Fsck(FsckOp),
 }
 
 /// The result of a command.
@@ -660,6 +681,27 @@ pub fn apply(t: &mut Tables, cmd: &Command, ctx: &Context) -> Result<Reply, Appl
             }
             Ok(Reply::Unit)
         }
+        Command::DropReplica { ino, index, chunk, version, node } => {
+            let rec = match t.chunks.get((ino.0, *index))? {
+                Some(v) => Some(ChunkRecord::decode(v.value())?),
+                None => None,
+            };
+            if let Some(mut rec) = rec {
+                if rec.chunk == *chunk && rec.version == *version && rec.replicas.contains(node) {
+                    rec.replicas.retain(|n| n != node);
+                    t.chunks.insert((ino.0, *index), rec.encode().as_slice())?;
+                }
+            }
+            t.deletions.insert((node.0, chunk.0, version.0), ())?;
+            Ok(Reply::Unit)
+        }
+        Command::QueueDeletions { replicas } => {
+            for (node, chunk, version) in replicas {
+                t.deletions.insert((node.0, chunk.0, version.0), ())?;
+            }
+            Ok(Reply::Unit)
+        }
+        Command::Fsck(op) => fsck_ops::apply(t, op),
         Command::ReserveIds { ceiling } => {
             let current = t.meta_u64(meta_keys::ID_CEILING)?;
             t.set_meta_u64(meta_keys::ID_CEILING, current.max(*ceiling))?;
@@ -940,6 +982,9 @@ fn commit_chunk(t: &mut Tables, c: &ChunkCommit, now: Timestamp, ctx: &Context) 
     t.put_inode(c.ino, &rec)?;
     Ok(rec.to_attr(c.ino))
 }
+
+mod fsck_ops;
+pub use fsck_ops::{lost_found_name, FsckOp, InodeField, MetaCounter, LOST_FOUND};
 
 #[cfg(test)]
 #[path = "namespace_tests.rs"]

@@ -232,6 +232,7 @@ mod tests {
                 chunk_count: 0,
                 replicated: Vec::new(),
                 failed: Vec::new(),
+                corrupt: Vec::new(),
             });
         }
         r

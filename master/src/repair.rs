@@ -38,6 +38,7 @@ struct Pending {
 pub struct Repairs {
     outbox: Mutex<HashMap<NodeId, Vec<ReplicateOrder>>>,
     pending: Mutex<HashMap<(ChunkId, Version), Pending>>,
+    wake: tokio::sync::Notify,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -45,6 +46,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Repairs {
+    /// Asks for a scan now (a replica was dropped).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
     /// Orders for `node`, handed over once.
     pub fn take_orders(&self, node: NodeId) -> Vec<ReplicateOrder> {
         lock(&self.outbox).remove(&node).unwrap_or_default()
@@ -173,6 +179,7 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
         tokio::select! {
             biased;
             _ = stop.cancelled() => return,
+            _ = shared.repairs.wake.notified() => last_scan = None,
             _ = tokio::time::sleep(SCAN_INTERVAL) => {}
         }
         let due = match last_scan {

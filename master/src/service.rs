@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use stripefs_proto::types::*;
-use stripefs_proto::{check_name, FsError, InodeId, MasterService};
+use stripefs_proto::{check_name, ChunkId, FsError, InodeId, MasterService, NodeId, Version};
 use tarpc::context::Context;
 
 /// Most entries returned by one readdir call.
@@ -67,9 +67,13 @@ pub struct Shared {
     pub repairs: crate::repair::Repairs,
     /// What each node last reported holding (its full replica inventory).
     pub inventories: Mutex<HashMap<stripefs_proto::NodeId, Inventory>>,
+    /// Unreferenced replicas younger than this are spared by garbage
+    /// collection (they may belong to an upload not yet committed).
+    pub gc_grace: std::time::Duration,
     /// Replicas found corrupt (by a node's scrubber or a client's read) and
     /// not yet replaced.
-    pub corrupt: Mutex<std::collections::HashSet<(stripefs_proto::NodeId, stripefs_proto::ChunkId, stripefs_proto::Version)>>,
+    pub corrupt:
+        Mutex<std::collections::HashSet<(stripefs_proto::NodeId, stripefs_proto::ChunkId, stripefs_proto::Version)>>,
 }
 
 /// A node's replica inventory as last reported.
@@ -92,6 +96,24 @@ impl Shared {
         if self.opens.release(ino, n) && self.store.is_orphan(ino).unwrap_or(false) {
             self.store.submit(Command::Purge { ino });
         }
+    }
+
+    /// A replica failed its checksum: forget it so that re-replication
+    /// replaces it from a good one, and delete it.
+    async fn corrupt_replica(&self, node: NodeId, chunk: ChunkId, version: Version) {
+        tracing::error!("replica of chunk {chunk} v{version} on node {node} is corrupt; replacing it");
+        self.corrupt.lock().unwrap_or_else(|e| e.into_inner()).insert((node, chunk, version));
+        let cmd = match self.store.find_chunk(chunk) {
+            Ok(Some((ino, index, rec))) if rec.version == version => {
+                Command::DropReplica { ino, index, chunk, version, node }
+            }
+            // Not current: it would be deleted anyway.
+            _ => Command::QueueDeletions { replicas: vec![(node, chunk, version)] },
+        };
+        if let Err(e) = self.store.execute(cmd).await {
+            tracing::error!("dropping the corrupt replica of chunk {chunk} on node {node}: {e}");
+        }
+        self.repairs.wake();
     }
 
     /// Releases references held by a connection that ended: an orphan is
@@ -406,6 +428,9 @@ impl MasterService for MasterServer {
                 tracing::error!("recording a copy made by node {}: {e}", hb.node);
             }
         }
+        for (chunk, version) in &hb.corrupt {
+            self.shared.corrupt_replica(hb.node, *chunk, *version).await;
+        }
         let replicate = self.shared.repairs.take_orders(hb.node);
         let delete = if self.shared.store.has_deletions(hb.node)? {
             match self.shared.store.execute(Command::TakeDeletions { node: hb.node, max: 1000 }).await? {
@@ -416,5 +441,49 @@ impl MasterService for MasterServer {
             Vec::new()
         };
         Ok(HeartbeatReply { delete, replicate })
+    }
+
+    async fn report_inventory(self, _: Context, node: NodeId, items: Vec<InventoryItem>) -> Result<(), FsError> {
+        if self.shared.registry.replica(node).is_none() {
+            return Err(FsError::NotFound);
+        }
+        let shared = self.shared.clone();
+        let garbage = tokio::task::spawn_blocking(move || -> Result<Vec<(NodeId, ChunkId, Version)>, FsError> {
+            let current = shared.store.current_chunks()?;
+            let grace = shared.gc_grace.as_secs();
+            let garbage = items
+                .iter()
+                .filter(|i| i.age_secs >= grace)
+                .filter(
+                    |i| !matches!(current.get(&i.chunk), Some((v, nodes)) if *v == i.version && nodes.contains(&node)),
+                )
+                .map(|i| (node, i.chunk, i.version))
+                .collect();
+            shared.inventories.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                node,
+                Inventory {
+                    replicas: items.iter().map(|i| (i.chunk, i.version)).collect(),
+                    at: Some(std::time::Instant::now()),
+                },
+            );
+            Ok(garbage)
+        })
+        .await
+        .map_err(|_| FsError::Internal)??;
+        if !garbage.is_empty() {
+            tracing::info!("node {node} holds {} replicas nobody references; deleting them", garbage.len());
+            self.shared.store.execute(Command::QueueDeletions { replicas: garbage }).await?;
+        }
+        Ok(())
+    }
+
+    async fn report_corrupt(self, _: Context, node: NodeId, chunk: ChunkId, version: Version) -> Result<(), FsError> {
+        self.shared.corrupt_replica(node, chunk, version).await;
+        Ok(())
+    }
+
+    async fn fsck(self, _: Context, repair: bool) -> Result<FsckReport, FsError> {
+        tracing::info!("fsck requested by {}{}", self.conn.peer, if repair { " (repair)" } else { "" });
+        crate::fsck::online(self.shared.clone(), repair).await
     }
 }

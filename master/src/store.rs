@@ -10,11 +10,12 @@ use crate::records::{ChunkRecord, InodeRecord, NodeRecord};
 use crate::tables::{self, meta_keys, FORMAT_VERSION, MAGIC_VALUE};
 use rand::RngCore;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
 use stripefs_proto::types::{DirEntry, FileKind, Policy, Timestamp};
-use stripefs_proto::{FsError, InodeId, NodeId};
+use stripefs_proto::{ChunkId, FsError, InodeId, NodeId, Version};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
@@ -65,9 +66,26 @@ pub struct Store {
     fs_id: String,
     chunk_size: u32,
     writer: mpsc::Sender<Job>,
+    /// Read transactions share it, commits take it alone (see [`Store::read`]).
+    gate: Arc<std::sync::RwLock<()>>,
     /// Joined on drop, so the database is closed when the store is gone.
     writer_thread: Option<std::thread::JoinHandle<()>>,
     ids: tokio::sync::Mutex<(u64, u64)>,
+}
+
+/// A read transaction holding the commit gate (see [`Store::read`]). Never
+/// keep one across a call to [`Store::execute`]: the commit would wait for it.
+pub struct Read<'a> {
+    // Declared first: the transaction ends before the gate opens.
+    txn: redb::ReadTransaction,
+    _gate: std::sync::RwLockReadGuard<'a, ()>,
+}
+
+impl std::ops::Deref for Read<'_> {
+    type Target = redb::ReadTransaction;
+    fn deref(&self) -> &redb::ReadTransaction {
+        &self.txn
+    }
 }
 
 /// A chunk with fewer live replicas than wanted.
@@ -169,15 +187,18 @@ impl Store {
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel();
         let writer_db = db.clone();
+        let gate = Arc::new(std::sync::RwLock::new(()));
+        let writer_gate = gate.clone();
         let writer_thread = std::thread::Builder::new()
             .name("master-writer".into())
-            .spawn(move || writer_loop(&writer_db, rx, chunk_size as u64, is_open, fatal))
+            .spawn(move || writer_loop(&writer_db, &writer_gate, rx, chunk_size as u64, is_open, fatal))
             .map_err(io(dir))?;
         Ok(Store {
             db,
             fs_id,
             chunk_size,
             writer: tx,
+            gate,
             writer_thread: Some(writer_thread),
             ids: tokio::sync::Mutex::new((ceiling, new_ceiling)),
         })
@@ -219,8 +240,15 @@ impl Store {
         Ok(id)
     }
 
-    fn read(&self) -> Result<redb::ReadTransaction, FsError> {
-        self.db.begin_read().map_err(internal)
+    /// A read transaction. It keeps commits out while it lives: redb 4.6
+    /// can free pages a concurrent reader still holds when a commit races
+    /// with it (a debug assertion in `free_helper` fires; in release builds
+    /// the reader could see a reused page). Reads and commits are short, so
+    /// excluding each other costs little until redb is fixed.
+    pub fn read(&self) -> Result<Read<'_>, FsError> {
+        let gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        let txn = self.db.begin_read().map_err(internal)?;
+        Ok(Read { txn, _gate: gate })
     }
 
     /// An inode's record.
@@ -322,6 +350,35 @@ impl Store {
         }
         out.sort_by_key(|d| (d.live, std::cmp::Reverse(d.want)));
         out.truncate(limit);
+        Ok(out)
+    }
+
+    /// Where chunk `chunk` lives in the namespace, with its record (a
+    /// full scan: for rare events such as corruption reports).
+    pub fn find_chunk(&self, chunk: ChunkId) -> Result<Option<(InodeId, u64, ChunkRecord)>, FsError> {
+        let txn = self.read()?;
+        let t = txn.open_table(tables::CHUNKS).map_err(internal)?;
+        for item in t.iter().map_err(internal)? {
+            let (k, v) = item.map_err(internal)?;
+            let rec = ChunkRecord::decode(v.value()).map_err(internal)?;
+            if rec.chunk == chunk {
+                let (ino, index) = k.value();
+                return Ok(Some((InodeId(ino), index, rec)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The current version and replicas of every chunk.
+    pub fn current_chunks(&self) -> Result<HashMap<ChunkId, (Version, Vec<NodeId>)>, FsError> {
+        let txn = self.read()?;
+        let t = txn.open_table(tables::CHUNKS).map_err(internal)?;
+        let mut out = HashMap::new();
+        for item in t.iter().map_err(internal)? {
+            let (_, v) = item.map_err(internal)?;
+            let rec = ChunkRecord::decode(v.value()).map_err(internal)?;
+            out.insert(rec.chunk, (rec.version, rec.replicas));
+        }
         Ok(out)
     }
 
@@ -503,6 +560,7 @@ fn read_identity(db: &Database) -> Result<(String, u32, u64), redb::Error> {
 
 fn writer_loop(
     db: &Database,
+    gate: &std::sync::RwLock<()>,
     rx: mpsc::Receiver<Job>,
     chunk_size: u64,
     is_open: Box<dyn Fn(InodeId) -> bool + Send>,
@@ -517,7 +575,7 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        match apply_batch(db, &jobs, &ctx) {
+        match apply_batch(db, gate, &jobs, &ctx) {
             Ok(results) => {
                 for (job, r) in jobs.into_iter().zip(results) {
                     let _ = job.reply.send(r);
@@ -535,7 +593,12 @@ fn writer_loop(
     }
 }
 
-fn apply_batch(db: &Database, jobs: &[Job], ctx: &Context) -> Result<Vec<Result<Reply, FsError>>, redb::Error> {
+fn apply_batch(
+    db: &Database,
+    gate: &std::sync::RwLock<()>,
+    jobs: &[Job],
+    ctx: &Context,
+) -> Result<Vec<Result<Reply, FsError>>, redb::Error> {
     let txn = db.begin_write()?;
     let mut results = Vec::with_capacity(jobs.len());
     {
@@ -549,6 +612,7 @@ fn apply_batch(db: &Database, jobs: &[Job], ctx: &Context) -> Result<Vec<Result<
             });
         }
     }
+    let _no_readers = gate.write().unwrap_or_else(|e| e.into_inner());
     txn.commit()?;
     Ok(results)
 }

@@ -85,6 +85,15 @@ pub trait MasterService {
     async fn register_node(hello: NodeHello) -> Result<Registered, FsError>;
     /// A storage node's periodic report.
     async fn heartbeat(hb: Heartbeat) -> Result<HeartbeatReply, FsError>;
+    /// A storage node's list of every replica it holds (after registering,
+    /// then now and then). Replicas nobody references are deleted after a
+    /// grace period.
+    async fn report_inventory(node: NodeId, items: Vec<InventoryItem>) -> Result<(), FsError>;
+    /// A client read a replica whose blocks failed their checksum.
+    async fn report_corrupt(node: NodeId, chunk: ChunkId, version: Version) -> Result<(), FsError>;
+    /// Check the namespace, the chunk map and the replicas (see
+    /// `stripefs fsck`); with `repair`, fix what can be fixed.
+    async fn fsck(repair: bool) -> Result<FsckReport, FsError>;
 }
 
 /// A storage node: stores chunk replicas, knows nothing of inodes.

@@ -66,6 +66,9 @@ pub enum StoreError {
     /// The request is malformed (block sizes, lengths, counts).
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// The disk has no room left above the node's reserve.
+    #[error("no space left above the reserve")]
+    NoSpace,
     /// The disk failed us.
     #[error("{context}: {source}")]
     Io {
@@ -92,6 +95,7 @@ impl StoreError {
                 tracing::warn!("{self}");
                 FsError::InvalidArgument
             }
+            StoreError::NoSpace => FsError::NoSpace,
             StoreError::Io { .. } => {
                 tracing::error!("{self}");
                 FsError::Internal
@@ -379,6 +383,20 @@ impl ChunkStore {
     /// Every replica on disk with its file size, in no particular order.
     pub fn inventory(&self) -> Result<Vec<(ChunkId, Version, u64)>, StoreError> {
         self.scan(false)
+    }
+
+    /// Every replica with its age in seconds (for the master's garbage
+    /// collection, which spares young replicas of uploads in progress).
+    pub fn inventory_with_age(&self) -> Result<Vec<(ChunkId, Version, u64)>, StoreError> {
+        let now = std::time::SystemTime::now();
+        Ok(self
+            .inventory()?
+            .into_iter()
+            .filter_map(|(c, v, _)| {
+                let modified = fs::metadata(self.replica_path(c, v)).ok()?.modified().ok()?;
+                Some((c, v, now.duration_since(modified).map(|d| d.as_secs()).unwrap_or(0)))
+            })
+            .collect())
     }
 
     /// Bytes taken by all replica files.

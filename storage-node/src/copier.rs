@@ -3,12 +3,12 @@
 //! fsync, then reports them in the next heartbeat.
 
 use crate::chunk_store::ChunkStore;
-use std::sync::{Arc, Mutex};
+use crate::reports::Reports;
+use std::sync::Arc;
 use std::time::Duration;
 use stripefs_proto::block::BLOCK_SIZE;
 use stripefs_proto::net::{connect_node, context_with_timeout, Secret};
 use stripefs_proto::types::ReplicateOrder;
-use stripefs_proto::{ChunkId, Version};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -19,42 +19,23 @@ const BLOCKS_PER_FETCH: u32 = 64;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
 
-type Reports = (Vec<(ChunkId, Version)>, Vec<(ChunkId, Version)>);
-
 /// Runs ordered copies and collects their outcomes.
 pub(crate) struct Copier {
     store: Arc<ChunkStore>,
     secret: Secret,
     slots: Arc<Semaphore>,
-    reports: Mutex<Reports>,
+    reports: Arc<Reports>,
     shutdown: CancellationToken,
 }
 
 impl Copier {
-    pub(crate) fn new(store: Arc<ChunkStore>, secret: Secret, shutdown: CancellationToken) -> Arc<Copier> {
-        Arc::new(Copier {
-            store,
-            secret,
-            slots: Arc::new(Semaphore::new(PARALLEL_COPIES)),
-            reports: Mutex::new((Vec::new(), Vec::new())),
-            shutdown,
-        })
-    }
-
-    fn reports(&self) -> std::sync::MutexGuard<'_, Reports> {
-        self.reports.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Copies done and failed since the last call.
-    pub(crate) fn take_reports(&self) -> Reports {
-        std::mem::take(&mut *self.reports())
-    }
-
-    /// Gives reports back after a heartbeat that did not reach the master.
-    pub(crate) fn restore_reports(&self, r: Reports) {
-        let mut g = self.reports();
-        g.0.extend(r.0);
-        g.1.extend(r.1);
+    pub(crate) fn new(
+        store: Arc<ChunkStore>,
+        secret: Secret,
+        reports: Arc<Reports>,
+        shutdown: CancellationToken,
+    ) -> Arc<Copier> {
+        Arc::new(Copier { store, secret, slots: Arc::new(Semaphore::new(PARALLEL_COPIES)), reports, shutdown })
     }
 
     /// Starts the copies of `orders` in the background.
@@ -69,8 +50,8 @@ impl Copier {
                 let key = (o.chunk, o.version);
                 let ok = stop.run_until_cancelled(me.copy(&o)).await;
                 match ok {
-                    Some(true) => me.reports().0.push(key),
-                    Some(false) => me.reports().1.push(key),
+                    Some(true) => me.reports.replicated(key),
+                    Some(false) => me.reports.failed(key),
                     None => {}
                 }
             });

@@ -13,6 +13,8 @@ mod copier;
 mod fsutil;
 mod master_link;
 mod node;
+mod reports;
+mod scrub;
 mod service;
 
 pub use chunk_store::{check_layout, ChunkStore, StoreError, MAX_BLOCKS_PER_CHUNK, MAX_CHUNK_BYTES};

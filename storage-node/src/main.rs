@@ -61,6 +61,19 @@ struct Args {
     /// Milliseconds between heartbeats to the master.
     #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     heartbeat_ms: u64,
+
+    /// Disk space (MiB) kept free: the node takes no new chunks into it.
+    #[arg(long, value_name = "MIB", default_value_t = 1024)]
+    reserve_mb: u64,
+
+    /// Scrubber speed in MiB/s: every replica is re-read and checked at this
+    /// rate, corrupt ones are reported and replaced (0: no scrubbing).
+    #[arg(long, value_name = "MIB", default_value_t = 8)]
+    scrub_mb_per_sec: u64,
+
+    /// Seconds to rest between two full scrub passes.
+    #[arg(long, value_name = "SECS", default_value_t = 86400)]
+    scrub_pause_secs: u64,
 }
 
 fn main() {
@@ -113,6 +126,9 @@ async fn async_main(args: Args, secret: Secret) -> anyhow::Result<()> {
         zone: args.zone,
         secret,
         heartbeat_interval: Duration::from_millis(args.heartbeat_ms),
+        reserve_bytes: args.reserve_mb << 20,
+        scrub_bytes_per_sec: args.scrub_mb_per_sec << 20,
+        scrub_pause: Duration::from_secs(args.scrub_pause_secs),
     };
 
     let shutdown = CancellationToken::new();

@@ -7,13 +7,14 @@
 use crate::chunk_store::ChunkStore;
 use crate::copier::Copier;
 use crate::fsutil::{disk_space, write_file_atomic};
+use crate::reports::Reports;
 use crate::Config;
 use anyhow::Context as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use stripefs_proto::net::{connect_master, context_with_timeout};
-use stripefs_proto::types::{Heartbeat, NodeHello};
+use stripefs_proto::types::{Heartbeat, InventoryItem, NodeHello};
 use stripefs_proto::{FsError, MasterServiceClient, NodeId};
 use tokio_util::sync::CancellationToken;
 
@@ -24,6 +25,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const RPC_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKOFF_START: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How often the full replica list goes to the master (also after every
+/// registration).
+const INVENTORY_INTERVAL: Duration = Duration::from_secs(300);
+const INVENTORY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Who this node is, as recorded in `DIR/node.id`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -149,6 +154,8 @@ struct Link {
     saved: Identity,
     /// Copies the master orders.
     copier: Arc<Copier>,
+    /// What the next heartbeat reports.
+    reports: Arc<Reports>,
 }
 
 /// Runs the master link until `shutdown`. Returns an error only when the
@@ -157,10 +164,11 @@ pub(crate) async fn run(
     cfg: Config,
     identity: Identity,
     store: Arc<ChunkStore>,
+    reports: Arc<Reports>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let copier = Copier::new(store.clone(), cfg.secret.clone(), shutdown.clone());
-    let mut link = Link { cfg, store, shutdown, saved: identity.clone(), identity, copier };
+    let copier = Copier::new(store.clone(), cfg.secret.clone(), reports.clone(), shutdown.clone());
+    let mut link = Link { cfg, store, shutdown, saved: identity.clone(), identity, copier, reports };
     let mut backoff = Backoff::new();
     let mut attempt = 0u64;
     loop {
@@ -186,6 +194,7 @@ pub(crate) async fn run(
         };
         attempt = 0;
         tracing::info!("registered with master {} as node {node}", link.cfg.master_addr);
+        link.report_inventory(&client, node);
         match link.heartbeats(&client, node, &mut backoff).await {
             HeartbeatEnd::Shutdown => return Ok(()),
             HeartbeatEnd::Reregister => {}
@@ -254,29 +263,41 @@ impl Link {
     /// Heartbeats every interval until the link breaks or shutdown.
     async fn heartbeats(&self, client: &MasterServiceClient, node: NodeId, backoff: &mut Backoff) -> HeartbeatEnd {
         let mut ticker = tokio::time::interval(self.cfg.heartbeat_interval);
+        let mut last_inventory = tokio::time::Instant::now();
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return HeartbeatEnd::Shutdown,
                 _ = ticker.tick() => {}
             }
+            if last_inventory.elapsed() >= INVENTORY_INTERVAL {
+                last_inventory = tokio::time::Instant::now();
+                self.report_inventory(client, node);
+            }
             let hb = self.heartbeat(node).await;
-            let reports = (hb.replicated.clone(), hb.failed.clone());
+            let reports = crate::reports::Pending {
+                replicated: hb.replicated.clone(),
+                failed: hb.failed.clone(),
+                corrupt: hb.corrupt.clone(),
+            };
             let reply = tokio::select! {
                 _ = self.shutdown.cancelled() => return HeartbeatEnd::Shutdown,
                 r = client.heartbeat(context_with_timeout(RPC_TIMEOUT), hb) => r,
             };
             if !matches!(reply, Ok(Ok(_))) {
-                self.copier.restore_reports(reports);
+                self.reports.restore(reports);
             }
             match reply {
                 Ok(Ok(reply)) => {
                     backoff.reset();
-                    if !reply.replicate.is_empty() {
-                        self.copier.order(reply.replicate);
-                    }
+                    // Deletions first: a copy ordered in the same reply may be
+                    // of a version this node must delete first (a corrupt
+                    // replica being replaced here by a good one).
                     if !reply.delete.is_empty() {
                         self.apply_deletions(reply.delete).await;
+                    }
+                    if !reply.replicate.is_empty() {
+                        self.copier.order(reply.replicate);
                     }
                 }
                 Ok(Err(FsError::NotFound)) => {
@@ -292,6 +313,27 @@ impl Link {
         }
     }
 
+    /// Sends the list of every replica held, in the background.
+    fn report_inventory(&self, client: &MasterServiceClient, node: NodeId) {
+        let (client, store) = (client.clone(), self.store.clone());
+        tokio::spawn(async move {
+            let items = match tokio::task::spawn_blocking(move || store.inventory_with_age()).await {
+                Ok(Ok(list)) => list
+                    .into_iter()
+                    .map(|(chunk, version, age_secs)| InventoryItem { chunk, version, age_secs })
+                    .collect::<Vec<_>>(),
+                Ok(Err(e)) => return tracing::warn!("cannot list replicas for the master: {e}"),
+                Err(e) => return tracing::warn!("inventory task failed: {e}"),
+            };
+            let n = items.len();
+            match client.report_inventory(context_with_timeout(INVENTORY_TIMEOUT), node, items).await {
+                Ok(Ok(())) => tracing::info!("reported {n} replicas to the master"),
+                Ok(Err(e)) => tracing::warn!("the master refused the inventory: {e}"),
+                Err(e) => tracing::warn!("inventory report failed: {e}"),
+            }
+        });
+    }
+
     async fn heartbeat(&self, node: NodeId) -> Heartbeat {
         let dir = self.cfg.data_dir.clone();
         let space = match tokio::task::spawn_blocking(move || disk_space(&dir)).await {
@@ -305,15 +347,17 @@ impl Link {
                 None
             }
         };
-        let (replicated, failed) = self.copier.take_reports();
+        let pending = self.reports.take();
         Heartbeat {
             node,
             capacity_bytes: space.map_or(0, |s| s.capacity_bytes),
-            free_bytes: space.map_or(0, |s| s.free_bytes),
+            // The reserve is not ours to fill.
+            free_bytes: space.map_or(0, |s| s.free_bytes.saturating_sub(self.cfg.reserve_bytes)),
             used_bytes: self.store.used_bytes(),
             chunk_count: self.store.chunk_count(),
-            replicated,
-            failed,
+            replicated: pending.replicated,
+            failed: pending.failed,
+            corrupt: pending.corrupt,
         }
     }
 

@@ -107,6 +107,9 @@ impl MasterService for FakeMaster {
         removexattr(ino: InodeId, name: String) -> ();
         set_policy(ino: InodeId, replication: Option<u8>, compression_level: Option<i8>) -> Attr;
         nodes() -> Vec<NodeStatus>;
+        report_inventory(node: NodeId, items: Vec<InventoryItem>) -> ();
+        report_corrupt(node: NodeId, chunk: ChunkId, version: Version) -> ();
+        fsck(repair: bool) -> FsckReport;
     }
 
     async fn register_node(self, _: Context, hello: NodeHello) -> Result<Registered, FsError> {

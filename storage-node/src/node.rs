@@ -36,6 +36,13 @@ pub struct Config {
     pub secret: Secret,
     /// Time between heartbeats (see [`DEFAULT_HEARTBEAT_INTERVAL`]).
     pub heartbeat_interval: Duration,
+    /// Disk space kept free: the node reports less free space by this
+    /// much and refuses writes that would eat into it.
+    pub reserve_bytes: u64,
+    /// Scrubber speed in bytes per second (0: no scrubbing).
+    pub scrub_bytes_per_sec: u64,
+    /// Pause between two full scrub passes.
+    pub scrub_pause: Duration,
 }
 
 /// Runs a storage node serving on `listener` until `shutdown` is
@@ -64,7 +71,16 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken
 
     let token = shutdown.child_token();
     let tracker = TaskTracker::new();
-    let server = NodeServer::new(store.clone(), cfg.secret.clone());
+    let reports = Arc::new(crate::reports::Reports::default());
+    let server =
+        NodeServer::with_reports(store.clone(), cfg.secret.clone(), reports.clone(), dir.clone(), cfg.reserve_bytes);
+    tracker.spawn(crate::scrub::run(
+        store.clone(),
+        reports.clone(),
+        cfg.scrub_bytes_per_sec,
+        cfg.scrub_pause,
+        token.clone(),
+    ));
     let local = listener.local_addr().context("the listener has no address")?;
     tracing::info!("serving on {local}, advertised as {}", cfg.advertise_addr);
     let handler = {
@@ -74,7 +90,7 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken
     let accept = tokio::spawn(accept_loop(listener, cfg.secret.clone(), token.clone(), handler));
 
     tracing::info!("starting the link to master {}", cfg.master_addr);
-    let mut link = tokio::spawn(master_link::run(cfg, identity, store, token.clone()));
+    let mut link = tokio::spawn(master_link::run(cfg, identity, store, reports, token.clone()));
     let link_result = tokio::select! {
         r = &mut link => r,
         _ = token.cancelled() => link.await,

@@ -43,6 +43,9 @@ pub(crate) async fn start_node_in(dir: TempDir, master: &str, shutdown: &Cancell
         zone: "test-zone".into(),
         secret: secret(),
         heartbeat_interval: Duration::from_millis(50),
+        reserve_bytes: 0,
+        scrub_bytes_per_sec: 0,
+        scrub_pause: Duration::from_secs(3600),
     };
     let task = tokio::spawn(run(cfg, listener, shutdown.clone()));
     TestNode { addr, dir, task }
@@ -185,6 +188,9 @@ async fn an_unusable_data_dir_fails_run() {
         zone: "z".into(),
         secret: secret(),
         heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+        reserve_bytes: 0,
+        scrub_bytes_per_sec: 0,
+        scrub_pause: Duration::from_secs(3600),
     };
     let e = run(cfg, listener, CancellationToken::new()).await.expect_err("must fail");
     assert!(format!("{e:#}").contains("data directory"), "{e:#}");

@@ -2,7 +2,9 @@
 //! down the replication chain.
 
 use crate::chunk_store::{check_layout, ChunkStore, StoreError, MAX_BLOCKS_PER_CHUNK};
+use crate::reports::Reports;
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use stripefs_proto::net::{connect_node, Secret};
@@ -30,6 +32,10 @@ pub struct NodeServer {
 struct Inner {
     store: Arc<ChunkStore>,
     secret: Secret,
+    /// Where corrupt replicas found on reads are reported.
+    reports: Arc<Reports>,
+    /// Data directory and the space to keep free in it.
+    space: Option<(PathBuf, u64)>,
     /// One client per peer address, for forwarding writes.
     peers: Mutex<HashMap<String, NodeServiceClient>>,
 }
@@ -37,7 +43,35 @@ struct Inner {
 impl NodeServer {
     /// A server over `store`, connecting to peers with `secret`.
     pub fn new(store: Arc<ChunkStore>, secret: Secret) -> NodeServer {
-        NodeServer { inner: Arc::new(Inner { store, secret, peers: Mutex::new(HashMap::new()) }) }
+        NodeServer {
+            inner: Arc::new(Inner {
+                store,
+                secret,
+                reports: Arc::new(Reports::default()),
+                space: None,
+                peers: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// A server that reports corrupt replicas to `reports` and keeps
+    /// `reserve_bytes` free in `data_dir`.
+    pub(crate) fn with_reports(
+        store: Arc<ChunkStore>,
+        secret: Secret,
+        reports: Arc<Reports>,
+        data_dir: PathBuf,
+        reserve_bytes: u64,
+    ) -> NodeServer {
+        NodeServer {
+            inner: Arc::new(Inner {
+                store,
+                secret,
+                reports,
+                space: Some((data_dir, reserve_bytes)),
+                peers: Mutex::new(HashMap::new()),
+            }),
+        }
     }
 
     fn peers(&self) -> std::sync::MutexGuard<'_, HashMap<String, NodeServiceClient>> {
@@ -105,7 +139,21 @@ impl NodeServer {
         sync: bool,
     ) -> Result<u64, FsError> {
         let store = self.inner.store.clone();
-        blocking(move || store.write(chunk, version, length, &blocks, sync)).await
+        let space = self.inner.space.clone();
+        blocking(move || {
+            if let Some((dir, reserve)) = space {
+                let need: u64 = blocks.iter().map(|b| b.data.len() as u64).sum::<u64>() + 4096;
+                // If the disk cannot be measured, write and let the disk decide.
+                if let Ok(s) = crate::fsutil::disk_space(&dir) {
+                    if s.free_bytes < reserve.saturating_add(need) {
+                        tracing::warn!("refusing chunk {chunk} v{version}: the disk is full (reserve {reserve} bytes)");
+                        return Err(StoreError::NoSpace);
+                    }
+                }
+            }
+            store.write(chunk, version, length, &blocks, sync)
+        })
+        .await
     }
 }
 
@@ -165,7 +213,15 @@ impl NodeService for NodeServer {
             return Err(FsError::InvalidArgument);
         }
         let store = self.inner.store.clone();
-        blocking(move || store.read_blocks(chunk, version, first_block, count)).await
+        let reports = self.inner.reports.clone();
+        blocking(move || {
+            let r = store.read_blocks(chunk, version, first_block, count);
+            if let Err(StoreError::Corrupt { .. }) = &r {
+                reports.corrupt((chunk, version));
+            }
+            r
+        })
+        .await
     }
 
     async fn delete_chunk(self, _ctx: Context, chunk: ChunkId, version: Version) -> Result<(), FsError> {

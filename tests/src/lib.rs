@@ -100,6 +100,8 @@ pub struct ClusterBuilder {
     nodes: usize,
     chunk_size: Option<u32>,
     node_dead_after: Duration,
+    gc_grace: Duration,
+    scrub_bytes_per_sec: u64,
 }
 
 impl ClusterBuilder {
@@ -121,6 +123,19 @@ impl ClusterBuilder {
         self
     }
 
+    /// Age after which unreferenced replicas are deleted (default 600 s).
+    pub fn gc_grace(mut self, d: Duration) -> Self {
+        self.gc_grace = d;
+        self
+    }
+
+    /// Scrubber speed of every node, with a 1 s pause between passes
+    /// (default: no scrubbing).
+    pub fn scrub_bytes_per_sec(mut self, rate: u64) -> Self {
+        self.scrub_bytes_per_sec = rate;
+        self
+    }
+
     /// Starts the master and the nodes and waits until every node is up.
     pub fn start(self) -> TestCluster {
         init_logs();
@@ -132,6 +147,9 @@ impl ClusterBuilder {
             node_addrs: Vec::new(),
             chunk_size: self.chunk_size,
             node_dead_after: self.node_dead_after,
+            gc_grace: self.gc_grace,
+            scrub_bytes_per_sec: self.scrub_bytes_per_sec,
+            reserve: Vec::new(),
             dir,
         };
         c.start_master();
@@ -149,6 +167,10 @@ pub struct TestCluster {
     nodes: Vec<Option<Server>>,
     node_addrs: Vec<String>,
     node_dead_after: Duration,
+    gc_grace: Duration,
+    scrub_bytes_per_sec: u64,
+    /// Reserve (kept-free bytes) of each node, by index; 0 when unset.
+    reserve: Vec<u64>,
     master: Option<Server>,
     /// The master's address.
     pub master_addr: String,
@@ -159,7 +181,13 @@ pub struct TestCluster {
 impl TestCluster {
     /// A builder: 3 nodes, default chunk size.
     pub fn builder() -> ClusterBuilder {
-        ClusterBuilder { nodes: 3, chunk_size: None, node_dead_after: Duration::from_secs(10) }
+        ClusterBuilder {
+            nodes: 3,
+            chunk_size: None,
+            node_dead_after: Duration::from_secs(10),
+            gc_grace: Duration::from_secs(600),
+            scrub_bytes_per_sec: 0,
+        }
     }
 
     /// The cluster's data directory.
@@ -192,6 +220,7 @@ impl TestCluster {
             chunk_size: self.chunk_size,
             node_dead_after: self.node_dead_after,
             secret: secret(),
+            gc_grace: self.gc_grace,
         };
         self.master = Some(Server::start("master", listener, move |l, t| stripefs_master::run(cfg, l, t)));
     }
@@ -206,6 +235,9 @@ impl TestCluster {
             zone: "zone-a".into(),
             secret: secret(),
             heartbeat_interval: Duration::from_millis(200),
+            reserve_bytes: self.reserve.get(i).copied().unwrap_or(0),
+            scrub_bytes_per_sec: self.scrub_bytes_per_sec,
+            scrub_pause: Duration::from_secs(1),
         };
         let server = Server::start(&format!("node{i}"), listener, move |l, t| stripefs_node::run(cfg, l, t));
         if self.nodes.len() <= i {
@@ -214,6 +246,14 @@ impl TestCluster {
         }
         self.nodes[i] = Some(server);
         self.node_addrs[i] = addr.to_string();
+    }
+
+    /// Sets the disk space node `i` keeps free (effective from its next start).
+    pub fn set_reserve(&mut self, i: usize, bytes: u64) {
+        if self.reserve.len() <= i {
+            self.reserve.resize(i + 1, 0);
+        }
+        self.reserve[i] = bytes;
     }
 
     /// The address node `i` listens on (a new one after each restart).

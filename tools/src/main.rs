@@ -1,6 +1,7 @@
 //! `stripefs`: the admin command line of stripefs.
 
 mod bench;
+mod fsck;
 mod inspect;
 mod local;
 mod target;
@@ -9,7 +10,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 /// Administer a stripefs cluster: start a local one, show its state, show
-/// where a file's chunks live, set data policies, measure its speed.
+/// where a file's chunks live, set data policies, measure its speed, check it (fsck).
 ///
 /// Commands that talk to a cluster find it from --master ADDR (with the
 /// secret from --secret-file, $STRIPEFS_SECRET, $STRIPEFS_SECRET_FILE or
@@ -82,40 +83,63 @@ enum Command {
     /// the scratch directory's replication.
     #[command(after_help = bench::EXAMPLES)]
     Bench(bench::BenchArgs),
+    /// Check the filesystem: namespace (entries, link counts, detached inodes, sizes, counters) and data (missing,
+    /// under-replicated, stale, unreferenced and corrupt replicas); with --repair, fix what can be fixed.
+    ///
+    /// Runs on the live cluster through its master (found from --master ADDR or PATH, as other commands), or with
+    /// --db on a stopped master's database file, opened read-only. Prints a summary, or with --json the whole
+    /// report, and exits as fsck(8) does.
+    #[command(after_help = fsck::EXAMPLES)]
+    Fsck(fsck::FsckArgs),
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // fsck(8) reports bad arguments as an operational error.
+            let fsck = std::env::args().skip(1).any(|a| a == "fsck");
+            let code = if e.use_stderr() && fsck { fsck::EXIT_OPERATIONAL } else { e.exit_code() };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    let failure = if matches!(cli.command, Command::Fsck(_)) { fsck::EXIT_OPERATIONAL } else { 1 };
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("stripefs: error: cannot start the async runtime: {e}");
-            std::process::exit(1);
+            std::process::exit(failure);
         }
     };
-    let result = rt.block_on(run(cli));
-    if let Err(e) = result {
-        eprintln!("stripefs: error: {e:#}");
-        std::process::exit(1);
+    match rt.block_on(run(cli)) {
+        Ok(0) => {}
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("stripefs: error: {e:#}");
+            std::process::exit(failure);
+        }
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs a command; returns the exit code (non-zero only from fsck).
+async fn run(cli: Cli) -> anyhow::Result<i32> {
     let local = target::default_local_dir();
     let resolve = |path: Option<&std::path::Path>, local: &std::path::Path| {
         target::Target::resolve(cli.master.as_deref(), cli.secret_file.as_deref(), path, local)
     };
     match cli.command {
-        Command::Up(args) => local::up(args).await,
-        Command::Down(args) => local::down(args),
+        Command::Up(args) => local::up(args).await.map(|_| 0),
+        Command::Down(args) => local::down(args).map(|_| 0),
         Command::Status { path, json, data } => {
-            inspect::status(&resolve(path.as_deref(), data.as_deref().unwrap_or(&local))?, json).await
+            inspect::status(&resolve(path.as_deref(), data.as_deref().unwrap_or(&local))?, json).await.map(|_| 0)
         }
-        Command::Info { ref path, json } => inspect::info(&resolve(Some(path), &local)?, path, json).await,
+        Command::Info { ref path, json } => inspect::info(&resolve(Some(path), &local)?, path, json).await.map(|_| 0),
         Command::Policy { ref path, replication, ref compression } => {
             let level = compression.as_deref().map(inspect::parse_compression).transpose()?;
-            inspect::policy(&resolve(Some(path), &local)?, path, replication, level).await
+            inspect::policy(&resolve(Some(path), &local)?, path, replication, level).await.map(|_| 0)
         }
-        Command::Bench(args) => bench::run(args, cli.master.as_deref(), cli.secret_file.as_deref()).await,
+        Command::Bench(args) => bench::run(args, cli.master.as_deref(), cli.secret_file.as_deref()).await.map(|_| 0),
+        Command::Fsck(args) => fsck::run(args, cli.master.as_deref(), cli.secret_file.as_deref()).await,
     }
 }
