@@ -117,13 +117,31 @@ impl FsCore {
                 by_node.entry(r.addr.clone()).or_default().push((loc.chunk, loc.version));
             }
         }
+        let mut synced: std::collections::HashSet<(stripefs_proto::ChunkId, stripefs_proto::Version)> =
+            std::collections::HashSet::new();
+        let mut last_err = None;
         for (addr, chunks) in by_node {
-            self.nodes
+            let r = self
+                .nodes
                 .call(&addr, DATA_TIMEOUT, |c, ctx| {
                     let chunks = chunks.clone();
                     async move { c.sync_chunks(ctx, chunks).await }
                 })
-                .await?;
+                .await;
+            match r {
+                Ok(()) => synced.extend(chunks),
+                // A node that died since the upload: its replica is lost and
+                // will be re-created from the others, which count.
+                Err(e) => {
+                    tracing::warn!("fsync: node {addr} could not sync its replicas: {e}");
+                    last_err = Some(e);
+                }
+            }
+        }
+        // Every chunk must be on disk on at least one node.
+        if let Some(missing) = st.unsynced.values().find(|l| !synced.contains(&(l.chunk, l.version))) {
+            tracing::error!("fsync: no replica of chunk {} v{} could be synced", missing.chunk, missing.version);
+            return Err(last_err.unwrap_or(ClientError::Fs(FsError::Unavailable)));
         }
         st.unsynced.clear();
         Ok(())

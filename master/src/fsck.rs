@@ -191,6 +191,16 @@ pub async fn run<H: HoldsStore>(owner: Arc<H>, view: NodeView, repair: bool) -> 
     r.counts.nodes = view.nodes.len() as u64;
     r.counts.nodes_alive = view.nodes.iter().filter(|(_, a)| *a).count() as u64;
     r.counts.inventories = view.inventories.len() as u64;
+    let mut dead: Vec<u64> = view.nodes.iter().filter(|(_, a)| !*a).map(|(n, _)| n.0).collect();
+    dead.sort_unstable();
+    if !dead.is_empty() {
+        let list: Vec<String> = dead.iter().map(u64::to_string).collect();
+        r.notes.push(format!(
+            "node(s) {} are not alive (silent, or not heard from since the master started): their replicas count as \
+             unavailable",
+            list.join(", ")
+        ));
+    }
     if view.inventories.is_empty() {
         r.notes.push(
             "no storage node has reported its replica inventory yet: stale and unreferenced replicas were not checked"
@@ -209,7 +219,8 @@ pub async fn run<H: HoldsStore>(owner: Arc<H>, view: NodeView, repair: bool) -> 
         }
         if let Some(age) = view.oldest_inventory {
             r.notes.push(format!(
-                "replica inventories are as the nodes last reported them (the oldest {} s ago)",
+                "replica inventories are as the nodes last reported them (the oldest {} s ago): a replica \
+                 deleted since may still be listed as stale or unreferenced",
                 age.as_secs()
             ));
         }

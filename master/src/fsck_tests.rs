@@ -399,6 +399,7 @@ async fn data_checks_use_liveness_inventories_and_corrupt_replicas() {
     assert_problems(&r, &want);
     assert_eq!(r.counts.inventories, 2);
     assert!(!r.notes.iter().any(|n| n.contains("not reported")), "{:?}", r.notes);
+    assert!(r.notes.iter().any(|n| n.contains("node(s) 3 are not alive")), "{:?}", r.notes);
 
     let r = fs.online(view.clone(), true).await;
     assert_problems(&r, &want);

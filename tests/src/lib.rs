@@ -378,12 +378,17 @@ impl TestCluster {
 
     /// Waits until `n` nodes are alive and have reported their space.
     pub fn wait_nodes_up(&self, n: usize) {
+        Self::wait_nodes_up_at(&self.master_addr, n)
+    }
+
+    /// Waits until the master at `master_addr` has `n` live nodes that
+    /// reported their space.
+    pub fn wait_nodes_up_at(master_addr: &str, n: usize) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         rt.block_on(async {
             let deadline = Instant::now() + Duration::from_secs(20);
             loop {
-                if let Ok(c) =
-                    stripefs_proto::net::connect_master(&self.master_addr, &secret(), Duration::from_secs(2)).await
+                if let Ok(c) = stripefs_proto::net::connect_master(master_addr, &secret(), Duration::from_secs(2)).await
                 {
                     if let Ok(Ok(nodes)) = c.nodes(tarpc_ctx()).await {
                         if nodes.iter().filter(|x| x.alive && x.capacity_bytes > 0).count() >= n {

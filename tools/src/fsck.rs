@@ -307,14 +307,24 @@ fn snake(name: &str) -> String {
 /// One problem as a flat JSON object: `kind`, its fields, `outcome`.
 fn problem_json(p: &FsckProblem) -> serde_json::Value {
     let mut obj = serde_json::Map::new();
-    // Externally tagged: {"Variant": {fields}}.
+    // Externally tagged: {"Variant": {fields}}. A field named `kind` (the
+    // inode's file kind) becomes `file_kind`: `kind` names the problem.
     if let Ok(serde_json::Value::Object(tagged)) = serde_json::to_value(&p.kind) {
         for (variant, fields) in tagged {
-            obj.insert("kind".into(), snake(&variant).into());
             if let serde_json::Value::Object(fields) = fields {
-                obj.extend(fields);
+                for (k, v) in fields {
+                    let k = if k == "kind" { "file_kind".to_string() } else { k };
+                    obj.insert(k, v);
+                }
             }
+            obj.insert("kind".into(), snake(&variant).into());
         }
+    }
+    match &p.kind {
+        FsckProblemKind::WrongNlink { kind, .. } | FsckProblemKind::Detached { kind, .. } => {
+            obj.insert("file_kind".into(), kind_name(*kind).into());
+        }
+        _ => {}
     }
     obj.insert("outcome".into(), outcome_name(p.outcome).into());
     if let FsckOutcome::Failed(e) = p.outcome {
@@ -449,6 +459,19 @@ mod tests {
         assert_eq!(v["live"], 1);
         assert_eq!(v["outcome"], "failed");
         assert_eq!(v["error"], "internal error");
+    }
+
+    #[test]
+    fn a_file_kind_field_does_not_hide_the_problem_kind() {
+        let p = FsckProblem {
+            kind: FsckProblemKind::Detached { ino: InodeId(3), kind: FileKind::Dir },
+            outcome: FsckOutcome::Found,
+        };
+        let v = problem_json(&p);
+        assert_eq!(
+            (v["kind"].as_str(), v["file_kind"].as_str(), v["ino"].as_u64()),
+            (Some("detached"), Some("directory"), Some(3))
+        );
     }
 
     #[test]
