@@ -12,7 +12,7 @@ mod scan;
 use crate::namespace::Command;
 use crate::service::Shared;
 use crate::store::{internal, Store};
-use crate::tables::{self, meta_keys, FORMAT_VERSION, MAGIC_VALUE};
+use crate::tables::{self, FORMAT_VERSION};
 use redb::{ReadOnlyDatabase, ReadTransaction, ReadableDatabase};
 use scan::{Plan, Scan};
 use std::collections::{HashMap, HashSet};
@@ -137,24 +137,11 @@ pub fn offline(path: &Path, progress: &dyn Fn(u64, u64)) -> Result<FsckReport, O
 }
 
 fn check_identity(txn: &ReadTransaction, path: &Path) -> Result<(), OfflineError> {
-    let not_ours = || OfflineError::NotOurs { path: path.to_path_buf() };
-    let meta = txn.open_table(tables::META).map_err(|_| not_ours())?;
-    let get = |k: &str| -> Result<Option<Vec<u8>>, OfflineError> {
-        Ok(meta
-            .get(k)
-            .map_err(|e| OfflineError::Read { path: path.to_path_buf(), source: e.into() })?
-            .map(|v| v.value().to_vec()))
-    };
-    if get(meta_keys::MAGIC)?.as_deref() != Some(MAGIC_VALUE) {
-        return Err(not_ours());
+    match tables::check_format(txn).map_err(|e| OfflineError::Read { path: path.to_path_buf(), source: e.into() })? {
+        tables::Format::NotOurs => Err(OfflineError::NotOurs { path: path.to_path_buf() }),
+        tables::Format::TooNew(version) => Err(OfflineError::TooNew { path: path.to_path_buf(), version }),
+        tables::Format::Ours { .. } => Ok(()),
     }
-    let version = get(meta_keys::FORMAT_VERSION)?
-        .and_then(|v| Some(u32::from_le_bytes(v.as_slice().try_into().ok()?)))
-        .ok_or_else(not_ours)?;
-    if version > FORMAT_VERSION {
-        return Err(OfflineError::TooNew { path: path.to_path_buf(), version });
-    }
-    Ok(())
 }
 
 /// Checks the live filesystem of a running master and, with `repair`,

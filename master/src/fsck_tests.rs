@@ -8,6 +8,7 @@ use super::*;
 use crate::namespace::{apply, ApplyError, Context, FsckOp, InodeField, MetaCounter, Reply, Tables, LOST_FOUND};
 use crate::records::{ChunkRecord, InodeRecord};
 use crate::store::DB_FILE;
+use crate::tables::meta_keys;
 use redb::{Database, ReadableTable};
 use stripefs_proto::types::{ChunkCommit, FileKind, FsckCounts, Owner, Timestamp};
 use stripefs_proto::InodeId;

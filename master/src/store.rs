@@ -515,34 +515,21 @@ fn create_fs(db: &Database, chunk_size: u32) -> Result<(), redb::Error> {
 fn check_existing(db: &Database, path: &Path, chunk_size: Option<u32>) -> Result<(), OpenError> {
     let not_ours = || OpenError::Refused(format!("{} is not a stripefs master database", path.display()));
     let txn = db.begin_read().map_err(|e| db_err(path)(e.into()))?;
-    let meta = txn.open_table(tables::META).map_err(|_| not_ours())?;
-    let get = |k: &str| -> Result<Option<Vec<u8>>, OpenError> {
-        Ok(meta.get(k).map_err(|e| db_err(path)(e.into()))?.map(|v| v.value().to_vec()))
-    };
-    if get(meta_keys::MAGIC)?.as_deref() != Some(MAGIC_VALUE) {
-        return Err(not_ours());
-    }
-    let version = get(meta_keys::FORMAT_VERSION)?
-        .and_then(|v| Some(u32::from_le_bytes(v.as_slice().try_into().ok()?)))
-        .ok_or_else(not_ours)?;
-    if version > FORMAT_VERSION {
-        return Err(OpenError::Refused(format!(
+    match tables::check_format(&txn).map_err(|e| db_err(path)(e.into()))? {
+        tables::Format::NotOurs => Err(not_ours()),
+        tables::Format::TooNew(version) => Err(OpenError::Refused(format!(
             "{} has database format version {version}, newer than this stripefs-master supports \
              ({FORMAT_VERSION}); run a newer stripefs-master",
             path.display()
-        )));
-    }
-    if let Some(want) = chunk_size {
-        let have = get(meta_keys::CHUNK_SIZE)?
-            .and_then(|v| Some(u32::from_le_bytes(v.as_slice().try_into().ok()?)))
-            .ok_or_else(not_ours)?;
-        if have != want {
-            return Err(OpenError::Refused(format!(
+        ))),
+        tables::Format::Ours { chunk_size: have } => match (chunk_size, have) {
+            (Some(want), Some(have)) if want != have => Err(OpenError::Refused(format!(
                 "this filesystem was created with chunk size {have}; --chunk-size {want} cannot change it"
-            )));
-        }
+            ))),
+            (Some(_), None) => Err(not_ours()),
+            _ => Ok(()),
+        },
     }
-    Ok(())
 }
 
 fn read_identity(db: &Database) -> Result<(String, u32, u64), redb::Error> {

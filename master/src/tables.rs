@@ -44,3 +44,34 @@ pub const MAGIC_VALUE: &[u8] = b"stripefs-master";
 
 /// The database format this master writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
+
+/// What the `meta.v1` table of a database says about its format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Not a stripefs master database (no meta table, magic or version).
+    NotOurs,
+    /// A stripefs database of a newer format than this code reads.
+    TooNew(u32),
+    /// A database this code reads, with its chunk size.
+    Ours {
+        /// Chunk size of the filesystem, if recorded.
+        chunk_size: Option<u32>,
+    },
+}
+
+/// Reads the format of a database from its read transaction: the one check
+/// shared by the master's open and fsck's offline open.
+pub fn check_format(txn: &redb::ReadTransaction) -> Result<Format, redb::StorageError> {
+    let Ok(meta) = txn.open_table(META) else { return Ok(Format::NotOurs) };
+    let get_u32 = |k: &str| -> Result<Option<u32>, redb::StorageError> {
+        Ok(meta.get(k)?.and_then(|v| Some(u32::from_le_bytes(v.value().try_into().ok()?))))
+    };
+    if meta.get(meta_keys::MAGIC)?.map(|v| v.value() == MAGIC_VALUE) != Some(true) {
+        return Ok(Format::NotOurs);
+    }
+    match get_u32(meta_keys::FORMAT_VERSION)? {
+        None => Ok(Format::NotOurs),
+        Some(v) if v > FORMAT_VERSION => Ok(Format::TooNew(v)),
+        Some(_) => Ok(Format::Ours { chunk_size: get_u32(meta_keys::CHUNK_SIZE)? }),
+    }
+}
