@@ -1,0 +1,123 @@
+//! Mount options, replica locality and refused peers.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use stripefs_client::MountOptions;
+use stripefs_proto::InodeId;
+use stripefs_tests::{errno, random_bytes, sha256, tarpc_ctx, TestCluster};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+}
+
+fn chunk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(chunk_files(&p));
+        } else if p.extension().is_some_and(|x| x == "chunk") {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_read_only_mount_refuses_changes_and_reads() {
+    let c = TestCluster::builder().start();
+    let rw = c.mount();
+    fs::write(rw.join("f"), b"data").expect("write");
+    let ro = c.mount_with(MountOptions { read_only: true, ..Default::default() });
+    assert_eq!(fs::read(ro.join("f")).expect("read"), b"data");
+    let e = fs::write(ro.join("g"), b"x").expect_err("create on ro");
+    assert_eq!(errno(&e), libc::EROFS);
+    let e = fs::OpenOptions::new().write(true).open(ro.join("f")).expect_err("open for write on ro");
+    assert_eq!(errno(&e), libc::EROFS);
+    let e = fs::remove_file(ro.join("f")).expect_err("unlink on ro");
+    assert_eq!(errno(&e), libc::EROFS);
+}
+
+/// A client on a node's host writes the first replica of every chunk
+/// there; a client on another node's host reads that host's replica,
+/// although the master lists it second.
+#[test]
+fn writes_and_reads_stay_on_the_clients_host() {
+    // Two nodes, replication 2: every chunk is on both hosts.
+    let c = TestCluster::builder().nodes(2).chunk_size(256 * 1024).start();
+    let writer = MountOptions { host: Some(TestCluster::node_host(0)), ..Default::default() };
+    let m = c.mount_with(writer);
+    let data = random_bytes(1_000_000);
+    fs::write(m.join("f"), &data).expect("write");
+    let ino = fs::metadata(m.join("f")).expect("stat").ino();
+    drop(m);
+    let locs = rt().block_on(async {
+        let client = c.master_client().await;
+        client.chunks(tarpc_ctx(), InodeId(ino), 0, 100).await.expect("rpc").expect("chunks")
+    });
+    assert_eq!(locs.len(), 4);
+    for l in &locs {
+        assert_eq!(l.replicas[0].host, TestCluster::node_host(0), "chunk {} not placed writer-first", l.index);
+    }
+    // Damage node 0's replicas. A client on node 1's host must read node 1's
+    // replicas: had it read node 0's first (as the master lists them), it
+    // would have reported them corrupt and the master would replace them.
+    let mut damaged = Vec::new();
+    for f in chunk_files(&c.node_dir(0)) {
+        let mut b = fs::read(&f).expect("read replica");
+        let at = b.len() - 10;
+        b[at] ^= 0xff;
+        fs::write(&f, &b).expect("damage");
+        damaged.push((f, b));
+    }
+    assert_eq!(damaged.len(), 4);
+    let reader = MountOptions { host: Some(TestCluster::node_host(1)), ..Default::default() };
+    let m = c.mount_with(reader);
+    for _ in 0..3 {
+        assert_eq!(sha256(&fs::read(m.join("f")).expect("read")), sha256(&data));
+    }
+    std::thread::sleep(Duration::from_millis(800));
+    for (f, bytes) in &damaged {
+        assert_eq!(&fs::read(f).expect("still there"), bytes, "{} was read and reported: not read-local", f.display());
+    }
+}
+
+/// A node that does not hold the cluster secret is refused: it never
+/// registers.
+#[test]
+fn a_node_with_a_wrong_secret_is_refused() {
+    let c = TestCluster::builder().nodes(1).start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let token = tokio_util::sync::CancellationToken::new();
+    let master = c.master_addr.clone();
+    let t = token.clone();
+    let node = rt.spawn(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.9:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let cfg = stripefs_node::Config {
+            data_dir: dir.path().to_path_buf(),
+            advertise_addr: addr,
+            master_addr: master,
+            host: "intruder".into(),
+            zone: "z".into(),
+            secret: stripefs_proto::net::Secret::new(b"not-the-cluster-secret".to_vec(), "test").expect("secret"),
+            heartbeat_interval: Duration::from_millis(100),
+            reserve_bytes: 0,
+            scrub_bytes_per_sec: 0,
+            scrub_pause: Duration::from_secs(60),
+        };
+        stripefs_node::run(cfg, listener, t).await
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let nodes = rt.block_on(async {
+        let client = c.master_client().await;
+        client.nodes(tarpc_ctx()).await.expect("rpc").expect("nodes")
+    });
+    assert_eq!(nodes.len(), 1, "the intruder registered: {nodes:?}");
+    assert!(nodes.iter().all(|n| n.host != "intruder"));
+    token.cancel();
+    let _ = rt.block_on(node);
+}
