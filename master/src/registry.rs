@@ -103,6 +103,7 @@ impl Registry {
                 used_bytes: e.used,
                 chunk_count: e.chunks,
                 last_seen_ms: e.last_seen.map(|t| now.duration_since(t).as_millis() as u64).unwrap_or(u64::MAX),
+                pending_deletions: 0,
             })
             .collect();
         out.sort_by_key(|n| n.id);

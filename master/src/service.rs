@@ -392,7 +392,12 @@ impl MasterService for MasterServer {
     }
 
     async fn nodes(self, _: Context) -> Result<Vec<NodeStatus>, FsError> {
-        Ok(self.shared.registry.status())
+        let pending = self.shared.store.pending_deletions_by_node()?;
+        let mut nodes = self.shared.registry.status();
+        for n in &mut nodes {
+            n.pending_deletions = pending.get(&n.id).copied().unwrap_or(0);
+        }
+        Ok(nodes)
     }
 
     async fn register_node(self, _: Context, hello: NodeHello) -> Result<Registered, FsError> {

@@ -437,6 +437,18 @@ impl Store {
         t.len().map_err(internal)
     }
 
+    /// Replica deletions waiting, per node.
+    pub fn pending_deletions_by_node(&self) -> Result<HashMap<NodeId, u64>, FsError> {
+        let txn = self.read()?;
+        let t = txn.open_table(tables::DELETIONS).map_err(internal)?;
+        let mut out = HashMap::new();
+        for item in t.iter().map_err(internal)? {
+            let (k, _) = item.map_err(internal)?;
+            *out.entry(NodeId(k.value().0)).or_insert(0) += 1;
+        }
+        Ok(out)
+    }
+
     /// Whether `ino` is an orphan (unlinked, still open).
     pub fn is_orphan(&self, ino: InodeId) -> Result<bool, FsError> {
         let txn = self.read()?;

@@ -294,6 +294,8 @@ pub struct NodeStatus {
     pub chunk_count: u64,
     /// Milliseconds since its last heartbeat.
     pub last_seen_ms: u64,
+    /// Replica deletions waiting for this node (garbage not yet reclaimed).
+    pub pending_deletions: u64,
 }
 
 /// A node's registration.

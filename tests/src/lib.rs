@@ -309,6 +309,13 @@ impl TestCluster {
         }
     }
 
+    /// Starts node `i` again after [`TestCluster::stop_node`], on its data
+    /// directory.
+    pub fn start_node_again(&mut self, i: usize) {
+        assert!(self.nodes[i].is_none(), "node {i} is running");
+        self.start_node(i);
+    }
+
     /// Restarts node `i` on its data directory.
     pub fn restart_node(&mut self, i: usize) {
         self.stop_node(i);

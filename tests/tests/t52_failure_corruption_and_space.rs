@@ -165,3 +165,37 @@ fn full_disks_give_enospc_and_damage_nothing() {
     drop(f);
     assert_eq!(sha256(&fs::read(m.join("kept")).expect("read")), sha256(&kept), "what was written is intact");
 }
+
+/// A node away while its chunk was rewritten comes back with the old
+/// version: it is deleted there (and was shown pending in `stripefs
+/// status` meanwhile), and readers only ever get the new one.
+#[test]
+fn a_returning_node_drops_stale_versions() {
+    let mut c = TestCluster::builder().nodes(3).node_dead_after(Duration::from_secs(1)).start();
+    let m = c.mount();
+    let old = random_bytes(100_000);
+    fs::write(m.join("f"), &old).expect("write v1");
+    let holder = (0..3).find(|i| !replica_files(&c.node_dir(*i)).is_empty()).expect("a holder");
+    let stale = replica_files(&c.node_dir(holder));
+    assert_eq!(stale.len(), 1);
+    c.stop_node(holder);
+    let new = random_bytes(100_000);
+    fs::write(m.join("f"), &new).expect("rewrite while the node is away");
+    // `stripefs status` shows the deletion waiting for the absent node.
+    let out = stripefs_tests::must_run(
+        std::process::Command::new(stripefs_tests::bin("stripefs")).arg("status").arg(m.path()).arg("--json"),
+        Duration::from_secs(30),
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
+    let pending: u64 =
+        status["nodes"].as_array().expect("nodes").iter().filter_map(|n| n["pending_deletions"].as_u64()).sum();
+    assert!(pending >= 1, "status shows no pending deletion: {status}");
+    c.start_node_again(holder);
+    let took = wait_until("the stale version is deleted on the returning node", Duration::from_secs(20), || {
+        !stale[0].exists()
+    });
+    println!("stale replica removed {:.1} s after the node returned", took.as_secs_f64());
+    drop(m);
+    let m = c.mount();
+    assert_eq!(sha256(&fs::read(m.join("f")).expect("read")), sha256(&new));
+}

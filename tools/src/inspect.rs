@@ -50,6 +50,7 @@ pub async fn status(t: &Target, json: bool) -> anyhow::Result<()> {
                     "state": if n.alive { "up" } else { "down" },
                     "capacity_bytes": n.capacity_bytes, "free_bytes": n.free_bytes,
                     "used_bytes": n.used_bytes, "chunks": n.chunk_count,
+                    "pending_deletions": n.pending_deletions,
                 })
             })
             .collect();
@@ -62,17 +63,18 @@ pub async fn status(t: &Target, json: bool) -> anyhow::Result<()> {
     }
     println!("master {}", t.master);
     println!(
-        "{:>4}  {:<22} {:<12} {:<10} {:<5} {:>10} {:>10} {:>10} {:>8}",
-        "ID", "ADDRESS", "HOST", "ZONE", "STATE", "CAPACITY", "USED", "FREE", "CHUNKS"
+        "{:>4}  {:<22} {:<12} {:<10} {:<5} {:>10} {:>10} {:>10} {:>8} {:>9}",
+        "ID", "ADDRESS", "HOST", "ZONE", "STATE", "CAPACITY", "USED", "FREE", "CHUNKS", "DELETING"
     );
-    let (mut used, mut chunks, mut up) = (0, 0, 0);
+    let (mut used, mut chunks, mut up, mut deleting) = (0, 0, 0, 0);
     for n in &nodes {
         let state = if n.alive { "up" } else { "down" };
         up += n.alive as usize;
         used += n.used_bytes;
         chunks += n.chunk_count;
+        deleting += n.pending_deletions;
         println!(
-            "{:>4}  {:<22} {:<12} {:<10} {:<5} {:>10} {:>10} {:>10} {:>8}",
+            "{:>4}  {:<22} {:<12} {:<10} {:<5} {:>10} {:>10} {:>10} {:>8} {:>9}",
             n.id.0,
             n.addr,
             n.host,
@@ -81,11 +83,13 @@ pub async fn status(t: &Target, json: bool) -> anyhow::Result<()> {
             human(n.capacity_bytes),
             human(n.used_bytes),
             human(n.free_bytes),
-            n.chunk_count
+            n.chunk_count,
+            n.pending_deletions
         );
     }
     println!(
-        "total: {up}/{} nodes up, capacity {}, free {}, used by chunks {}, {chunks} chunk replicas, {} inodes",
+        "total: {up}/{} nodes up, capacity {}, free {}, used by chunks {}, {chunks} chunk replicas, \
+         {deleting} replica deletions pending, {} inodes",
         nodes.len(),
         human(fs.total_bytes),
         human(fs.free_bytes),
