@@ -102,6 +102,8 @@ impl Repairs {
                 Err(_) => Vec::new(),
             };
             tracing::info!("chunk {chunk} v{version} copied to node {node}");
+            // A good copy replaces a corrupt one the node may have held.
+            shared.corrupt.lock().unwrap_or_else(|e| e.into_inner()).remove(&(node, chunk, version));
             out.push(Command::AddReplica { ino: p.ino, index: p.index, chunk, version, node, drop_dead });
         }
         out

@@ -610,3 +610,30 @@ fn count_chunk_files(dir: &Path) -> u64 {
         })
         .sum()
 }
+
+/// Runs `stripefs fsck PATH --json` until it reports a clean filesystem
+/// (exit 0, no problem), for up to `limit`; returns how long that took.
+/// Fails with fsck's last report when it never gets there: after a
+/// failure has been repaired, fsck must find nothing else.
+pub fn wait_fsck_clean(path: &Path, limit: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let out = run_with_deadline(
+            std::process::Command::new(bin("stripefs")).arg("fsck").arg(path).arg("--json"),
+            Duration::from_secs(60),
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        let no_problems = report["problems"].as_array().is_some_and(|p| p.is_empty());
+        if out.status.code() == Some(0) && no_problems {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "fsck still reports problems after {limit:?} (exit {:?}):\n{}\n{}",
+            out.status.code(),
+            serde_json::to_string_pretty(&report).unwrap_or_default(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}

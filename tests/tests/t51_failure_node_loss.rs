@@ -81,6 +81,11 @@ fn a_dead_node_is_replaced_and_reads_go_on() {
     let m = c.mount();
     assert_eq!(sha256(&fs::read(m.join("f")).expect("read with two nodes down")), sha256(&data));
     assert_eq!(sha256(&fs::read(m.join("g")).expect("read")), sha256(&more));
+    // The files written with one node down end up fully replicated too.
+    c.start_node_again(0);
+    c.start_node_again(1);
+    c.wait_nodes_up(3);
+    stripefs_tests::wait_fsck_clean(m.path(), Duration::from_secs(60));
 }
 
 #[test]
@@ -103,4 +108,6 @@ fn five_nodes_replication_three_lose_two() {
     let took = wait_fully_replicated(&c, ino, 3, 2, "5 nodes, replication 3, after losing 2");
     println!("time to full replication after killing 2 of 5 nodes: {:.1} s", took.as_secs_f64());
     assert_eq!(sha256(&fs::read(m.join("r3/f")).expect("read")), sha256(&data));
+    let clean = stripefs_tests::wait_fsck_clean(m.path(), Duration::from_secs(60));
+    println!("fsck clean {:.1} s after full replication", clean.as_secs_f64());
 }

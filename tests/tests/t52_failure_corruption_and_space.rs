@@ -99,6 +99,7 @@ fn a_corrupt_replica_is_never_returned_and_gets_replaced() {
     });
     println!("corrupt replica replaced after {:.1} s", took.as_secs_f64());
     assert_eq!(sha256(&fs::read(m.join("f")).expect("read")), sha256(&data));
+    stripefs_tests::wait_fsck_clean(m.path(), Duration::from_secs(30));
 }
 
 #[test]
@@ -118,6 +119,7 @@ fn the_scrubber_finds_damage_nobody_reads() {
     drop(m);
     let m = c.mount();
     assert_eq!(sha256(&fs::read(m.join("cold")).expect("read")), sha256(&data));
+    stripefs_tests::wait_fsck_clean(m.path(), Duration::from_secs(30));
 }
 
 #[test]
@@ -164,6 +166,7 @@ fn full_disks_give_enospc_and_damage_nothing() {
     assert_eq!(errno(&e), libc::ENOSPC, "{e}");
     drop(f);
     assert_eq!(sha256(&fs::read(m.join("kept")).expect("read")), sha256(&kept), "what was written is intact");
+    stripefs_tests::wait_fsck_clean(m.path(), Duration::from_secs(30));
 }
 
 /// A node away while its chunk was rewritten comes back with the old

@@ -180,6 +180,10 @@ fn sigkill_of_a_node_during_writes_and_reads() {
     c.kill_node(2);
     let back = reader.join().expect("reader thread").expect("no error reaches the reader");
     assert_eq!(sha256(&back), sha256(&data));
+    // Two of four nodes are gone: every chunk is copied back to two live
+    // nodes, then fsck finds nothing.
+    let took = stripefs_tests::wait_fsck_clean(m.path(), Duration::from_secs(60));
+    println!("fsck clean {:.1} s after the second kill", took.as_secs_f64());
 }
 
 #[test]
@@ -213,4 +217,5 @@ fn sigkill_of_the_master_during_writes() {
     assert!(status.success(), "no error reaches the writer: dd {status}");
     assert!(m.join("before").is_dir(), "an acknowledged mkdir survived kill -9 of the master");
     assert_eq!(sha256(&fs::read(m.join("f")).expect("read")), sha256(&data));
+    stripefs_tests::wait_fsck_clean(m.path(), Duration::from_secs(60));
 }
