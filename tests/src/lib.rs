@@ -286,7 +286,7 @@ impl TestCluster {
 
     /// How many chunk replica files (`*.chunk`) the nodes hold on disk.
     pub fn replica_files(&self) -> u64 {
-        (0..self.nodes.len()).map(|i| count_chunk_files(&self.node_dir(i).join("chunks"))).sum()
+        (0..self.nodes.len()).map(|i| replica_paths(&self.node_dir(i)).len() as u64).sum()
     }
 
     /// Waits (up to 20 s) until the nodes hold exactly `n` replica files.
@@ -597,18 +597,18 @@ pub fn mount_type(dir: &Path) -> Option<String> {
     })
 }
 
-fn count_chunk_files(dir: &Path) -> u64 {
-    let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
-    rd.filter_map(|e| e.ok())
-        .map(|e| {
-            let p = e.path();
-            if p.is_dir() {
-                count_chunk_files(&p)
-            } else {
-                u64::from(p.extension().is_some_and(|x| x == "chunk"))
-            }
-        })
-        .sum()
+/// Every replica file (`*.chunk`) under `dir`, e.g. a node's data directory.
+pub fn replica_paths(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(replica_paths(&p));
+        } else if p.extension().is_some_and(|x| x == "chunk") {
+            out.push(p);
+        }
+    }
+    out
 }
 
 /// Runs `stripefs fsck PATH --json` until it reports a clean filesystem,

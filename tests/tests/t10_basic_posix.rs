@@ -209,27 +209,13 @@ fn unlinked_open_file_stays_usable_until_closed() {
     // and the nodes drop them; wait for the nodes' chunk count to reach 0.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
-        let chunks: u64 = (0..3).map(|i| walk_count(&c.node_dir(i).join("chunks"))).sum();
+        let chunks: u64 = (0..3).map(|i| stripefs_tests::replica_paths(&c.node_dir(i)).len() as u64).sum();
         if chunks == 0 {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "{chunks} replicas of the deleted file are still on the nodes");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-}
-
-fn walk_count(dir: &std::path::Path) -> u64 {
-    let Ok(rd) = fs::read_dir(dir) else { return 0 };
-    rd.filter_map(|e| e.ok())
-        .map(|e| {
-            let p = e.path();
-            if p.is_dir() {
-                walk_count(&p)
-            } else {
-                u64::from(p.extension().is_some_and(|x| x == "chunk"))
-            }
-        })
-        .sum()
 }
 
 #[test]

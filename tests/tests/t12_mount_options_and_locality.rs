@@ -2,27 +2,13 @@
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 use stripefs_client::MountOptions;
 use stripefs_proto::InodeId;
-use stripefs_tests::{errno, random_bytes, sha256, tarpc_ctx, TestCluster};
+use stripefs_tests::{errno, random_bytes, replica_paths, sha256, tarpc_ctx, TestCluster};
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
-}
-
-fn chunk_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(chunk_files(&p));
-        } else if p.extension().is_some_and(|x| x == "chunk") {
-            out.push(p);
-        }
-    }
-    out
 }
 
 #[test]
@@ -65,7 +51,7 @@ fn writes_and_reads_stay_on_the_clients_host() {
     // replicas: had it read node 0's first (as the master lists them), it
     // would have reported them corrupt and the master would replace them.
     let mut damaged = Vec::new();
-    for f in chunk_files(&c.node_dir(0)) {
+    for f in replica_paths(&c.node_dir(0)) {
         let mut b = fs::read(&f).expect("read replica");
         let at = b.len() - 10;
         b[at] ^= 0xff;

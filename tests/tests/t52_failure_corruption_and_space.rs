@@ -3,25 +3,10 @@
 use std::collections::HashSet;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 use stripefs_proto::{InodeId, NodeId};
-use stripefs_tests::{errno, random_bytes, sha256, tarpc_ctx, TestCluster};
-
-/// Replica files (`*.chunk`) under a node's data directory.
-fn replica_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(rd) = fs::read_dir(dir) else { return out };
-    for e in rd.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(replica_files(&p));
-        } else if p.extension().is_some_and(|x| x == "chunk") {
-            out.push(p);
-        }
-    }
-    out
-}
+use stripefs_tests::{errno, random_bytes, replica_paths, sha256, tarpc_ctx, TestCluster};
 
 /// Flips one byte of a block's data in a replica file (past the header
 /// and block table, so only a block's crc can catch it); returns the
@@ -85,7 +70,7 @@ fn a_corrupt_replica_is_never_returned_and_gets_replaced() {
         locs[0].replicas[0].addr.clone()
     });
     let holder = (0..3).find(|i| c.node_addr(*i) == first_addr).expect("the node of the first replica");
-    let damaged = replica_files(&c.node_dir(holder));
+    let damaged = replica_paths(&c.node_dir(holder));
     assert_eq!(damaged.len(), 1);
     let bad = flip_a_data_byte(&damaged[0]);
     // A fresh mount (no cached blocks) reads the damaged replica first:
@@ -109,8 +94,8 @@ fn the_scrubber_finds_damage_nobody_reads() {
     let data = random_bytes(100_000);
     fs::write(m.join("cold"), &data).expect("write");
     let ino = fs::metadata(m.join("cold")).expect("stat").ino();
-    let holder = (0..3).find(|i| !replica_files(&c.node_dir(*i)).is_empty()).expect("a holder");
-    let damaged = replica_files(&c.node_dir(holder));
+    let holder = (0..3).find(|i| !replica_paths(&c.node_dir(*i)).is_empty()).expect("a holder");
+    let damaged = replica_paths(&c.node_dir(holder));
     let bad = flip_a_data_byte(&damaged[0]);
     let took = wait_until("the scrubber reports and the master replaces", Duration::from_secs(30), || {
         damage_gone(&damaged[0], &bad) && live_replicas(&c, ino).iter().all(|s| s.len() == 2)
@@ -127,10 +112,10 @@ fn unreferenced_replicas_are_collected() {
     let mut c = TestCluster::builder().nodes(3).gc_grace(Duration::ZERO).start();
     let m = c.mount();
     fs::write(m.join("f"), random_bytes(50_000)).expect("write");
-    let holder = (0..3).find(|i| !replica_files(&c.node_dir(*i)).is_empty()).expect("a holder");
-    let other = (0..3).find(|i| replica_files(&c.node_dir(*i)).is_empty()).expect("a node without it");
+    let holder = (0..3).find(|i| !replica_paths(&c.node_dir(*i)).is_empty()).expect("a holder");
+    let other = (0..3).find(|i| replica_paths(&c.node_dir(*i)).is_empty()).expect("a node without it");
     // A stray copy nobody references (as a crash in mid-upload leaves).
-    let src = replica_files(&c.node_dir(holder))[0].clone();
+    let src = replica_paths(&c.node_dir(holder))[0].clone();
     let rel = src.strip_prefix(c.node_dir(holder)).expect("relative").to_path_buf();
     let stray = c.node_dir(other).join(rel);
     fs::create_dir_all(stray.parent().expect("dir")).expect("mkdir");
@@ -178,8 +163,8 @@ fn a_returning_node_drops_stale_versions() {
     let m = c.mount();
     let old = random_bytes(100_000);
     fs::write(m.join("f"), &old).expect("write v1");
-    let holder = (0..3).find(|i| !replica_files(&c.node_dir(*i)).is_empty()).expect("a holder");
-    let stale = replica_files(&c.node_dir(holder));
+    let holder = (0..3).find(|i| !replica_paths(&c.node_dir(*i)).is_empty()).expect("a holder");
+    let stale = replica_paths(&c.node_dir(holder));
     assert_eq!(stale.len(), 1);
     c.stop_node(holder);
     let new = random_bytes(100_000);
