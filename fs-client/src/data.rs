@@ -186,7 +186,13 @@ impl FsCore {
         // Nodes that failed this upload: the next placement avoids them.
         let mut exclude: Vec<stripefs_proto::NodeId> = Vec::new();
         for attempt in 0..WRITE_ATTEMPTS {
-            let alloc = self.alloc_waiting(ino, index, &host, &exclude).await?;
+            let alloc = match self.alloc_waiting(ino, index, &host, &exclude).await {
+                Ok(a) => a,
+                // Every node left has failed this upload (full disks, say):
+                // their error is the answer, not "no node yet".
+                Err(ClientError::Fs(FsError::Unavailable)) if !exclude.is_empty() => return Err(last_err),
+                Err(e) => return Err(e),
+            };
             let Some((first, rest)) = alloc.targets.split_first() else {
                 return Err(FsError::Unavailable.into());
             };
@@ -265,7 +271,8 @@ impl FsCore {
 
     /// Allocates a chunk version; while no storage node is live (e.g. just
     /// after a master restart, before the nodes have registered again),
-    /// waits up to `master_timeout` instead of failing.
+    /// waits up to `master_timeout` instead of failing. With nodes to
+    /// `exclude` (they failed this upload), fails at once instead.
     async fn alloc_waiting(
         &self,
         ino: InodeId,
@@ -284,7 +291,9 @@ impl FsCore {
                 })
                 .await;
             match r {
-                Err(ClientError::Fs(FsError::Unavailable)) if std::time::Instant::now() + backoff < deadline => {
+                Err(ClientError::Fs(FsError::Unavailable))
+                    if exclude.is_empty() && std::time::Instant::now() + backoff < deadline =>
+                {
                     tracing::info!("no live storage node for chunk {index} of inode {ino} yet; waiting");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(std::time::Duration::from_secs(1));

@@ -221,13 +221,6 @@ pub async fn run<H: HoldsStore>(owner: Arc<H>, view: NodeView, repair: bool) -> 
                     .into(),
             );
         }
-        if has(|k| matches!(k, FsckProblemKind::UnreferencedReplica { .. } | FsckProblemKind::StaleReplica { .. })) {
-            r.notes.push(
-                "replicas nobody references, and versions newer than the current one, are not deleted by fsck: \
-                 they may belong to uploads in progress; garbage collection deletes them once old enough"
-                    .into(),
-            );
-        }
     }
     Ok(r)
 }
@@ -273,8 +266,18 @@ fn report(scan: Scan, online: bool, repair: bool, outcomes: &[FsckOutcome]) -> F
         corrected: 0,
         uncorrected: 0,
         notes: Vec::new(),
+        garbage: Vec::new(),
+        garbage_count: 0,
     };
     for (kind, plan) in scan.problems {
+        if kind.is_garbage() {
+            r.problem_count -= 1;
+            r.garbage_count += 1;
+            if r.garbage.len() < FsckReport::MAX_LISTED {
+                r.garbage.push(kind);
+            }
+            continue;
+        }
         let outcome = if !repair {
             FsckOutcome::Found
         } else {
@@ -293,6 +296,13 @@ fn report(scan: Scan, online: bool, repair: bool, outcomes: &[FsckOutcome]) -> F
         if r.problems.len() < FsckReport::MAX_LISTED {
             r.problems.push(FsckProblem { kind, outcome });
         }
+    }
+    if r.garbage_count > 0 {
+        r.notes.push(format!(
+            "{} replica(s) await garbage collection (nobody references them, or an upload never committed them): \
+             not problems; the master deletes them once they are older than its grace period",
+            r.garbage_count
+        ));
     }
     if r.problem_count > r.problems.len() as u64 {
         r.notes.push(format!("only the first {} of {} problems are listed", r.problems.len(), r.problem_count));

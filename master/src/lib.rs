@@ -12,6 +12,8 @@ pub mod repair;
 pub mod service;
 pub mod store;
 pub mod tables;
+#[cfg(test)]
+mod test_util;
 
 use futures::StreamExt;
 use std::path::PathBuf;

@@ -198,23 +198,10 @@ pub enum Command {
         version: Version,
         /// Node holding the copy.
         node: NodeId,
-        /// Replicas on dead nodes to forget (and delete when they return)
-        /// once the copy is recorded: the chunk is fully replicated again.
-        drop_dead: Vec<NodeId>,
-    },
-    /// A replica failed its checksum: forget it (and delete it on its
-    /// node), so re-replication replaces it.
-    DropReplica {
-        /// File.
-        ino: InodeId,
-        /// Chunk index.
-        index: u64,
-        /// Chunk.
-        chunk: ChunkId,
-        /// Version.
-        version: Version,
-        /// Node holding the bad replica.
-        node: NodeId,
+        /// Replicas on dead nodes, and corrupt ones, to forget (and delete
+        /// when their node is reachable) once the copy is recorded: the chunk
+        /// is fully replicated again.
+        drop: Vec<NodeId>,
     },
     /// Delete replicas nobody references (garbage collection).
     QueueDeletions {
@@ -656,7 +643,7 @@ pub fn apply(t: &mut Tables, cmd: &Command, ctx: &Context) -> Result<Reply, Appl
             }
             Ok(Reply::Deletions(keys.into_iter().map(|(_, c, v)| (ChunkId(c), Version(v))).collect()))
         }
-        Command::AddReplica { ino, index, chunk, version, node, drop_dead } => {
+        Command::AddReplica { ino, index, chunk, version, node, drop } => {
             let rec = match t.chunks.get((ino.0, *index))? {
                 Some(v) => Some(ChunkRecord::decode(v.value())?),
                 None => None,
@@ -666,8 +653,8 @@ pub fn apply(t: &mut Tables, cmd: &Command, ctx: &Context) -> Result<Reply, Appl
                     if !rec.replicas.contains(node) {
                         rec.replicas.push(*node);
                     }
-                    let dropped: Vec<NodeId> = rec.replicas.iter().copied().filter(|n| drop_dead.contains(n)).collect();
-                    rec.replicas.retain(|n| !drop_dead.contains(n));
+                    let dropped: Vec<NodeId> = rec.replicas.iter().copied().filter(|n| drop.contains(n)).collect();
+                    rec.replicas.retain(|n| !drop.contains(n));
                     for n in dropped {
                         t.deletions.insert((n.0, chunk.0, version.0), ())?;
                     }
@@ -679,20 +666,6 @@ pub fn apply(t: &mut Tables, cmd: &Command, ctx: &Context) -> Result<Reply, Appl
                     t.deletions.insert((node.0, chunk.0, version.0), ())?;
                 }
             }
-            Ok(Reply::Unit)
-        }
-        Command::DropReplica { ino, index, chunk, version, node } => {
-            let rec = match t.chunks.get((ino.0, *index))? {
-                Some(v) => Some(ChunkRecord::decode(v.value())?),
-                None => None,
-            };
-            if let Some(mut rec) = rec {
-                if rec.chunk == *chunk && rec.version == *version && rec.replicas.contains(node) {
-                    rec.replicas.retain(|n| n != node);
-                    t.chunks.insert((ino.0, *index), rec.encode().as_slice())?;
-                }
-            }
-            t.deletions.insert((node.0, chunk.0, version.0), ())?;
             Ok(Reply::Unit)
         }
         Command::QueueDeletions { replicas } => {

@@ -19,7 +19,8 @@ const MAX_IN_FLIGHT: usize = 32;
 const MAX_PER_NODE: usize = 4;
 /// An order not reported done within this time is given up and retried.
 const ORDER_TIMEOUT: Duration = Duration::from_secs(120);
-/// How often to look for work when some node is dead.
+/// How often to look for work when some node is dead or chunks are
+/// under-replicated.
 const SCAN_INTERVAL: Duration = Duration::from_secs(1);
 /// How often to look for work when every node is alive (policy changes,
 /// writes placed on fewer nodes than wanted).
@@ -84,16 +85,19 @@ impl Repairs {
                 // garbage collection removes it later.
                 continue;
             };
-            // Replicas on dead nodes are dropped once the chunk is whole again.
-            let drop_dead = match shared.store.chunks(p.ino, p.index, 1) {
+            // Replicas on dead nodes, and corrupt ones, are dropped once
+            // the chunk is whole again.
+            let usable = |n: NodeId| shared.registry.is_alive(n) && !shared.is_corrupt(n, chunk, version);
+            let drop = match shared.store.chunks(p.ino, p.index, 1) {
                 Ok(v) => v
                     .into_iter()
                     .next()
+                    .filter(|(_, rec)| rec.chunk == chunk && rec.version == version)
                     .map(|(_, rec)| {
-                        let live = rec.replicas.iter().filter(|n| shared.registry.is_alive(**n)).count() + 1;
+                        let good = rec.replicas.iter().filter(|n| **n != node && usable(**n)).count() + 1;
                         let want = shared.store.inode(p.ino).map(|i| i.policy.replication as usize).unwrap_or(0);
-                        if live >= want {
-                            rec.replicas.into_iter().filter(|n| !shared.registry.is_alive(*n)).collect()
+                        if good >= want {
+                            rec.replicas.into_iter().filter(|n| *n != node && !usable(*n)).collect()
                         } else {
                             Vec::new()
                         }
@@ -102,29 +106,42 @@ impl Repairs {
                 Err(_) => Vec::new(),
             };
             tracing::info!("chunk {chunk} v{version} copied to node {node}");
-            // A good copy replaces a corrupt one the node may have held.
-            shared.corrupt.lock().unwrap_or_else(|e| e.into_inner()).remove(&(node, chunk, version));
-            out.push(Command::AddReplica { ino: p.ino, index: p.index, chunk, version, node, drop_dead });
+            {
+                // A good copy replaces a corrupt one the node may have held,
+                // and dropped replicas are no longer of interest.
+                let mut corrupt = shared.corrupt.lock().unwrap_or_else(|e| e.into_inner());
+                corrupt.remove(&(node, chunk, version));
+                for n in &drop {
+                    corrupt.remove(&(*n, chunk, version));
+                }
+            }
+            out.push(Command::AddReplica { ino: p.ino, index: p.index, chunk, version, node, drop });
         }
         out
     }
 
     /// One round: expire stale orders, then order copies for the most
-    /// endangered chunks, within the limits.
-    fn round(&self, shared: &Shared) {
+    /// endangered chunks, within the limits. Returns whether there is work
+    /// left: chunks still under-replicated or copies in flight.
+    fn round(&self, shared: &Shared) -> bool {
         let now = Instant::now();
-        lock(&self.pending).retain(|_, p| now.duration_since(p.since) < ORDER_TIMEOUT);
+        // An order whose target died will never be done: order it elsewhere.
+        let alive = |n: NodeId| shared.registry.is_alive(n);
+        lock(&self.pending).retain(|_, p| now.duration_since(p.since) < ORDER_TIMEOUT && alive(p.target));
+        lock(&self.outbox).retain(|n, _| alive(*n));
         let room = MAX_IN_FLIGHT.saturating_sub(self.in_flight());
         if room == 0 {
-            return;
+            return true;
         }
-        let degraded = match shared.store.under_replicated(|n| shared.registry.is_alive(n), room * 4) {
+        let usable = |n: NodeId, c: ChunkId, v: Version| shared.registry.is_alive(n) && !shared.is_corrupt(n, c, v);
+        let degraded = match shared.store.under_replicated(usable, room * 4) {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!("re-replication scan failed: {e}");
-                return;
+                return true;
             }
         };
+        let work = !degraded.is_empty() || self.in_flight() > 0;
         let mut ordered = 0;
         for d in degraded {
             if ordered >= room {
@@ -138,7 +155,7 @@ impl Repairs {
                 .rec
                 .replicas
                 .iter()
-                .filter(|n| shared.registry.is_alive(**n))
+                .filter(|n| usable(**n, d.rec.chunk, d.rec.version))
                 .filter_map(|n| shared.registry.replica(*n).map(|(r, _)| r.addr))
                 .collect();
             let busy: Vec<NodeId> = {
@@ -171,12 +188,16 @@ impl Repairs {
             });
             ordered += 1;
         }
+        work
     }
 }
 
 /// Runs re-replication rounds until `stop`.
 pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
     let mut last_scan: Option<Instant> = None;
+    // Chunks were under-replicated at the last scan (maybe with nowhere to
+    // copy them yet: a node that comes back or frees space is a target).
+    let mut work = false;
     loop {
         tokio::select! {
             biased;
@@ -186,7 +207,7 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
         }
         let due = match last_scan {
             None => true,
-            Some(t) => shared.registry.any_dead() || t.elapsed() >= IDLE_SCAN_INTERVAL,
+            Some(t) => work || shared.registry.any_dead() || t.elapsed() >= IDLE_SCAN_INTERVAL,
         };
         if !due {
             continue;
@@ -194,6 +215,10 @@ pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
         last_scan = Some(Instant::now());
         let s = shared.clone();
         // The scan reads the whole chunk table: off the async threads.
-        let _ = tokio::task::spawn_blocking(move || s.repairs.round(&s)).await;
+        work = tokio::task::spawn_blocking(move || s.repairs.round(&s)).await.unwrap_or(true);
     }
 }
+
+#[cfg(test)]
+#[path = "repair_tests.rs"]
+mod tests;

@@ -98,22 +98,39 @@ impl Shared {
         }
     }
 
-    /// A replica failed its checksum: forget it so that re-replication
-    /// replaces it from a good one, and delete it.
+    /// A replica failed its checksum. A replica of a chunk's current
+    /// version stays listed, marked corrupt, until re-replication has
+    /// made a good copy elsewhere (then it is dropped and deleted): fsck
+    /// shows it as corrupt meanwhile, it is never offered to readers while
+    /// a good one exists, and placement keeps avoiding its node. Any other
+    /// version is deleted at once.
     async fn corrupt_replica(&self, node: NodeId, chunk: ChunkId, version: Version) {
-        tracing::error!("replica of chunk {chunk} v{version} on node {node} is corrupt; replacing it");
-        self.corrupt.lock().unwrap_or_else(|e| e.into_inner()).insert((node, chunk, version));
-        let cmd = match self.store.find_chunk(chunk) {
-            Ok(Some((ino, index, rec))) if rec.version == version => {
-                Command::DropReplica { ino, index, chunk, version, node }
+        let current = match self.store.find_chunk(chunk) {
+            Ok(Some((_, _, rec))) => rec.version == version && rec.replicas.contains(&node),
+            Ok(None) => false,
+            Err(e) => {
+                tracing::error!("looking up corrupt chunk {chunk}: {e}");
+                return;
             }
-            // Not current: it would be deleted anyway.
-            _ => Command::QueueDeletions { replicas: vec![(node, chunk, version)] },
         };
-        if let Err(e) = self.store.execute(cmd).await {
-            tracing::error!("dropping the corrupt replica of chunk {chunk} on node {node}: {e}");
+        if current {
+            tracing::error!("replica of chunk {chunk} v{version} on node {node} is corrupt; replacing it");
+            self.corrupt.lock().unwrap_or_else(|e| e.into_inner()).insert((node, chunk, version));
+            self.repairs.wake();
+        } else {
+            tracing::warn!(
+                "replica of chunk {chunk} v{version} on node {node} is corrupt and not current; deleting it"
+            );
+            let cmd = Command::QueueDeletions { replicas: vec![(node, chunk, version)] };
+            if let Err(e) = self.store.execute(cmd).await {
+                tracing::error!("deleting the corrupt replica of chunk {chunk} on node {node}: {e}");
+            }
         }
-        self.repairs.wake();
+    }
+
+    /// Whether the replica of `chunk` `version` on `node` is known corrupt.
+    pub fn is_corrupt(&self, node: NodeId, chunk: ChunkId, version: Version) -> bool {
+        self.corrupt.lock().unwrap_or_else(|e| e.into_inner()).contains(&(node, chunk, version))
     }
 
     /// Releases references held by a connection that ended: an orphan is
@@ -183,10 +200,15 @@ impl MasterServer {
     }
 
     fn locate(&self, index: u64, rec: crate::records::ChunkRecord) -> ChunkLoc {
+        let corrupt = |id: &NodeId| self.shared.is_corrupt(*id, rec.chunk, rec.version);
         let mut replicas: Vec<(Replica, bool)> =
-            rec.replicas.iter().filter_map(|id| self.shared.registry.replica(*id)).collect();
-        // Live replicas first.
+            rec.replicas.iter().filter(|id| !corrupt(id)).filter_map(|id| self.shared.registry.replica(*id)).collect();
+        // Live replicas first. A corrupt replica is offered only when
+        // nothing else is left (its other blocks may still be good).
         replicas.sort_by_key(|(_, alive)| !alive);
+        if replicas.is_empty() {
+            replicas = rec.replicas.iter().filter_map(|id| self.shared.registry.replica(*id)).collect();
+        }
         ChunkLoc {
             index,
             chunk: rec.chunk,
@@ -421,6 +443,8 @@ impl MasterService for MasterServer {
             };
         tracing::info!("node {node_id} registered: {} host={} zone={}", record.addr, record.host, record.zone);
         self.shared.registry.registered(node_id, record);
+        // A node (back) is a new source and target for copies.
+        self.shared.repairs.wake();
         Ok(Registered { node_id, fs_id })
     }
 

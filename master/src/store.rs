@@ -320,9 +320,14 @@ impl Store {
         Ok(out)
     }
 
-    /// Up to `limit` chunks with fewer live replicas than their file's
-    /// replication factor (but at least one), fewest live replicas first.
-    pub fn under_replicated(&self, alive: impl Fn(NodeId) -> bool, limit: usize) -> Result<Vec<Degraded>, FsError> {
+    /// Up to `limit` chunks with fewer usable replicas (on live nodes, not
+    /// corrupt: `usable` decides) than their file's replication factor (but
+    /// at least one), fewest usable replicas first.
+    pub fn under_replicated(
+        &self,
+        usable: impl Fn(NodeId, ChunkId, Version) -> bool,
+        limit: usize,
+    ) -> Result<Vec<Degraded>, FsError> {
         let txn = self.read()?;
         let chunks = txn.open_table(tables::CHUNKS).map_err(internal)?;
         let inodes = txn.open_table(tables::INODES).map_err(internal)?;
@@ -343,7 +348,7 @@ impl Store {
                 }
             };
             let rec = ChunkRecord::decode(v.value()).map_err(internal)?;
-            let live = rec.replicas.iter().filter(|n| alive(**n)).count();
+            let live = rec.replicas.iter().filter(|n| usable(**n, rec.chunk, rec.version)).count();
             if live > 0 && live < want as usize {
                 out.push(Degraded { ino: InodeId(ino), index, live, want, rec });
             }

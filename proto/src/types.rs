@@ -429,6 +429,14 @@ pub struct FsckReport {
     pub uncorrected: u64,
     /// What was not checked and why, and other remarks for the reader.
     pub notes: Vec<String>,
+    /// Replicas awaiting garbage collection: nobody references them, or
+    /// they are newer than the current version (an upload whose commit
+    /// has not arrived, or never will). Not problems: garbage collection
+    /// deletes them once older than its grace period, and they do not
+    /// count in the exit code. At most [`FsckReport::MAX_LISTED`].
+    pub garbage: Vec<FsckProblemKind>,
+    /// Every replica awaiting garbage collection, listed or not.
+    pub garbage_count: u64,
 }
 
 impl FsckReport {
@@ -698,6 +706,19 @@ pub enum FsckProblemKind {
         /// Version.
         version: Version,
     },
+}
+
+impl FsckProblemKind {
+    /// Whether this is a replica awaiting garbage collection rather than
+    /// a problem: one nobody references, or one newer than the current
+    /// version (an upload not committed).
+    pub fn is_garbage(&self) -> bool {
+        match self {
+            FsckProblemKind::UnreferencedReplica { .. } => true,
+            FsckProblemKind::StaleReplica { version, current, .. } => version > current,
+            _ => false,
+        }
+    }
 }
 
 /// What `fsck` did about a problem. Append new variants at the end.

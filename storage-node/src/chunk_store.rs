@@ -66,7 +66,7 @@ pub enum StoreError {
     /// The request is malformed (block sizes, lengths, counts).
     #[error("invalid request: {0}")]
     Invalid(String),
-    /// The disk has no room left above the node's reserve.
+    /// The disk has no room left above the node's reserve (or none at all).
     #[error("no space left above the reserve")]
     NoSpace,
     /// The disk failed us.
@@ -104,9 +104,17 @@ impl StoreError {
     }
 }
 
+/// An I/O error with what was being done; a full disk (or quota) is
+/// [`StoreError::NoSpace`], so the writer can go elsewhere or get ENOSPC.
 fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> StoreError {
     let context = context.into();
-    move |source| StoreError::Io { context, source }
+    move |source| match source.kind() {
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
+            tracing::warn!("{context}: {source}");
+            StoreError::NoSpace
+        }
+        _ => StoreError::Io { context, source },
+    }
 }
 
 /// Checks the shape of a chunk's blocks: their decoded sizes add up to

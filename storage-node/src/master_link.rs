@@ -195,6 +195,7 @@ pub(crate) async fn run(
         attempt = 0;
         tracing::info!("registered with master {} as node {node}", link.cfg.master_addr);
         link.report_inventory(&client, node);
+        link.reports.report_known_again();
         match link.heartbeats(&client, node, &mut backoff).await {
             HeartbeatEnd::Shutdown => return Ok(()),
             HeartbeatEnd::Reregister => {}
@@ -362,14 +363,17 @@ impl Link {
     }
 
     async fn apply_deletions(&self, delete: Vec<(stripefs_proto::ChunkId, stripefs_proto::Version)>) {
-        let store = self.store.clone();
+        let (store, reports) = (self.store.clone(), self.reports.clone());
         let n = delete.len();
         let done = tokio::task::spawn_blocking(move || {
             let mut failed = 0usize;
             for (chunk, version) in delete {
-                if let Err(e) = store.delete(chunk, version) {
-                    tracing::warn!("cannot delete replica: {e}");
-                    failed += 1;
+                match store.delete(chunk, version) {
+                    Ok(()) => reports.deleted((chunk, version)),
+                    Err(e) => {
+                        tracing::warn!("cannot delete replica: {e}");
+                        failed += 1;
+                    }
                 }
             }
             failed

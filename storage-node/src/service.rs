@@ -196,7 +196,10 @@ impl NodeService for NodeServer {
             self.forward(&next, fwd, &blocks, deadline),
         );
         let stored = local?;
-        remote?;
+        // Whatever went wrong further down the chain (unreachable, full,
+        // damaged in transit) is not this node's fault: `Unavailable` tells
+        // the writer to place the rest of the chain elsewhere.
+        remote.map_err(|_| FsError::Unavailable)?;
         Ok(stored)
     }
 

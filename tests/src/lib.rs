@@ -102,6 +102,7 @@ pub struct ClusterBuilder {
     node_dead_after: Duration,
     gc_grace: Duration,
     scrub_bytes_per_sec: u64,
+    node_disk_bytes: Option<u64>,
 }
 
 impl ClusterBuilder {
@@ -136,11 +137,25 @@ impl ClusterBuilder {
         self
     }
 
+    /// Gives every node a disk of its own: a tmpfs of `bytes` mounted on
+    /// its data directory, which really fills up (needs root).
+    pub fn node_disk_bytes(mut self, bytes: u64) -> Self {
+        self.node_disk_bytes = Some(bytes);
+        self
+    }
+
     /// Starts the master and the nodes and waits until every node is up.
     pub fn start(self) -> TestCluster {
         init_logs();
         let dir = tempfile::Builder::new().prefix("stripefs-test-").tempdir().expect("tempdir");
+        let mut disks = Vec::new();
+        if let Some(bytes) = self.node_disk_bytes {
+            for i in 0..self.nodes {
+                disks.push(Tmpfs::mount(&dir.path().join(format!("node{i}")), bytes));
+            }
+        }
         let mut c = TestCluster {
+            _disks: disks,
             master: None,
             master_addr: String::new(),
             nodes: Vec::new(),
@@ -172,6 +187,8 @@ pub struct TestCluster {
     /// Reserve (kept-free bytes) of each node, by index; 0 when unset.
     reserve: Vec<u64>,
     master: Option<Server>,
+    /// The nodes' own disks, when they have them (unmounted after the nodes stop).
+    _disks: Vec<Tmpfs>,
     /// The master's address.
     pub master_addr: String,
     chunk_size: Option<u32>,
@@ -187,6 +204,7 @@ impl TestCluster {
             node_dead_after: Duration::from_secs(10),
             gc_grace: Duration::from_secs(600),
             scrub_bytes_per_sec: 0,
+            node_disk_bytes: None,
         }
     }
 
@@ -409,6 +427,32 @@ impl TestCluster {
         });
     }
 
+    /// Waits (up to 20 s) until the master counts at least `n` dead nodes.
+    pub fn wait_dead(&self, n: usize) {
+        Self::wait_dead_at(&self.master_addr, n)
+    }
+
+    /// Waits (up to 20 s) until the master at `master_addr` counts at
+    /// least `n` dead nodes.
+    pub fn wait_dead_at(master_addr: &str, n: usize) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async {
+            let start = Instant::now();
+            loop {
+                if let Ok(c) = stripefs_proto::net::connect_master(master_addr, &secret(), Duration::from_secs(2)).await
+                {
+                    if let Ok(Ok(nodes)) = c.nodes(tarpc_ctx()).await {
+                        if nodes.iter().filter(|x| !x.alive).count() >= n {
+                            return;
+                        }
+                    }
+                }
+                assert!(start.elapsed() < Duration::from_secs(20), "the master did not notice {n} dead nodes");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+    }
+
     /// Mounts the filesystem with default options.
     pub fn mount(&self) -> TestMount {
         self.mount_with(MountOptions::default())
@@ -418,6 +462,37 @@ impl TestCluster {
     pub fn mount_with(&self, opts: MountOptions) -> TestMount {
         must_have_fuse();
         TestMount::start(&self.master_addr, opts).expect("mount")
+    }
+}
+
+/// A tmpfs of a fixed size mounted on a directory: a disk that fills up.
+/// Unmounted when dropped.
+struct Tmpfs {
+    path: PathBuf,
+}
+
+impl Tmpfs {
+    fn mount(path: &Path, bytes: u64) -> Tmpfs {
+        assert!(nix::unistd::geteuid().is_root(), "a test disk (tmpfs) needs root");
+        std::fs::create_dir_all(path).expect("mkdir for tmpfs");
+        let data = format!("size={bytes},mode=0700");
+        nix::mount::mount(
+            Some("stripefs-test-disk"),
+            path,
+            Some("tmpfs"),
+            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+            Some(data.as_str()),
+        )
+        .unwrap_or_else(|e| panic!("cannot mount a {bytes}-byte tmpfs on {}: {e}", path.display()));
+        Tmpfs { path: path.to_path_buf() }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        if let Err(e) = nix::mount::umount2(&self.path, nix::mount::MntFlags::MNT_DETACH) {
+            eprintln!("cannot unmount the test disk {}: {e}", self.path.display());
+        }
     }
 }
 
@@ -611,13 +686,61 @@ pub fn replica_paths(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Runs `stripefs fsck ARGS` (the test secret in its environment) with
+/// `--json`, and once more without to print the human report; returns
+/// the exit code and the JSON report. `what` names the moment in the
+/// printed output.
+pub fn fsck(what: &str, args: &[&std::ffi::OsStr]) -> (i32, serde_json::Value) {
+    let run = |json: bool| {
+        let mut cmd = std::process::Command::new(bin("stripefs"));
+        cmd.arg("fsck").args(args).env("STRIPEFS_SECRET", std::str::from_utf8(TEST_SECRET).expect("utf-8"));
+        if json {
+            cmd.arg("--json");
+        }
+        run_with_deadline(&mut cmd, Duration::from_secs(120))
+    };
+    let show = |out: &std::process::Output| {
+        format!(
+            "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let human = run(false);
+    println!("---- stripefs fsck ({what}): {}", show(&human));
+    let out = run(true);
+    let code = out.status.code().unwrap_or_else(|| panic!("fsck killed by a signal: {}", show(&out)));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("fsck --json printed no JSON ({e}): {}", show(&out)));
+    assert_eq!(v["exit_code"], code, "{v:#}");
+    (code, v)
+}
+
+/// The problems of an fsck JSON report.
+pub fn fsck_problems(v: &serde_json::Value) -> &Vec<serde_json::Value> {
+    v["problems"].as_array().expect("problems array")
+}
+
+/// Runs fsck once, during a failure, and checks that every problem it
+/// lists is one that `expected` accepts: the failure's own damage, which
+/// repairs may already be shrinking. Exit 4 when it lists any, 0 when not.
+/// Returns how many it listed.
+pub fn fsck_lists_only(path: &Path, what: &str, expected: impl Fn(&serde_json::Value) -> bool) -> usize {
+    let (code, v) = fsck(what, &[path.as_os_str()]);
+    let problems = fsck_problems(&v);
+    for p in problems {
+        assert!(expected(p), "{what}: fsck lists a problem the failure does not explain: {p}\n{v:#}");
+    }
+    assert_eq!(code, if problems.is_empty() { 0 } else { 4 }, "{v:#}");
+    problems.len()
+}
+
 /// Runs `stripefs fsck PATH --json` until it reports a clean filesystem,
 /// for up to `limit`; returns how long that took. Fails with fsck's last
 /// report when it never gets there: after a failure has been repaired,
-/// fsck must find nothing else. One finding is allowed: replicas nobody
-/// references (left by uploads a node death interrupted), which garbage
-/// collection removes after its grace period; fsck lists them (exit 4)
-/// from the nodes' last inventories.
+/// fsck must find nothing else (replicas awaiting garbage collection are
+/// not problems: they are listed apart and do not change the exit code).
 pub fn wait_fsck_clean(path: &Path, limit: Duration) -> Duration {
     let start = Instant::now();
     loop {
@@ -626,14 +749,7 @@ pub fn wait_fsck_clean(path: &Path, limit: Duration) -> Duration {
             Duration::from_secs(60),
         );
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
-        let problems = report["problems"].as_array();
-        let only_garbage =
-            problems.is_some_and(|p| p.iter().all(|x| x["kind"].as_str() == Some("unreferenced_replica")));
-        let clean = match out.status.code() {
-            Some(0) => problems.is_some_and(|p| p.is_empty()),
-            Some(4) => only_garbage,
-            _ => false,
-        };
+        let clean = out.status.code() == Some(0) && report["problems"].as_array().is_some_and(|p| p.is_empty());
         if clean {
             return start.elapsed();
         }

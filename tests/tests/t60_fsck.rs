@@ -9,9 +9,9 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use stripefs_proto::InodeId;
-use stripefs_tests::{bin, random_bytes, run_with_deadline, tarpc_ctx, TestCluster, TEST_SECRET};
+use stripefs_tests::{bin, fsck, fsck_problems, random_bytes, run_with_deadline, tarpc_ctx, TestCluster, TEST_SECRET};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -33,29 +33,6 @@ fn stripefs(args: &[&std::ffi::OsStr]) -> Output {
     )
 }
 
-/// Runs fsck with `--json` and returns the exit code and the report; also
-/// runs it without `--json` and prints the human report.
-fn fsck(what: &str, args: &[&std::ffi::OsStr]) -> (i32, serde_json::Value) {
-    let human = stripefs(&[&["fsck".as_ref()], args].concat());
-    println!(
-        "---- stripefs fsck ({what}), exit {:?}:\n{}{}",
-        human.status.code(),
-        text(&human.stdout),
-        text(&human.stderr)
-    );
-    let out = stripefs(&[&["fsck".as_ref(), "--json".as_ref()], args].concat());
-    let code = out.status.code().unwrap_or_else(|| panic!("fsck killed by a signal: {}", show(&out)));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("fsck --json printed no JSON ({e}): {}", show(&out)));
-    assert_eq!(human.status.code(), Some(code), "human and JSON runs disagree: {}", show(&human));
-    assert_eq!(v["exit_code"], code, "{v:#}");
-    (code, v)
-}
-
-fn problems(v: &serde_json::Value) -> &Vec<serde_json::Value> {
-    v["problems"].as_array().expect("problems array")
-}
-
 /// (ino, index, chunk) of every chunk of the given files, from the master.
 fn chunks_of(c: &TestCluster, inos: &[u64]) -> BTreeSet<(u64, u64, u64)> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
@@ -70,23 +47,6 @@ fn chunks_of(c: &TestCluster, inos: &[u64]) -> BTreeSet<(u64, u64, u64)> {
         }
         out
     })
-}
-
-/// Waits until the master counts `n` dead nodes.
-fn wait_dead(c: &TestCluster, n: usize) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let start = Instant::now();
-    loop {
-        let dead = rt.block_on(async {
-            let client = c.master_client().await;
-            client.nodes(tarpc_ctx()).await.expect("rpc").expect("nodes").iter().filter(|x| !x.alive).count()
-        });
-        if dead >= n {
-            return;
-        }
-        assert!(start.elapsed() < Duration::from_secs(20), "the master did not notice {n} dead nodes");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn ino(p: &Path) -> u64 {
@@ -111,7 +71,7 @@ fn fsck_online_clean_node_down_and_offline() {
     let (code, v) = fsck("clean, online", &[path]);
     assert_eq!(code, 0, "{v:#}");
     assert_eq!((v["clean"].as_bool(), v["mode"].as_str()), (Some(true), Some("online")), "{v:#}");
-    assert!(problems(&v).is_empty(), "{v:#}");
+    assert!(fsck_problems(&v).is_empty(), "{v:#}");
     assert_eq!(v["counts"]["files"], 4, "{v:#}");
     assert_eq!(v["counts"]["directories"], 3, "{v:#}");
     assert_eq!(v["counts"]["nodes_alive"], 2, "{v:#}");
@@ -121,11 +81,11 @@ fn fsck_online_clean_node_down_and_offline() {
     let want = chunks_of(&c, &files);
     assert_eq!(want.len(), 4 + 1 + 2, "chunks of big, small and mid");
     c.stop_node(1);
-    wait_dead(&c, 1);
+    c.wait_dead(1);
     let (code, v) = fsck("node 1 down, online", &[path]);
     assert_eq!(code, 4, "{v:#}");
     let mut got = BTreeSet::new();
-    for p in problems(&v) {
+    for p in fsck_problems(&v) {
         assert_eq!(p["kind"], "under_replicated", "only under-replicated chunks are expected: {v:#}");
         assert_eq!((p["live"].as_u64(), p["want"].as_u64(), p["outcome"].as_str()), (Some(1), Some(2), Some("found")));
         let field = |k: &str| p[k].as_u64().unwrap_or_else(|| panic!("{k} in {p}"));
@@ -139,8 +99,8 @@ fn fsck_online_clean_node_down_and_offline() {
     let (code, v) =
         fsck("node 1 down, online, --repair", &["--master".as_ref(), c.master_addr.as_ref(), "--repair".as_ref()]);
     assert_eq!(code, 4, "{v:#}");
-    assert_eq!(problems(&v).len(), want.len(), "{v:#}");
-    assert!(problems(&v).iter().all(|p| p["kind"] == "under_replicated" && p["outcome"] == "queued"), "{v:#}");
+    assert_eq!(fsck_problems(&v).len(), want.len(), "{v:#}");
+    assert!(fsck_problems(&v).iter().all(|p| p["kind"] == "under_replicated" && p["outcome"] == "queued"), "{v:#}");
 
     // The node comes back: clean again.
     c.restart_node(1);

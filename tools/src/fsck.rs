@@ -26,6 +26,8 @@ const FSCK_DEADLINE: Duration = Duration::from_secs(3600);
 
 /// Most problems printed in the human report; `--json` lists them all.
 const MAX_PRINTED: usize = 1000;
+/// Most replicas awaiting garbage collection printed in the human report.
+const MAX_GARBAGE_PRINTED: usize = 10;
 
 /// Examples printed at the end of `stripefs fsck --help`.
 pub const EXAMPLES: &str = "\
@@ -306,10 +308,20 @@ fn snake(name: &str) -> String {
 
 /// One problem as a flat JSON object: `kind`, its fields, `outcome`.
 fn problem_json(p: &FsckProblem) -> serde_json::Value {
+    let mut v = kind_json(&p.kind);
+    v["outcome"] = outcome_name(p.outcome).into();
+    if let FsckOutcome::Failed(e) = p.outcome {
+        v["error"] = e.to_string().into();
+    }
+    v
+}
+
+/// A problem kind as a flat JSON object: `kind`, its fields, `message`.
+fn kind_json(kind: &FsckProblemKind) -> serde_json::Value {
     let mut obj = serde_json::Map::new();
     // Externally tagged: {"Variant": {fields}}. A field named `kind` (the
     // inode's file kind) becomes `file_kind`: `kind` names the problem.
-    if let Ok(serde_json::Value::Object(tagged)) = serde_json::to_value(&p.kind) {
+    if let Ok(serde_json::Value::Object(tagged)) = serde_json::to_value(kind) {
         for (variant, fields) in tagged {
             if let serde_json::Value::Object(fields) = fields {
                 for (k, v) in fields {
@@ -320,17 +332,13 @@ fn problem_json(p: &FsckProblem) -> serde_json::Value {
             obj.insert("kind".into(), snake(&variant).into());
         }
     }
-    match &p.kind {
+    match kind {
         FsckProblemKind::WrongNlink { kind, .. } | FsckProblemKind::Detached { kind, .. } => {
             obj.insert("file_kind".into(), kind_name(*kind).into());
         }
         _ => {}
     }
-    obj.insert("outcome".into(), outcome_name(p.outcome).into());
-    if let FsckOutcome::Failed(e) = p.outcome {
-        obj.insert("error".into(), e.to_string().into());
-    }
-    obj.insert("message".into(), describe(&p.kind).1.into());
+    obj.insert("message".into(), describe(kind).1.into());
     serde_json::Value::Object(obj)
 }
 
@@ -345,6 +353,8 @@ fn to_json(r: &FsckReport, source: &Source, code: i32) -> serde_json::Value {
         "corrected": r.corrected,
         "uncorrected": r.uncorrected,
         "problems": r.problems.iter().map(problem_json).collect::<Vec<_>>(),
+        "garbage_count": r.garbage_count,
+        "garbage": r.garbage.iter().map(kind_json).collect::<Vec<_>>(),
         "notes": r.notes,
     });
     match source {
@@ -404,6 +414,15 @@ fn render(r: &FsckReport, source: &Source) -> String {
             let _ = writeln!(out, "{lost} chunk(s) have no live replica: their data is unavailable");
         }
     }
+    if r.garbage_count > 0 {
+        let _ = writeln!(out, "awaiting garbage collection (not problems):");
+        for g in r.garbage.iter().take(MAX_GARBAGE_PRINTED) {
+            let _ = writeln!(out, "  {}", describe(g).1);
+        }
+        if r.garbage_count > MAX_GARBAGE_PRINTED as u64 {
+            let _ = writeln!(out, "  ... and {} more", r.garbage_count - MAX_GARBAGE_PRINTED as u64);
+        }
+    }
     for n in &r.notes {
         let _ = writeln!(out, "note: {n}");
     }
@@ -427,6 +446,8 @@ mod tests {
             uncorrected: problems.len() as u64 - corrected,
             problems,
             notes: vec![],
+            garbage: vec![],
+            garbage_count: 0,
         }
     }
 
@@ -480,5 +501,24 @@ mod tests {
         assert!(text.contains("under-replicated"), "{text}");
         assert!(text.contains("has 1 of 2 replicas live: queued for automatic re-replication"), "{text}");
         assert!(text.contains("1 problem: 0 corrected, 1 left uncorrected"), "{text}");
+    }
+
+    #[test]
+    fn garbage_is_listed_apart_and_does_not_change_the_exit_code() {
+        let mut r = report(vec![]);
+        r.garbage = vec![FsckProblemKind::UnreferencedReplica {
+            node: stripefs_proto::NodeId(2),
+            chunk: ChunkId(9),
+            version: Version(4),
+        }];
+        r.garbage_count = 1;
+        assert_eq!(exit_code(&r), EXIT_CLEAN);
+        let text = render(&r, &Source::Master("m:1".into()));
+        assert!(text.contains("no problems found"), "{text}");
+        assert!(text.contains("awaiting garbage collection (not problems):"), "{text}");
+        let v = to_json(&r, &Source::Master("m:1".into()), 0);
+        assert_eq!(v["garbage_count"], 1);
+        assert_eq!(v["garbage"][0]["kind"], "unreferenced_replica");
+        assert_eq!(v["problems"].as_array().map(Vec::len), Some(0));
     }
 }

@@ -405,7 +405,8 @@ pub(super) fn scan(
         let good = listed.iter().filter(|n| alive.contains(n) && !is_corrupt(n)).count();
         if good == 0 {
             s.found(P::MissingChunk { ino: InodeId(ino), index, chunk: rec.chunk, version: rec.version }, Plan::Cannot);
-        } else if good < want as usize {
+        } else if good < want as usize && listed.iter().filter(|n| alive.contains(n)).count() < want as usize {
+            // (A shortfall due only to corrupt replicas is listed as those.)
             let p = P::UnderReplicated {
                 ino: InodeId(ino),
                 index,

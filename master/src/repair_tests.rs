@@ -1,0 +1,76 @@
+//! Tests of re-replication rounds against a real store and registry.
+
+use super::*;
+use crate::records::NodeRecord;
+use crate::registry::Registry;
+use crate::service::{OpenFiles, Shared};
+use crate::test_util::{commit, mknod, open_store, CHUNK};
+use stripefs_proto::types::Heartbeat;
+
+const DEAD_AFTER: Duration = Duration::from_millis(300);
+
+fn node(i: u64) -> (NodeId, NodeRecord) {
+    (NodeId(i), NodeRecord { addr: format!("127.0.0.{i}:1"), host: format!("host{i}"), zone: "z".into() })
+}
+
+fn beat(shared: &Shared, nodes: &[u64]) {
+    for &i in nodes {
+        let hb = Heartbeat {
+            node: NodeId(i),
+            capacity_bytes: 1 << 40,
+            free_bytes: 1 << 39,
+            used_bytes: 0,
+            chunk_count: 0,
+            replicated: vec![],
+            failed: vec![],
+            corrupt: vec![],
+        };
+        assert!(shared.registry.heartbeat(&hb));
+    }
+}
+
+/// Keeps `alive` beating until the others count as dead.
+fn let_die(shared: &Shared, alive: &[u64]) {
+    let until = Instant::now() + DEAD_AFTER + Duration::from_millis(100);
+    while Instant::now() < until {
+        beat(shared, alive);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn ordered_to(shared: &Shared, n: u64) -> Vec<ChunkId> {
+    shared.repairs.take_orders(NodeId(n)).iter().map(|o| o.chunk).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_order_to_a_node_that_died_is_given_to_another() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_store(dir.path());
+    let f = mknod(&store, InodeId::ROOT, "f").await;
+    // Replication 2 (the default): on nodes 1 and 2.
+    commit(&store, f, 0, 100, 1000, CHUNK, &[NodeId(1), NodeId(2)]).await;
+    let registry = Registry::new(vec![], DEAD_AFTER);
+    for i in 1..=4 {
+        let (id, rec) = node(i);
+        registry.registered(id, rec);
+    }
+    let shared = Shared {
+        store,
+        registry,
+        opens: Arc::new(OpenFiles::default()),
+        repairs: Repairs::default(),
+        inventories: Default::default(),
+        gc_grace: Duration::from_secs(600),
+        corrupt: Default::default(),
+    };
+    // Node 2 dies: the chunk is copied from node 1 to node 3 or 4.
+    let_die(&shared, &[1, 3, 4]);
+    assert!(shared.repairs.round(&shared), "there is work");
+    let (first, other) = if ordered_to(&shared, 3) == vec![ChunkId(100)] { (3, 4) } else { (4, 3) };
+    assert_eq!(shared.repairs.in_flight(), 1);
+    // The target dies before it reports the copy: the order goes to the
+    // last node left, at once rather than after the order's timeout.
+    let_die(&shared, &[1, other]);
+    assert!(shared.repairs.round(&shared));
+    assert_eq!(ordered_to(&shared, other), vec![ChunkId(100)], "the order stays with dead node {first}");
+}
