@@ -376,6 +376,35 @@ impl FsCore {
         if write {
             self.writable()?;
         }
+        self.open_with(ino, write, None).await
+    }
+
+    /// Creates regular file `name` in `parent` and opens it, in one round
+    /// trip to the master; returns its attributes and the handle.
+    pub async fn create(
+        &self,
+        parent: InodeId,
+        name: &str,
+        perm: u32,
+        owner: Owner,
+        write: bool,
+    ) -> Result<(Attr, u64)> {
+        self.writable()?;
+        let name = name.to_string();
+        let attr = self
+            .master
+            .call(|c, ctx| {
+                let a1 = name.clone();
+                async move { c.create(ctx, parent, a1, perm, owner).await }
+            })
+            .await?;
+        let fh = self.open_with(attr.ino, write, Some(attr.clone())).await?;
+        Ok((attr, fh))
+    }
+
+    /// Opens `ino` here; `opened` is the master's answer when the master
+    /// already took the open reference (a create), otherwise this asks it.
+    async fn open_with(&self, ino: InodeId, write: bool, opened: Option<Attr>) -> Result<u64> {
         let state = {
             let mut files = lock(&self.files);
             let e = files
@@ -385,12 +414,21 @@ impl FsCore {
             e.state.clone()
         };
         let mut guard = state.lock().await;
-        let opened = match guard.as_mut() {
+        let opened = match (guard.as_mut(), opened) {
+            // Just created: the master took the reference already.
+            (Some(st), Some(attr)) => {
+                st.reopened(attr.size);
+                Ok(())
+            }
+            (None, Some(attr)) => {
+                *guard = Some(FileState::new(ino, attr.size));
+                Ok(())
+            }
             // Already open here: take a fresh look anyway (close-to-open).
-            Some(st) => self.master.call(|c, ctx| async move { c.getattr(ctx, ino).await }).await.map(|attr| {
+            (Some(st), None) => self.master.call(|c, ctx| async move { c.getattr(ctx, ino).await }).await.map(|attr| {
                 st.reopened(attr.size);
             }),
-            None => self.master.call(|c, ctx| async move { c.open(ctx, ino).await }).await.map(|attr| {
+            (None, None) => self.master.call(|c, ctx| async move { c.open(ctx, ino).await }).await.map(|attr| {
                 *guard = Some(FileState::new(ino, attr.size));
             }),
         };
@@ -463,10 +501,16 @@ impl FsCore {
         }
         *guard = None;
         drop(guard);
+        // Nobody waits for the master's side of a close: it goes in the
+        // background, so this request (and the FUSE thread serving it) does
+        // not wait for a round trip. Reference counts do not mind the order.
         let ino = h.ino;
-        if let Err(e) = self.master.call(|c, ctx| async move { c.release(ctx, ino).await }).await {
-            tracing::warn!("release of inode {ino} at the master failed: {e}");
-        }
+        let core = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = core.master.call(|c, ctx| async move { c.release(ctx, ino).await }).await {
+                tracing::warn!("release of inode {ino} at the master failed: {e}");
+            }
+        });
         result
     }
 

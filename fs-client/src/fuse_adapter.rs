@@ -514,21 +514,21 @@ impl Filesystem for StripeFs {
         let exclusive = flags & libc::O_EXCL != 0;
         let core = &self.core;
         let r = self.run(async {
-            let attr = match core.mknod(InodeId(parent.0), name, FileKind::File, mode & !umask, owner(req), 0).await {
-                Ok(a) => a,
+            match core.create(InodeId(parent.0), name, mode & !umask, owner(req), write).await {
+                Ok(created) => Ok(created),
                 // Created by someone else since the kernel's lookup: open it, as open(2) would.
                 Err(ClientError::Fs(stripefs_proto::FsError::Exists)) if !exclusive => {
                     let a = core.lookup(InodeId(parent.0), name).await?;
-                    if flags & libc::O_TRUNC != 0 && a.kind == FileKind::File {
+                    let a = if flags & libc::O_TRUNC != 0 && a.kind == FileKind::File {
                         core.setattr(a.ino, SetAttr { size: Some(0), ..Default::default() }).await?
                     } else {
                         a
-                    }
+                    };
+                    let fh = core.open(a.ino, write).await?;
+                    Ok((a, fh))
                 }
-                Err(e) => return Err(e),
-            };
-            let fh = core.open(attr.ino, write).await?;
-            Ok((attr, fh))
+                Err(e) => Err(e),
+            }
         });
         match r {
             Ok((a, fh)) => reply.created(

@@ -199,6 +199,12 @@ impl MasterServer {
         self.shared.store.execute(cmd).await.map(|_| ())
     }
 
+    /// Takes an open reference to `ino` for this connection.
+    fn take_open(&self, ino: InodeId) {
+        self.shared.opens.acquire(ino);
+        *self.conn.opens.lock().unwrap_or_else(|e| e.into_inner()).entry(ino).or_insert(0) += 1;
+    }
+
     fn locate(&self, index: u64, rec: crate::records::ChunkRecord) -> ChunkLoc {
         let corrupt = |id: &NodeId| self.shared.is_corrupt(*id, rec.chunk, rec.version);
         let mut replicas: Vec<(Replica, bool)> =
@@ -253,6 +259,13 @@ impl MasterService for MasterServer {
         rdev: u32,
     ) -> Result<Attr, FsError> {
         self.attr(Command::Mknod { parent, name, kind, perm, owner, rdev, now: Timestamp::now() }).await
+    }
+
+    async fn create(self, _: Context, parent: InodeId, name: String, perm: u32, owner: Owner) -> Result<Attr, FsError> {
+        let cmd = Command::Mknod { parent, name, kind: FileKind::File, perm, owner, rdev: 0, now: Timestamp::now() };
+        let attr = self.attr(cmd).await?;
+        self.take_open(attr.ino);
+        Ok(attr)
     }
 
     async fn mkdir(self, _: Context, parent: InodeId, name: String, perm: u32, owner: Owner) -> Result<Attr, FsError> {
@@ -311,8 +324,7 @@ impl MasterService for MasterServer {
 
     async fn open(self, _: Context, ino: InodeId) -> Result<Attr, FsError> {
         let attr = self.shared.store.inode(ino)?.to_attr(ino);
-        self.shared.opens.acquire(ino);
-        *self.conn.opens.lock().unwrap_or_else(|e| e.into_inner()).entry(ino).or_insert(0) += 1;
+        self.take_open(ino);
         Ok(attr)
     }
 

@@ -29,6 +29,9 @@ pub trait MasterService {
         owner: Owner,
         rdev: u32,
     ) -> Result<Attr, FsError>;
+    /// Create a regular file and take an open reference to it, in one
+    /// round trip (what `open(O_CREAT)` needs). `Exists` if the name is taken.
+    async fn create(parent: InodeId, name: String, perm: u32, owner: Owner) -> Result<Attr, FsError>;
     /// Create a directory.
     async fn mkdir(parent: InodeId, name: String, perm: u32, owner: Owner) -> Result<Attr, FsError>;
     /// Create a symbolic link.

@@ -87,6 +87,7 @@ impl MasterService for FakeMaster {
         getattr(ino: InodeId) -> Attr;
         setattr(ino: InodeId, set: SetAttr) -> Attr;
         mknod(parent: InodeId, name: String, kind: FileKind, perm: u32, owner: Owner, rdev: u32) -> Attr;
+        create(parent: InodeId, name: String, perm: u32, owner: Owner) -> Attr;
         mkdir(parent: InodeId, name: String, perm: u32, owner: Owner) -> Attr;
         symlink(parent: InodeId, name: String, target: String, owner: Owner) -> Attr;
         readlink(ino: InodeId) -> String;
