@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 const CHUNK: u64 = 64 << 10;
 const ROOT: InodeId = InodeId::ROOT;
-const OWNER: Owner = Owner { uid: 1000, gid: 100 };
+use crate::test_util::OWNER;
 const MISSING: InodeId = InodeId(999_999);
 
 /// A time well after the root's creation time, so updates are visible.
@@ -81,16 +81,7 @@ impl Fs {
     }
 
     async fn create(&self, parent: InodeId, name: &str) -> Result<Attr, FsError> {
-        self.attr(Command::Mknod {
-            parent,
-            name: name.into(),
-            kind: FileKind::File,
-            perm: 0o644,
-            owner: OWNER,
-            rdev: 0,
-            now: self.now(),
-        })
-        .await
+        self.attr(crate::test_util::new_file(parent, name, self.now())).await
     }
 
     async fn symlink(&self, parent: InodeId, name: &str, target: &str) -> Result<Attr, FsError> {

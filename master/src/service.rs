@@ -206,9 +206,15 @@ impl MasterServer {
     }
 
     fn locate(&self, index: u64, rec: crate::records::ChunkRecord) -> ChunkLoc {
-        let corrupt = |id: &NodeId| self.shared.is_corrupt(*id, rec.chunk, rec.version);
-        let mut replicas: Vec<(Replica, bool)> =
-            rec.replicas.iter().filter(|id| !corrupt(id)).filter_map(|id| self.shared.registry.replica(*id)).collect();
+        let mut replicas: Vec<(Replica, bool)> = {
+            // One lock per chunk, not per replica: this is the read path.
+            let corrupt = self.shared.corrupt.lock().unwrap_or_else(|e| e.into_inner());
+            rec.replicas
+                .iter()
+                .filter(|id| !corrupt.contains(&(**id, rec.chunk, rec.version)))
+                .filter_map(|id| self.shared.registry.replica(*id))
+                .collect()
+        };
         // Live replicas first. A corrupt replica is offered only when
         // nothing else is left (its other blocks may still be good).
         replicas.sort_by_key(|(_, alive)| !alive);

@@ -10,7 +10,13 @@ use tokio_util::sync::CancellationToken;
 
 /// The chunk size of test filesystems.
 pub(crate) const CHUNK: u32 = 64 << 10;
-const OWNER: Owner = Owner { uid: 1000, gid: 100 };
+/// The owner of everything tests create.
+pub(crate) const OWNER: Owner = Owner { uid: 1000, gid: 100 };
+
+/// The command creating regular file `name` (0644, [`OWNER`]) in `parent`.
+pub(crate) fn new_file(parent: InodeId, name: &str, now: Timestamp) -> Command {
+    Command::Mknod { parent, name: name.into(), kind: FileKind::File, perm: 0o644, owner: OWNER, rdev: 0, now }
+}
 
 pub(crate) fn open_store(dir: &Path) -> Store {
     Store::open(dir, Some(CHUNK), Box::new(|_| false), CancellationToken::new()).expect("open the store")
@@ -30,15 +36,7 @@ pub(crate) async fn mkdir(store: &Store, parent: InodeId, name: &str) -> InodeId
 }
 
 pub(crate) async fn mknod(store: &Store, parent: InodeId, name: &str) -> InodeId {
-    let cmd = Command::Mknod {
-        parent,
-        name: name.into(),
-        kind: FileKind::File,
-        perm: 0o644,
-        owner: OWNER,
-        rdev: 0,
-        now: Timestamp::now(),
-    };
+    let cmd = new_file(parent, name, Timestamp::now());
     match exec(store, cmd).await {
         Reply::Attr(a) => a.ino,
         other => panic!("mknod answered {other:?}"),
