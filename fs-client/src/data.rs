@@ -117,10 +117,9 @@ impl FsCore {
                 by_node.entry(r.addr.clone()).or_default().push((loc.chunk, loc.version));
             }
         }
-        let mut synced: std::collections::HashSet<(stripefs_proto::ChunkId, stripefs_proto::Version)> =
-            std::collections::HashSet::new();
-        let mut last_err = None;
-        for (addr, chunks) in by_node {
+        // Every node syncs its replicas at the same time: the slowest
+        // disk, not the sum of them, sets how long fsync takes.
+        let calls = by_node.into_iter().map(|(addr, chunks)| async move {
             let r = self
                 .nodes
                 .call(&addr, DATA_TIMEOUT, |c, ctx| {
@@ -128,6 +127,12 @@ impl FsCore {
                     async move { c.sync_chunks(ctx, chunks).await }
                 })
                 .await;
+            (addr, chunks, r)
+        });
+        let mut synced: std::collections::HashSet<(stripefs_proto::ChunkId, stripefs_proto::Version)> =
+            std::collections::HashSet::new();
+        let mut last_err = None;
+        for (addr, chunks, r) in futures::future::join_all(calls).await {
             match r {
                 Ok(()) => synced.extend(chunks),
                 // A node that died since the upload: its replica is lost and

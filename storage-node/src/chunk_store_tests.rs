@@ -267,3 +267,18 @@ fn replica_names_parse() {
     assert_eq!(parse_replica_name("00000000000000ff-0000000000000002.chunk.1.tmp"), None);
     assert_eq!(parse_replica_name("zzzzzzzzzzzzzzzz-0000000000000002.chunk"), None);
 }
+
+#[test]
+fn sync_many_syncs_present_replicas_and_skips_deleted_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = ChunkStore::open(dir.path()).expect("open");
+    let (data, blocks) = encoded();
+    let other = ChunkId(C.0 + 1);
+    store.write(C, V, data.len() as u32, &blocks, false).expect("write");
+    store.write(other, V, data.len() as u32, &blocks, false).expect("write");
+    store.write(C, Version(V.0 + 1), data.len() as u32, &blocks, false).expect("write");
+    store.delete(C, V).expect("delete");
+    store.sync_many(&[(C, V), (other, V), (C, Version(V.0 + 1))]).expect("sync");
+    assert_eq!(decode_all(&store.read_blocks(other, V, 0, 1024).expect("read")), data);
+    assert!(matches!(store.read_blocks(C, V, 0, 1), Err(StoreError::NotFound { .. })));
+}

@@ -53,6 +53,22 @@ pub(crate) fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Starts writing `file`'s dirty pages to disk without waiting for them
+/// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`). A later fsync then only
+/// waits for what is still in flight, so disk writes overlap the upload
+/// instead of all happening at the writer's fsync. Best effort: failure
+/// only loses that overlap, so it is logged and otherwise ignored.
+#[allow(unsafe_code)]
+pub(crate) fn start_writeback(file: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is open for as long as `file` is borrowed;
+    // sync_file_range reads no memory of ours.
+    let rc = unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+    if rc != 0 {
+        tracing::debug!("sync_file_range: {}", io::Error::last_os_error());
+    }
+}
+
 /// Replaces `path` with `contents` atomically: writes a temporary file in
 /// the same directory, fsyncs it, renames it over `path` and fsyncs the
 /// directory. Readers see either the old or the new contents, never a mix.

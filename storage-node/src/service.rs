@@ -238,14 +238,7 @@ impl NodeService for NodeServer {
             return Err(FsError::InvalidArgument);
         }
         let store = self.inner.store.clone();
-        blocking(move || {
-            chunks.iter().try_for_each(|(c, v)| match store.sync(*c, *v) {
-                // Replaced by a newer version and deleted since: nothing to sync.
-                Err(StoreError::NotFound { .. }) => Ok(()),
-                other => other,
-            })
-        })
-        .await
+        blocking(move || store.sync_many(&chunks)).await
     }
 }
 
