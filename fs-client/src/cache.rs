@@ -1,16 +1,17 @@
 //! An LRU cache of decoded blocks, keyed by (chunk, version, block): a new
 //! version never hits an old entry, so the cache needs no invalidation.
 
+use bytes::Bytes;
 use lru::LruCache;
 use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use stripefs_proto::block::BLOCK_SIZE;
 use stripefs_proto::{ChunkId, Version};
 
 type Key = (ChunkId, Version, u32);
 
 /// Decoded blocks shared by every open file of a mount.
-pub struct BlockCache(Mutex<LruCache<Key, Arc<Vec<u8>>>>);
+pub struct BlockCache(Mutex<LruCache<Key, Bytes>>);
 
 impl BlockCache {
     /// A cache holding about `bytes` of block data.
@@ -19,12 +20,12 @@ impl BlockCache {
         BlockCache(Mutex::new(LruCache::new(NonZeroUsize::new(blocks).expect("at least 16"))))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<Key, Arc<Vec<u8>>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<Key, Bytes>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A cached block.
-    pub fn get(&self, chunk: ChunkId, version: Version, block: u32) -> Option<Arc<Vec<u8>>> {
+    pub fn get(&self, chunk: ChunkId, version: Version, block: u32) -> Option<Bytes> {
         self.lock().get(&(chunk, version, block)).cloned()
     }
 
@@ -34,7 +35,7 @@ impl BlockCache {
     }
 
     /// Caches a block.
-    pub fn put(&self, chunk: ChunkId, version: Version, block: u32, data: Arc<Vec<u8>>) {
+    pub fn put(&self, chunk: ChunkId, version: Version, block: u32, data: Bytes) {
         self.lock().put((chunk, version, block), data);
     }
 }

@@ -4,6 +4,7 @@
 use crate::core::FsCore;
 use crate::error::{ClientError, Result};
 use crate::file::{DirtyChunk, FileState, OldChunk};
+use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use stripefs_proto::block::{self, BlockEncoder, BLOCK_SIZE};
@@ -184,7 +185,8 @@ impl FsCore {
     /// commits it; retries on new targets when a node fails.
     async fn store_chunk(&self, ino: InodeId, index: u64, data: Vec<u8>, sync: bool) -> Result<ChunkLoc> {
         let length = data.len() as u32;
-        let data = Arc::new(data);
+        // Uncompressed blocks are slices of this buffer, not copies.
+        let data = Bytes::from(data);
         let mut encoded: Option<(i8, Arc<Vec<EncodedBlock>>)> = None;
         let mut last_err = ClientError::Fs(FsError::Unavailable);
         let host = self.cfg.host.clone();
@@ -206,7 +208,7 @@ impl FsCore {
                 _ => {
                     let level = alloc.compression_level;
                     let raw = data.clone();
-                    let b = tokio::task::spawn_blocking(move || BlockEncoder::new(level).encode_all(&raw))
+                    let b = tokio::task::spawn_blocking(move || BlockEncoder::new(level).encode_shared(&raw))
                         .await
                         .map_err(|e| ClientError::Transport(format!("encoder task: {e}")))?;
                     let b = Arc::new(b);
@@ -444,7 +446,7 @@ impl FsCore {
 
     /// Fetches, verifies and caches `count` blocks from the first replica
     /// that serves them intact.
-    async fn fetch_blocks(&self, loc: &ChunkLoc, first: u32, count: u32) -> Result<Vec<Arc<Vec<u8>>>> {
+    async fn fetch_blocks(&self, loc: &ChunkLoc, first: u32, count: u32) -> Result<Vec<Bytes>> {
         let mut last_err = ClientError::Fs(FsError::Unavailable);
         for r in self.preferred(&loc.replicas) {
             let (chunk, version) = (loc.chunk, loc.version);
@@ -475,7 +477,6 @@ impl FsCore {
             };
             match decoded {
                 Ok(d) => {
-                    let d: Vec<Arc<Vec<u8>>> = d.into_iter().map(Arc::new).collect();
                     for (k, b) in d.iter().enumerate() {
                         self.cache.put(chunk, version, first + k as u32, b.clone());
                     }
@@ -502,6 +503,6 @@ impl FsCore {
     }
 }
 
-fn decode_each(blocks: &[EncodedBlock]) -> std::result::Result<Vec<Vec<u8>>, FsError> {
+fn decode_each(blocks: &[EncodedBlock]) -> std::result::Result<Vec<Bytes>, FsError> {
     blocks.iter().map(block::decode).collect()
 }

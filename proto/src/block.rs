@@ -44,6 +44,12 @@ impl BlockEncoder {
 
     /// Encodes one block of at most [`BLOCK_SIZE`] bytes.
     pub fn encode(&mut self, raw: &[u8]) -> EncodedBlock {
+        self.encode_with(raw, || bytes::Bytes::copy_from_slice(raw))
+    }
+
+    /// Encodes one block; `stored` gives the raw bytes when they are kept
+    /// uncompressed.
+    fn encode_with(&mut self, raw: &[u8], stored: impl FnOnce() -> bytes::Bytes) -> EncodedBlock {
         debug_assert!(raw.len() <= BLOCK_SIZE);
         if self.level > 0 && !looks_incompressible(raw) {
             if let Some(compressed) = self.try_compress(raw) {
@@ -53,17 +59,12 @@ impl BlockEncoder {
                         raw_len: raw.len() as u32,
                         codec: Codec::Zstd as u8,
                         crc: crc32fast::hash(&compressed),
-                        data: compressed,
+                        data: compressed.into(),
                     };
                 }
             }
         }
-        EncodedBlock {
-            raw_len: raw.len() as u32,
-            codec: Codec::Raw as u8,
-            crc: crc32fast::hash(raw),
-            data: raw.to_vec(),
-        }
+        EncodedBlock { raw_len: raw.len() as u32, codec: Codec::Raw as u8, crc: crc32fast::hash(raw), data: stored() }
     }
 
     fn try_compress(&mut self, raw: &[u8]) -> Option<Vec<u8>> {
@@ -77,6 +78,18 @@ impl BlockEncoder {
     /// Encodes a whole chunk's data into blocks.
     pub fn encode_all(&mut self, data: &[u8]) -> Vec<EncodedBlock> {
         data.chunks(BLOCK_SIZE).map(|b| self.encode(b)).collect()
+    }
+
+    /// Encodes a whole chunk's data into blocks; blocks kept uncompressed
+    /// share `data` instead of copying it.
+    pub fn encode_shared(&mut self, data: &bytes::Bytes) -> Vec<EncodedBlock> {
+        (0..data.len())
+            .step_by(BLOCK_SIZE)
+            .map(|start| {
+                let range = start..(start + BLOCK_SIZE).min(data.len());
+                self.encode_with(&data[range.clone()], || data.slice(range))
+            })
+            .collect()
     }
 }
 
@@ -128,8 +141,9 @@ pub fn verify(block: &EncodedBlock) -> Result<(), FsError> {
     Ok(())
 }
 
-/// Verifies and decodes a block into its file data.
-pub fn decode(block: &EncodedBlock) -> Result<Vec<u8>, FsError> {
+/// Verifies and decodes a block into its file data (a raw block's data
+/// is shared, not copied).
+pub fn decode(block: &EncodedBlock) -> Result<bytes::Bytes, FsError> {
     verify(block)?;
     if block.codec == Codec::Raw as u8 {
         return Ok(block.data.clone());
@@ -138,7 +152,7 @@ pub fn decode(block: &EncodedBlock) -> Result<Vec<u8>, FsError> {
     if out.len() != block.raw_len as usize {
         return Err(FsError::Corrupt);
     }
-    Ok(out)
+    Ok(out.into())
 }
 
 #[cfg(test)]
@@ -178,6 +192,18 @@ mod tests {
     }
 
     #[test]
+    fn shared_encoding_matches_copying_encoding() {
+        let mut raw: Vec<u8> = (0..BLOCK_SIZE).map(|i| (i / 100) as u8).collect();
+        raw.extend((0..BLOCK_SIZE + 5000).map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3]));
+        let shared = bytes::Bytes::from(raw.clone());
+        for level in [0, 1] {
+            let copied = BlockEncoder::new(level).encode_all(&raw);
+            assert_eq!(BlockEncoder::new(level).encode_shared(&shared), copied);
+        }
+        assert!(BlockEncoder::new(0).encode_shared(&bytes::Bytes::new()).is_empty());
+    }
+
+    #[test]
     fn level_zero_never_compresses() {
         let raw = vec![7u8; BLOCK_SIZE];
         let mut enc = BlockEncoder::new(0);
@@ -191,7 +217,9 @@ mod tests {
         for level in [0, 3] {
             let mut b = BlockEncoder::new(level).encode(&raw);
             let last = b.data.len() - 1;
-            b.data[last] ^= 0x40;
+            let mut damaged = b.data.to_vec();
+            damaged[last] ^= 0x40;
+            b.data = damaged.into();
             assert_eq!(decode(&b), Err(FsError::Corrupt));
         }
     }

@@ -386,9 +386,9 @@ pub struct EncodedBlock {
     pub codec: u8,
     /// crc32 of `data` as stored.
     pub crc: u32,
-    /// The stored bytes.
-    #[serde(with = "serde_bytes")]
-    pub data: Vec<u8>,
+    /// The stored bytes. Shared, not copied, when a block is cloned: an
+    /// upload hands the same blocks to every retry and every chain hop.
+    pub data: bytes::Bytes,
 }
 
 /// A request to store a chunk version on a node and on the rest of its chain.

@@ -371,7 +371,7 @@ impl ChunkStore {
             let e = layout.entries[i];
             let mut data = vec![0u8; e.stored_len as usize];
             file.read_exact_at(&mut data, layout.offsets[i]).map_err(io_err(ctx()))?;
-            let b = EncodedBlock { raw_len: e.raw_len, codec: e.codec, crc: e.crc, data };
+            let b = EncodedBlock { raw_len: e.raw_len, codec: e.codec, crc: e.crc, data: data.into() };
             if block::verify(&b).is_err() {
                 return Err(corrupt(format!("block {i} fails its crc")));
             }

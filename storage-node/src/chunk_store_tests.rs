@@ -144,7 +144,9 @@ fn a_block_with_a_bad_crc_is_refused_and_leaves_no_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = ChunkStore::open(dir.path()).expect("open");
     let (data, mut blocks) = encoded();
-    blocks[2].data[17] ^= 0x10;
+    let mut damaged = blocks[2].data.to_vec();
+    damaged[17] ^= 0x10;
+    blocks[2].data = damaged.into();
     let e = store.write(C, V, data.len() as u32, &blocks, true).expect_err("must refuse");
     assert!(matches!(e, StoreError::Corrupt { .. }), "{e:?}");
     assert_eq!(files_under(dir.path()), Vec::<PathBuf>::new());

@@ -162,7 +162,9 @@ async fn invalid_requests_get_error_replies() {
     assert_eq!(r, Err(FsError::InvalidArgument));
 
     let mut bad = blocks.clone();
-    bad[1].data[3] ^= 1;
+    let mut damaged = bad[1].data.to_vec();
+    damaged[3] ^= 1;
+    bad[1].data = damaged.into();
     let r = ca.write_chunk(ctx(), write(data.len() as u32, bad, vec![])).await.expect("rpc");
     assert_eq!(r, Err(FsError::Corrupt));
     assert_eq!(read_all(&ca, ChunkId(5), Version(9)).await, Err(FsError::NotFound));
