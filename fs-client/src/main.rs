@@ -29,7 +29,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// secret_file=PATH (default: $STRIPEFS_SECRET, $STRIPEFS_SECRET_FILE or
 /// /etc/stripefs/secret), threads=N (default: cores), cache_mb=N (block
 /// cache, default 256), dirty_mb=N (write buffer per file, default 64),
-/// log=PATH (log of a background client). fstab options such as _netdev,
+/// read_ahead_kb=N (kernel read-ahead, default 1024; 0 keeps the kernel's
+/// 128; needs root), log=PATH (log of a background client). fstab options such as _netdev,
 /// defaults, noauto and nofail are accepted and ignored.
 ///
 /// As a mount(8) helper: link this binary as /sbin/mount.fuse.stripefs, then

@@ -99,18 +99,39 @@ pub fn mount(
     let session = fuser::Session::new(fs, mountpoint, &config)
         .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
     let _ = notifier.set(session.notifier());
-    let record = write_record(mountpoint, master, &secret);
+    // Not stat(2): the session does not serve requests yet, a stat would hang.
+    let Some(dev) = mount_dev(mountpoint) else {
+        tracing::warn!("cannot find the new mount {} in /proc/self/mountinfo", mountpoint.display());
+        return Ok(Mount { session, core, record: None });
+    };
+    if opts.read_ahead_kb > 0 {
+        set_read_ahead(dev, opts.read_ahead_kb);
+    }
+    let record = write_record(dev, mountpoint, master, &secret);
     Ok(Mount { session, core, record })
+}
+
+/// Sets the kernel's read-ahead for the mount with device number `dev`
+/// (its backing device info in sysfs; FUSE lets a filesystem lower the
+/// read-ahead at init, not raise it). Needs root: otherwise the kernel's
+/// default stays, which only costs sequential read speed.
+fn set_read_ahead(dev: u64, kb: u64) {
+    let path = read_ahead_path(dev);
+    match std::fs::write(&path, format!("{kb}\n")) {
+        Ok(()) => tracing::debug!("read-ahead set to {kb} KiB ({})", path.display()),
+        Err(e) => tracing::info!("cannot set read-ahead to {kb} KiB in {}: {e}; keeping the kernel's", path.display()),
+    }
+}
+
+/// The sysfs file holding the read-ahead of the filesystem with device
+/// number `dev`.
+pub fn read_ahead_path(dev: u64) -> PathBuf {
+    PathBuf::from(format!("/sys/class/bdi/{}:{}/read_ahead_kb", libc::major(dev), libc::minor(dev)))
 }
 
 /// Records the mount (master address and secret, root-only) so that admin
 /// commands given a path inside it can reach its cluster.
-fn write_record(mountpoint: &Path, master: &str, secret: &Secret) -> Option<PathBuf> {
-    // Not stat(2): the session does not serve requests yet, a stat would hang.
-    let Some(dev) = mount_dev(mountpoint) else {
-        tracing::warn!("cannot find the new mount {} in /proc/self/mountinfo", mountpoint.display());
-        return None;
-    };
+fn write_record(dev: u64, mountpoint: &Path, master: &str, secret: &Secret) -> Option<PathBuf> {
     let path = mount_record_path(dev);
     let text = format!(
         "master={master}\nsecret_hex={}\nmountpoint={}\npid={}\n",

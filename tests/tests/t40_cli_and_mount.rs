@@ -153,6 +153,9 @@ fn stripefs_mount_runs_in_the_background_and_umount_ends_it() {
     let dev = fs::metadata(&mnt).expect("stat mount").dev();
     let record = stripefs_client::mount::mount_record_path(dev);
     assert!(record.exists(), "no mount record {}", record.display());
+    // The kernel's read-ahead was raised to the default 1 MiB.
+    let ra = stripefs_client::mount::read_ahead_path(dev);
+    assert_eq!(fs::read_to_string(&ra).expect("read-ahead").trim(), "1024", "{}", ra.display());
     let out = must_run(Command::new(bin("stripefs")).arg("status").arg(&mnt), LIMIT);
     assert!(text(&out.stdout).contains("3/3 nodes up"), "{}", show(&out));
 
@@ -298,7 +301,7 @@ fn mount_t_fuse_stripefs_and_an_fstab_line_with_netdev() {
     fs::write(
         &fstab,
         format!(
-            "# test fstab\n{}  {}  fuse.stripefs  _netdev,secret_file={}  0 0\n",
+            "# test fstab\n{}  {}  fuse.stripefs  _netdev,secret_file={},read_ahead_kb=4096  0 0\n",
             c.master_addr,
             mnt.display(),
             secret.display()
@@ -310,6 +313,8 @@ fn mount_t_fuse_stripefs_and_an_fstab_line_with_netdev() {
     eprintln!("mount -T fstab took {:?}", t.elapsed());
     let client = pids_with_arg(&mnt.display().to_string());
     must_be_live(&mnt, &c);
+    let ra = stripefs_client::mount::read_ahead_path(fs::metadata(&mnt).expect("stat mount").dev());
+    assert_eq!(fs::read_to_string(&ra).expect("read-ahead").trim(), "4096", "fstab's read_ahead_kb: {}", ra.display());
     must_umount(&mnt, &client);
 }
 
