@@ -38,4 +38,19 @@ impl BlockCache {
     pub fn put(&self, chunk: ChunkId, version: Version, block: u32, data: Bytes) {
         self.lock().put((chunk, version, block), data);
     }
+
+    /// Forgets every block.
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
+    /// Number of cached blocks.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no block is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }

@@ -528,6 +528,12 @@ impl FsCore {
 
     /// Sets an xattr.
     pub async fn setxattr(&self, ino: InodeId, name: &str, value: &[u8], flags: u32) -> Result<()> {
+        if name == DROP_CACHE_XATTR {
+            // Not stored: a request to this client (benchmarks' cold reads).
+            self.cache.clear();
+            tracing::info!("block cache dropped on request");
+            return Ok(());
+        }
         self.writable()?;
         if name == POLICY_XATTR || is_unsupported_xattr(name) {
             return Err(FsError::NotSupported.into());
@@ -587,6 +593,11 @@ impl FsCore {
 pub fn is_unsupported_xattr(name: &str) -> bool {
     name.starts_with("security.") || name.starts_with("system.")
 }
+
+/// Setting this virtual xattr (any value, on any path of the mount) empties
+/// the client's block cache, as `echo 3 > /proc/sys/vm/drop_caches` does
+/// for the kernel's: `stripefs bench` uses it before cold reads.
+pub const DROP_CACHE_XATTR: &str = "user.stripefs.drop_cache";
 
 /// The virtual xattr that shows an inode's data policy.
 pub const POLICY_XATTR: &str = "user.stripefs.policy";

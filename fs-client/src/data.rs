@@ -332,9 +332,11 @@ impl FsCore {
             };
             match self.read_range(offset, end, &locs, sequential).await {
                 Ok(data) => return Ok(data),
-                Err(ClientError::Fs(FsError::NotFound | FsError::Stale)) if attempt == 0 => {
+                Err(e) if attempt == 0 => {
                     // A chunk was rewritten by another client since we
-                    // looked: forget the locations and try again.
+                    // looked, or its nodes moved (a node restarted on a new
+                    // address): forget the locations and try again.
+                    tracing::debug!("read of inode {ino} failed ({e}); asking the master where its chunks are");
                     if let Some(st) = state.lock().await.as_mut() {
                         st.locs.clear();
                     }

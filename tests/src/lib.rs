@@ -763,3 +763,35 @@ pub fn wait_fsck_clean(path: &Path, limit: Duration) -> Duration {
         std::thread::sleep(Duration::from_millis(500));
     }
 }
+
+/// `path` as a C string.
+pub fn cpath(p: &Path) -> std::ffi::CString {
+    std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).expect("no NUL")
+}
+
+/// setxattr(2).
+#[allow(unsafe_code)]
+pub fn xattr_set(p: &Path, name: &str, v: &[u8]) -> std::io::Result<()> {
+    let n = std::ffi::CString::new(name).expect("name");
+    // SAFETY: valid NUL-terminated strings and a buffer of v.len() bytes.
+    let r = unsafe { libc::setxattr(cpath(p).as_ptr(), n.as_ptr(), v.as_ptr().cast(), v.len(), 0) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// getxattr(2).
+#[allow(unsafe_code)]
+pub fn xattr_get(p: &Path, name: &str) -> std::io::Result<Vec<u8>> {
+    let n = std::ffi::CString::new(name).expect("name");
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: valid strings and a writable buffer of buf.len() bytes.
+    let r = unsafe { libc::getxattr(cpath(p).as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    buf.truncate(r as usize);
+    Ok(buf)
+}

@@ -3,7 +3,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
-use stripefs_tests::{errno, random_bytes, sha256, TestCluster};
+use stripefs_tests::{cpath, errno, random_bytes, sha256, xattr_get, xattr_set, TestCluster};
 
 #[test]
 fn create_write_read_across_chunks() {
@@ -308,35 +308,6 @@ fn xattrs_get_set_list_remove() {
     // The data policy shows as a virtual xattr.
     let pol = xattr_get(m.path(), "user.stripefs.policy").expect("policy xattr");
     assert_eq!(String::from_utf8_lossy(&pol), "replication=2 compression=zstd:1");
-}
-
-fn cpath(p: &std::path::Path) -> std::ffi::CString {
-    std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).expect("no NUL")
-}
-
-#[allow(unsafe_code)]
-fn xattr_set(p: &std::path::Path, name: &str, v: &[u8]) -> std::io::Result<()> {
-    let n = std::ffi::CString::new(name).expect("name");
-    // SAFETY: valid NUL-terminated strings and a buffer of v.len() bytes.
-    let r = unsafe { libc::setxattr(cpath(p).as_ptr(), n.as_ptr(), v.as_ptr().cast(), v.len(), 0) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-#[allow(unsafe_code)]
-fn xattr_get(p: &std::path::Path, name: &str) -> std::io::Result<Vec<u8>> {
-    let n = std::ffi::CString::new(name).expect("name");
-    let mut buf = vec![0u8; 4096];
-    // SAFETY: valid strings and a writable buffer of buf.len() bytes.
-    let r = unsafe { libc::getxattr(cpath(p).as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    buf.truncate(r as usize);
-    Ok(buf)
 }
 
 #[allow(unsafe_code)]

@@ -5,7 +5,7 @@ use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 use stripefs_client::MountOptions;
 use stripefs_proto::InodeId;
-use stripefs_tests::{errno, random_bytes, replica_paths, sha256, tarpc_ctx, TestCluster};
+use stripefs_tests::{errno, random_bytes, replica_paths, sha256, tarpc_ctx, xattr_set, TestCluster};
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
@@ -106,4 +106,33 @@ fn a_node_with_a_wrong_secret_is_refused() {
     assert!(nodes.iter().all(|n| n.host != "intruder"));
     token.cancel();
     let _ = rt.block_on(node);
+}
+
+/// Setting `user.stripefs.drop_cache` empties the client's block cache (the
+/// bench relies on it for cold reads): a file the cache held is then read
+/// from the nodes again, which here fails, the nodes being down.
+#[test]
+fn the_drop_cache_xattr_empties_the_block_cache() {
+    let mut c = TestCluster::builder().nodes(2).start();
+    let m = c.mount();
+    let data = random_bytes(300_000);
+    fs::write(m.join("f"), &data).expect("write");
+    assert_eq!(fs::read(m.join("f")).expect("read"), data, "first read (fills the block cache)");
+    c.stop_node(0);
+    c.stop_node(1);
+    // Every open drops the kernel's pages (no keep_cache): this comes from
+    // the client's block cache.
+    assert_eq!(fs::read(m.join("f")).expect("read with the nodes down"), data);
+    xattr_set(m.path(), "user.stripefs.drop_cache", b"1").expect("drop the block cache");
+    let e = fs::read(m.join("f")).expect_err("no cache and no node: the read must fail");
+    assert_eq!(errno(&e), libc::EIO);
+    // The nodes come back on new ports: the client, which knew the old
+    // addresses, must ask the master again rather than fail.
+    c.start_node_again(0);
+    c.start_node_again(1);
+    c.wait_node_registered(0);
+    c.wait_node_registered(1);
+    assert_eq!(fs::read(m.join("f")).expect("read after the nodes are back"), data);
+    // Nothing was stored: the name is not an xattr of the root.
+    assert!(stripefs_tests::xattr_get(m.path(), "user.stripefs.drop_cache").is_err());
 }

@@ -66,7 +66,8 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N")]
     replication: Option<u8>,
     /// Do not drop the kernel's page cache before cold tests (dropping needs root and slows the whole
-    /// machine for a moment); cold tests then only drop the data files' cached pages.
+    /// machine for a moment); cold tests then only drop the data files' cached pages (and a stripefs
+    /// client's block cache, which needs no root).
     #[arg(long)]
     no_drop_caches: bool,
     /// Print the report as JSON.
@@ -124,11 +125,6 @@ pub async fn run(args: BenchArgs, master: Option<&str>, secret_file: Option<&Pat
             Err(e) if args.replication.is_some() => return Err(e.context("set the scratch directory's replication")),
             Err(e) => notes.push(format!("the scratch directory's policy is unknown: {e:#}")),
         }
-        notes.push(
-            "the stripefs client's own block cache (mount option cache_mb, 256 MiB by default) survives cache \
-             drops: random reads of a file it holds are served from client memory"
-                .to_string(),
-        );
     } else if args.replication.is_some() {
         notes.push("--replication was ignored: DIR is not in a stripefs mount".to_string());
     }

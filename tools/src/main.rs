@@ -79,8 +79,9 @@ enum Command {
     /// 64 KiB: write (no fsync), cold read. Data is incompressible. Before each cold test the page cache
     /// is dropped when running as root (the report says when it could not be).
     ///
-    /// When DIR is in a stripefs mount, the report gives the client's peak RSS and --replication sets
-    /// the scratch directory's replication.
+    /// When DIR (or the baseline) is in a stripefs mount, cold tests also empty that client's block
+    /// cache; the report gives the client's peak RSS and --replication sets the scratch directory's
+    /// replication.
     #[command(after_help = bench::EXAMPLES)]
     Bench(bench::BenchArgs),
     /// Check the filesystem: namespace (entries, link counts, detached inodes, sizes, counters) and data (missing,

@@ -175,6 +175,9 @@ struct Runner<'a> {
     data: &'a [u8],
     step: usize,
     total: usize,
+    /// Whether `root` is in a stripefs mount, whose client cache cold
+    /// phases empty too.
+    stripefs: bool,
     cache_note: Option<String>,
     measures: Vec<Measure>,
 }
@@ -191,7 +194,8 @@ impl<'a> Runner<'a> {
         step: usize,
         total: usize,
     ) -> Runner<'a> {
-        Runner { cfg, root, label, pb, stop, data, step, total, cache_note: None, measures: Vec::new() }
+        let stripefs = system::mount_of(root).is_some_and(|m| m.is_stripefs());
+        Runner { cfg, root, label, pb, stop, data, step, total, stripefs, cache_note: None, measures: Vec::new() }
     }
 
     fn run_all(mut self) -> anyhow::Result<SideResult> {
@@ -226,6 +230,9 @@ impl<'a> Runner<'a> {
     /// Empties the caches before a cold phase that reads `files` (or only
     /// names, when `files` is empty).
     fn cold(&mut self, files: &[PathBuf]) -> anyhow::Result<()> {
+        if self.stripefs {
+            system::drop_client_cache(self.root).context("empty the stripefs client's block cache")?;
+        }
         let why = if self.cfg.drop_caches {
             match system::drop_caches(self.root) {
                 Ok(()) => return Ok(()),

@@ -111,6 +111,22 @@ pub fn drop_caches(dir: &Path) -> anyhow::Result<()> {
     std::fs::write("/proc/sys/vm/drop_caches", b"3").context("write /proc/sys/vm/drop_caches")
 }
 
+/// Empties the block cache of the stripefs client serving `dir` (a virtual
+/// xattr the client answers itself; nothing is stored).
+#[allow(unsafe_code)]
+pub fn drop_client_cache(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).context("path with a NUL byte")?;
+    let name = std::ffi::CString::new(stripefs_client::core::DROP_CACHE_XATTR).expect("no NUL");
+    // SAFETY: valid NUL-terminated strings and a 1-byte value.
+    let rc = unsafe { libc::setxattr(path.as_ptr(), name.as_ptr(), b"1".as_ptr().cast(), 1, 0) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("setxattr {} on {}", stripefs_client::core::DROP_CACHE_XATTR, dir.display()));
+    }
+    Ok(())
+}
+
 /// Asks the kernel to forget the cached pages of `path` (posix_fadvise
 /// DONTNEED): the fallback when the whole page cache cannot be dropped.
 pub fn forget_file(path: &Path) -> anyhow::Result<()> {
