@@ -66,6 +66,20 @@ pub enum OfflineError {
         /// The database file.
         path: PathBuf,
     },
+    /// The master did not stop cleanly: its journal holds changes the
+    /// database file lacks, or the file needs redb's repair. Only the
+    /// master applies them.
+    #[error(
+        "the master of {} did not stop cleanly ({why}); start stripefs-master on that directory once \
+         (it recovers at start), then check again, or check the live filesystem",
+        dir.display()
+    )]
+    NotStoppedCleanly {
+        /// The master's data directory.
+        dir: PathBuf,
+        /// What shows it.
+        why: String,
+    },
     /// The file is not a master database.
     #[error("{} is not a stripefs master database", path.display())]
     NotOurs {
@@ -126,10 +140,21 @@ impl HoldsStore for Store {
 /// the records done and the records in all.
 pub fn offline(path: &Path, progress: &dyn Fn(u64, u64)) -> Result<FsckReport, OfflineError> {
     let p = || path.to_path_buf();
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let unclean = |why: String| OfflineError::NotStoppedCleanly { dir: dir.to_path_buf(), why };
+    // Checked after trying to open: a running master (which holds the
+    // database) is reported as such, not as a journal to apply.
+    let journal = crate::journal::pending_bytes(dir).unwrap_or(0);
+    let unapplied = || unclean(format!("its journal holds {journal} bytes of changes the database lacks"));
     let db = ReadOnlyDatabase::open(path).map_err(|e| match e {
         redb::DatabaseError::DatabaseAlreadyOpen => OfflineError::InUse { path: p() },
+        _ if journal > 0 => unapplied(),
+        redb::DatabaseError::RepairAborted => unclean("the database needs redb's crash repair".into()),
         e => OfflineError::Open { path: p(), source: e },
     })?;
+    if journal > 0 {
+        return Err(unapplied());
+    }
     let txn = db.begin_read().map_err(|e| OfflineError::Read { path: p(), source: e.into() })?;
     check_identity(&txn, path)?;
     let scan = scan::scan(&txn, None, progress).map_err(|e| OfflineError::Read { path: p(), source: e })?;

@@ -552,3 +552,29 @@ async fn repair_commands_check_before_they_write() {
     });
     must_refuse(&fs, attach(InodeId(5000)), FsError::Exists);
 }
+
+#[tokio::test]
+async fn offline_fsck_refuses_a_database_whose_journal_was_not_applied() {
+    let fs = Clean::new().await;
+    // A master that died: its last changes are only in the journal.
+    let crashed = TempDir::new().expect("temp dir");
+    {
+        let store = open_store(fs.dir.path());
+        mkdir(&store, ROOT, "late").await;
+        for name in [DB_FILE, crate::journal::JOURNAL_FILE] {
+            std::fs::copy(fs.dir.path().join(name), crashed.path().join(name)).expect("copy");
+        }
+    }
+    let e = offline(&crashed.path().join(DB_FILE), &|_, _| {}).expect_err("unapplied journal");
+    assert!(matches!(e, OfflineError::NotStoppedCleanly { .. }), "{e}");
+    assert!(e.to_string().contains("start stripefs-master"), "{e}");
+    // Starting the master applies it; then the offline check runs, and
+    // finds the late directory.
+    let store = open_store(crashed.path());
+    assert!(store.lookup(ROOT, "late").is_ok());
+    drop(store);
+    let r = offline(&crashed.path().join(DB_FILE), &|_, _| {}).expect("offline fsck after the replay");
+    assert_problems(&r, &[]);
+    // A clean stop left nothing to apply either.
+    assert_problems(&fs.offline(), &[]);
+}

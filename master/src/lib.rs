@@ -5,6 +5,7 @@
 //! report back with a commit.
 
 pub mod fsck;
+pub mod journal;
 pub mod namespace;
 pub mod records;
 pub mod registry;

@@ -1,10 +1,12 @@
 //! The master's redb database: creation and format checks, read queries on
 //! concurrent read transactions, and the single writer thread that applies
-//! [`Command`]s with group commit (many commands, one fsync).
+//! [`Command`]s with group commit (many commands, one fsync) and makes them
+//! durable through the [`crate::journal`].
 //!
 //! This is the only module that touches redb directly besides
 //! [`crate::namespace`], so another engine can later stand behind it.
 
+use crate::journal::{Applied, Entry, Journal, JOURNAL_FILE};
 use crate::namespace::{apply, ApplyError, Command, Context, Reply, Tables};
 use crate::records::{ChunkRecord, InodeRecord, NodeRecord};
 use crate::tables::{self, meta_keys, FORMAT_VERSION, MAGIC_VALUE};
@@ -23,7 +25,14 @@ use tokio_util::sync::CancellationToken;
 pub const DB_FILE: &str = "master.redb";
 
 /// Files the master itself may leave in its data directory.
-const OWN_FILES: &[&str] = &[DB_FILE, "listen.addr", "listen.tmp", "master.log", "secret"];
+const OWN_FILES: &[&str] = &[DB_FILE, JOURNAL_FILE, "listen.addr", "listen.tmp", "master.log", "secret"];
+
+/// Longest time between durable redb commits (checkpoints); the journal
+/// covers the commits in between.
+const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Journal size that forces a checkpoint.
+const CHECKPOINT_BYTES: u64 = 16 << 20;
 
 /// Most commands applied in one transaction.
 const MAX_BATCH: usize = 512;
@@ -171,6 +180,11 @@ impl Store {
             tracing::info!("created a new filesystem in {} (chunk size {chunk_size})", path.display());
             db
         };
+        let (journal, entries) = Journal::open(dir).map_err(io(&dir.join(JOURNAL_FILE)))?;
+        let (seq, journal) = replay(&db, journal, entries).map_err(|e| match e {
+            ReplayError::Db(e) => db_err(&path)(e),
+            ReplayError::Io(e) => io(&dir.join(JOURNAL_FILE))(e),
+        })?;
         let (fs_id, chunk_size, ceiling) = read_identity(&db).map_err(db_err(&path))?;
         // Ids below the stored ceiling may have been handed out before a
         // crash: start above it and reserve a new range now.
@@ -191,7 +205,10 @@ impl Store {
         let writer_gate = gate.clone();
         let writer_thread = std::thread::Builder::new()
             .name("master-writer".into())
-            .spawn(move || writer_loop(&writer_db, &writer_gate, rx, chunk_size as u64, is_open, fatal))
+            .spawn(move || {
+                let w = Writer { db: &writer_db, gate: &writer_gate, journal, seq, chunk_size: chunk_size as u64 };
+                w.run(rx, is_open, fatal)
+            })
             .map_err(io(dir))?;
         Ok(Store {
             db,
@@ -562,63 +579,173 @@ fn read_identity(db: &Database) -> Result<(String, u32, u64), redb::Error> {
     }
 }
 
-fn writer_loop(
-    db: &Database,
-    gate: &std::sync::RwLock<()>,
-    rx: mpsc::Receiver<Job>,
-    chunk_size: u64,
-    is_open: Box<dyn Fn(InodeId) -> bool + Send>,
-    fatal: CancellationToken,
-) {
-    let ctx = Context { chunk_size, is_open: &*is_open };
-    while let Ok(first) = rx.recv() {
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(j) => jobs.push(j),
-                Err(_) => break,
-            }
-        }
-        match apply_batch(db, gate, &jobs, &ctx) {
-            Ok(results) => {
-                for (job, r) in jobs.into_iter().zip(results) {
-                    let _ = job.reply.send(r);
-                }
-            }
-            Err(e) => {
-                tracing::error!("metadata commit failed, stopping the master: {e}");
-                for job in jobs {
-                    let _ = job.reply.send(Err(FsError::Internal));
-                }
-                fatal.cancel();
-                return;
-            }
-        }
+/// Why replaying the journal failed.
+enum ReplayError {
+    Db(redb::Error),
+    Io(std::io::Error),
+}
+
+impl<E: Into<redb::Error>> From<E> for ReplayError {
+    fn from(e: E) -> ReplayError {
+        ReplayError::Db(e.into())
     }
 }
 
-fn apply_batch(
-    db: &Database,
-    gate: &std::sync::RwLock<()>,
-    jobs: &[Job],
-    ctx: &Context,
-) -> Result<Vec<Result<Reply, FsError>>, redb::Error> {
-    let txn = db.begin_write()?;
-    let mut results = Vec::with_capacity(jobs.len());
-    {
-        let mut t = Tables::open(&txn)?;
-        for job in jobs {
-            results.push(match apply(&mut t, &job.cmd, ctx) {
-                Ok(r) => Ok(r),
-                Err(ApplyError::Fs(e)) => Err(e),
-                Err(ApplyError::Store(e)) => return Err(e),
-                Err(ApplyError::Decode(e)) => return Err(redb::Error::Corrupted(e.to_string())),
-            });
+/// The journal's sequence number stored in the database (0: none yet).
+fn stored_seq(db: &Database) -> Result<u64, redb::Error> {
+    let txn = db.begin_read()?;
+    let meta = txn.open_table(tables::META)?;
+    let seq = meta.get(meta_keys::JOURNAL_SEQ)?.and_then(|v| read_u64(v.value()));
+    Ok(seq.unwrap_or(0))
+}
+
+/// Applies the journaled batches the database lost in a crash (those after
+/// its stored sequence number), makes the result durable and empties the
+/// journal. Returns the last sequence number.
+fn replay(db: &Database, mut journal: Journal, entries: Vec<Entry>) -> Result<(u64, Journal), ReplayError> {
+    let mut seq = stored_seq(db)?;
+    let lost = seq;
+    let mut replayed = 0usize;
+    for entry in entries.into_iter().filter(|e| e.seq > lost) {
+        let txn = db.begin_write()?;
+        {
+            let mut t = Tables::open(&txn)?;
+            for a in &entry.cmds {
+                let is_open = |ino: InodeId| a.open.contains(&ino);
+                // chunk_size only bounds file sizes: read it from the database.
+                let chunk_size = t.meta.get(meta_keys::CHUNK_SIZE)?.and_then(|v| read_u32(v.value())).unwrap_or(0);
+                let ctx = Context { chunk_size: chunk_size as u64, is_open: &is_open };
+                match apply(&mut t, &a.cmd, &ctx) {
+                    // Failed the same way when it was first applied.
+                    Ok(_) | Err(ApplyError::Fs(_)) => {}
+                    Err(ApplyError::Store(e)) => return Err(e.into()),
+                    Err(ApplyError::Decode(e)) => return Err(redb::Error::Corrupted(e.to_string()).into()),
+                }
+                replayed += 1;
+            }
+            t.meta.insert(meta_keys::JOURNAL_SEQ, entry.seq.to_le_bytes().as_slice())?;
+        }
+        txn.commit()?;
+        seq = entry.seq;
+    }
+    if replayed > 0 {
+        tracing::info!("replayed {replayed} metadata commands from the journal {}", journal.path().display());
+    }
+    checkpoint(db)?;
+    journal.clear().map_err(ReplayError::Io)?;
+    Ok((seq, journal))
+}
+
+fn read_u32(v: &[u8]) -> Option<u32> {
+    Some(u32::from_le_bytes(v.try_into().ok()?))
+}
+
+/// A durable commit: everything committed before is on disk once it returns.
+fn checkpoint(db: &Database) -> Result<(), redb::Error> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(redb::Durability::Immediate).map_err(|e| redb::Error::Corrupted(e.to_string()))?;
+    txn.commit()?;
+    Ok(())
+}
+
+/// The writer thread's state.
+struct Writer<'a> {
+    db: &'a Database,
+    gate: &'a std::sync::RwLock<()>,
+    journal: Journal,
+    /// Sequence number of the last batch.
+    seq: u64,
+    chunk_size: u64,
+}
+
+impl Writer<'_> {
+    /// Applies batches of jobs until every sender is gone, then checkpoints.
+    fn run(mut self, rx: mpsc::Receiver<Job>, is_open: Box<dyn Fn(InodeId) -> bool + Send>, fatal: CancellationToken) {
+        let mut last_checkpoint = std::time::Instant::now();
+        while let Ok(first) = rx.recv() {
+            let mut jobs = vec![first];
+            while jobs.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
+                }
+            }
+            let durable = last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL || self.journal.len() >= CHECKPOINT_BYTES;
+            match self.apply_batch(&jobs, &*is_open, durable) {
+                Ok(results) => {
+                    if durable {
+                        last_checkpoint = std::time::Instant::now();
+                    }
+                    for (job, r) in jobs.into_iter().zip(results) {
+                        let _ = job.reply.send(r);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!("metadata commit failed, stopping the master: {e}");
+                    for job in jobs {
+                        let _ = job.reply.send(Err(FsError::Internal));
+                    }
+                    fatal.cancel();
+                    return;
+                }
+            }
+        }
+        // Clean shutdown: leave everything in the database, nothing to replay.
+        let _no_readers = self.gate.write().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = checkpoint(self.db)
+            .map_err(|e| e.to_string())
+            .and_then(|()| self.journal.clear().map_err(|e| e.to_string()))
+        {
+            tracing::error!("final metadata checkpoint failed (the journal will be replayed at the next start): {e}");
         }
     }
-    let _no_readers = gate.write().unwrap_or_else(|e| e.into_inner());
-    txn.commit()?;
-    Ok(results)
+
+    /// Applies `jobs` in one transaction and makes it durable: by a durable
+    /// commit (then the journal is emptied) or by journaling the batch.
+    fn apply_batch(
+        &mut self,
+        jobs: &[Job],
+        is_open: &dyn Fn(InodeId) -> bool,
+        durable: bool,
+    ) -> Result<Vec<Result<Reply, FsError>>, String> {
+        let seq = self.seq + 1;
+        // The open inodes each command asked about, for the journal.
+        let asked = std::cell::RefCell::new(Vec::new());
+        let recording = |ino: InodeId| {
+            let open = is_open(ino);
+            if open {
+                asked.borrow_mut().push(ino);
+            }
+            open
+        };
+        let ctx = Context { chunk_size: self.chunk_size, is_open: &recording };
+        let mut txn = self.db.begin_write().map_err(|e| e.to_string())?;
+        let durability = if durable { redb::Durability::Immediate } else { redb::Durability::None };
+        txn.set_durability(durability).map_err(|e| e.to_string())?;
+        let mut results = Vec::with_capacity(jobs.len());
+        let mut applied = Vec::with_capacity(jobs.len());
+        {
+            let mut t = Tables::open(&txn).map_err(|e| e.to_string())?;
+            for job in jobs {
+                results.push(match apply(&mut t, &job.cmd, &ctx) {
+                    Ok(r) => Ok(r),
+                    Err(ApplyError::Fs(e)) => Err(e),
+                    Err(ApplyError::Store(e)) => return Err(e.to_string()),
+                    Err(ApplyError::Decode(e)) => return Err(e.to_string()),
+                });
+                applied.push(Applied { cmd: job.cmd.clone(), open: asked.take() });
+            }
+            t.meta.insert(meta_keys::JOURNAL_SEQ, seq.to_le_bytes().as_slice()).map_err(|e| e.to_string())?;
+        }
+        {
+            let _no_readers = self.gate.write().unwrap_or_else(|e| e.into_inner());
+            txn.commit().map_err(|e| e.to_string())?;
+        }
+        self.seq = seq;
+        let journaled = if durable { self.journal.clear() } else { self.journal.append(&Entry { seq, cmds: applied }) };
+        journaled.map_err(|e| format!("metadata journal {}: {e}", self.journal.path().display()))?;
+        Ok(results)
+    }
 }
 
 #[cfg(test)]

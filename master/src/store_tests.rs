@@ -84,7 +84,7 @@ fn creates_a_new_filesystem_in_an_empty_dir() {
     assert!(store.nodes().expect("nodes").is_empty());
     assert!(store.orphans().expect("orphans").is_empty());
     assert_eq!(store.pending_deletions(), Ok(0));
-    assert_eq!(dir_entries(tmp.path()), [DB_FILE]);
+    assert_eq!(dir_entries(tmp.path()), [JOURNAL_FILE, DB_FILE]);
 
     // Two filesystems get different ids.
     let other = TempDir::new().expect("temp dir");
@@ -370,4 +370,55 @@ fn refuses_a_database_open_elsewhere() {
     };
     assert!(msg.to_lowercase().contains("already open"), "{msg}");
     assert!(!msg.contains("not a stripefs master database"), "a database in use is ours: {msg}");
+}
+
+/// What a killed master leaves: its files as they are now (a process crash
+/// keeps everything it wrote; only its memory is lost). Copied while the
+/// store is still running, so nothing is checkpointed on the way out.
+fn crash_copy(from: &Path) -> TempDir {
+    let to = TempDir::new().expect("temp dir");
+    for name in [DB_FILE, JOURNAL_FILE] {
+        std::fs::copy(from.join(name), to.path().join(name)).expect("copy");
+    }
+    to
+}
+
+#[tokio::test]
+async fn acknowledged_commands_survive_a_crash_through_the_journal() {
+    let tmp = TempDir::new().expect("temp dir");
+    let store = open_ok(tmp.path(), None);
+    for i in 0..50 {
+        attr(&store, mkdir(ROOT, &format!("d{i:02}"))).await;
+    }
+    // Well within the checkpoint interval: they are in the journal.
+    assert!(crate::journal::pending_bytes(tmp.path()).expect("journal") > 0, "nothing was journaled");
+    let crashed = crash_copy(tmp.path());
+    drop(store);
+    // A clean stop leaves nothing to replay.
+    assert_eq!(crate::journal::pending_bytes(tmp.path()).expect("journal"), 0);
+
+    let store = open_ok(crashed.path(), None);
+    let names: Vec<String> = store.readdir(ROOT, None, 100).expect("readdir").into_iter().map(|e| e.name).collect();
+    let want: Vec<String> = (0..50).map(|i| format!("d{i:02}")).collect();
+    assert_eq!(names, want);
+    assert_eq!(store.inode(ROOT).expect("root").nlink, 52);
+    assert_eq!(crate::journal::pending_bytes(crashed.path()).expect("journal"), 0, "replayed, then emptied");
+    // New inodes continue after the replayed ones.
+    let f = attr(&store, mknod(ROOT, "after")).await;
+    assert!(names.iter().all(|n| store.lookup(ROOT, n).expect("lookup").0 != f.ino));
+}
+
+#[tokio::test]
+async fn replay_gives_unlink_the_open_answers_it_had() {
+    let tmp = TempDir::new().expect("temp dir");
+    // Every inode is open on some client: unlink keeps them as orphans.
+    let store = Store::open(tmp.path(), None, Box::new(|_| true), CancellationToken::new()).expect("open");
+    let f = attr(&store, mknod(ROOT, "f")).await;
+    store.execute(Command::Unlink { parent: ROOT, name: "f".into(), now: Timestamp::now() }).await.expect("unlink");
+    let crashed = crash_copy(tmp.path());
+    drop(store);
+    // Reopened with nothing open: replay must still keep the orphan.
+    let store = open_ok(crashed.path(), None);
+    assert_eq!(store.orphans(), Ok(vec![f.ino]));
+    assert!(store.lookup(ROOT, "f").is_err());
 }

@@ -35,6 +35,9 @@ pub mod meta_keys {
     pub const ID_CEILING: &str = "id_ceiling";
     /// Number of live inodes (u64 LE).
     pub const INODE_COUNT: &str = "inode_count";
+    /// Sequence number of the last journaled batch this database holds
+    /// (u64 LE; absent: 0). See [`crate::journal`].
+    pub const JOURNAL_SEQ: &str = "journal_seq";
     /// Marks a stripefs master database (value [`super::MAGIC_VALUE`]).
     pub const MAGIC: &str = "magic";
 }
