@@ -142,21 +142,25 @@ pub fn offline(path: &Path, progress: &dyn Fn(u64, u64)) -> Result<FsckReport, O
     let p = || path.to_path_buf();
     let dir = path.parent().unwrap_or(Path::new("."));
     let unclean = |why: String| OfflineError::NotStoppedCleanly { dir: dir.to_path_buf(), why };
-    // Checked after trying to open: a running master (which holds the
-    // database) is reported as such, not as a journal to apply.
-    let journal = crate::journal::pending_bytes(dir).unwrap_or(0);
-    let unapplied = || unclean(format!("its journal holds {journal} bytes of changes the database lacks"));
     let db = ReadOnlyDatabase::open(path).map_err(|e| match e {
         redb::DatabaseError::DatabaseAlreadyOpen => OfflineError::InUse { path: p() },
-        _ if journal > 0 => unapplied(),
         redb::DatabaseError::RepairAborted => unclean("the database needs redb's crash repair".into()),
         e => OfflineError::Open { path: p(), source: e },
     })?;
-    if journal > 0 {
-        return Err(unapplied());
-    }
     let txn = db.begin_read().map_err(|e| OfflineError::Read { path: p(), source: e.into() })?;
     check_identity(&txn, path)?;
+    let read_err = |e: redb::Error| OfflineError::Read { path: p(), source: e };
+    let meta = txn.open_table(tables::META).map_err(|e| read_err(e.into()))?;
+    let stored = meta
+        .get(tables::meta_keys::JOURNAL_SEQ)
+        .map_err(|e| read_err(e.into()))?
+        .and_then(|v| Some(u64::from_le_bytes(v.value().try_into().ok()?)))
+        .unwrap_or(0);
+    let pending =
+        crate::journal::pending(dir, stored).map_err(|e| unclean(format!("its journal is unreadable: {e}")))?;
+    if !pending.is_empty() {
+        return Err(unclean(format!("its journal holds {} batches of changes the database lacks", pending.len())));
+    }
     let scan = scan::scan(&txn, None, progress).map_err(|e| OfflineError::Read { path: p(), source: e })?;
     Ok(report(scan, false, false, &[]))
 }

@@ -13,17 +13,31 @@
 //! Record format: `len: u32 LE`, `crc32(payload): u32 LE`, `payload`
 //! (bincode of [`Entry`]). A record cut short or failing its crc can only
 //! be the last one, written when the master died and never acknowledged:
-//! reading stops there and the tail is cut off.
+//! reading stops there.
+//!
+//! The file is written in place, not appended to: it is created full of
+//! zeros ([`PREALLOC_BYTES`]) and emptying it only moves the write position
+//! back to the start. An fdatasync then has no file size or block
+//! allocation to record, which halves its cost on ext4 (~0.15 ms against
+//! ~0.3 ms here). Records left from before the last emptying have smaller
+//! sequence numbers than the ones written over them, so reading also stops
+//! at the first record whose sequence number does not grow.
 
 use crate::namespace::Command;
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use stripefs_proto::InodeId;
 
 /// File name of the journal inside the master's data directory.
 pub const JOURNAL_FILE: &str = "master.journal";
+
+/// Size the journal file is created with (written with zeros, so that
+/// writing a record allocates nothing). A checkpoint empties the journal
+/// long before it is full; past it, the file grows.
+pub const PREALLOC_BYTES: u64 = 4 << 20;
 
 /// Largest record accepted when reading (a batch of 512 commands is far
 /// below it; anything larger is damage).
@@ -48,52 +62,51 @@ pub struct Entry {
     pub cmds: Vec<Applied>,
 }
 
-/// The journal file, open for appending.
+/// The journal file, open for writing records.
 pub struct Journal {
     file: File,
     path: PathBuf,
+    /// Bytes of records since the journal was last emptied: where the
+    /// next one goes.
     len: u64,
 }
 
 impl Journal {
     /// Opens (or creates) the journal in `dir` and returns the entries it
-    /// holds. A damaged tail is cut off.
+    /// holds; new records go after them. Entries may include some the
+    /// database already holds (compare sequence numbers).
     pub fn open(dir: &Path) -> io::Result<(Journal, Vec<Entry>)> {
         let path = dir.join(JOURNAL_FILE);
         let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
-        let (entries, valid) = decode_all(&bytes);
-        if valid < bytes.len() {
-            tracing::warn!(
-                "metadata journal {}: cutting off {} bytes of an unfinished last record",
-                path.display(),
-                bytes.len() - valid
-            );
-            file.set_len(valid as u64)?;
+        if (bytes.len() as u64) < PREALLOC_BYTES {
+            let zeros = vec![0u8; 1 << 20];
+            let mut at = bytes.len() as u64;
+            while at < PREALLOC_BYTES {
+                let n = (PREALLOC_BYTES - at).min(zeros.len() as u64);
+                file.write_all(&zeros[..n as usize])?;
+                at += n;
+            }
             file.sync_all()?;
+            File::open(dir)?.sync_all()?;
         }
-        file.seek(SeekFrom::Start(valid as u64))?;
+        let (entries, valid) = decode_all(&bytes);
         Ok((Journal { file, path, len: valid as u64 }, entries))
     }
 
-    /// Appends `entry` and waits until it is on disk.
+    /// Writes `entry` after the others and waits until it is on disk.
     pub fn append(&mut self, entry: &Entry) -> io::Result<()> {
         let record = encode(entry)?;
-        self.file.write_all(&record)?;
+        self.file.write_all_at(&record, self.len)?;
         self.file.sync_data()?;
         self.len += record.len() as u64;
         Ok(())
     }
 
-    /// Empties the journal: every entry is in a durable redb commit.
+    /// Empties the journal: every entry is in a durable redb commit. Only
+    /// moves the write position (see the module doc): nothing is written.
     pub fn clear(&mut self) -> io::Result<()> {
-        if self.len == 0 {
-            return Ok(());
-        }
-        self.file.set_len(0)?;
-        self.file.seek(SeekFrom::Start(0))?;
-        self.file.sync_all()?;
         self.len = 0;
         Ok(())
     }
@@ -114,14 +127,16 @@ impl Journal {
     }
 }
 
-/// Whether the journal in `dir` holds entries a master has not yet
-/// checkpointed into its database (it stopped without a clean shutdown).
-pub fn pending_bytes(dir: &Path) -> io::Result<u64> {
-    match std::fs::metadata(dir.join(JOURNAL_FILE)) {
-        Ok(m) => Ok(m.len()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
-        Err(e) => Err(e),
-    }
+/// The entries of the journal in `dir` with sequence numbers above
+/// `stored` (those of a database whose last batch was `stored`): changes a
+/// master that did not stop cleanly left for the next start to apply.
+pub fn pending(dir: &Path, stored: u64) -> io::Result<Vec<Entry>> {
+    let bytes = match std::fs::read(dir.join(JOURNAL_FILE)) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    Ok(decode_all(&bytes).0.into_iter().filter(|e| e.seq > stored).collect())
 }
 
 fn encode(entry: &Entry) -> io::Result<Vec<u8>> {
@@ -137,14 +152,15 @@ fn encode(entry: &Entry) -> io::Result<Vec<u8>> {
     Ok(record)
 }
 
-/// The entries of the valid prefix of `bytes`, and that prefix's length.
+/// The entries of the valid prefix of `bytes` (sound records of growing
+/// sequence numbers), and that prefix's length.
 fn decode_all(bytes: &[u8]) -> (Vec<Entry>, usize) {
-    let mut entries = Vec::new();
+    let mut entries: Vec<Entry> = Vec::new();
     let mut at = 0;
     while let Some(head) = bytes.get(at..at + 8) {
         let len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes"));
         let crc = u32::from_le_bytes(head[4..].try_into().expect("4 bytes"));
-        if len > MAX_RECORD_BYTES {
+        if len == 0 || len > MAX_RECORD_BYTES {
             break;
         }
         let Some(payload) = bytes.get(at + 8..at + 8 + len as usize) else { break };
@@ -152,6 +168,9 @@ fn decode_all(bytes: &[u8]) -> (Vec<Entry>, usize) {
             break;
         }
         let Ok(entry) = bincode::deserialize::<Entry>(payload) else { break };
+        if entries.last().is_some_and(|last| entry.seq <= last.seq) {
+            break;
+        }
         entries.push(entry);
         at += 8 + len as usize;
     }
@@ -185,12 +204,15 @@ mod tests {
         assert_eq!(got[1].cmds[0].open, vec![InodeId(2)]);
         assert!(matches!(got[2].cmds[0].cmd, Command::ReserveIds { ceiling: 30 }));
         j.append(&entry(4)).expect("append after reopening");
-        assert_eq!(pending_bytes(dir.path()).expect("size"), j.len());
+        assert_eq!(seqs(&pending(dir.path(), 2).expect("pending")), vec![3, 4]);
         j.clear().expect("clear");
         assert!(j.is_empty());
+        // The old records stay in the file until overwritten, but they are
+        // older than the new one: reading stops at them.
         j.append(&entry(5)).expect("append after clear");
         drop(j);
         assert_eq!(seqs(&Journal::open(dir.path()).expect("reopen").1), vec![5]);
+        assert_eq!(std::fs::metadata(dir.path().join(JOURNAL_FILE)).expect("stat").len(), PREALLOC_BYTES);
     }
 
     #[test]
@@ -201,10 +223,11 @@ mod tests {
         j.append(&entry(2)).expect("append");
         let whole = j.len();
         drop(j);
+        assert_eq!(seqs(&Journal::open(dir.path()).expect("reopen").1), vec![1, 2]);
         let path = dir.path().join(JOURNAL_FILE);
         // The last record cut short, as by a crash during its write.
         let f = OpenOptions::new().write(true).open(&path).expect("open file");
-        f.set_len(whole - 3).expect("truncate");
+        f.write_all_at(&[0; 12], whole - 12).expect("tear");
         drop(f);
         let (mut j, got) = Journal::open(dir.path()).expect("reopen");
         assert_eq!(seqs(&got), vec![1]);
@@ -212,9 +235,12 @@ mod tests {
         drop(j);
         assert_eq!(seqs(&Journal::open(dir.path()).expect("reopen").1), vec![1, 3]);
         // A flipped byte in the last record: that record is dropped.
+        let (j, got) = Journal::open(dir.path()).expect("reopen");
+        assert_eq!(seqs(&got), vec![1, 3]);
+        let last = j.len() - 1;
+        drop(j);
         let mut bytes = std::fs::read(&path).expect("read");
-        let last = bytes.len() - 1;
-        bytes[last] ^= 0x01;
+        bytes[last as usize] ^= 0x01;
         std::fs::write(&path, &bytes).expect("damage");
         assert_eq!(seqs(&Journal::open(dir.path()).expect("reopen").1), vec![1]);
     }

@@ -31,8 +31,9 @@ const OWN_FILES: &[&str] = &[DB_FILE, JOURNAL_FILE, "listen.addr", "listen.tmp",
 /// covers the commits in between.
 const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Journal size that forces a checkpoint.
-const CHECKPOINT_BYTES: u64 = 16 << 20;
+/// Journal size that forces a checkpoint: half the journal's preallocated
+/// size, so records are written over existing blocks (see [`crate::journal`]).
+const CHECKPOINT_BYTES: u64 = crate::journal::PREALLOC_BYTES / 2;
 
 /// Most commands applied in one transaction.
 const MAX_BATCH: usize = 512;
