@@ -738,13 +738,22 @@ impl Writer<'_> {
             }
             t.meta.insert(meta_keys::JOURNAL_SEQ, seq.to_le_bytes().as_slice()).map_err(|e| e.to_string())?;
         }
+        let path = self.journal.path().to_path_buf();
+        let journal_err = |e: std::io::Error| format!("metadata journal {}: {e}", path.display());
+        // Journaled before the commit: nobody can read a change (and act on
+        // it) before it is durable. Should the commit then fail, the master
+        // stops and the next start applies the batch from the journal.
+        if !durable {
+            self.journal.append(&Entry { seq, cmds: applied }).map_err(journal_err)?;
+        }
         {
             let _no_readers = self.gate.write().unwrap_or_else(|e| e.into_inner());
             txn.commit().map_err(|e| e.to_string())?;
         }
         self.seq = seq;
-        let journaled = if durable { self.journal.clear() } else { self.journal.append(&Entry { seq, cmds: applied }) };
-        journaled.map_err(|e| format!("metadata journal {}: {e}", self.journal.path().display()))?;
+        if durable {
+            self.journal.clear().map_err(journal_err)?;
+        }
         Ok(results)
     }
 }
