@@ -31,6 +31,12 @@ fn encode(c: &mut Criterion) {
                 b.iter(|| black_box(enc.encode_all(black_box(data))));
             });
         }
+        // What the client does: raw blocks are slices of the chunk buffer.
+        let shared = bytes::Bytes::from(data.clone());
+        g.bench_with_input(BenchmarkId::new(name, "zstd 1, shared"), &shared, |b, data| {
+            let mut enc = BlockEncoder::new(1);
+            b.iter(|| black_box(enc.encode_shared(black_box(data))));
+        });
     }
     g.finish();
 }
