@@ -77,7 +77,17 @@ pub struct FsCore {
     next_handle: AtomicU64,
     pub(crate) cache: BlockCache,
     statfs_cache: Mutex<Option<(Instant, StatFs)>>,
+    /// Directory attributes the master returned with this client's last
+    /// change in each directory. The kernel drops a directory's cached
+    /// attributes after every change in it and asks for them again right
+    /// away (`default_permissions` needs them for the next create or
+    /// unlink): that GETATTR is answered from here, once, within
+    /// `attr_ttl`, instead of by another round trip to the master.
+    fresh_dirs: Mutex<HashMap<InodeId, (Instant, Attr)>>,
 }
+
+/// Most directories [`FsCore`] keeps fresh attributes of.
+const MAX_FRESH_DIRS: usize = 4096;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // The maps hold plain data; a panic elsewhere does not make them wrong.
@@ -106,6 +116,7 @@ impl FsCore {
             next_handle: AtomicU64::new(1),
             cache,
             statfs_cache: Mutex::new(None),
+            fresh_dirs: Mutex::new(HashMap::new()),
         });
         // After a reconnect (e.g. a master restart), open files are opened
         // again so the master keeps unlinked-but-open files alive.
@@ -165,8 +176,34 @@ impl FsCore {
 
     /// Attributes, with the size this client has written but not uploaded.
     pub async fn getattr(&self, ino: InodeId) -> Result<Attr> {
+        if let Some(attr) = self.take_fresh_dir(ino) {
+            return Ok(attr);
+        }
         let attr = self.master.call(|c, ctx| async move { c.getattr(ctx, ino).await }).await?;
         Ok(self.with_local_size(attr).await)
+    }
+
+    /// Keeps a directory's attributes as a change of this client left them.
+    fn remember_dir(&self, attr: Option<Attr>) {
+        let Some(attr) = attr else { return };
+        let mut fresh = lock(&self.fresh_dirs);
+        if fresh.len() >= MAX_FRESH_DIRS {
+            fresh.clear();
+        }
+        fresh.insert(attr.ino, (Instant::now(), attr));
+    }
+
+    /// Forgets what [`FsCore::remember_dir`] kept of `dir` (another change
+    /// of this client made it stale).
+    fn forget_dir(&self, dir: InodeId) {
+        lock(&self.fresh_dirs).remove(&dir);
+    }
+
+    /// The attributes [`FsCore::remember_dir`] kept of `ino`, if still
+    /// within `attr_ttl`; taken, so the next ask goes to the master.
+    fn take_fresh_dir(&self, ino: InodeId) -> Option<Attr> {
+        let (at, attr) = lock(&self.fresh_dirs).remove(&ino)?;
+        (at.elapsed() < self.cfg.attr_ttl).then_some(attr)
     }
 
     /// `attrs` with the sizes this client has written but not uploaded
@@ -197,6 +234,7 @@ impl FsCore {
     /// Changes attributes; a size change first uploads buffered writes.
     pub async fn setattr(self: &Arc<Self>, ino: InodeId, set: SetAttr) -> Result<Attr> {
         self.writable()?;
+        self.forget_dir(ino);
         let state = lock(&self.files).get(&ino).map(|e| e.state.clone());
         // Buffered writes land before a size or time change, so the upload's
         // commit can neither undo a truncate nor overwrite an explicit mtime.
@@ -238,6 +276,7 @@ impl FsCore {
         rdev: u32,
     ) -> Result<Attr> {
         self.writable()?;
+        self.forget_dir(parent);
         let name = name.to_string();
         self.master
             .call(|c, ctx| {
@@ -251,17 +290,21 @@ impl FsCore {
     pub async fn mkdir(&self, parent: InodeId, name: &str, perm: u32, owner: Owner) -> Result<Attr> {
         self.writable()?;
         let name = name.to_string();
-        self.master
+        let made = self
+            .master
             .call(|c, ctx| {
                 let a1 = name.clone();
                 async move { c.mkdir(ctx, parent, a1, perm, owner).await }
             })
-            .await
+            .await?;
+        self.remember_dir(made.parent);
+        Ok(made.attr)
     }
 
     /// Creates a symlink.
     pub async fn symlink(&self, parent: InodeId, name: &str, target: &str, owner: Owner) -> Result<Attr> {
         self.writable()?;
+        self.forget_dir(parent);
         let (name, target) = (name.to_string(), target.to_string());
         self.master
             .call(|c, ctx| {
@@ -280,6 +323,7 @@ impl FsCore {
     /// Adds a hard link.
     pub async fn link(&self, ino: InodeId, new_parent: InodeId, new_name: &str) -> Result<Attr> {
         self.writable()?;
+        self.forget_dir(new_parent);
         let new_name = new_name.to_string();
         let attr = self
             .master
@@ -295,24 +339,30 @@ impl FsCore {
     pub async fn unlink(&self, parent: InodeId, name: &str) -> Result<()> {
         self.writable()?;
         let name = name.to_string();
-        self.master
+        let dir = self
+            .master
             .call(|c, ctx| {
                 let a1 = name.clone();
                 async move { c.unlink(ctx, parent, a1).await }
             })
-            .await
+            .await?;
+        self.remember_dir(dir);
+        Ok(())
     }
 
     /// Removes an empty directory.
     pub async fn rmdir(&self, parent: InodeId, name: &str) -> Result<()> {
         self.writable()?;
         let name = name.to_string();
-        self.master
+        let dir = self
+            .master
             .call(|c, ctx| {
                 let a1 = name.clone();
                 async move { c.rmdir(ctx, parent, a1).await }
             })
-            .await
+            .await?;
+        self.remember_dir(dir);
+        Ok(())
     }
 
     /// Renames (renameat2 flags).
@@ -326,13 +376,17 @@ impl FsCore {
     ) -> Result<()> {
         self.writable()?;
         let (name, new_name) = (name.to_string(), new_name.to_string());
-        self.master
+        let (from, to) = self
+            .master
             .call(|c, ctx| {
                 let a1 = name.clone();
                 let a3 = new_name.clone();
                 async move { c.rename(ctx, parent, a1, new_parent, a3, flags).await }
             })
-            .await
+            .await?;
+        self.remember_dir(from);
+        self.remember_dir(to);
+        Ok(())
     }
 
     /// Opens a directory: its whole listing is fetched now and served from
@@ -391,13 +445,15 @@ impl FsCore {
     ) -> Result<(Attr, u64)> {
         self.writable()?;
         let name = name.to_string();
-        let attr = self
+        let made = self
             .master
             .call(|c, ctx| {
                 let a1 = name.clone();
                 async move { c.create(ctx, parent, a1, perm, owner).await }
             })
             .await?;
+        self.remember_dir(made.parent);
+        let attr = made.attr;
         let fh = self.open_with(attr.ino, write, Some(attr.clone())).await?;
         Ok((attr, fh))
     }

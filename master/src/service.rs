@@ -199,6 +199,12 @@ impl MasterServer {
         self.shared.store.execute(cmd).await.map(|_| ())
     }
 
+    /// The attributes of directory `dir` now (after a change in it); none
+    /// if it is gone meanwhile (the change itself stands).
+    fn dir_attr(&self, dir: InodeId) -> Option<Attr> {
+        self.shared.store.inode(dir).ok().map(|r| r.to_attr(dir))
+    }
+
     /// Takes an open reference to `ino` for this connection.
     fn take_open(&self, ino: InodeId) {
         self.shared.opens.acquire(ino);
@@ -267,15 +273,30 @@ impl MasterService for MasterServer {
         self.attr(Command::Mknod { parent, name, kind, perm, owner, rdev, now: Timestamp::now() }).await
     }
 
-    async fn create(self, _: Context, parent: InodeId, name: String, perm: u32, owner: Owner) -> Result<Attr, FsError> {
+    async fn create(
+        self,
+        _: Context,
+        parent: InodeId,
+        name: String,
+        perm: u32,
+        owner: Owner,
+    ) -> Result<NewEntry, FsError> {
         let cmd = Command::Mknod { parent, name, kind: FileKind::File, perm, owner, rdev: 0, now: Timestamp::now() };
         let attr = self.attr(cmd).await?;
         self.take_open(attr.ino);
-        Ok(attr)
+        Ok(NewEntry { attr, parent: self.dir_attr(parent) })
     }
 
-    async fn mkdir(self, _: Context, parent: InodeId, name: String, perm: u32, owner: Owner) -> Result<Attr, FsError> {
-        self.attr(Command::Mkdir { parent, name, perm, owner, now: Timestamp::now() }).await
+    async fn mkdir(
+        self,
+        _: Context,
+        parent: InodeId,
+        name: String,
+        perm: u32,
+        owner: Owner,
+    ) -> Result<NewEntry, FsError> {
+        let attr = self.attr(Command::Mkdir { parent, name, perm, owner, now: Timestamp::now() }).await?;
+        Ok(NewEntry { attr, parent: self.dir_attr(parent) })
     }
 
     async fn symlink(
@@ -297,12 +318,14 @@ impl MasterService for MasterServer {
         self.attr(Command::Link { ino, new_parent, new_name, now: Timestamp::now() }).await
     }
 
-    async fn unlink(self, _: Context, parent: InodeId, name: String) -> Result<(), FsError> {
-        self.unit(Command::Unlink { parent, name, now: Timestamp::now() }).await
+    async fn unlink(self, _: Context, parent: InodeId, name: String) -> Result<Option<Attr>, FsError> {
+        self.unit(Command::Unlink { parent, name, now: Timestamp::now() }).await?;
+        Ok(self.dir_attr(parent))
     }
 
-    async fn rmdir(self, _: Context, parent: InodeId, name: String) -> Result<(), FsError> {
-        self.unit(Command::Rmdir { parent, name, now: Timestamp::now() }).await
+    async fn rmdir(self, _: Context, parent: InodeId, name: String) -> Result<Option<Attr>, FsError> {
+        self.unit(Command::Rmdir { parent, name, now: Timestamp::now() }).await?;
+        Ok(self.dir_attr(parent))
     }
 
     async fn rename(
@@ -313,8 +336,9 @@ impl MasterService for MasterServer {
         new_parent: InodeId,
         new_name: String,
         flags: u32,
-    ) -> Result<(), FsError> {
-        self.unit(Command::Rename { parent, name, new_parent, new_name, flags, now: Timestamp::now() }).await
+    ) -> Result<(Option<Attr>, Option<Attr>), FsError> {
+        self.unit(Command::Rename { parent, name, new_parent, new_name, flags, now: Timestamp::now() }).await?;
+        Ok((self.dir_attr(parent), self.dir_attr(new_parent)))
     }
 
     async fn readdir(

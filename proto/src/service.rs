@@ -31,27 +31,30 @@ pub trait MasterService {
     ) -> Result<Attr, FsError>;
     /// Create a regular file and take an open reference to it, in one
     /// round trip (what `open(O_CREAT)` needs). `Exists` if the name is taken.
-    async fn create(parent: InodeId, name: String, perm: u32, owner: Owner) -> Result<Attr, FsError>;
+    async fn create(parent: InodeId, name: String, perm: u32, owner: Owner) -> Result<NewEntry, FsError>;
     /// Create a directory.
-    async fn mkdir(parent: InodeId, name: String, perm: u32, owner: Owner) -> Result<Attr, FsError>;
+    async fn mkdir(parent: InodeId, name: String, perm: u32, owner: Owner) -> Result<NewEntry, FsError>;
     /// Create a symbolic link.
     async fn symlink(parent: InodeId, name: String, target: String, owner: Owner) -> Result<Attr, FsError>;
     /// Read a symbolic link.
     async fn readlink(ino: InodeId) -> Result<String, FsError>;
     /// Add a hard link.
     async fn link(ino: InodeId, new_parent: InodeId, new_name: String) -> Result<Attr, FsError>;
-    /// Remove a non-directory entry.
-    async fn unlink(parent: InodeId, name: String) -> Result<(), FsError>;
-    /// Remove an empty directory.
-    async fn rmdir(parent: InodeId, name: String) -> Result<(), FsError>;
+    /// Remove a non-directory entry; returns the directory's attributes
+    /// after it (none if the directory is gone meanwhile).
+    async fn unlink(parent: InodeId, name: String) -> Result<Option<Attr>, FsError>;
+    /// Remove an empty directory; returns the parent's attributes after it.
+    async fn rmdir(parent: InodeId, name: String) -> Result<Option<Attr>, FsError>;
     /// Rename; `flags` are renameat2's (`RENAME_NOREPLACE`, `RENAME_EXCHANGE`).
+    /// Returns the attributes of both directories after it (the same twice
+    /// for a rename within one directory).
     async fn rename(
         parent: InodeId,
         name: String,
         new_parent: InodeId,
         new_name: String,
         flags: u32,
-    ) -> Result<(), FsError>;
+    ) -> Result<(Option<Attr>, Option<Attr>), FsError>;
     /// Up to `limit` entries of `dir` whose names sort after `after`.
     async fn readdir(dir: InodeId, after: Option<String>, limit: u32) -> Result<Vec<DirEntry>, FsError>;
     /// Take an open reference: an unlinked file lives until its last reference goes.

@@ -112,6 +112,17 @@ impl Policy {
     }
 }
 
+/// What `create` and `mkdir` return: the new inode, and its directory as
+/// the change left it (the kernel asks for the directory's attributes right
+/// after every change in it; the client answers from this).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewEntry {
+    /// The new inode.
+    pub attr: Attr,
+    /// The directory it was made in (none if it is gone meanwhile).
+    pub parent: Option<Attr>,
+}
+
 /// The attributes of an inode.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attr {

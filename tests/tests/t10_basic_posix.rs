@@ -404,3 +404,44 @@ fn read_only_mmap_shared() {
     // SAFETY: unmapping the mapping made above.
     unsafe { nix::sys::mman::munmap(ptr, data.len()) }.expect("munmap");
 }
+
+/// After each change in a directory the kernel asks for the directory's
+/// attributes again; the client answers from what the master returned with
+/// the change. Those must be exactly what a fresh client reads.
+#[test]
+fn a_directorys_attributes_follow_each_change_in_it() {
+    let c = TestCluster::builder().start();
+    let m = c.mount();
+    // A client that caches nothing: every stat asks the master.
+    let other = c.mount_with(stripefs_client::MountOptions {
+        attr_ttl: std::time::Duration::ZERO,
+        entry_ttl: std::time::Duration::ZERO,
+        ..Default::default()
+    });
+    fs::create_dir(m.join("d")).expect("mkdir d");
+    let d = m.join("d");
+    let seen = |what: &str, nlink: u64| {
+        let here = fs::metadata(&d).expect("stat here");
+        let there = fs::metadata(other.join("d")).expect("stat there");
+        assert_eq!(here.nlink(), nlink, "after {what}: link count");
+        assert_eq!(
+            (here.nlink(), here.mtime(), here.mtime_nsec(), here.ctime_nsec()),
+            (there.nlink(), there.mtime(), there.mtime_nsec(), there.ctime_nsec()),
+            "after {what}: this client's view of d differs from the master's"
+        );
+        (here.mtime(), here.mtime_nsec())
+    };
+    let mut last = seen("mkdir d", 2);
+    let mut step = |what: &str, nlink: u64, f: &dyn Fn()| {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        f();
+        let now = seen(what, nlink);
+        assert!(now > last, "after {what}: mtime did not move ({last:?} -> {now:?})");
+        last = now;
+    };
+    step("mkdir d/sub", 3, &|| fs::create_dir(d.join("sub")).expect("mkdir"));
+    step("create d/f", 3, &|| drop(File::create(d.join("f")).expect("create")));
+    step("rename d/f d/g", 3, &|| fs::rename(d.join("f"), d.join("g")).expect("rename"));
+    step("unlink d/g", 3, &|| fs::remove_file(d.join("g")).expect("unlink"));
+    step("rmdir d/sub", 2, &|| fs::remove_dir(d.join("sub")).expect("rmdir"));
+}
