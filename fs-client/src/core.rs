@@ -484,8 +484,10 @@ impl FsCore {
             (Some(st), None) => self.master.call(|c, ctx| async move { c.getattr(ctx, ino).await }).await.map(|attr| {
                 st.reopened(attr.size);
             }),
-            (None, None) => self.master.call(|c, ctx| async move { c.open(ctx, ino).await }).await.map(|attr| {
-                *guard = Some(FileState::new(ino, attr.size));
+            (None, None) => self.master.call(|c, ctx| async move { c.open(ctx, ino).await }).await.map(|o| {
+                let mut st = FileState::new(ino, o.attr.size);
+                st.learn_locations(0, o.covered, o.chunks);
+                *guard = Some(st);
             }),
         };
         if let Err(e) = opened {

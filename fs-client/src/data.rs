@@ -378,12 +378,7 @@ impl FsCore {
                 (last - first + 1).max(LOC_PREFETCH).min(last_chunk.saturating_sub(first) + 1).max(last - first + 1);
             let ino = st.ino;
             let found = self.master.call(|cl, ctx| async move { cl.chunks(ctx, ino, first, count).await }).await?;
-            for i in first..first + count {
-                st.locs.insert(i, None);
-            }
-            for l in found {
-                st.locs.insert(l.index, Some(l));
-            }
+            st.learn_locations(first, count, found);
         }
         Ok((first..=last).map(|i| (i, st.locs.get(&i).cloned().flatten())).collect())
     }

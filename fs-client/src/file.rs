@@ -120,6 +120,17 @@ impl FileState {
         }
     }
 
+    /// Records the locations of chunks `[first, first + count)`: those in
+    /// `found`, and holes for the rest.
+    pub fn learn_locations(&mut self, first: u64, count: u64, found: Vec<ChunkLoc>) {
+        for i in first..first.saturating_add(count) {
+            self.locs.insert(i, None);
+        }
+        for l in found {
+            self.locs.insert(l.index, Some(l));
+        }
+    }
+
     /// Whether writes are buffered or uploading.
     pub fn has_pending(&self) -> bool {
         !self.dirty.is_empty() || !self.uploads.is_empty()

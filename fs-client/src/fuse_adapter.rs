@@ -344,6 +344,24 @@ impl Filesystem for StripeFs {
         }
     }
 
+    /// No ioctl applies to stripefs files. The common one is a terminal
+    /// check (isatty, which Python and C stdio run at every open): answered
+    /// as a local file would, without fuser's "not implemented" warning per
+    /// call.
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
+    }
+
     fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: fuser::LockOwner, reply: ReplyEmpty) {
         self.reply_empty("flush", self.run(self.core.flush(fh.0)), reply);
     }

@@ -17,6 +17,9 @@ use tarpc::context::Context;
 const MAX_READDIR: u32 = 4096;
 /// Most chunks returned by one chunks call.
 const MAX_CHUNKS: u64 = 4096;
+/// Chunk locations `open` returns with the attributes (as many as a
+/// client asks for at once on a read).
+const OPEN_CHUNKS: u64 = 16;
 /// Largest file: chunk indexes beyond this are refused.
 const MAX_FILE_BYTES: u64 = 1 << 60;
 
@@ -352,10 +355,20 @@ impl MasterService for MasterServer {
         self.shared.store.readdir(dir, after.as_deref(), limit)
     }
 
-    async fn open(self, _: Context, ino: InodeId) -> Result<Attr, FsError> {
+    async fn open(self, _: Context, ino: InodeId) -> Result<Opened, FsError> {
         let attr = self.shared.store.inode(ino)?.to_attr(ino);
+        let chunk_size = u64::from(self.shared.store.chunk_size());
+        let covered = match attr.kind {
+            FileKind::File => attr.size.div_ceil(chunk_size).min(OPEN_CHUNKS),
+            _ => 0,
+        };
+        let chunks = match covered {
+            0 => Vec::new(),
+            n => self.shared.store.chunks(ino, 0, n)?.into_iter().map(|(i, r)| self.locate(i, r)).collect(),
+        };
+        // Last: nothing above may fail with the reference taken.
         self.take_open(ino);
-        Ok(attr)
+        Ok(Opened { attr, covered, chunks })
     }
 
     async fn release(self, _: Context, ino: InodeId) -> Result<(), FsError> {

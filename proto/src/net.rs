@@ -27,7 +27,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 const MAGIC: &[u8; 8] = b"STRIPEFS";
-const PROTOCOL_VERSION: u32 = 1;
+/// Bumped whenever a message changes shape: peers of different versions
+/// refuse each other at the handshake, with an error that says so, instead
+/// of failing on the first message they cannot decode.
+/// 2: open returns chunk locations; create, mkdir, unlink, rmdir and
+/// rename return directory attributes.
+pub const PROTOCOL_VERSION: u32 = 2;
 const NONCE_BYTES: usize = 32;
 const MAC_BYTES: usize = 32;
 
@@ -160,11 +165,22 @@ pub enum ConnectError {
         /// The time waited.
         timeout: Duration,
     },
-    /// The peer is not a stripefs server (or speaks another version).
-    #[error("{addr} is not a stripefs server of this version")]
+    /// The peer is not a stripefs server.
+    #[error("{addr} is not a stripefs server")]
     NotStripefs {
         /// The address.
         addr: String,
+    },
+    /// The peer is a stripefs server of another protocol version.
+    #[error(
+        "{addr} speaks stripefs protocol version {theirs}, this program version {PROTOCOL_VERSION}: \
+         run the same stripefs release on every host"
+    )]
+    Version {
+        /// The address.
+        addr: String,
+        /// The peer's protocol version.
+        theirs: u32,
     },
     /// The server refused our proof: the secrets differ.
     #[error("{addr} refused the connection: wrong cluster secret")]
@@ -199,8 +215,12 @@ pub async fn handshake_client(stream: &mut TcpStream, secret: &Secret, addr: &st
             io(e)
         }
     })?;
-    if &hello[..8] != MAGIC || hello[8..12] != PROTOCOL_VERSION.to_be_bytes() {
+    if &hello[..8] != MAGIC {
         return Err(ConnectError::NotStripefs { addr: addr.to_string() });
+    }
+    let theirs = u32::from_be_bytes(hello[8..12].try_into().expect("4 bytes"));
+    if theirs != PROTOCOL_VERSION {
+        return Err(ConnectError::Version { addr: addr.to_string(), theirs });
     }
     let nonce_s = &hello[12..];
     let mut nonce_c = [0u8; NONCE_BYTES];
@@ -395,6 +415,30 @@ mod tests {
         let (s, c) = pair(secret("0123456789abcdef"), secret("fedcba9876543210")).await;
         assert!(matches!(s, Err(AcceptError::BadProof)), "{s:?}");
         assert!(matches!(c, Err(ConnectError::Refused { .. })), "{c:?}");
+    }
+
+    #[tokio::test]
+    async fn a_server_of_another_version_is_named_as_such() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.expect("accept");
+            let mut hello = MAGIC.to_vec();
+            hello.extend_from_slice(&(PROTOCOL_VERSION + 1).to_be_bytes());
+            hello.extend_from_slice(&[7u8; NONCE_BYTES]);
+            s.write_all(&hello).await.expect("hello");
+            // Hold the connection until the client gives up.
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest).await;
+        });
+        let e = connect_stream(&addr, &secret("0123456789abcdef"), Duration::from_secs(5)).await.map(|_| ());
+        match e {
+            Err(ConnectError::Version { theirs, .. }) => assert_eq!(theirs, PROTOCOL_VERSION + 1),
+            other => panic!("expected a version error, got {other:?}"),
+        }
+        let msg = ConnectError::Version { addr, theirs: 1 }.to_string();
+        assert!(msg.contains("version 1") && msg.contains("same stripefs release"), "{msg}");
+        server.await.expect("join");
     }
 
     #[test]

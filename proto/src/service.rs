@@ -57,8 +57,10 @@ pub trait MasterService {
     ) -> Result<(Option<Attr>, Option<Attr>), FsError>;
     /// Up to `limit` entries of `dir` whose names sort after `after`.
     async fn readdir(dir: InodeId, after: Option<String>, limit: u32) -> Result<Vec<DirEntry>, FsError>;
-    /// Take an open reference: an unlinked file lives until its last reference goes.
-    async fn open(ino: InodeId) -> Result<Attr, FsError>;
+    /// Take an open reference: an unlinked file lives until its last
+    /// reference goes. Returns the attributes and the locations of the
+    /// file's first chunks, so a small file's read needs no other call.
+    async fn open(ino: InodeId) -> Result<Opened, FsError>;
     /// Drop an open reference.
     async fn release(ino: InodeId) -> Result<(), FsError>;
     /// The chunks of `ino` with index in `[first, first+count)`; holes are absent.

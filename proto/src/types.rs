@@ -123,6 +123,18 @@ pub struct NewEntry {
     pub parent: Option<Attr>,
 }
 
+/// What `open` returns.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Opened {
+    /// The inode's attributes.
+    pub attr: Attr,
+    /// Chunk indexes `[0, covered)` are described by `chunks`: the ones
+    /// missing from it are holes.
+    pub covered: u64,
+    /// Locations of the existing chunks among the first `covered`.
+    pub chunks: Vec<ChunkLoc>,
+}
+
 /// The attributes of an inode.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attr {

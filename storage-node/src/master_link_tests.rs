@@ -96,7 +96,7 @@ impl MasterService for FakeMaster {
         rmdir(parent: InodeId, name: String) -> Option<Attr>;
         rename(parent: InodeId, name: String, new_parent: InodeId, new_name: String, flags: u32) -> (Option<Attr>, Option<Attr>);
         readdir(dir: InodeId, after: Option<String>, limit: u32) -> Vec<DirEntry>;
-        open(ino: InodeId) -> Attr;
+        open(ino: InodeId) -> Opened;
         release(ino: InodeId) -> ();
         chunks(ino: InodeId, first: u64, count: u64) -> Vec<ChunkLoc>;
         alloc_chunk(ino: InodeId, index: u64, client_host: String, exclude: Vec<NodeId>) -> ChunkAlloc;

@@ -103,3 +103,19 @@ fn mtime_set_after_buffered_writes_sticks() {
     drop(f);
     assert_eq!(fs::metadata(m.join("f")).expect("stat").mtime(), 1_500_000_000);
 }
+
+/// isatty(3) on a file (Python and C stdio ask at every open) says "not a
+/// terminal" with ENOTTY, as on a local filesystem.
+#[test]
+#[allow(unsafe_code)]
+fn a_file_is_not_a_terminal() {
+    use std::os::fd::AsRawFd;
+    let c = TestCluster::builder().start();
+    let m = c.mount();
+    let f = File::create(m.join("f")).expect("create");
+    // SAFETY: isatty only reads the descriptor number.
+    let tty = unsafe { libc::isatty(f.as_raw_fd()) };
+    let e = std::io::Error::last_os_error();
+    assert_eq!(tty, 0);
+    assert_eq!(e.raw_os_error(), Some(libc::ENOTTY), "{e}");
+}
