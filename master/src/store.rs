@@ -607,15 +607,14 @@ fn replay(db: &Database, mut journal: Journal, entries: Vec<Entry>) -> Result<(u
     let mut seq = stored_seq(db)?;
     let lost = seq;
     let mut replayed = 0usize;
+    let (_, chunk_size, _) = read_identity(db)?;
     for entry in entries.into_iter().filter(|e| e.seq > lost) {
         let txn = db.begin_write()?;
         {
             let mut t = Tables::open(&txn)?;
             for a in &entry.cmds {
                 let is_open = |ino: InodeId| a.open.contains(&ino);
-                // chunk_size only bounds file sizes: read it from the database.
-                let chunk_size = t.meta.get(meta_keys::CHUNK_SIZE)?.and_then(|v| read_u32(v.value())).unwrap_or(0);
-                let ctx = Context { chunk_size: chunk_size as u64, is_open: &is_open };
+                let ctx = Context { chunk_size: u64::from(chunk_size), is_open: &is_open };
                 match apply(&mut t, &a.cmd, &ctx) {
                     // Failed the same way when it was first applied.
                     Ok(_) | Err(ApplyError::Fs(_)) => {}
@@ -635,10 +634,6 @@ fn replay(db: &Database, mut journal: Journal, entries: Vec<Entry>) -> Result<(u
     checkpoint(db)?;
     journal.clear().map_err(ReplayError::Io)?;
     Ok((seq, journal))
-}
-
-fn read_u32(v: &[u8]) -> Option<u32> {
-    Some(u32::from_le_bytes(v.try_into().ok()?))
 }
 
 /// A durable commit: everything committed before is on disk once it returns.
