@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use stripefs_proto::types::{Attr, DirEntry, FileKind, Owner, SetAttr, StatFs};
+use stripefs_proto::types::{Attr, DirEntry, FileKind, NewEntry, Owner, SetAttr, StatFs};
 use stripefs_proto::{FsError, InodeId};
 
 /// How the client behaves.
@@ -193,6 +193,12 @@ impl FsCore {
         fresh.insert(attr.ino, (Instant::now(), attr));
     }
 
+    /// The inode a create or mkdir made, keeping its directory's attributes.
+    fn made(&self, made: NewEntry) -> Attr {
+        self.remember_dir(made.parent);
+        made.attr
+    }
+
     /// Forgets what [`FsCore::remember_dir`] kept of `dir` (another change
     /// of this client made it stale).
     fn forget_dir(&self, dir: InodeId) {
@@ -297,8 +303,7 @@ impl FsCore {
                 async move { c.mkdir(ctx, parent, a1, perm, owner).await }
             })
             .await?;
-        self.remember_dir(made.parent);
-        Ok(made.attr)
+        Ok(self.made(made))
     }
 
     /// Creates a symlink.
@@ -452,8 +457,7 @@ impl FsCore {
                 async move { c.create(ctx, parent, a1, perm, owner).await }
             })
             .await?;
-        self.remember_dir(made.parent);
-        let attr = made.attr;
+        let attr = self.made(made);
         let fh = self.open_with(attr.ino, write, Some(attr.clone())).await?;
         Ok((attr, fh))
     }

@@ -140,15 +140,16 @@ pub fn pending(dir: &Path, stored: u64) -> io::Result<Vec<Entry>> {
 }
 
 fn encode(entry: &Entry) -> io::Result<Vec<u8>> {
-    let payload = bincode::serialize(entry).map_err(io::Error::other)?;
-    let len = u32::try_from(payload.len())
+    // The payload is serialized in place after room for the header.
+    let mut record = vec![0u8; 8];
+    bincode::serialize_into(&mut record, entry).map_err(io::Error::other)?;
+    let len = u32::try_from(record.len() - 8)
         .ok()
         .filter(|l| *l <= MAX_RECORD_BYTES)
         .ok_or_else(|| io::Error::other("journal record too large"))?;
-    let mut record = Vec::with_capacity(8 + payload.len());
-    record.extend_from_slice(&len.to_le_bytes());
-    record.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-    record.extend_from_slice(&payload);
+    let crc = crc32fast::hash(&record[8..]);
+    record[..4].copy_from_slice(&len.to_le_bytes());
+    record[4..8].copy_from_slice(&crc.to_le_bytes());
     Ok(record)
 }
 

@@ -208,6 +208,11 @@ impl MasterServer {
         self.shared.store.inode(dir).ok().map(|r| r.to_attr(dir))
     }
 
+    /// The reply to a create or mkdir of `attr` in `parent`.
+    fn new_entry(&self, attr: Attr, parent: InodeId) -> NewEntry {
+        NewEntry { attr, parent: self.dir_attr(parent) }
+    }
+
     /// Takes an open reference to `ino` for this connection.
     fn take_open(&self, ino: InodeId) {
         self.shared.opens.acquire(ino);
@@ -287,7 +292,7 @@ impl MasterService for MasterServer {
         let cmd = Command::Mknod { parent, name, kind: FileKind::File, perm, owner, rdev: 0, now: Timestamp::now() };
         let attr = self.attr(cmd).await?;
         self.take_open(attr.ino);
-        Ok(NewEntry { attr, parent: self.dir_attr(parent) })
+        Ok(self.new_entry(attr, parent))
     }
 
     async fn mkdir(
@@ -299,7 +304,7 @@ impl MasterService for MasterServer {
         owner: Owner,
     ) -> Result<NewEntry, FsError> {
         let attr = self.attr(Command::Mkdir { parent, name, perm, owner, now: Timestamp::now() }).await?;
-        Ok(NewEntry { attr, parent: self.dir_attr(parent) })
+        Ok(self.new_entry(attr, parent))
     }
 
     async fn symlink(

@@ -729,7 +729,11 @@ impl Writer<'_> {
                     Err(ApplyError::Store(e)) => return Err(e.to_string()),
                     Err(ApplyError::Decode(e)) => return Err(e.to_string()),
                 });
-                applied.push(Applied { cmd: job.cmd.clone(), open: asked.take() });
+                // A durable batch is not journaled: nothing to keep.
+                let open = asked.take();
+                if !durable {
+                    applied.push(Applied { cmd: job.cmd.clone(), open });
+                }
             }
             t.meta.insert(meta_keys::JOURNAL_SEQ, seq.to_le_bytes().as_slice()).map_err(|e| e.to_string())?;
         }
