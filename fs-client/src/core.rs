@@ -5,6 +5,7 @@ use crate::cache::BlockCache;
 use crate::conn::{MasterConn, NodePool};
 use crate::error::{ClientError, Result};
 use crate::file::FileState;
+use crate::names::{Known, Listings};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -84,6 +85,20 @@ pub struct FsCore {
     /// unlink): that GETATTR is answered from here, once, within
     /// `attr_ttl`, instead of by another round trip to the master.
     fresh_dirs: Mutex<HashMap<InodeId, (Instant, Attr)>>,
+    /// Recent directory listings: lookups of existing names without a
+    /// round trip (see [`crate::names`]).
+    pub(crate) listings: Listings,
+}
+
+/// A name's attributes and how long the kernel may keep them.
+#[derive(Debug, Clone)]
+pub struct Looked {
+    /// The inode's attributes.
+    pub attr: Attr,
+    /// How long the kernel may keep the name.
+    pub entry_ttl: Duration,
+    /// How long the kernel may keep the attributes.
+    pub attr_ttl: Duration,
 }
 
 /// Most directories [`FsCore`] keeps fresh attributes of.
@@ -104,6 +119,7 @@ impl FsCore {
         let master = MasterConn::connect(master_addr, secret.clone(), cfg.master_timeout).await?;
         let info = master.call(|c, ctx| async move { c.fs_info(ctx).await }).await?;
         let cache = BlockCache::new(cfg.cache_bytes);
+        let listings = Listings::new(cfg.entry_ttl.min(cfg.attr_ttl));
         let core = Arc::new(FsCore {
             master,
             nodes: NodePool::new(secret),
@@ -117,6 +133,7 @@ impl FsCore {
             cache,
             statfs_cache: Mutex::new(None),
             fresh_dirs: Mutex::new(HashMap::new()),
+            listings,
         });
         // After a reconnect (e.g. a master restart), open files are opened
         // again so the master keeps unlinked-but-open files alive.
@@ -161,8 +178,17 @@ impl FsCore {
         Ok(())
     }
 
-    /// The inode named `name` in `parent`.
-    pub async fn lookup(&self, parent: InodeId, name: &str) -> Result<Attr> {
+    /// The inode named `name` in `parent`: from a recent listing of
+    /// `parent` when there is one, else from the master (and a directory
+    /// looked up in name by name gets its listing fetched).
+    pub async fn lookup(&self, parent: InodeId, name: &str) -> Result<Looked> {
+        if let Known::Found(attr, left) = self.listings.lookup(parent, name) {
+            return Ok(Looked {
+                attr: self.with_local_size(attr).await,
+                entry_ttl: left.min(self.cfg.entry_ttl),
+                attr_ttl: left.min(self.cfg.attr_ttl),
+            });
+        }
         let name = name.to_string();
         let attr = self
             .master
@@ -171,7 +197,21 @@ impl FsCore {
                 async move { c.lookup(ctx, parent, a1).await }
             })
             .await?;
-        Ok(self.with_local_size(attr).await)
+        if self.listings.begin_fetch(parent) {
+            let at = Instant::now();
+            match self.list_dir(parent, Some(crate::names::MAX_LISTED)).await {
+                Ok(entries) => self.listings.store(parent, at, entries.as_deref()),
+                Err(e) => {
+                    tracing::debug!("listing directory {parent}: {e}");
+                    self.listings.fetch_failed(parent);
+                }
+            }
+        }
+        Ok(Looked {
+            attr: self.with_local_size(attr).await,
+            entry_ttl: self.cfg.entry_ttl,
+            attr_ttl: self.cfg.attr_ttl,
+        })
     }
 
     /// Attributes, with the size this client has written but not uploaded.
@@ -241,6 +281,12 @@ impl FsCore {
     pub async fn setattr(self: &Arc<Self>, ino: InodeId, set: SetAttr) -> Result<Attr> {
         self.writable()?;
         self.forget_dir(ino);
+        let r = self.setattr_inner(ino, set).await;
+        self.listings.changed(ino);
+        r
+    }
+
+    async fn setattr_inner(self: &Arc<Self>, ino: InodeId, set: SetAttr) -> Result<Attr> {
         let state = lock(&self.files).get(&ino).map(|e| e.state.clone());
         // Buffered writes land before a size or time change, so the upload's
         // commit can neither undo a truncate nor overwrite an explicit mtime.
@@ -284,12 +330,23 @@ impl FsCore {
         self.writable()?;
         self.forget_dir(parent);
         let name = name.to_string();
-        self.master
+        let r = self
+            .master
             .call(|c, ctx| {
                 let a1 = name.clone();
                 async move { c.mknod(ctx, parent, a1, kind, perm, owner, rdev).await }
             })
-            .await
+            .await;
+        self.added(parent, &name, r)
+    }
+
+    /// Records in the listings what a create of `name` in `parent` did.
+    fn added(&self, parent: InodeId, name: &str, r: Result<Attr>) -> Result<Attr> {
+        match &r {
+            Ok(attr) => self.listings.added(parent, name, attr),
+            Err(_) => self.listings.changed(parent),
+        }
+        r
     }
 
     /// Creates a directory.
@@ -302,8 +359,8 @@ impl FsCore {
                 let a1 = name.clone();
                 async move { c.mkdir(ctx, parent, a1, perm, owner).await }
             })
-            .await?;
-        Ok(self.made(made))
+            .await;
+        self.added(parent, &name, made.map(|m| self.made(m)))
     }
 
     /// Creates a symlink.
@@ -311,13 +368,15 @@ impl FsCore {
         self.writable()?;
         self.forget_dir(parent);
         let (name, target) = (name.to_string(), target.to_string());
-        self.master
+        let r = self
+            .master
             .call(|c, ctx| {
                 let a1 = name.clone();
                 let a2 = target.clone();
                 async move { c.symlink(ctx, parent, a1, a2, owner).await }
             })
-            .await
+            .await;
+        self.added(parent, &name, r)
     }
 
     /// Reads a symlink.
@@ -336,8 +395,11 @@ impl FsCore {
                 let a2 = new_name.clone();
                 async move { c.link(ctx, ino, new_parent, a2).await }
             })
-            .await?;
-        Ok(self.with_local_size(attr).await)
+            .await;
+        // Every other name of the inode has a stale link count now.
+        self.listings.changed(ino);
+        self.listings.removed(new_parent, &new_name);
+        Ok(self.with_local_size(attr?).await)
     }
 
     /// Removes a name.
@@ -350,8 +412,9 @@ impl FsCore {
                 let a1 = name.clone();
                 async move { c.unlink(ctx, parent, a1).await }
             })
-            .await?;
-        self.remember_dir(dir);
+            .await;
+        self.listings.removed(parent, &name);
+        self.remember_dir(dir?);
         Ok(())
     }
 
@@ -365,8 +428,9 @@ impl FsCore {
                 let a1 = name.clone();
                 async move { c.rmdir(ctx, parent, a1).await }
             })
-            .await?;
-        self.remember_dir(dir);
+            .await;
+        self.listings.removed(parent, &name);
+        self.remember_dir(dir?);
         Ok(())
     }
 
@@ -389,6 +453,8 @@ impl FsCore {
                 async move { c.rename(ctx, parent, a1, new_parent, a3, flags).await }
             })
             .await?;
+        self.listings.removed(parent, &name);
+        self.listings.removed(new_parent, &new_name);
         self.remember_dir(from);
         self.remember_dir(to);
         Ok(())
@@ -396,7 +462,18 @@ impl FsCore {
 
     /// Opens a directory: its whole listing is fetched now and served from
     /// the handle, so entries are stable while it is read.
+    /// It also serves as the directory's recent listing.
     pub async fn opendir(&self, ino: InodeId) -> Result<u64> {
+        let at = Instant::now();
+        let all = self.list_dir(ino, None).await?.unwrap_or_default();
+        self.listings.store(ino, at, (all.len() <= crate::names::MAX_LISTED).then_some(&all[..]));
+        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        lock(&self.dirs).insert(fh, Arc::new(all));
+        Ok(fh)
+    }
+
+    /// Every entry of `dir`, or `None` once there are more than `max`.
+    async fn list_dir(&self, dir: InodeId, max: Option<usize>) -> Result<Option<Vec<DirEntry>>> {
         let mut all = Vec::new();
         let mut after: Option<String> = None;
         loop {
@@ -405,19 +482,19 @@ impl FsCore {
                 .master
                 .call(|c, ctx| {
                     let a1 = a.clone();
-                    async move { c.readdir(ctx, ino, a1, READDIR_BATCH).await }
+                    async move { c.readdir(ctx, dir, a1, READDIR_BATCH).await }
                 })
                 .await?;
             let n = batch.len();
             after = batch.last().map(|e| e.name.clone());
             all.extend(batch);
+            if max.is_some_and(|m| all.len() > m) {
+                return Ok(None);
+            }
             if n < READDIR_BATCH as usize {
-                break;
+                return Ok(Some(all));
             }
         }
-        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        lock(&self.dirs).insert(fh, Arc::new(all));
-        Ok(fh)
     }
 
     /// The listing of an open directory handle.
@@ -456,8 +533,8 @@ impl FsCore {
                 let a1 = name.clone();
                 async move { c.create(ctx, parent, a1, perm, owner).await }
             })
-            .await?;
-        let attr = self.made(made);
+            .await;
+        let attr = self.added(parent, &name, made.map(|m| self.made(m)))?;
         let fh = self.open_with(attr.ino, write, Some(attr.clone())).await?;
         Ok((attr, fh))
     }
@@ -593,7 +670,8 @@ impl FsCore {
         if name == DROP_CACHE_XATTR {
             // Not stored: a request to this client (benchmarks' cold reads).
             self.cache.clear();
-            tracing::info!("block cache dropped on request");
+            self.listings.clear();
+            tracing::info!("block cache and directory listings dropped on request");
             return Ok(());
         }
         self.writable()?;
@@ -601,13 +679,16 @@ impl FsCore {
             return Err(FsError::NotSupported.into());
         }
         let (name, value) = (name.to_string(), value.to_vec());
-        self.master
+        let r = self
+            .master
             .call(|c, ctx| {
                 let a1 = name.clone();
                 let a2 = value.clone();
                 async move { c.setxattr(ctx, ino, a1, a2, flags).await }
             })
-            .await
+            .await;
+        self.listings.changed(ino);
+        r
     }
 
     /// Gets an xattr; `user.stripefs.policy` shows the data policy.
@@ -640,12 +721,15 @@ impl FsCore {
     pub async fn removexattr(&self, ino: InodeId, name: &str) -> Result<()> {
         self.writable()?;
         let name = name.to_string();
-        self.master
+        let r = self
+            .master
             .call(|c, ctx| {
                 let a1 = name.clone();
                 async move { c.removexattr(ctx, ino, a1).await }
             })
-            .await
+            .await;
+        self.listings.changed(ino);
+        r
     }
 }
 

@@ -258,12 +258,16 @@ impl FsCore {
                 stored_bytes,
                 replicas: alloc.targets.iter().map(|r| r.node).collect(),
             };
-            self.master
+            let committed = self
+                .master
                 .call(|c, ctx| {
                     let a0 = commit.clone();
                     async move { c.commit_chunk(ctx, a0).await }
                 })
-                .await?;
+                .await;
+            // Size, times and allocated bytes moved.
+            self.listings.changed(ino);
+            committed?;
             return Ok(ChunkLoc {
                 index,
                 chunk: alloc.chunk,

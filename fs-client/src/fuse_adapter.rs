@@ -186,7 +186,10 @@ impl Filesystem for StripeFs {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
-        self.reply_entry("lookup", self.run(self.core.lookup(InodeId(parent.0), name)), reply);
+        match self.run(self.core.lookup(InodeId(parent.0), name)) {
+            Ok(l) => reply.entry_with_ttls(&l.entry_ttl, &l.attr_ttl, &file_attr(&l.attr), Generation(0)),
+            Err(e) => reply.error(errno("lookup", &e)),
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -536,7 +539,7 @@ impl Filesystem for StripeFs {
                 Ok(created) => Ok(created),
                 // Created by someone else since the kernel's lookup: open it, as open(2) would.
                 Err(ClientError::Fs(stripefs_proto::FsError::Exists)) if !exclusive => {
-                    let a = core.lookup(InodeId(parent.0), name).await?;
+                    let a = core.lookup(InodeId(parent.0), name).await?.attr;
                     let a = if flags & libc::O_TRUNC != 0 && a.kind == FileKind::File {
                         core.setattr(a.ino, SetAttr { size: Some(0), ..Default::default() }).await?
                     } else {

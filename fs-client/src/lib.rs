@@ -12,6 +12,7 @@ pub mod error;
 pub mod file;
 pub mod fuse_adapter;
 pub mod mount;
+pub mod names;
 pub mod options;
 
 pub use crate::core::{ClientConfig, FsCore};

@@ -588,6 +588,14 @@ pub fn errno(e: &std::io::Error) -> i32 {
     e.raw_os_error().unwrap_or_else(|| panic!("no errno in {e}"))
 }
 
+/// Makes the kernel forget cached names and inodes of every filesystem
+/// (`echo 2 > /proc/sys/vm/drop_caches`; needs root), so the next stat of
+/// a path asks the filesystem again however long its TTLs are.
+pub fn forget_kernel_names() {
+    std::fs::write("/proc/sys/vm/drop_caches", "2")
+        .unwrap_or_else(|e| panic!("writing /proc/sys/vm/drop_caches (these tests run as root): {e}"));
+}
+
 /// A fresh temporary directory with a recognisable prefix.
 pub fn temp_dir(prefix: &str) -> TempDir {
     tempfile::Builder::new().prefix(prefix).tempdir().expect("tempdir")

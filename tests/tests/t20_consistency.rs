@@ -17,7 +17,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use stripefs_client::MountOptions;
-use stripefs_tests::{errno, random_bytes, sha256, TestCluster, TestMount};
+use stripefs_tests::{errno, forget_kernel_names, random_bytes, sha256, TestCluster, TestMount};
 
 const CHUNK: u64 = 64 * 1024;
 
@@ -465,4 +465,81 @@ fn data_survives_restarts_of_every_node() {
     c.wait_node_registered(1);
     must_equal(&must_read(&m.join("after")), &after, "file written after the restarts");
     must_match_tree(&m, &files, "after node 1 restarted once more");
+}
+
+/// Long kernel caches, so that a mount keeps the directory listings it
+/// fetches (they serve for the shorter of the two TTLs).
+fn long_ttls() -> MountOptions {
+    MountOptions { attr_ttl: Duration::from_secs(60), entry_ttl: Duration::from_secs(60), ..Default::default() }
+}
+
+/// Stats every name of `dir` twice: enough lookups for the mount to fetch
+/// the directory's listing and answer from it.
+fn stat_all_twice(dir: &Path, names: &[String]) {
+    for _ in 0..2 {
+        forget_kernel_names();
+        for n in names {
+            fs::metadata(dir.join(n)).unwrap_or_else(|e| panic!("stat {n}: {e}"));
+        }
+    }
+}
+
+/// A mount answers lookups of existing names from a recent listing of the
+/// directory: its own changes made after the listing must show at once.
+#[test]
+fn own_changes_show_through_a_listed_directory() {
+    let c = TestCluster::builder().chunk_size(CHUNK as u32).start();
+    let m = c.mount_with(long_ttls());
+    let dir = m.join("d");
+    fs::create_dir(&dir).expect("mkdir");
+    let names: Vec<String> = (0..40).map(|i| format!("f{i}")).collect();
+    for n in &names {
+        fs::write(dir.join(n), b"").expect("create");
+    }
+    fs::create_dir(dir.join("sub")).expect("mkdir sub");
+    stat_all_twice(&dir, &names);
+
+    fs::write(dir.join("f1"), random_bytes(5_000)).expect("write f1");
+    fs::remove_file(dir.join("f2")).expect("unlink f2");
+    fs::rename(dir.join("f3"), dir.join("g3")).expect("rename f3");
+    fs::set_permissions(dir.join("f4"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod f4");
+    fs::hard_link(dir.join("f5"), dir.join("h5")).expect("link f5");
+    fs::create_dir(dir.join("sub/inner")).expect("mkdir sub/inner");
+    OpenOptions::new().write(true).open(dir.join("f6")).expect("open f6").set_len(123).expect("truncate f6");
+
+    forget_kernel_names();
+    assert_eq!(fs::metadata(dir.join("f1")).expect("stat f1").len(), 5_000, "size written here");
+    assert_eq!(errno(&fs::metadata(dir.join("f2")).expect_err("f2 unlinked")), libc::ENOENT);
+    assert_eq!(errno(&fs::metadata(dir.join("f3")).expect_err("f3 renamed")), libc::ENOENT);
+    assert!(fs::metadata(dir.join("g3")).expect("stat g3").is_file());
+    assert_eq!(fs::metadata(dir.join("f4")).expect("stat f4").mode() & 0o7777, 0o600, "mode set here");
+    assert_eq!(fs::metadata(dir.join("f5")).expect("stat f5").nlink(), 2, "link count after a link here");
+    assert_eq!(fs::metadata(dir.join("sub")).expect("stat sub").nlink(), 3, "subdirectory made here");
+    assert_eq!(fs::metadata(dir.join("f6")).expect("stat f6").len(), 123, "truncated here");
+    // A name made here after the listing is found too.
+    fs::write(dir.join("late"), b"x").expect("create late");
+    forget_kernel_names();
+    assert_eq!(fs::metadata(dir.join("late")).expect("stat late").len(), 1);
+}
+
+/// A listing never hides a name another mount created after it: close on
+/// A, then open on B finds the file at once (Ray restores spilled objects
+/// on other hosts by name).
+#[test]
+fn a_listed_directory_still_finds_names_made_elsewhere_at_once() {
+    let c = TestCluster::builder().chunk_size(CHUNK as u32).start();
+    let a = c.mount_with(long_ttls());
+    let b = c.mount_with(long_ttls());
+    fs::create_dir(a.join("spill")).expect("mkdir");
+    let names: Vec<String> = (0..40).map(|i| format!("obj{i}")).collect();
+    for n in &names {
+        fs::write(a.join("spill").join(n), b"old").expect("create");
+    }
+    stat_all_twice(&b.join("spill"), &names);
+    for i in 0..5 {
+        let data = random_bytes(1_000 + i);
+        let name = format!("new{i}");
+        fs::write(a.join("spill").join(&name), &data).expect("create on A");
+        must_equal(&must_read(&b.join("spill").join(&name)), &data, "B opens A's new file at once");
+    }
 }
