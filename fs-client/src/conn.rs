@@ -1,16 +1,94 @@
 //! Connections to the master and the storage nodes, re-established on
 //! demand when a transport error breaks them.
+//!
+//! Master calls made on a FUSE session thread go over that thread's own
+//! blocking connection ([`BlockingClient`]): the thread writes the request
+//! and reads the answer itself, with no hand-off to a dispatch task and
+//! back. Calls from async tasks (uploads, background releases) and the
+//! calls that take or drop open references (`create`, `open`, `release`:
+//! the master counts them per connection) use the shared multiplexed one.
 
 use crate::error::{ClientError, Result};
 use futures::future::BoxFuture;
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 use std::time::Instant;
-use stripefs_proto::net::{connect_master, connect_node, ConnectError, Secret};
-use stripefs_proto::{FsError, MasterServiceClient, NodeServiceClient};
+use stripefs_proto::net::{connect_master_channel, connect_node, connect_stream, BlockingClient, ConnectError, Secret};
+use stripefs_proto::{FsError, MasterServiceClient, MasterServiceRequest, MasterServiceResponse, NodeServiceClient};
 use tarpc::client::RpcError;
+
+/// The master client every call site uses: typed methods over a
+/// [`MasterStub`].
+pub type MasterClient = MasterServiceClient<MasterStub>;
+
+/// How a master call travels.
+#[derive(Clone, Debug)]
+pub enum MasterStub {
+    /// The shared multiplexed connection.
+    Shared(tarpc::client::Channel<MasterServiceRequest, MasterServiceResponse>),
+    /// The calling thread's own blocking connection to the [`MasterConn`]
+    /// with this id.
+    Own(u64),
+}
+
+impl tarpc::client::stub::Stub for MasterStub {
+    type Req = MasterServiceRequest;
+    type Resp = MasterServiceResponse;
+
+    async fn call(
+        &self,
+        ctx: tarpc::context::Context,
+        request: MasterServiceRequest,
+    ) -> std::result::Result<MasterServiceResponse, RpcError> {
+        match self {
+            MasterStub::Shared(c) => c.call(ctx, request).await,
+            MasterStub::Own(id) => {
+                let Some(mut client) = OWN.with(|o| o.borrow_mut().conns.remove(id)) else {
+                    return Err(RpcError::Shutdown);
+                };
+                let r = client.call(ctx, request);
+                // After an error the stream may hold half an answer: drop it.
+                if r.is_ok() {
+                    OWN.with(|o| o.borrow_mut().conns.insert(*id, client));
+                }
+                r
+            }
+        }
+    }
+}
+
+/// A thread's own master connections (one per [`MasterConn`]), and
+/// whether the thread wants them.
+#[derive(Default)]
+struct Own {
+    enabled: bool,
+    conns: HashMap<u64, BlockingClient>,
+}
+
+thread_local! {
+    static OWN: RefCell<Own> = RefCell::new(Own::default());
+}
+
+/// Marks the calling thread as one that blocks on each request (a FUSE
+/// session thread): its master calls then use a connection of its own.
+/// Never call it on an async runtime's worker thread.
+pub fn use_own_master_connection() {
+    OWN.with(|o| o.borrow_mut().enabled = true);
+}
+
+fn wants_own() -> bool {
+    OWN.with(|o| o.borrow().enabled)
+}
+
+fn has_own(id: u64) -> bool {
+    OWN.with(|o| o.borrow().conns.contains_key(&id))
+}
+
+static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Time to connect and authenticate.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -24,17 +102,19 @@ fn is_broken(e: &RpcError) -> bool {
 }
 
 /// Called with a fresh master connection before anyone else uses it.
-pub type ReconnectHook = Box<dyn Fn(MasterServiceClient) -> BoxFuture<'static, ()> + Send + Sync>;
+pub type ReconnectHook = Box<dyn Fn(MasterClient) -> BoxFuture<'static, ()> + Send + Sync>;
 
 /// The connection to the master. When it breaks, callers wait (up to the
 /// `master_timeout` mount option) for the master to come back, instead of
 /// failing at once: a master restart is invisible to applications.
 pub struct MasterConn {
+    /// Names this master's per-thread connections.
+    id: u64,
     addr: String,
     secret: Secret,
     wait: Duration,
     /// The current client and its generation (bumped at each reconnect).
-    client: tokio::sync::RwLock<(u64, Option<MasterServiceClient>)>,
+    client: tokio::sync::RwLock<(u64, Option<MasterClient>)>,
     on_reconnect: OnceLock<ReconnectHook>,
 }
 
@@ -46,8 +126,10 @@ impl MasterConn {
         secret: Secret,
         wait: Duration,
     ) -> Result<MasterConn, stripefs_proto::net::ConnectError> {
-        let client = connect_master(addr, &secret, CONNECT_TIMEOUT).await?;
+        let client =
+            MasterClient::from(MasterStub::Shared(connect_master_channel(addr, &secret, CONNECT_TIMEOUT).await?));
         Ok(MasterConn {
+            id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
             addr: addr.to_string(),
             secret,
             wait,
@@ -66,7 +148,7 @@ impl MasterConn {
         &self.addr
     }
 
-    async fn client(&self) -> Result<(u64, MasterServiceClient)> {
+    async fn client(&self) -> Result<(u64, MasterClient)> {
         if let (g, Some(c)) = &*self.client.read().await {
             return Ok((*g, c.clone()));
         }
@@ -78,8 +160,9 @@ impl MasterConn {
         let mut backoff = Duration::from_millis(50);
         let mut warned = false;
         loop {
-            match connect_master(&self.addr, &self.secret, CONNECT_TIMEOUT).await {
+            match connect_master_channel(&self.addr, &self.secret, CONNECT_TIMEOUT).await {
                 Ok(c) => {
+                    let c = MasterClient::from(MasterStub::Shared(c));
                     if let Some(hook) = self.on_reconnect.get() {
                         hook(c.clone()).await;
                     }
@@ -119,21 +202,71 @@ impl MasterConn {
         }
     }
 
+    /// This thread's own connection, made now if needed; `None` if the
+    /// master cannot be reached right now (the shared connection then
+    /// waits for it).
+    async fn own(&self) -> Option<MasterClient> {
+        if !has_own(self.id) {
+            let stream = connect_stream(&self.addr, &self.secret, CONNECT_TIMEOUT).await.ok()?;
+            match BlockingClient::new(stream, METADATA_TIMEOUT) {
+                Ok(c) => OWN.with(|o| o.borrow_mut().conns.insert(self.id, c)),
+                Err(e) => {
+                    tracing::warn!("setting up a master connection: {e}");
+                    return None;
+                }
+            };
+        }
+        Some(MasterClient::from(MasterStub::Own(self.id)))
+    }
+
     /// Runs one RPC; on a broken connection, waits for the master and
-    /// tries again (see [`MasterConn`]).
+    /// tries again (see [`MasterConn`]). On a FUSE thread it goes over the
+    /// thread's own connection (see the module documentation).
     pub async fn call<T, F, Fut>(&self, f: F) -> Result<T>
     where
-        F: Fn(MasterServiceClient, tarpc::context::Context) -> Fut,
+        F: Fn(MasterClient, tarpc::context::Context) -> Fut,
+        Fut: Future<Output = std::result::Result<std::result::Result<T, FsError>, RpcError>>,
+    {
+        self.call_on(wants_own(), f).await
+    }
+
+    /// [`MasterConn::call`] on the shared connection, wherever it is made
+    /// from: for the calls that take or drop open references, which the
+    /// master counts per connection.
+    pub async fn call_shared<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        F: Fn(MasterClient, tarpc::context::Context) -> Fut,
+        Fut: Future<Output = std::result::Result<std::result::Result<T, FsError>, RpcError>>,
+    {
+        self.call_on(false, f).await
+    }
+
+    async fn call_on<T, F, Fut>(&self, own: bool, f: F) -> Result<T>
+    where
+        F: Fn(MasterClient, tarpc::context::Context) -> Fut,
         Fut: Future<Output = std::result::Result<std::result::Result<T, FsError>, RpcError>>,
     {
         let deadline = Instant::now() + self.wait;
         loop {
-            let (generation, c) = self.client().await?;
+            let mine = if own { self.own().await } else { None };
+            let (generation, mine, c) = match mine {
+                Some(c) => (self.client.read().await.0, true, c),
+                None => {
+                    let (g, c) = self.client().await?;
+                    (g, false, c)
+                }
+            };
             match f(c, stripefs_proto::net::context_with_timeout(METADATA_TIMEOUT)).await {
                 Ok(r) => return r.map_err(ClientError::Fs),
                 Err(e) if is_broken(&e) => {
                     tracing::warn!("master connection lost: {e}");
+                    // The master probably restarted: the shared connection
+                    // is broken too, and must come back now (its reconnect
+                    // re-opens this client's open files), not at its next use.
                     self.drop_client(generation).await;
+                    if mine {
+                        self.client().await?;
+                    }
                     if Instant::now() > deadline {
                         return Err(e.into());
                     }

@@ -529,7 +529,7 @@ impl FsCore {
         let name = name.to_string();
         let made = self
             .master
-            .call(|c, ctx| {
+            .call_shared(|c, ctx| {
                 let a1 = name.clone();
                 async move { c.create(ctx, parent, a1, perm, owner).await }
             })
@@ -565,7 +565,7 @@ impl FsCore {
             (Some(st), None) => self.master.call(|c, ctx| async move { c.getattr(ctx, ino).await }).await.map(|attr| {
                 st.reopened(attr.size);
             }),
-            (None, None) => self.master.call(|c, ctx| async move { c.open(ctx, ino).await }).await.map(|o| {
+            (None, None) => self.master.call_shared(|c, ctx| async move { c.open(ctx, ino).await }).await.map(|o| {
                 let mut st = FileState::new(ino, o.attr.size);
                 st.learn_locations(0, o.covered, o.chunks);
                 *guard = Some(st);
@@ -646,7 +646,7 @@ impl FsCore {
         let ino = h.ino;
         let core = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = core.master.call(|c, ctx| async move { c.release(ctx, ino).await }).await {
+            if let Err(e) = core.master.call_shared(|c, ctx| async move { c.release(ctx, ino).await }).await {
                 tracing::warn!("release of inode {ino} at the master failed: {e}");
             }
         });

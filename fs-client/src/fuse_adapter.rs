@@ -124,6 +124,9 @@ impl StripeFs {
     }
 
     fn run<T>(&self, f: impl Future<Output = Result<T>>) -> Result<T> {
+        // Session threads block on each request: their master calls can
+        // use connections of their own (see `conn`).
+        crate::conn::use_own_master_connection();
         self.rt.block_on(f)
     }
 

@@ -19,7 +19,9 @@ pub mod types;
 
 pub use error::FsError;
 pub use ids::{ChunkId, InodeId, NodeId, Version};
-pub use service::{MasterService, MasterServiceClient, NodeService, NodeServiceClient};
+pub use service::{
+    MasterService, MasterServiceClient, MasterServiceRequest, MasterServiceResponse, NodeService, NodeServiceClient,
+};
 
 /// Largest file name, in bytes, that the namespace accepts (as ext4).
 pub const MAX_NAME_BYTES: usize = 255;

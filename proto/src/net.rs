@@ -322,6 +322,17 @@ pub async fn connect_master(
     Ok(crate::MasterServiceClient::new(client_config(), transport(stream)).spawn())
 }
 
+/// A multiplexed tarpc channel to the master at `addr` (what
+/// [`connect_master`] wraps), for clients that pick their stub per call.
+pub async fn connect_master_channel(
+    addr: &str,
+    secret: &Secret,
+    timeout: Duration,
+) -> Result<tarpc::client::Channel<crate::MasterServiceRequest, crate::MasterServiceResponse>, ConnectError> {
+    let stream = connect_stream(addr, secret, timeout).await?;
+    Ok(tarpc::client::new(client_config(), transport(stream)).spawn())
+}
+
 /// A client for the storage node at `addr`.
 pub async fn connect_node(
     addr: &str,
@@ -371,6 +382,78 @@ where
                 Err(e) => tracing::warn!("refused connection from {peer}: {e}"),
             }
         });
+    }
+}
+
+/// A blocking client speaking tarpc's wire format (length-delimited
+/// bincode frames, the same as [`transport`]) on an authenticated std
+/// stream, one call at a time.
+///
+/// A thread that owns one sends and receives on its own socket: no hand-off
+/// to a dispatch task and back, which is what a multiplexed tarpc client
+/// costs per call (~30 µs of ~75 µs on this machine's loopback). Servers
+/// cannot tell it from a tarpc client.
+pub struct BlockingClient {
+    stream: std::net::TcpStream,
+    next_id: u64,
+    buf: Vec<u8>,
+}
+
+impl BlockingClient {
+    /// Wraps an authenticated stream; a call that gets no answer within
+    /// `timeout` fails (and the client must then be dropped).
+    pub fn new(stream: TcpStream, timeout: Duration) -> std::io::Result<BlockingClient> {
+        let stream = stream.into_std()?;
+        stream.set_nonblocking(false)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        Ok(BlockingClient { stream, next_id: 0, buf: Vec::new() })
+    }
+
+    /// Sends `request` and waits for its answer. After any error the
+    /// connection is in an unknown state: drop the client.
+    pub fn call<Req, Resp>(
+        &mut self,
+        ctx: tarpc::context::Context,
+        request: Req,
+    ) -> Result<Resp, tarpc::client::RpcError>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+    {
+        use bincode::Options;
+        use std::io::{Read, Write};
+        use tarpc::client::RpcError;
+        let broken = |e: std::io::Error| match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => RpcError::DeadlineExceeded,
+            _ => RpcError::Send(Box::new(e)),
+        };
+        let codec = bincode::DefaultOptions::new();
+        let id = self.next_id;
+        self.next_id += 1;
+        let message = tarpc::ClientMessage::Request(tarpc::Request { context: ctx, id, message: request });
+        self.buf.clear();
+        self.buf.extend_from_slice(&[0; 4]);
+        codec.serialize_into(&mut self.buf, &message).map_err(|e| RpcError::Send(e))?;
+        let len = u32::try_from(self.buf.len() - 4).map_err(|e| RpcError::Send(Box::new(e)))?;
+        self.buf[..4].copy_from_slice(&len.to_be_bytes());
+        self.stream.write_all(&self.buf).map_err(broken)?;
+        let mut len = [0u8; 4];
+        self.stream.read_exact(&mut len).map_err(broken)?;
+        let len = u32::from_be_bytes(len) as usize;
+        if len > MAX_FRAME_BYTES {
+            return Err(RpcError::Send(format!("answer of {len} bytes is larger than any frame").into()));
+        }
+        self.buf.resize(len, 0);
+        self.stream.read_exact(&mut self.buf).map_err(broken)?;
+        let response: tarpc::Response<Resp> = codec.deserialize(&self.buf).map_err(|e| RpcError::Send(e))?;
+        if response.request_id != id {
+            return Err(RpcError::Send(
+                format!("answer to request {} where {id} was asked", response.request_id).into(),
+            ));
+        }
+        Ok(response.message?)
     }
 }
 
@@ -439,6 +522,58 @@ mod tests {
         let msg = ConnectError::Version { addr, theirs: 1 }.to_string();
         assert!(msg.contains("version 1") && msg.contains("same stripefs release"), "{msg}");
         server.await.expect("join");
+    }
+
+    #[tarpc::service]
+    trait Echo {
+        async fn echo(s: String) -> String;
+    }
+
+    #[derive(Clone)]
+    struct EchoServer;
+
+    impl Echo for EchoServer {
+        async fn echo(self, _: tarpc::context::Context, s: String) -> String {
+            s.repeat(2)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_blocking_client_talks_to_a_tarpc_server() {
+        use futures::StreamExt;
+        use tarpc::server::{BaseChannel, Channel};
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let s = secret("0123456789abcdef");
+        let server_secret = s.clone();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            handshake_server(&mut stream, &server_secret).await.expect("handshake");
+            BaseChannel::with_defaults(transport(stream))
+                .execute(EchoServer.serve())
+                .for_each(|f| async move {
+                    tokio::spawn(f);
+                })
+                .await;
+        });
+        let stream = connect_stream(&addr, &s, Duration::from_secs(5)).await.expect("connect");
+        let mut client = BlockingClient::new(stream, Duration::from_secs(5)).expect("client");
+        tokio::task::spawn_blocking(move || {
+            for i in 0..3 {
+                let said = "x".repeat(i + 1);
+                let ctx = context_with_timeout(Duration::from_secs(5));
+                let got: EchoResponse = client.call(ctx, EchoRequest::Echo { s: said.clone() }).expect("call");
+                let EchoResponse::Echo(got) = got;
+                assert_eq!(got, said.repeat(2), "call {i}");
+            }
+            // A big answer spans many reads.
+            let ctx = context_with_timeout(Duration::from_secs(5));
+            let big = "y".repeat(1 << 20);
+            let EchoResponse::Echo(got) = client.call(ctx, EchoRequest::Echo { s: big.clone() }).expect("big call");
+            assert_eq!(got.len(), 2 << 20);
+        })
+        .await
+        .expect("blocking calls");
     }
 
     #[test]
