@@ -1,72 +1,97 @@
 //! Connections to the master and the storage nodes, re-established on
 //! demand when a transport error breaks them.
 //!
-//! Master calls made on a FUSE session thread go over that thread's own
-//! blocking connection ([`BlockingClient`]): the thread writes the request
-//! and reads the answer itself, with no hand-off to a dispatch task and
-//! back. Calls from async tasks (uploads, background releases) and the
-//! calls that take or drop open references (`create`, `open`, `release`:
-//! the master counts them per connection) use the shared multiplexed one.
+//! Calls made on a FUSE session thread go over that thread's own blocking
+//! connection to the master or node ([`BlockingClient`]): the thread writes
+//! the request and reads the answer itself, with no hand-off to a dispatch
+//! task and back. Calls from async tasks (uploads, background releases),
+//! calls a request runs several of at once (fsync's syncs of every node),
+//! and the calls that take or drop open references (`create`, `open`,
+//! `release`: the master counts them per connection) use the shared
+//! multiplexed connection.
 
 use crate::error::{ClientError, Result};
 use futures::future::BoxFuture;
+use serde::{de::DeserializeOwned, Serialize};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use std::time::Instant;
-use stripefs_proto::net::{connect_master_channel, connect_node, connect_stream, BlockingClient, ConnectError, Secret};
-use stripefs_proto::{FsError, MasterServiceClient, MasterServiceRequest, MasterServiceResponse, NodeServiceClient};
+use stripefs_proto::net::{
+    connect_master_channel, connect_node_channel, connect_stream, BlockingClient, ConnectError, Secret,
+};
+use stripefs_proto::{
+    FsError, MasterServiceClient, MasterServiceRequest, MasterServiceResponse, NodeServiceClient, NodeServiceRequest,
+    NodeServiceResponse,
+};
 use tarpc::client::RpcError;
 
-/// The master client every call site uses: typed methods over a
-/// [`MasterStub`].
-pub type MasterClient = MasterServiceClient<MasterStub>;
+/// The master client every call site uses.
+pub type MasterClient = MasterServiceClient<CallStub<MasterServiceRequest, MasterServiceResponse>>;
+/// The storage node client every call site uses.
+pub type NodeClient = NodeServiceClient<CallStub<NodeServiceRequest, NodeServiceResponse>>;
 
-/// How a master call travels.
-#[derive(Clone, Debug)]
-pub enum MasterStub {
+/// How a call travels.
+#[derive(Debug)]
+pub enum CallStub<Req, Resp> {
     /// The shared multiplexed connection.
-    Shared(tarpc::client::Channel<MasterServiceRequest, MasterServiceResponse>),
-    /// The calling thread's own blocking connection to the [`MasterConn`]
-    /// with this id.
-    Own(u64),
+    Shared(tarpc::client::Channel<Req, Resp>),
+    /// The calling thread's own blocking connection with this key.
+    Own(OwnKey),
 }
 
-impl tarpc::client::stub::Stub for MasterStub {
-    type Req = MasterServiceRequest;
-    type Resp = MasterServiceResponse;
-
-    async fn call(
-        &self,
-        ctx: tarpc::context::Context,
-        request: MasterServiceRequest,
-    ) -> std::result::Result<MasterServiceResponse, RpcError> {
+impl<Req, Resp> Clone for CallStub<Req, Resp> {
+    fn clone(&self) -> Self {
         match self {
-            MasterStub::Shared(c) => c.call(ctx, request).await,
-            MasterStub::Own(id) => {
-                let Some(mut client) = OWN.with(|o| o.borrow_mut().conns.remove(id)) else {
-                    return Err(RpcError::Shutdown);
-                };
-                let r = client.call(ctx, request);
-                // After an error the stream may hold half an answer: drop it.
-                if r.is_ok() {
-                    OWN.with(|o| o.borrow_mut().conns.insert(*id, client));
-                }
-                r
-            }
+            CallStub::Shared(c) => CallStub::Shared(c.clone()),
+            CallStub::Own(k) => CallStub::Own(k.clone()),
         }
     }
 }
 
-/// A thread's own master connections (one per [`MasterConn`]), and
-/// whether the thread wants them.
+/// Names a thread's own connection: the pool it belongs to (a
+/// [`MasterConn`] or [`NodePool`]) and the peer's address.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct OwnKey {
+    pool: u64,
+    addr: Arc<str>,
+}
+
+impl<Req, Resp> tarpc::client::stub::Stub for CallStub<Req, Resp>
+where
+    Req: tarpc::RequestName + Serialize,
+    Resp: DeserializeOwned,
+{
+    type Req = Req;
+    type Resp = Resp;
+
+    async fn call(&self, ctx: tarpc::context::Context, request: Req) -> std::result::Result<Resp, RpcError> {
+        match self {
+            CallStub::Shared(c) => c.call(ctx, request).await,
+            // Blocking is fine: only threads that block on every request
+            // anyway (FUSE session threads) have own connections.
+            CallStub::Own(key) => OWN.with(|o| {
+                let mut own = o.borrow_mut();
+                let Some(client) = own.conns.get_mut(key) else { return Err(RpcError::Shutdown) };
+                let r = client.call(ctx, request);
+                // After an error the stream may hold half an answer: drop it.
+                if r.is_err() {
+                    own.conns.remove(key);
+                }
+                r
+            }),
+        }
+    }
+}
+
+/// A thread's own connections, and whether the thread wants them.
 #[derive(Default)]
 struct Own {
     enabled: bool,
-    conns: HashMap<u64, BlockingClient>,
+    conns: HashMap<OwnKey, BlockingClient>,
 }
 
 thread_local! {
@@ -74,9 +99,9 @@ thread_local! {
 }
 
 /// Marks the calling thread as one that blocks on each request (a FUSE
-/// session thread): its master calls then use a connection of its own.
+/// session thread): its calls then use connections of its own.
 /// Never call it on an async runtime's worker thread.
-pub fn use_own_master_connection() {
+pub fn use_own_connections() {
     OWN.with(|o| o.borrow_mut().enabled = true);
 }
 
@@ -84,11 +109,20 @@ fn wants_own() -> bool {
     OWN.with(|o| o.borrow().enabled)
 }
 
-fn has_own(id: u64) -> bool {
-    OWN.with(|o| o.borrow().conns.contains_key(&id))
+/// This thread's own connection to `key`, made now if needed.
+async fn own_stub<Req, Resp>(key: OwnKey, secret: &Secret) -> Result<CallStub<Req, Resp>> {
+    if !OWN.with(|o| o.borrow().conns.contains_key(&key)) {
+        let stream = connect_stream(&key.addr, secret, CONNECT_TIMEOUT)
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        let client = BlockingClient::new(stream)
+            .map_err(|e| ClientError::Transport(format!("setting up a connection to {}: {e}", key.addr)))?;
+        OWN.with(|o| o.borrow_mut().conns.insert(key.clone(), client));
+    }
+    Ok(CallStub::Own(key))
 }
 
-static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+static NEXT_POOL_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Time to connect and authenticate.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -109,7 +143,7 @@ pub type ReconnectHook = Box<dyn Fn(MasterClient) -> BoxFuture<'static, ()> + Se
 /// failing at once: a master restart is invisible to applications.
 pub struct MasterConn {
     /// Names this master's per-thread connections.
-    id: u64,
+    own_key: OwnKey,
     addr: String,
     secret: Secret,
     wait: Duration,
@@ -127,9 +161,9 @@ impl MasterConn {
         wait: Duration,
     ) -> Result<MasterConn, stripefs_proto::net::ConnectError> {
         let client =
-            MasterClient::from(MasterStub::Shared(connect_master_channel(addr, &secret, CONNECT_TIMEOUT).await?));
+            MasterClient::from(CallStub::Shared(connect_master_channel(addr, &secret, CONNECT_TIMEOUT).await?));
         Ok(MasterConn {
-            id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
+            own_key: OwnKey { pool: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed), addr: addr.into() },
             addr: addr.to_string(),
             secret,
             wait,
@@ -162,7 +196,7 @@ impl MasterConn {
         loop {
             match connect_master_channel(&self.addr, &self.secret, CONNECT_TIMEOUT).await {
                 Ok(c) => {
-                    let c = MasterClient::from(MasterStub::Shared(c));
+                    let c = MasterClient::from(CallStub::Shared(c));
                     if let Some(hook) = self.on_reconnect.get() {
                         hook(c.clone()).await;
                     }
@@ -202,23 +236,6 @@ impl MasterConn {
         }
     }
 
-    /// This thread's own connection, made now if needed; `None` if the
-    /// master cannot be reached right now (the shared connection then
-    /// waits for it).
-    async fn own(&self) -> Option<MasterClient> {
-        if !has_own(self.id) {
-            let stream = connect_stream(&self.addr, &self.secret, CONNECT_TIMEOUT).await.ok()?;
-            match BlockingClient::new(stream, METADATA_TIMEOUT) {
-                Ok(c) => OWN.with(|o| o.borrow_mut().conns.insert(self.id, c)),
-                Err(e) => {
-                    tracing::warn!("setting up a master connection: {e}");
-                    return None;
-                }
-            };
-        }
-        Some(MasterClient::from(MasterStub::Own(self.id)))
-    }
-
     /// Runs one RPC; on a broken connection, waits for the master and
     /// tries again (see [`MasterConn`]). On a FUSE thread it goes over the
     /// thread's own connection (see the module documentation).
@@ -248,7 +265,12 @@ impl MasterConn {
     {
         let deadline = Instant::now() + self.wait;
         loop {
-            let mine = if own { self.own().await } else { None };
+            // When the master cannot be reached, the shared connection
+            // knows how to wait for it.
+            let mine = match own {
+                true => own_stub(self.own_key.clone(), &self.secret).await.ok().map(MasterClient::from),
+                false => None,
+            };
             let (generation, mine, c) = match mine {
                 Some(c) => (self.client.read().await.0, true, c),
                 None => {
@@ -279,41 +301,74 @@ impl MasterConn {
 
 /// Connections to storage nodes, by address.
 pub struct NodePool {
+    /// Names this pool's per-thread connections.
+    pool: u64,
     secret: Secret,
-    clients: tokio::sync::Mutex<HashMap<String, NodeServiceClient>>,
+    clients: tokio::sync::Mutex<HashMap<String, NodeClient>>,
 }
 
 impl NodePool {
     /// An empty pool.
     pub fn new(secret: Secret) -> NodePool {
-        NodePool { secret, clients: tokio::sync::Mutex::new(HashMap::new()) }
+        NodePool {
+            pool: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed),
+            secret,
+            clients: tokio::sync::Mutex::new(HashMap::new()),
+        }
     }
 
-    async fn client(&self, addr: &str) -> Result<NodeServiceClient> {
+    async fn client(&self, addr: &str) -> Result<NodeClient> {
         if let Some(c) = self.clients.lock().await.get(addr) {
             return Ok(c.clone());
         }
-        let c = connect_node(addr, &self.secret, CONNECT_TIMEOUT)
+        let c = connect_node_channel(addr, &self.secret, CONNECT_TIMEOUT)
             .await
             .map_err(|e| ClientError::Transport(e.to_string()))?;
+        let c = NodeClient::from(CallStub::Shared(c));
         self.clients.lock().await.insert(addr.to_string(), c.clone());
         Ok(c)
     }
 
     /// Runs one RPC on the node at `addr`; on a broken connection,
-    /// reconnects and tries once more.
+    /// reconnects and tries once more. On a FUSE thread it goes over the
+    /// thread's own connection (see the module documentation).
     pub async fn call<T, F, Fut>(&self, addr: &str, timeout: Duration, f: F) -> Result<T>
     where
-        F: Fn(NodeServiceClient, tarpc::context::Context) -> Fut,
+        F: Fn(NodeClient, tarpc::context::Context) -> Fut,
+        Fut: Future<Output = std::result::Result<std::result::Result<T, FsError>, RpcError>>,
+    {
+        self.call_on(wants_own(), addr, timeout, f).await
+    }
+
+    /// [`NodePool::call`] on the shared connection, for calls that run
+    /// beside others of the same request (each blocking call on an own
+    /// connection would wait for the one before).
+    pub async fn call_shared<T, F, Fut>(&self, addr: &str, timeout: Duration, f: F) -> Result<T>
+    where
+        F: Fn(NodeClient, tarpc::context::Context) -> Fut,
+        Fut: Future<Output = std::result::Result<std::result::Result<T, FsError>, RpcError>>,
+    {
+        self.call_on(false, addr, timeout, f).await
+    }
+
+    async fn call_on<T, F, Fut>(&self, own: bool, addr: &str, timeout: Duration, f: F) -> Result<T>
+    where
+        F: Fn(NodeClient, tarpc::context::Context) -> Fut,
         Fut: Future<Output = std::result::Result<std::result::Result<T, FsError>, RpcError>>,
     {
         let mut last = None;
         for _ in 0..2 {
-            let c = self.client(addr).await?;
+            let key = OwnKey { pool: self.pool, addr: addr.into() };
+            let (c, mine) = match own {
+                true => (NodeClient::from(own_stub(key, &self.secret).await?), true),
+                false => (self.client(addr).await?, false),
+            };
             match f(c, stripefs_proto::net::context_with_timeout(timeout)).await {
                 Ok(r) => return r.map_err(ClientError::Fs),
                 Err(e) if is_broken(&e) => {
-                    self.clients.lock().await.remove(addr);
+                    if !mine {
+                        self.clients.lock().await.remove(addr);
+                    }
                     last = Some(e);
                 }
                 Err(e) => return Err(e.into()),

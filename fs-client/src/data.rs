@@ -119,11 +119,12 @@ impl FsCore {
             }
         }
         // Every node syncs its replicas at the same time: the slowest
-        // disk, not the sum of them, sets how long fsync takes.
+        // disk, not the sum of them, sets how long fsync takes (so over
+        // the shared connections: blocking ones would go one by one).
         let calls = by_node.into_iter().map(|(addr, chunks)| async move {
             let r = self
                 .nodes
-                .call(&addr, DATA_TIMEOUT, |c, ctx| {
+                .call_shared(&addr, DATA_TIMEOUT, |c, ctx| {
                     let chunks = chunks.clone();
                     async move { c.sync_chunks(ctx, chunks).await }
                 })

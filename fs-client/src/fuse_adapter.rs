@@ -126,7 +126,7 @@ impl StripeFs {
     fn run<T>(&self, f: impl Future<Output = Result<T>>) -> Result<T> {
         // Session threads block on each request: their master calls can
         // use connections of their own (see `conn`).
-        crate::conn::use_own_master_connection();
+        crate::conn::use_own_connections();
         self.rt.block_on(f)
     }
 

@@ -21,6 +21,7 @@ pub use error::FsError;
 pub use ids::{ChunkId, InodeId, NodeId, Version};
 pub use service::{
     MasterService, MasterServiceClient, MasterServiceRequest, MasterServiceResponse, NodeService, NodeServiceClient,
+    NodeServiceRequest, NodeServiceResponse,
 };
 
 /// Largest file name, in bytes, that the namespace accepts (as ext4).

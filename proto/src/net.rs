@@ -333,6 +333,17 @@ pub async fn connect_master_channel(
     Ok(tarpc::client::new(client_config(), transport(stream)).spawn())
 }
 
+/// A multiplexed tarpc channel to the storage node at `addr` (what
+/// [`connect_node`] wraps).
+pub async fn connect_node_channel(
+    addr: &str,
+    secret: &Secret,
+    timeout: Duration,
+) -> Result<tarpc::client::Channel<crate::NodeServiceRequest, crate::NodeServiceResponse>, ConnectError> {
+    let stream = connect_stream(addr, secret, timeout).await?;
+    Ok(tarpc::client::new(client_config(), transport(stream)).spawn())
+}
+
 /// A client for the storage node at `addr`.
 pub async fn connect_node(
     addr: &str,
@@ -400,14 +411,11 @@ pub struct BlockingClient {
 }
 
 impl BlockingClient {
-    /// Wraps an authenticated stream; a call that gets no answer within
-    /// `timeout` fails (and the client must then be dropped).
-    pub fn new(stream: TcpStream, timeout: Duration) -> std::io::Result<BlockingClient> {
+    /// Wraps an authenticated stream.
+    pub fn new(stream: TcpStream) -> std::io::Result<BlockingClient> {
         let stream = stream.into_std()?;
         stream.set_nonblocking(false)?;
         stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(timeout))?;
-        stream.set_write_timeout(Some(timeout))?;
         Ok(BlockingClient { stream, next_id: 0, buf: Vec::new() })
     }
 
@@ -429,6 +437,13 @@ impl BlockingClient {
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => RpcError::DeadlineExceeded,
             _ => RpcError::Send(Box::new(e)),
         };
+        // The call's deadline bounds each wait on the socket.
+        let left = ctx.deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(RpcError::DeadlineExceeded);
+        }
+        self.stream.set_read_timeout(Some(left)).map_err(broken)?;
+        self.stream.set_write_timeout(Some(left)).map_err(broken)?;
         let codec = bincode::DefaultOptions::new();
         let id = self.next_id;
         self.next_id += 1;
@@ -557,7 +572,7 @@ mod tests {
                 .await;
         });
         let stream = connect_stream(&addr, &s, Duration::from_secs(5)).await.expect("connect");
-        let mut client = BlockingClient::new(stream, Duration::from_secs(5)).expect("client");
+        let mut client = BlockingClient::new(stream).expect("client");
         tokio::task::spawn_blocking(move || {
             for i in 0..3 {
                 let said = "x".repeat(i + 1);
