@@ -109,6 +109,20 @@ fn wants_own() -> bool {
     OWN.with(|o| o.borrow().enabled)
 }
 
+/// Runs blocking work (disk reads): right here on a thread that blocks on
+/// each request anyway (a FUSE session thread: no hand-off), else on the
+/// blocking pool, away from the async runtime's workers.
+pub(crate) async fn run_blocking<T, F>(f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T> + Send + 'static,
+{
+    if wants_own() {
+        return f();
+    }
+    tokio::task::spawn_blocking(f).await.map_err(|e| ClientError::Transport(format!("blocking task: {e}")))?
+}
+
 /// This thread's own connection to `key`, made now if needed.
 async fn own_stub<Req, Resp>(key: OwnKey, secret: &Secret) -> Result<CallStub<Req, Resp>> {
     if !OWN.with(|o| o.borrow().conns.contains_key(&key)) {

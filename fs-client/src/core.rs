@@ -5,6 +5,7 @@ use crate::cache::BlockCache;
 use crate::conn::{MasterConn, NodePool};
 use crate::error::{ClientError, Result};
 use crate::file::FileState;
+use crate::local::LocalReads;
 use crate::names::{Known, Listings};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +33,9 @@ pub struct ClientConfig {
     pub dirty_limit_bytes: u64,
     /// How long operations wait for an unreachable master before failing.
     pub master_timeout: Duration,
+    /// Read replicas of nodes on this host from their files (see
+    /// [`crate::local`]).
+    pub local_reads: bool,
 }
 
 impl Default for ClientConfig {
@@ -45,6 +49,7 @@ impl Default for ClientConfig {
             cache_bytes: 256 << 20,
             dirty_limit_bytes: 64 << 20,
             master_timeout: Duration::from_secs(60),
+            local_reads: true,
         }
     }
 }
@@ -88,6 +93,8 @@ pub struct FsCore {
     /// Recent directory listings: lookups of existing names without a
     /// round trip (see [`crate::names`]).
     pub(crate) listings: Listings,
+    /// Replicas read from their files on this host.
+    pub local: LocalReads,
 }
 
 /// A name's attributes and how long the kernel may keep them.
@@ -122,7 +129,8 @@ impl FsCore {
         let listings = Listings::new(cfg.entry_ttl.min(cfg.attr_ttl));
         let core = Arc::new(FsCore {
             master,
-            nodes: NodePool::new(secret),
+            nodes: NodePool::new(secret.clone()),
+            local: LocalReads::new(secret),
             chunk_size: info.chunk_size as u64,
             fs_id: info.fs_id,
             cfg,
@@ -153,6 +161,17 @@ impl FsCore {
                 }
             })
         }));
+        // Kept replica descriptors pin the space of deleted versions: close
+        // old ones even when nothing reads.
+        let weak = Arc::downgrade(&core);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(crate::local::MAX_AGE / 3);
+            loop {
+                tick.tick().await;
+                let Some(core) = weak.upgrade() else { return };
+                core.local.expire();
+            }
+        });
         Ok(core)
     }
 
@@ -671,7 +690,8 @@ impl FsCore {
             // Not stored: a request to this client (benchmarks' cold reads).
             self.cache.clear();
             self.listings.clear();
-            tracing::info!("block cache and directory listings dropped on request");
+            self.local.clear();
+            tracing::info!("block cache, directory listings and local replica files dropped on request");
             return Ok(());
         }
         self.writable()?;

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use stripefs_proto::block::{self, BlockEncoder, BLOCK_SIZE};
 use stripefs_proto::types::{ChunkCommit, ChunkLoc, EncodedBlock, Replica, WriteChunk};
-use stripefs_proto::{FsError, InodeId};
+use stripefs_proto::{ChunkId, FsError, InodeId, NodeId, Version};
 
 use crate::conn::DATA_TIMEOUT;
 
@@ -452,12 +452,26 @@ impl FsCore {
         let mut last_err = ClientError::Fs(FsError::Unavailable);
         for r in self.preferred(&loc.replicas) {
             let (chunk, version) = (loc.chunk, loc.version);
-            let got =
-                self.nodes
-                    .call(&r.addr, DATA_TIMEOUT, |c, ctx| async move {
-                        c.read_blocks(ctx, chunk, version, first, count).await
-                    })
-                    .await;
+            let local = match self.cfg.local_reads {
+                true => self.local.read_blocks(r.node, &r.addr, chunk, version, first, count).await,
+                false => None,
+            };
+            let got = match local {
+                Some(Ok(blocks)) => Ok(blocks),
+                // The node does not hold it: neither would it over TCP.
+                Some(Err(e @ ClientError::Fs(FsError::NotFound))) => Err(e),
+                Some(Err(ClientError::Fs(FsError::Corrupt))) => {
+                    // Read from the file itself: the node cannot know.
+                    self.report_corrupt(r.node, chunk, version).await;
+                    last_err = FsError::Corrupt.into();
+                    continue;
+                }
+                Some(Err(e)) => {
+                    tracing::warn!("local read of chunk {chunk} v{version} failed, reading over TCP: {e}");
+                    self.read_remote(&r.addr, chunk, version, first, count).await
+                }
+                None => self.read_remote(&r.addr, chunk, version, first, count).await,
+            };
             let blocks = match got {
                 Ok(b) if !b.is_empty() => b,
                 Ok(_) => {
@@ -489,19 +503,37 @@ impl FsCore {
                     // have the master replace that replica (rare: the node
                     // checks too, and reports what it catches itself).
                     tracing::error!("chunk {chunk} v{version} on node {} ({}) failed its checksum", r.node, r.addr);
-                    let node = r.node;
-                    if let Err(e) = self
-                        .master
-                        .call(|c, ctx| async move { c.report_corrupt(ctx, node, chunk, version).await })
-                        .await
-                    {
-                        tracing::warn!("reporting the corrupt replica to the master: {e}");
-                    }
+                    self.report_corrupt(r.node, chunk, version).await;
                     last_err = e.into();
                 }
             }
         }
         Err(last_err)
+    }
+}
+
+impl FsCore {
+    /// Blocks of a replica read over TCP from the node at `addr`.
+    async fn read_remote(
+        &self,
+        addr: &str,
+        chunk: ChunkId,
+        version: Version,
+        first: u32,
+        count: u32,
+    ) -> Result<Vec<EncodedBlock>> {
+        self.nodes
+            .call(addr, DATA_TIMEOUT, |c, ctx| async move { c.read_blocks(ctx, chunk, version, first, count).await })
+            .await
+    }
+
+    /// Has the master replace a replica that failed its checks here.
+    async fn report_corrupt(&self, node: NodeId, chunk: ChunkId, version: Version) {
+        if let Err(e) =
+            self.master.call(|c, ctx| async move { c.report_corrupt(ctx, node, chunk, version).await }).await
+        {
+            tracing::warn!("reporting the corrupt replica to the master: {e}");
+        }
     }
 }
 

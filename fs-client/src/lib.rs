@@ -11,6 +11,7 @@ mod data;
 pub mod error;
 pub mod file;
 pub mod fuse_adapter;
+pub mod local;
 pub mod mount;
 pub mod names;
 pub mod options;

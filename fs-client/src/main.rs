@@ -30,8 +30,10 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// /etc/stripefs/secret), threads=N (default: cores), cache_mb=N (block
 /// cache, default 256), dirty_mb=N (write buffer per file, default 64),
 /// read_ahead_kb=N (kernel read-ahead, default 1024; 0 keeps the kernel's
-/// 128; needs root), log=PATH (log of a background client). fstab options such as _netdev,
-/// defaults, noauto and nofail are accepted and ignored.
+/// 128; needs root), local_reads=on|off (read the replicas of storage nodes
+/// on this host straight from their files, default on), log=PATH (log of a
+/// background client). fstab options such as _netdev, defaults, noauto and
+/// nofail are accepted and ignored.
 ///
 /// As a mount(8) helper: link this binary as /sbin/mount.fuse.stripefs, then
 /// `mount -t fuse.stripefs HOST:PORT /mnt` or in /etc/fstab:

@@ -67,6 +67,7 @@ pub fn mount(
         cache_bytes: opts.cache_mb << 20,
         dirty_limit_bytes: opts.dirty_mb << 20,
         master_timeout: opts.master_timeout,
+        local_reads: opts.local_reads,
     };
     let core = rt
         .block_on(FsCore::connect(master, secret.clone(), cfg))

@@ -37,6 +37,9 @@ pub struct MountOptions {
     /// `master_timeout=SECS`: how long operations wait for an unreachable
     /// master (e.g. while it restarts) before failing with EIO.
     pub master_timeout: Duration,
+    /// `local_reads=on|off`: read replicas of nodes on this host from
+    /// their files (default on).
+    pub local_reads: bool,
 }
 
 impl Default for MountOptions {
@@ -56,6 +59,7 @@ impl Default for MountOptions {
             dirty_mb: 64,
             read_ahead_kb: DEFAULT_READ_AHEAD_KB,
             master_timeout: Duration::from_secs(60),
+            local_reads: true,
         }
     }
 }
@@ -145,6 +149,13 @@ pub fn parse_options<S: AsRef<str>>(lists: &[S]) -> Result<MountOptions, String>
                         return Err(format!("mount option read_ahead_kb={v}: at most {MAX_READ_AHEAD_KB}"));
                     }
                 }
+                ("local_reads", Some(v)) => {
+                    o.local_reads = match v {
+                        "on" | "yes" | "1" => true,
+                        "off" | "no" | "0" => false,
+                        _ => return Err(format!("mount option local_reads={v}: must be on or off")),
+                    }
+                }
                 ("dirty_mb", Some(v)) => {
                     o.dirty_mb = number(key, v)?;
                     if o.dirty_mb == 0 {
@@ -184,6 +195,14 @@ mod tests {
         assert!(parse_options(&["threads=0"]).is_err());
         assert!(parse_options(&["ro"]).expect("ro").read_only);
         assert!(parse_options(&["read_ahead_kb=2000000"]).expect_err("too big").contains("read_ahead_kb"));
+        assert!(parse_options(&["local_reads=maybe"]).expect_err("not a switch").contains("on or off"));
+    }
+
+    #[test]
+    fn local_reads_are_on_unless_turned_off() {
+        assert!(parse_options::<&str>(&[]).expect("none").local_reads);
+        assert!(!parse_options(&["local_reads=off"]).expect("off").local_reads);
+        assert!(parse_options(&["local_reads=on"]).expect("on").local_reads);
     }
 
     #[test]

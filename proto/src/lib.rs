@@ -4,8 +4,10 @@
 //! the FUSE client and the admin tools is defined here: id newtypes
 //! ([`ids`]), the closed wire error enum ([`FsError`]), request and reply
 //! records ([`types`]), the tarpc service traits ([`service`]), the block
-//! format of chunk data ([`block`]) and the authenticated connection set-up
-//! shared by every process ([`net`]).
+//! format of chunk data ([`block`]), the replica file a node stores a chunk
+//! version in ([`replica`]), the authenticated connection set-up shared by
+//! every process ([`net`]) and the local-read socket through which a node
+//! hands replica files to a client on its own host ([`local`]).
 //!
 //! This crate holds no state of its own: it is the vocabulary the other
 //! crates speak.
@@ -13,7 +15,9 @@
 pub mod block;
 pub mod error;
 pub mod ids;
+pub mod local;
 pub mod net;
+pub mod replica;
 pub mod service;
 pub mod types;
 

@@ -22,7 +22,7 @@ use std::time::Duration;
 use tarpc::serde_transport::Transport;
 use tarpc::tokio_serde::formats::Bincode;
 use tarpc::tokio_util::codec::LengthDelimitedCodec;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
@@ -205,7 +205,10 @@ pub enum ConnectError {
 }
 
 /// Runs the client side of the handshake on a fresh stream.
-pub async fn handshake_client(stream: &mut TcpStream, secret: &Secret, addr: &str) -> Result<(), ConnectError> {
+pub async fn handshake_client<S>(stream: &mut S, secret: &Secret, addr: &str) -> Result<(), ConnectError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let io = |error| ConnectError::Io { addr: addr.to_string(), error };
     let mut hello = [0u8; 8 + 4 + NONCE_BYTES];
     stream.read_exact(&mut hello).await.map_err(|e| {
@@ -262,7 +265,10 @@ pub enum AcceptError {
 }
 
 /// Runs the server side of the handshake on a fresh stream.
-pub async fn handshake_server(stream: &mut TcpStream, secret: &Secret) -> Result<(), AcceptError> {
+pub async fn handshake_server<S>(stream: &mut S, secret: &Secret) -> Result<(), AcceptError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut nonce_s = [0u8; NONCE_BYTES];
     rand::rng().fill_bytes(&mut nonce_s);
     let mut hello = Vec::with_capacity(8 + 4 + NONCE_BYTES);

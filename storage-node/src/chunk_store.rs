@@ -2,14 +2,9 @@
 //!
 //! Each replica (a chunk id at one version) is one file,
 //! `DIR/chunks/<low byte of the chunk id, 2 hex digits>/<chunk:016x>-<version:016x>.chunk`,
-//! laid out as follows (all integers little-endian):
-//!
-//! ```text
-//! header  magic "SFCHUNK1" | format u32 (=1) | chunk u64 | version u64
-//!         | length u32 (valid bytes) | block count u32 | crc32 of the preceding 36 bytes
-//! table   count × (raw_len u32 | codec u8 | stored_len u32 | crc u32 of the stored bytes)
-//! data    the blocks' stored bytes, back to back
-//! ```
+//! in the format of [`stripefs_proto::replica`] (header, block table,
+//! blocks), which a client on this host also reads directly through a
+//! descriptor this node hands it ([`stripefs_proto::local`]).
 //!
 //! Replicas are written to a temporary file and renamed into place, so a
 //! reader sees a whole replica or none. All methods are blocking; async
@@ -18,29 +13,14 @@
 use crate::fsutil::{fsync_dir, start_writeback, temp_path_for, TempGuard, TMP_SUFFIX};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
-use stripefs_proto::block::{self, Codec, BLOCK_SIZE};
+use stripefs_proto::block;
+use stripefs_proto::replica::{self, Layout, ReplicaError};
 use stripefs_proto::types::EncodedBlock;
 use stripefs_proto::{ChunkId, FsError, Version};
 
-/// Largest chunk a node stores, in bytes.
-pub const MAX_CHUNK_BYTES: u32 = 64 * 1024 * 1024;
-
-/// Largest number of blocks in a chunk (and in one read).
-pub const MAX_BLOCKS_PER_CHUNK: usize = MAX_CHUNK_BYTES as usize / BLOCK_SIZE;
-
-const MAGIC: &[u8; 8] = b"SFCHUNK1";
-const FORMAT_VERSION: u32 = 1;
-/// Header bytes covered by the header crc.
-const HEADER_BODY_BYTES: usize = 8 + 4 + 8 + 8 + 4 + 4;
-/// Header bytes including the crc.
-const HEADER_BYTES: usize = HEADER_BODY_BYTES + 4;
-/// Bytes of one block table entry.
-const ENTRY_BYTES: usize = 4 + 1 + 4 + 4;
-/// First bytes of every zstd frame.
-const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+pub use stripefs_proto::replica::{check_layout, MAX_BLOCKS_PER_CHUNK, MAX_CHUNK_BYTES};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -115,74 +95,6 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> StoreError {
         }
         _ => StoreError::Io { context, source },
     }
-}
-
-/// Checks the shape of a chunk's blocks: their decoded sizes add up to
-/// `length`, every block but the last is exactly [`BLOCK_SIZE`], none is
-/// empty, and the chunk fits [`MAX_CHUNK_BYTES`].
-pub fn check_layout(length: u32, raw_lens: impl ExactSizeIterator<Item = u32>) -> Result<(), String> {
-    if length > MAX_CHUNK_BYTES {
-        return Err(format!("chunk length {length} exceeds {MAX_CHUNK_BYTES}"));
-    }
-    let count = raw_lens.len();
-    if count > MAX_BLOCKS_PER_CHUNK {
-        return Err(format!("{count} blocks exceed {MAX_BLOCKS_PER_CHUNK}"));
-    }
-    let mut total = 0u64;
-    for (i, raw_len) in raw_lens.enumerate() {
-        if raw_len == 0 || raw_len as usize > BLOCK_SIZE {
-            return Err(format!("block {i} has {raw_len} bytes"));
-        }
-        if i + 1 < count && raw_len as usize != BLOCK_SIZE {
-            return Err(format!("block {i} of {count} has {raw_len} bytes, not {BLOCK_SIZE}"));
-        }
-        total += u64::from(raw_len);
-    }
-    if total != u64::from(length) {
-        return Err(format!("blocks hold {total} bytes but the chunk length is {length}"));
-    }
-    Ok(())
-}
-
-/// One block table entry.
-#[derive(Clone, Copy, Debug)]
-struct Entry {
-    raw_len: u32,
-    codec: u8,
-    stored_len: u32,
-    crc: u32,
-}
-
-/// A replica's validated header and block table.
-struct Layout {
-    entries: Vec<Entry>,
-    /// File offset of each block's stored bytes.
-    offsets: Vec<u64>,
-}
-
-fn encode_header(chunk: ChunkId, version: Version, length: u32, count: u32) -> Vec<u8> {
-    let mut h = Vec::with_capacity(HEADER_BYTES);
-    h.extend_from_slice(MAGIC);
-    h.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    h.extend_from_slice(&chunk.0.to_le_bytes());
-    h.extend_from_slice(&version.0.to_le_bytes());
-    h.extend_from_slice(&length.to_le_bytes());
-    h.extend_from_slice(&count.to_le_bytes());
-    let crc = crc32fast::hash(&h);
-    h.extend_from_slice(&crc.to_le_bytes());
-    h
-}
-
-fn le_u32(b: &[u8], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(a)
-}
-
-fn le_u64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
 }
 
 /// Counters kept in step with the files on disk.
@@ -271,14 +183,7 @@ impl ChunkStore {
         let ctx = || format!("cannot write {}", tmp.display());
         let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(io_err(ctx()))?;
 
-        let mut head = encode_header(chunk, version, length, blocks.len() as u32);
-        head.reserve(blocks.len() * ENTRY_BYTES);
-        for b in blocks {
-            head.extend_from_slice(&b.raw_len.to_le_bytes());
-            head.push(b.codec);
-            head.extend_from_slice(&(b.data.len() as u32).to_le_bytes());
-            head.extend_from_slice(&b.crc.to_le_bytes());
-        }
+        let head = replica::encode_head(chunk, version, length, blocks);
         file.write_all(&head).map_err(io_err(ctx()))?;
         for b in blocks {
             file.write_all(&b.data).map_err(io_err(ctx()))?;
@@ -341,6 +246,17 @@ impl ChunkStore {
         Ok(())
     }
 
+    /// The replica file itself, open read-only, for a client on this host
+    /// that reads it directly (see [`stripefs_proto::local`]).
+    pub fn open_replica(&self, chunk: ChunkId, version: Version) -> Result<File, StoreError> {
+        let path = self.replica_path(chunk, version);
+        match File::open(&path) {
+            Ok(f) => Ok(f),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::NotFound { chunk, version }),
+            Err(e) => Err(io_err(format!("cannot open {}", path.display()))(e)),
+        }
+    }
+
     /// Blocks `[first, first+count)` of a replica as stored, each checked
     /// against its crc. Blocks past the end are left out.
     pub fn read_blocks(
@@ -350,39 +266,22 @@ impl ChunkStore {
         first: u32,
         count: u32,
     ) -> Result<Vec<EncodedBlock>, StoreError> {
+        let file = self.open_replica(chunk, version)?;
         let path = self.replica_path(chunk, version);
-        let file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound { chunk, version }),
-            Err(e) => return Err(io_err(format!("cannot open {}", path.display()))(e)),
-        };
         let ctx = || format!("cannot read {}", path.display());
-        let file_len = file.metadata().map_err(io_err(ctx()))?.len();
-        let corrupt = |detail: String| StoreError::Corrupt { chunk, version, detail };
-        let layout = read_layout(&file, file_len, chunk, version).map_err(|e| match e {
-            LayoutError::Io(source) => StoreError::Io { context: ctx(), source },
-            LayoutError::Bad(detail) => corrupt(detail),
-        })?;
-
-        let first = first as usize;
-        let end = first.saturating_add(count as usize).min(layout.entries.len());
-        let mut out = Vec::with_capacity(end.saturating_sub(first));
-        for i in first..end {
-            let e = layout.entries[i];
-            let mut data = vec![0u8; e.stored_len as usize];
-            file.read_exact_at(&mut data, layout.offsets[i]).map_err(io_err(ctx()))?;
-            let b = EncodedBlock { raw_len: e.raw_len, codec: e.codec, crc: e.crc, data: data.into() };
-            if block::verify(&b).is_err() {
-                return Err(corrupt(format!("block {i} fails its crc")));
+        let replica_err = |e: ReplicaError| match e {
+            ReplicaError::Io(source) => StoreError::Io { context: ctx(), source },
+            ReplicaError::Corrupt(detail) => StoreError::Corrupt { chunk, version, detail },
+        };
+        let layout = Layout::read(&file, chunk, version).map_err(replica_err)?;
+        let blocks = layout.read_blocks(&file, first, count).map_err(replica_err)?;
+        for (i, b) in blocks.iter().enumerate() {
+            if block::verify(b).is_err() {
+                let detail = format!("block {} fails its crc", first as usize + i);
+                return Err(StoreError::Corrupt { chunk, version, detail });
             }
-            // The table has no crc of its own: a flipped codec byte would
-            // pass the block crc, so check zstd blocks start as frames.
-            if b.codec == Codec::Zstd as u8 && !b.data.starts_with(&ZSTD_MAGIC) {
-                return Err(corrupt(format!("block {i} is not a zstd frame")));
-            }
-            out.push(b);
         }
-        Ok(out)
+        Ok(blocks)
     }
 
     /// Deletes a replica; an absent one is not an error.
@@ -487,68 +386,6 @@ fn parse_replica_name(name: &str) -> Option<(ChunkId, Version)> {
     let chunk = u64::from_str_radix(c, 16).ok()?;
     let version = u64::from_str_radix(v, 16).ok()?;
     Some((ChunkId(chunk), Version(version)))
-}
-
-enum LayoutError {
-    Io(io::Error),
-    Bad(String),
-}
-
-/// Reads and validates a replica's header and block table.
-fn read_layout(file: &File, file_len: u64, chunk: ChunkId, version: Version) -> Result<Layout, LayoutError> {
-    if file_len < HEADER_BYTES as u64 {
-        return Err(LayoutError::Bad(format!("file has {file_len} bytes, shorter than a header")));
-    }
-    let mut h = [0u8; HEADER_BYTES];
-    file.read_exact_at(&mut h, 0).map_err(LayoutError::Io)?;
-    if &h[..8] != MAGIC {
-        return Err(LayoutError::Bad("bad magic".into()));
-    }
-    if crc32fast::hash(&h[..HEADER_BODY_BYTES]) != le_u32(&h, HEADER_BODY_BYTES) {
-        return Err(LayoutError::Bad("header crc mismatch".into()));
-    }
-    let format = le_u32(&h, 8);
-    if format != FORMAT_VERSION {
-        return Err(LayoutError::Bad(format!("unknown format version {format}")));
-    }
-    let (c, v) = (le_u64(&h, 12), le_u64(&h, 20));
-    if c != chunk.0 || v != version.0 {
-        return Err(LayoutError::Bad(format!("file holds {c}/{v}")));
-    }
-    let length = le_u32(&h, 28);
-    let count = le_u32(&h, 32) as usize;
-    if count > MAX_BLOCKS_PER_CHUNK {
-        return Err(LayoutError::Bad(format!("{count} blocks")));
-    }
-    let data_start = (HEADER_BYTES + count * ENTRY_BYTES) as u64;
-    if file_len < data_start {
-        return Err(LayoutError::Bad("block table truncated".into()));
-    }
-    let mut table = vec![0u8; count * ENTRY_BYTES];
-    file.read_exact_at(&mut table, HEADER_BYTES as u64).map_err(LayoutError::Io)?;
-    let entries: Vec<Entry> = table
-        .chunks_exact(ENTRY_BYTES)
-        .map(|e| Entry { raw_len: le_u32(e, 0), codec: e[4], stored_len: le_u32(e, 5), crc: le_u32(e, 9) })
-        .collect();
-    check_layout(length, entries.iter().map(|e| e.raw_len)).map_err(LayoutError::Bad)?;
-    let mut offsets = Vec::with_capacity(count);
-    let mut at = data_start;
-    for (i, e) in entries.iter().enumerate() {
-        let codec_ok = match e.codec {
-            c if c == Codec::Raw as u8 => e.stored_len == e.raw_len,
-            c if c == Codec::Zstd as u8 => e.stored_len >= ZSTD_MAGIC.len() as u32,
-            _ => false,
-        };
-        if !codec_ok {
-            return Err(LayoutError::Bad(format!("block {i}: codec {} with {} stored bytes", e.codec, e.stored_len)));
-        }
-        offsets.push(at);
-        at += u64::from(e.stored_len);
-    }
-    if at != file_len {
-        return Err(LayoutError::Bad(format!("file has {file_len} bytes, the block table says {at}")));
-    }
-    Ok(Layout { entries, offsets })
 }
 
 #[cfg(test)]

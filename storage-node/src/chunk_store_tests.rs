@@ -2,7 +2,8 @@
 
 use super::*;
 use rand::RngCore;
-use stripefs_proto::block::{decode, BlockEncoder};
+use stripefs_proto::block::{decode, BlockEncoder, Codec, BLOCK_SIZE};
+use stripefs_proto::replica::{ENTRY_BYTES, HEADER_BODY_BYTES, HEADER_BYTES};
 
 const C: ChunkId = ChunkId(0x1234_5678_9abc_de01);
 const V: Version = Version(7);

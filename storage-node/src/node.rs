@@ -88,6 +88,7 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken
         move |stream: TcpStream, peer: SocketAddr| serve_connection(stream, peer, &server, &tracker, &token)
     };
     let accept = tokio::spawn(accept_loop(listener, cfg.secret.clone(), token.clone(), handler));
+    let local_reads = serve_local_reads(&cfg, &store, &token);
 
     tracing::info!("starting the link to master {}", cfg.master_addr);
     let mut link = tokio::spawn(master_link::run(cfg, identity, store, reports, token.clone()));
@@ -99,10 +100,40 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken
     if let Err(e) = accept.await {
         tracing::error!("the accept loop failed: {e}");
     }
+    if let Some(Err(e)) = match local_reads {
+        Some(t) => Some(t.await),
+        None => None,
+    } {
+        tracing::error!("the local-read socket failed: {e}");
+    }
     tracker.close();
     tracker.wait().await;
     tracing::info!("storage node stopped");
     link_result.context("the master link task failed")?
+}
+
+/// Starts the local-read socket ([`stripefs_proto::local`]): clients on
+/// this host get replica files themselves instead of reading them over TCP.
+/// A node that cannot bind it (another node on this host advertises the
+/// same address) still serves everything over TCP.
+fn serve_local_reads(
+    cfg: &Config,
+    store: &Arc<ChunkStore>,
+    token: &CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let name = stripefs_proto::local::socket_name(&cfg.advertise_addr);
+    match stripefs_proto::local::bind(&cfg.advertise_addr) {
+        Ok(listener) => {
+            tracing::info!("local reads for clients on this host at @{name}");
+            let store = store.clone();
+            let open = move |chunk, version| store.open_replica(chunk, version).map_err(|e| e.to_wire());
+            Some(tokio::spawn(stripefs_proto::local::serve(listener, cfg.secret.clone(), token.clone(), open)))
+        }
+        Err(e) => {
+            tracing::warn!("no local reads for clients on this host: cannot bind @{name}: {e}");
+            None
+        }
+    }
 }
 
 /// Serves tarpc on one authenticated connection until it closes or `token`

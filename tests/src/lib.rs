@@ -540,6 +540,11 @@ impl TestMount {
         self.dir.path()
     }
 
+    /// The client behind the mount, to look at its state.
+    pub fn core(&self) -> &std::sync::Arc<stripefs_client::core::FsCore> {
+        &self.mount.as_ref().expect("mounted").core
+    }
+
     /// A path inside the mount.
     pub fn join(&self, p: impl AsRef<Path>) -> PathBuf {
         self.dir.path().join(p)

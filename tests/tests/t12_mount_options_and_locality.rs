@@ -28,9 +28,19 @@ fn a_read_only_mount_refuses_changes_and_reads() {
 
 /// A client on a node's host writes the first replica of every chunk
 /// there; a client on another node's host reads that host's replica,
-/// although the master lists it second.
+/// although the master lists it second: from the replica's file, and over
+/// TCP when local reads are off.
 #[test]
 fn writes_and_reads_stay_on_the_clients_host() {
+    reads_stay_on_the_clients_host(true);
+}
+
+#[test]
+fn writes_and_reads_stay_on_the_clients_host_without_local_reads() {
+    reads_stay_on_the_clients_host(false);
+}
+
+fn reads_stay_on_the_clients_host(local_reads: bool) {
     // Two nodes, replication 2: every chunk is on both hosts.
     let c = TestCluster::builder().nodes(2).chunk_size(256 * 1024).start();
     let writer = MountOptions { host: Some(TestCluster::node_host(0)), ..Default::default() };
@@ -59,11 +69,13 @@ fn writes_and_reads_stay_on_the_clients_host() {
         damaged.push((f, b));
     }
     assert_eq!(damaged.len(), 4);
-    let reader = MountOptions { host: Some(TestCluster::node_host(1)), ..Default::default() };
+    let reader = MountOptions { host: Some(TestCluster::node_host(1)), local_reads, ..Default::default() };
     let m = c.mount_with(reader);
     for _ in 0..3 {
         assert_eq!(sha256(&fs::read(m.join("f")).expect("read")), sha256(&data));
     }
+    // Local reads keep the replica files they read open (4 chunks).
+    assert_eq!(m.core().local.open_count(), if local_reads { 4 } else { 0 });
     std::thread::sleep(Duration::from_millis(800));
     for (f, bytes) in &damaged {
         assert_eq!(&fs::read(f).expect("still there"), bytes, "{} was read and reported: not read-local", f.display());
@@ -135,4 +147,32 @@ fn the_drop_cache_xattr_empties_the_block_cache() {
     assert_eq!(fs::read(m.join("f")).expect("read after the nodes are back"), data);
     // Nothing was stored: the name is not an xattr of the root.
     assert!(stripefs_tests::xattr_get(m.path(), "user.stripefs.drop_cache").is_err());
+}
+
+/// Local reads read replica files through descriptors the node hands over:
+/// a client keeps them open while it reads, closes them on drop_cache, and
+/// a replica deleted on the node (a rewritten chunk) stays readable
+/// through a kept descriptor but is never read for the new version.
+#[test]
+fn local_reads_follow_versions_and_let_go_of_files() {
+    let c = TestCluster::builder().nodes(2).chunk_size(256 * 1024).start();
+    let m = c.mount();
+    let first = random_bytes(600_000);
+    fs::write(m.join("f"), &first).expect("write");
+    xattr_set(m.path(), "user.stripefs.drop_cache", b"1").expect("drop caches");
+    assert_eq!(sha256(&fs::read(m.join("f")).expect("read")), sha256(&first));
+    let open = m.core().local.open_count();
+    assert!((3..=6).contains(&open), "3 chunks read locally, from one replica each (or two after a retry): {open}");
+    // Rewrite it: new versions, the old replicas are deleted on the nodes.
+    let second = random_bytes(600_000);
+    fs::write(m.join("f"), &second).expect("rewrite");
+    assert_eq!(sha256(&fs::read(m.join("f")).expect("read")), sha256(&second), "read while old files are open");
+    assert!(m.core().local.open_count() > open, "the new versions' files were opened beside the old");
+    xattr_set(m.path(), "user.stripefs.drop_cache", b"1").expect("drop caches");
+    assert_eq!(m.core().local.open_count(), 0, "drop_cache closes kept replica files");
+    assert_eq!(sha256(&fs::read(m.join("f")).expect("read")), sha256(&second));
+    // Another client (its own files) sees the same.
+    let m2 = c.mount();
+    assert_eq!(sha256(&fs::read(m2.join("f")).expect("read")), sha256(&second));
+    assert!(m2.core().local.open_count() > 0);
 }

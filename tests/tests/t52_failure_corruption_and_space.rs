@@ -108,10 +108,22 @@ fn two_of_three(scrub: u64) -> TestCluster {
     c
 }
 
+/// A corrupt replica read from its file on this host (local reads).
 #[test]
 fn a_corrupt_replica_is_never_returned_is_listed_by_fsck_and_gets_replaced() {
+    corrupt_replica_is_caught(true);
+}
+
+/// The same, read over TCP (the node checks the crc too, and reports).
+#[test]
+fn a_corrupt_replica_read_over_tcp_is_caught_too() {
+    corrupt_replica_is_caught(false);
+}
+
+fn corrupt_replica_is_caught(local_reads: bool) {
     let mut c = two_of_three(0);
-    let m = c.mount();
+    let opts = || stripefs_client::MountOptions { local_reads, ..Default::default() };
+    let m = c.mount_with(opts());
     let data = random_bytes(200_000);
     fs::write(m.join("f"), &data).expect("write");
     let ino = fs::metadata(m.join("f")).expect("stat").ino();
@@ -121,15 +133,16 @@ fn a_corrupt_replica_is_never_returned_is_listed_by_fsck_and_gets_replaced() {
     let bad = flip_a_data_byte(&damaged[0]);
     // A fresh mount (no cached blocks) reads the damaged replica first:
     // the reader gets intact data from the other one, and reports it.
-    let m2 = c.mount();
+    let m2 = c.mount_with(opts());
     assert_eq!(sha256(&fs::read(m2.join("f")).expect("read")), sha256(&data), "a corrupt block reached the reader");
+    assert_eq!(m2.core().local.open_count() > 0, local_reads, "read the replica files themselves");
     drop(m2);
     // fsck lists exactly that replica as corrupt (no good copy can be
     // made while node 2 is away: node 1 has one, node 0 the bad one).
     wait_fsck_lists(m.path(), "one corrupt replica", &[format!("corrupt_replica node={holder_id} ino={ino} index=0")]);
     // Meanwhile readers are not even offered the corrupt replica.
     assert!(live_replicas(&c, ino).iter().all(|s| s.len() == 1 && !s.contains(&holder_id)));
-    let m3 = c.mount();
+    let m3 = c.mount_with(opts());
     assert_eq!(sha256(&fs::read(m3.join("f")).expect("read")), sha256(&data));
     drop(m3);
     // Node 2 returns: a good copy is made there, the bad one deleted.
@@ -138,7 +151,7 @@ fn a_corrupt_replica_is_never_returned_is_listed_by_fsck_and_gets_replaced() {
         live_replicas(&c, ino).iter().all(|s| s.len() == 2) && damage_gone(&damaged[0], &bad)
     });
     println!("corrupt replica replaced {:.1} s after a node could take a good copy", took.as_secs_f64());
-    let m4 = c.mount();
+    let m4 = c.mount_with(opts());
     assert_eq!(sha256(&fs::read(m4.join("f")).expect("read")), sha256(&data));
     stripefs_tests::wait_fsck_clean(m.path(), Duration::from_secs(30));
 }
