@@ -4,7 +4,7 @@
 use crate::cache::BlockCache;
 use crate::conn::{MasterConn, NodePool};
 use crate::error::{ClientError, Result};
-use crate::file::FileState;
+use crate::file::{DirtyBudget, FileState};
 use crate::local::LocalReads;
 use crate::names::{Known, Listings};
 use std::collections::HashMap;
@@ -29,7 +29,8 @@ pub struct ClientConfig {
     pub read_only: bool,
     /// Bytes of decoded blocks kept in memory.
     pub cache_bytes: u64,
-    /// Unwritten bytes one open file may buffer before it uploads.
+    /// Unwritten bytes the mount may hold (open files' buffers and
+    /// uploads under way) before writers upload and wait.
     pub dirty_limit_bytes: u64,
     /// How long operations wait for an unreachable master before failing.
     pub master_timeout: Duration,
@@ -47,7 +48,7 @@ impl Default for ClientConfig {
             entry_ttl: Duration::from_secs(1),
             read_only: false,
             cache_bytes: 256 << 20,
-            dirty_limit_bytes: 64 << 20,
+            dirty_limit_bytes: 128 << 20,
             master_timeout: Duration::from_secs(60),
             local_reads: true,
         }
@@ -95,6 +96,8 @@ pub struct FsCore {
     pub(crate) listings: Listings,
     /// Replicas read from their files on this host.
     pub local: LocalReads,
+    /// Unwritten data held by the mount, bounded by `dirty_mb`.
+    pub dirty: Arc<DirtyBudget>,
 }
 
 /// A name's attributes and how long the kernel may keep them.
@@ -126,11 +129,21 @@ impl FsCore {
         let master = MasterConn::connect(master_addr, secret.clone(), cfg.master_timeout).await?;
         let info = master.call(|c, ctx| async move { c.fs_info(ctx).await }).await?;
         let cache = BlockCache::new(cfg.cache_bytes);
+        // Below two chunks, every append would upload a partial chunk.
+        let dirty_limit = cfg.dirty_limit_bytes.max(2 * u64::from(info.chunk_size));
+        if dirty_limit > cfg.dirty_limit_bytes {
+            tracing::warn!(
+                "dirty_mb is below two chunks of {} KiB: buffering up to {} MiB",
+                info.chunk_size / 1024,
+                dirty_limit >> 20
+            );
+        }
         let listings = Listings::new(cfg.entry_ttl.min(cfg.attr_ttl));
         let core = Arc::new(FsCore {
             master,
             nodes: NodePool::new(secret.clone()),
             local: LocalReads::new(secret),
+            dirty: DirtyBudget::new(dirty_limit),
             chunk_size: info.chunk_size as u64,
             fs_id: info.fs_id,
             cfg,
@@ -613,6 +626,11 @@ impl FsCore {
 
     pub(crate) fn handle(&self, fh: u64) -> Result<(InodeId, bool)> {
         lock(&self.handles).get(&fh).map(|h| (h.ino, h.write)).ok_or(ClientError::BadHandle)
+    }
+
+    /// The state of every open file.
+    pub(crate) fn open_states(&self) -> Vec<(InodeId, Arc<tokio::sync::Mutex<Option<FileState>>>)> {
+        lock(&self.files).iter().map(|(i, e)| (*i, e.state.clone())).collect()
     }
 
     pub(crate) fn state_of(&self, ino: InodeId) -> Result<Arc<tokio::sync::Mutex<Option<FileState>>>> {

@@ -46,9 +46,9 @@ impl FsCore {
             let index = at / c;
             let in_chunk = (at % c) as usize;
             let n = (c as usize - in_chunk).min(data.len() - pos);
-            let d = st.dirty.entry(index).or_default();
+            let d = st.dirty.entry(index).or_insert_with(|| DirtyChunk::new(&self.dirty));
             let before = d.data.len();
-            d.write(in_chunk, &data[pos..pos + n]);
+            d.write(in_chunk, &data[pos..pos + n], c as usize);
             st.dirty_bytes += (d.data.len() - before) as u64;
             let full = d.covers(0, c as usize);
             pos += n;
@@ -57,18 +57,56 @@ impl FsCore {
             }
         }
         st.size = st.size.max(end);
-        if st.dirty_bytes > self.cfg.dirty_limit_bytes {
+        if self.dirty.over() {
+            self.relieve(st).await;
+        }
+        Ok(data.len() as u32)
+    }
+
+    /// The mount holds more unwritten data than its budget (`dirty_mb`):
+    /// uploads this file's buffers, then those of other open files, and
+    /// waits until uploads bring the mount back under its budget. A writer
+    /// faster than the nodes waits here instead of filling memory.
+    async fn relieve(self: &Arc<Self>, st: &mut FileState) {
+        let own: Vec<u64> = st.dirty.keys().copied().collect();
+        for i in own {
+            self.start_upload(st, i).await;
+        }
+        while self.dirty.over() {
+            self.push_out_others(st.ino).await;
+            if !self.dirty.over() {
+                break;
+            }
+            // Uploads give their bytes back when they end; look again now
+            // and then in case another file's writer buffered meanwhile.
+            self.dirty.wait_freed(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Starts uploading the buffers of other open files while they hold
+    /// more than half the budget. Files busy with another request are
+    /// skipped: their own writer uploads.
+    async fn push_out_others(self: &Arc<Self>, me: InodeId) {
+        for (ino, state) in self.open_states() {
+            // Half the budget left in buffers keeps appends to them cheap
+            // (an uploaded partial chunk is read back and rewritten when
+            // the file grows on).
+            if ino == me || self.dirty.buffered() <= self.dirty.limit() / 2 {
+                continue;
+            }
+            let Ok(mut guard) = state.try_lock() else { continue };
+            let Some(st) = guard.as_mut() else { continue };
             let indexes: Vec<u64> = st.dirty.keys().copied().collect();
             for i in indexes {
                 self.start_upload(st, i).await;
             }
         }
-        Ok(data.len() as u32)
     }
 
     /// Starts uploading the buffered chunk `index` in the background.
     async fn start_upload(self: &Arc<Self>, st: &mut FileState, index: u64) {
-        let Some(chunk) = st.dirty.remove(&index) else { return };
+        let Some(mut chunk) = st.dirty.remove(&index) else { return };
+        chunk.held.uploading();
         st.dirty_bytes = st.dirty_bytes.saturating_sub(chunk.data.len() as u64);
         // An earlier upload of the same chunk must land first: this one is
         // built on top of it.
@@ -164,6 +202,9 @@ impl FsCore {
         old: OldChunk,
         sync: bool,
     ) -> Result<ChunkLoc> {
+        // The buffer counts in the mount's budget until the upload ends.
+        let mut chunk = chunk;
+        let _held = std::mem::take(&mut chunk.held);
         let old = match old {
             OldChunk::None => None,
             OldChunk::Known(l) => Some(l),
@@ -177,7 +218,7 @@ impl FsCore {
                 chunk.overlay(&mut base);
                 base
             }
-            _ => chunk.data,
+            _ => chunk.into_bytes(),
         };
         self.store_chunk(ino, index, data, sync).await
     }

@@ -29,7 +29,8 @@ pub struct MountOptions {
     pub log: Option<PathBuf>,
     /// `cache_mb=N`: block cache size.
     pub cache_mb: u64,
-    /// `dirty_mb=N`: unwritten bytes one file may buffer.
+    /// `dirty_mb=N`: unwritten data the mount may hold (every open file's
+    /// buffers and the uploads under way) before writers wait for uploads.
     pub dirty_mb: u64,
     /// `read_ahead_kb=N`: the kernel's read-ahead on this mount (0: leave
     /// the kernel's default, 128 KiB).
@@ -56,7 +57,7 @@ impl Default for MountOptions {
             threads: None,
             log: None,
             cache_mb: 256,
-            dirty_mb: 64,
+            dirty_mb: 128,
             read_ahead_kb: DEFAULT_READ_AHEAD_KB,
             master_timeout: Duration::from_secs(60),
             local_reads: true,

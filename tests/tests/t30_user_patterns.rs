@@ -298,6 +298,47 @@ impl Drop for Mapping {
 
 /// Java's transferTo merges shuffle files by mapping them read-only with
 /// MAP_SHARED, in pieces at offsets: this must work (no forced direct_io).
+/// Spark's bypass-merge-sort shuffle writer keeps one file per reduce
+/// partition open and appends ~32 KiB to each in turn: no file fills a
+/// chunk, so nothing is uploaded for being full. The mount must still hold
+/// no more unwritten data than its budget (`dirty_mb`), and every byte must
+/// arrive.
+#[test]
+fn many_files_appended_in_turn_stay_within_the_write_budget() {
+    let c = TestCluster::builder().nodes(2).chunk_size(MIB as u32).start();
+    let m = c.mount_with(stripefs_client::MountOptions { dirty_mb: 4, ..Default::default() });
+    let (files, per_file, write) = (32usize, 512 * 1024, 32 * 1024);
+    let dir = m.join("shuffle");
+    fs::create_dir(&dir).expect("mkdir");
+    let mut open: Vec<File> = (0..files)
+        .map(|i| OpenOptions::new().create(true).append(true).open(dir.join(format!("part-{i:03}"))).expect("open"))
+        .collect();
+    let mut want: Vec<Vec<u8>> = vec![Vec::new(); files];
+    let data = random_bytes(per_file);
+    for round in 0..per_file / write {
+        for (i, f) in open.iter_mut().enumerate() {
+            let piece: Vec<u8> = data[round * write..(round + 1) * write].iter().map(|b| b ^ i as u8).collect();
+            f.write_all(&piece).expect("append");
+            want[i].extend_from_slice(&piece);
+        }
+    }
+    drop(open);
+    let budget = &m.core().dirty;
+    // One write may push it over (by at most the buffer it grew) before
+    // the writer waits.
+    assert!(
+        budget.peak() <= budget.limit() + MIB as u64,
+        "the mount held {} KiB unwritten, over its {} KiB budget ({} KiB written in all)",
+        budget.peak() >> 10,
+        budget.limit() >> 10,
+        (files * per_file) >> 10
+    );
+    assert_eq!(budget.used(), 0, "everything is uploaded after close");
+    for (i, w) in want.iter().enumerate() {
+        assert_eq!(sha256(&must_read(&dir.join(format!("part-{i:03}")))), sha256(w), "part-{i:03}");
+    }
+}
+
 #[test]
 fn spark_transfer_to_maps_segments_read_only_shared() {
     let c = TestCluster::builder().chunk_size(1 << 20).start();
