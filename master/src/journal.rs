@@ -3,9 +3,9 @@
 //! ~10 scattered pages and costs ~0.75 ms per fsync here, against ~0.15 ms
 //! for an append).
 //!
-//! The writer thread applies each batch of commands to redb in a
-//! non-durable transaction, appends the batch to this journal and fsyncs
-//! it, and only then replies. Every so often it makes a durable redb
+//! The writer (see [`crate::store`]) applies each batch of commands to
+//! redb in a non-durable transaction, appends the batch to this journal and
+//! fsyncs it, and only then replies. Every so often it makes a durable redb
 //! commit (a checkpoint) and empties the journal. Each transaction stores
 //! the sequence number of its batch, so after a crash the master replays
 //! exactly the journaled batches redb lost.

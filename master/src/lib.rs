@@ -108,8 +108,8 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken
         _ = fatal.cancelled() => Err(anyhow::anyhow!("a metadata commit failed; the master stopped to protect the database")),
     };
     // Stop accepting, end every connection and request, then close the
-    // database (dropping the last reference joins the writer thread), so a
-    // new master can open it as soon as this returns.
+    // database (dropping the last reference applies what is queued and
+    // checkpoints), so a new master can open it as soon as this returns.
     conns.cancel();
     let _ = accept.await;
     tracker.close();
