@@ -413,8 +413,18 @@ where
 pub struct BlockingClient {
     stream: std::net::TcpStream,
     next_id: u64,
-    buf: Vec<u8>,
+    /// The request being sent.
+    out: Vec<u8>,
+    /// Answers are read into it; it keeps its largest length, so it is
+    /// not zeroed again for every answer.
+    inb: Vec<u8>,
+    /// The socket's read and write timeout now.
+    timeout: Option<std::time::Duration>,
 }
+
+/// Bytes read at once when an answer starts: the length and, usually,
+/// the whole answer in one system call.
+const FIRST_READ_BYTES: usize = 16 * 1024;
 
 impl BlockingClient {
     /// Wraps an authenticated stream.
@@ -422,7 +432,7 @@ impl BlockingClient {
         let stream = stream.into_std()?;
         stream.set_nonblocking(false)?;
         stream.set_nodelay(true)?;
-        Ok(BlockingClient { stream, next_id: 0, buf: Vec::new() })
+        Ok(BlockingClient { stream, next_id: 0, out: Vec::new(), inb: Vec::new(), timeout: None })
     }
 
     /// Sends `request` and waits for its answer. After any error the
@@ -443,32 +453,55 @@ impl BlockingClient {
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => RpcError::DeadlineExceeded,
             _ => RpcError::Send(Box::new(e)),
         };
-        // The call's deadline bounds each wait on the socket.
+        // The call's deadline bounds each wait on the socket. Calls of
+        // one kind have about the same time left: the timeouts are set
+        // again (two system calls) only when that changes.
         let left = ctx.deadline.saturating_duration_since(std::time::Instant::now());
         if left.is_zero() {
             return Err(RpcError::DeadlineExceeded);
         }
-        self.stream.set_read_timeout(Some(left)).map_err(broken)?;
-        self.stream.set_write_timeout(Some(left)).map_err(broken)?;
+        let slack = (left / 10).min(std::time::Duration::from_secs(1));
+        if self.timeout.is_none_or(|t| t.abs_diff(left) > slack) {
+            self.timeout = None;
+            self.stream.set_read_timeout(Some(left)).map_err(broken)?;
+            self.stream.set_write_timeout(Some(left)).map_err(broken)?;
+            self.timeout = Some(left);
+        }
         let codec = bincode::DefaultOptions::new();
         let id = self.next_id;
         self.next_id += 1;
         let message = tarpc::ClientMessage::Request(tarpc::Request { context: ctx, id, message: request });
-        self.buf.clear();
-        self.buf.extend_from_slice(&[0; 4]);
-        codec.serialize_into(&mut self.buf, &message).map_err(|e| RpcError::Send(e))?;
-        let len = u32::try_from(self.buf.len() - 4).map_err(|e| RpcError::Send(Box::new(e)))?;
-        self.buf[..4].copy_from_slice(&len.to_be_bytes());
-        self.stream.write_all(&self.buf).map_err(broken)?;
-        let mut len = [0u8; 4];
-        self.stream.read_exact(&mut len).map_err(broken)?;
-        let len = u32::from_be_bytes(len) as usize;
+        self.out.clear();
+        self.out.extend_from_slice(&[0; 4]);
+        codec.serialize_into(&mut self.out, &message).map_err(|e| RpcError::Send(e))?;
+        let len = u32::try_from(self.out.len() - 4).map_err(|e| RpcError::Send(Box::new(e)))?;
+        self.out[..4].copy_from_slice(&len.to_be_bytes());
+        self.stream.write_all(&self.out).map_err(broken)?;
+
+        if self.inb.len() < FIRST_READ_BYTES {
+            self.inb.resize(FIRST_READ_BYTES, 0);
+        }
+        let mut have = 0;
+        while have < 4 {
+            match self.stream.read(&mut self.inb[have..]).map_err(broken)? {
+                0 => return Err(broken(std::io::ErrorKind::UnexpectedEof.into())),
+                n => have += n,
+            }
+        }
+        let len = u32::from_be_bytes(self.inb[..4].try_into().expect("4 bytes")) as usize;
         if len > MAX_FRAME_BYTES {
             return Err(RpcError::Send(format!("answer of {len} bytes is larger than any frame").into()));
         }
-        self.buf.resize(len, 0);
-        self.stream.read_exact(&mut self.buf).map_err(broken)?;
-        let response: tarpc::Response<Resp> = codec.deserialize(&self.buf).map_err(|e| RpcError::Send(e))?;
+        let end = 4 + len;
+        // One call at a time: nothing can follow the answer.
+        if have > end {
+            return Err(RpcError::Send(format!("{} bytes after an answer", have - end).into()));
+        }
+        if self.inb.len() < end {
+            self.inb.resize(end, 0);
+        }
+        self.stream.read_exact(&mut self.inb[have..end]).map_err(broken)?;
+        let response: tarpc::Response<Resp> = codec.deserialize(&self.inb[4..end]).map_err(|e| RpcError::Send(e))?;
         if response.request_id != id {
             return Err(RpcError::Send(
                 format!("answer to request {} where {id} was asked", response.request_id).into(),
@@ -592,6 +625,14 @@ mod tests {
             let big = "y".repeat(1 << 20);
             let EchoResponse::Echo(got) = client.call(ctx, EchoRequest::Echo { s: big.clone() }).expect("big call");
             assert_eq!(got.len(), 2 << 20);
+            // Small answers after it (the answer buffer stays large), with
+            // other deadlines (the socket timeouts change).
+            for (i, secs) in [30, 30, 1, 120].into_iter().enumerate() {
+                let ctx = context_with_timeout(Duration::from_secs(secs));
+                let said = format!("after {i}");
+                let EchoResponse::Echo(got) = client.call(ctx, EchoRequest::Echo { s: said.clone() }).expect("call");
+                assert_eq!(got, said.repeat(2));
+            }
         })
         .await
         .expect("blocking calls");
