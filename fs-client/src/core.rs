@@ -98,7 +98,22 @@ pub struct FsCore {
     pub local: LocalReads,
     /// Unwritten data held by the mount, bounded by `dirty_mb`.
     pub dirty: Arc<DirtyBudget>,
+    /// Per file, what it was (size, mtime, ctime at the master) when the
+    /// kernel last began caching its pages: an open that finds it the same
+    /// lets the kernel keep them (see [`FsCore::open`]).
+    page_stamps: Mutex<lru::LruCache<InodeId, Stamp>>,
 }
+
+/// What identifies a file's contents at the master: any change of its
+/// data sets its mtime and ctime from the master's clock.
+type Stamp = (u64, stripefs_proto::types::Timestamp, stripefs_proto::types::Timestamp);
+
+fn stamp(a: &Attr) -> Stamp {
+    (a.size, a.mtime, a.ctime)
+}
+
+/// Most files whose page-cache stamp is remembered.
+const MAX_PAGE_STAMPS: usize = 65536;
 
 /// A name's attributes and how long the kernel may keep them.
 #[derive(Debug, Clone)]
@@ -144,6 +159,9 @@ impl FsCore {
             nodes: NodePool::new(secret.clone()),
             local: LocalReads::new(secret),
             dirty: DirtyBudget::new(dirty_limit),
+            page_stamps: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(MAX_PAGE_STAMPS).expect("not zero"),
+            )),
             chunk_size: info.chunk_size as u64,
             fs_id: info.fs_id,
             cfg,
@@ -540,11 +558,22 @@ impl FsCore {
     }
 
     /// Opens a file and returns a handle.
-    pub async fn open(&self, ino: InodeId, write: bool) -> Result<u64> {
+    /// Whether the kernel may keep the pages it caches of the file (FUSE's
+    /// KEEP_CACHE) comes with the handle: yes when the master says the file
+    /// is as it was at the previous open on this client (same size, mtime
+    /// and ctime), so a file read again is read from memory; otherwise the
+    /// kernel drops them (close-to-open: another client changed it).
+    pub async fn open(&self, ino: InodeId, write: bool) -> Result<(u64, bool)> {
         if write {
             self.writable()?;
         }
         self.open_with(ino, write, None).await
+    }
+
+    /// Records what the file is now; whether it was the same before.
+    fn same_pages(&self, attr: &Attr) -> bool {
+        let now = stamp(attr);
+        lock(&self.page_stamps).put(attr.ino, now) == Some(now)
     }
 
     /// Creates regular file `name` in `parent` and opens it, in one round
@@ -567,13 +596,13 @@ impl FsCore {
             })
             .await;
         let attr = self.added(parent, &name, made.map(|m| self.made(m)))?;
-        let fh = self.open_with(attr.ino, write, Some(attr.clone())).await?;
+        let (fh, _) = self.open_with(attr.ino, write, Some(attr.clone())).await?;
         Ok((attr, fh))
     }
 
     /// Opens `ino` here; `opened` is the master's answer when the master
     /// already took the open reference (a create), otherwise this asks it.
-    async fn open_with(&self, ino: InodeId, write: bool, opened: Option<Attr>) -> Result<u64> {
+    async fn open_with(&self, ino: InodeId, write: bool, opened: Option<Attr>) -> Result<(u64, bool)> {
         let state = {
             let mut files = lock(&self.files);
             let e = files
@@ -587,30 +616,37 @@ impl FsCore {
             // Just created: the master took the reference already.
             (Some(st), Some(attr)) => {
                 st.reopened(attr.size);
-                Ok(())
+                Ok(attr)
             }
             (None, Some(attr)) => {
                 *guard = Some(FileState::new(ino, attr.size));
-                Ok(())
+                Ok(attr)
             }
             // Already open here: take a fresh look anyway (close-to-open).
-            (Some(st), None) => self.master.call(|c, ctx| async move { c.getattr(ctx, ino).await }).await.map(|attr| {
-                st.reopened(attr.size);
-            }),
+            (Some(st), None) => {
+                self.master.call(|c, ctx| async move { c.getattr(ctx, ino).await }).await.inspect(|attr| {
+                    st.reopened(attr.size);
+                })
+            }
             (None, None) => self.master.call_shared(|c, ctx| async move { c.open(ctx, ino).await }).await.map(|o| {
                 let mut st = FileState::new(ino, o.attr.size);
                 st.learn_locations(0, o.covered, o.chunks);
                 *guard = Some(st);
+                o.attr
             }),
         };
-        if let Err(e) = opened {
-            drop(guard);
-            self.drop_ref(ino);
-            return Err(e);
-        }
+        let attr = match opened {
+            Ok(a) => a,
+            Err(e) => {
+                drop(guard);
+                self.drop_ref(ino);
+                return Err(e);
+            }
+        };
+        let keep_pages = self.same_pages(&attr);
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
         lock(&self.handles).insert(fh, Handle { ino, write });
-        Ok(fh)
+        Ok((fh, keep_pages))
     }
 
     /// Drops one local reference; returns the state when it was the last.

@@ -112,8 +112,8 @@ impl StripeFs {
     /// Close-to-open: the kernel may hold this file's size from before
     /// another client changed it, and would stop reading at the old end.
     /// Dropping its cached attributes (not its pages: an open without
-    /// KEEP_CACHE already does that) makes the next stat or read past
-    /// the cached end ask us.
+    /// KEEP_CACHE, given whenever the file changed, already does that)
+    /// makes the next stat or read past the cached end ask us.
     fn forget_cached_attrs(&self, ino: INodeNo) {
         if let Some(n) = self.notifier.get() {
             // Offset -1: attributes only. It takes no lock the open holds.
@@ -307,9 +307,10 @@ impl Filesystem for StripeFs {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
         match self.run(self.core.open(InodeId(ino.0), write)) {
-            Ok(fh) => {
+            Ok((fh, keep_pages)) => {
                 self.forget_cached_attrs(ino);
-                reply.opened(FileHandle(fh), FopenFlags::empty())
+                let flags = if keep_pages { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
+                reply.opened(FileHandle(fh), flags)
             }
             Err(e) => reply.error(errno("open", &e)),
         }
@@ -548,7 +549,7 @@ impl Filesystem for StripeFs {
                     } else {
                         a
                     };
-                    let fh = core.open(a.ino, write).await?;
+                    let (fh, _) = core.open(a.ino, write).await?;
                     Ok((a, fh))
                 }
                 Err(e) => Err(e),

@@ -132,10 +132,12 @@ fn the_drop_cache_xattr_empties_the_block_cache() {
     assert_eq!(fs::read(m.join("f")).expect("read"), data, "first read (fills the block cache)");
     c.stop_node(0);
     c.stop_node(1);
-    // Every open drops the kernel's pages (no keep_cache): this comes from
-    // the client's block cache.
+    // Without the kernel's pages of the file, this comes from the client's
+    // block cache.
+    drop_kernel_pages(&m.join("f"));
     assert_eq!(fs::read(m.join("f")).expect("read with the nodes down"), data);
     xattr_set(m.path(), "user.stripefs.drop_cache", b"1").expect("drop the block cache");
+    drop_kernel_pages(&m.join("f"));
     let e = fs::read(m.join("f")).expect_err("no cache and no node: the read must fail");
     assert_eq!(errno(&e), libc::EIO);
     // The nodes come back on new ports: the client, which knew the old
@@ -175,4 +177,34 @@ fn local_reads_follow_versions_and_let_go_of_files() {
     let m2 = c.mount();
     assert_eq!(sha256(&fs::read(m2.join("f")).expect("read")), sha256(&second));
     assert!(m2.core().local.open_count() > 0);
+}
+
+/// Makes the kernel forget the cached pages of `path`.
+fn drop_kernel_pages(path: &std::path::Path) {
+    let f = fs::File::open(path).expect("open");
+    nix::fcntl::posix_fadvise(&f, 0, 0, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED).expect("fadvise");
+}
+
+/// A file nobody changed keeps its pages in the kernel from one open to
+/// the next (KEEP_CACHE): read again, it comes from memory, here even with
+/// every node down and the client's own cache empty. A file another client
+/// changed (same size) is read anew at the next open (close-to-open).
+#[test]
+fn an_unchanged_file_is_read_again_from_the_kernels_pages() {
+    let mut c = TestCluster::builder().nodes(2).start();
+    let (reader, writer) = (c.mount(), c.mount());
+    let data = random_bytes(300_000);
+    fs::write(writer.join("f"), &data).expect("write");
+    assert_eq!(fs::read(reader.join("f")).expect("first read"), data);
+    c.stop_node(0);
+    c.stop_node(1);
+    xattr_set(reader.path(), "user.stripefs.drop_cache", b"1").expect("drop the block cache");
+    assert_eq!(fs::read(reader.join("f")).expect("read again with every node down"), data);
+    c.start_node_again(0);
+    c.start_node_again(1);
+    c.wait_node_registered(0);
+    c.wait_node_registered(1);
+    let changed = random_bytes(300_000);
+    fs::write(writer.join("f"), &changed).expect("rewrite");
+    assert_eq!(fs::read(reader.join("f")).expect("read after the change"), changed, "stale pages were kept");
 }
