@@ -278,6 +278,9 @@ impl MasterConn {
         Fut: Future<Output = std::result::Result<std::result::Result<T, FsError>, RpcError>>,
     {
         let deadline = Instant::now() + self.wait;
+        // The first retry is at once (a master restart); a master that
+        // takes connections but breaks every call is not hammered.
+        let mut backoff = Duration::ZERO;
         loop {
             // When the master cannot be reached, the shared connection
             // knows how to wait for it.
@@ -295,7 +298,9 @@ impl MasterConn {
             match f(c, stripefs_proto::net::context_with_timeout(METADATA_TIMEOUT)).await {
                 Ok(r) => return r.map_err(ClientError::Fs),
                 Err(e) if is_broken(&e) => {
-                    tracing::warn!("master connection lost: {e}");
+                    if backoff.is_zero() {
+                        tracing::warn!("master connection lost: {e}");
+                    }
                     // The master probably restarted: the shared connection
                     // is broken too, and must come back now (its reconnect
                     // re-opens this client's open files), not at its next use.
@@ -303,9 +308,13 @@ impl MasterConn {
                     if mine {
                         self.client().await?;
                     }
-                    if Instant::now() > deadline {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        tracing::warn!("master calls kept failing for {:?}: {e}", self.wait);
                         return Err(e.into());
                     }
+                    tokio::time::sleep(backoff.min(deadline - now)).await;
+                    backoff = (backoff * 2).clamp(Duration::from_millis(20), Duration::from_secs(1));
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -389,5 +398,49 @@ impl NodePool {
             }
         }
         Err(last.map(ClientError::from).unwrap_or_else(|| ClientError::Transport("no connection".into())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+
+    /// A "master" that authenticates every connection and closes it at
+    /// once; counts the connections.
+    async fn closing_master(secret: Secret) -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let count = Arc::new(AtomicUsize::new(0));
+        let seen = count.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                seen.fetch_add(1, Ordering::Relaxed);
+                let secret = secret.clone();
+                tokio::spawn(async move {
+                    let _ = stripefs_proto::net::handshake_server(&mut stream, &secret).await;
+                });
+            }
+        });
+        (addr, count)
+    }
+
+    /// A master that accepts connections but breaks every call must not
+    /// be reconnected to in a tight loop until `master_timeout`: the
+    /// retries back off, and the call fails when the time is up.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_that_keep_breaking_back_off() {
+        let secret = Secret::new(b"0123456789abcdef".to_vec(), "test").expect("secret");
+        let (addr, connections) = closing_master(secret.clone()).await;
+        let wait = Duration::from_secs(2);
+        let conn = MasterConn::connect(&addr, secret, wait).await.expect("connect");
+        let start = Instant::now();
+        let r = conn.call(|c, ctx| async move { c.statfs(ctx).await }).await;
+        assert!(r.is_err(), "a master that closes every connection answered: {r:?}");
+        assert!(start.elapsed() >= wait, "gave up after {:?}, before master_timeout", start.elapsed());
+        assert!(start.elapsed() < wait * 3, "took {:?}", start.elapsed());
+        let n = connections.load(Ordering::Relaxed);
+        assert!(n <= 20, "{n} connections in {wait:?}: reconnecting without backoff");
     }
 }
