@@ -20,9 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use std::time::Instant;
-use stripefs_proto::net::{
-    connect_master_channel, connect_node_channel, connect_stream, BlockingClient, ConnectError, Secret,
-};
+use stripefs_proto::net::{connect_channel, connect_stream, BlockingClient, ConnectError, Secret};
 use stripefs_proto::{
     FsError, MasterServiceClient, MasterServiceRequest, MasterServiceResponse, NodeServiceClient, NodeServiceRequest,
     NodeServiceResponse,
@@ -174,8 +172,7 @@ impl MasterConn {
         secret: Secret,
         wait: Duration,
     ) -> Result<MasterConn, stripefs_proto::net::ConnectError> {
-        let client =
-            MasterClient::from(CallStub::Shared(connect_master_channel(addr, &secret, CONNECT_TIMEOUT).await?));
+        let client = MasterClient::from(CallStub::Shared(connect_channel(addr, &secret, CONNECT_TIMEOUT).await?));
         Ok(MasterConn {
             own_key: OwnKey { pool: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed), addr: addr.into() },
             addr: addr.to_string(),
@@ -208,7 +205,7 @@ impl MasterConn {
         let mut backoff = Duration::from_millis(50);
         let mut warned = false;
         loop {
-            match connect_master_channel(&self.addr, &self.secret, CONNECT_TIMEOUT).await {
+            match connect_channel(&self.addr, &self.secret, CONNECT_TIMEOUT).await {
                 Ok(c) => {
                     let c = MasterClient::from(CallStub::Shared(c));
                     if let Some(hook) = self.on_reconnect.get() {
@@ -344,7 +341,7 @@ impl NodePool {
         if let Some(c) = self.clients.lock().await.get(addr) {
             return Ok(c.clone());
         }
-        let c = connect_node_channel(addr, &self.secret, CONNECT_TIMEOUT)
+        let c = connect_channel(addr, &self.secret, CONNECT_TIMEOUT)
             .await
             .map_err(|e| ClientError::Transport(e.to_string()))?;
         let c = NodeClient::from(CallStub::Shared(c));

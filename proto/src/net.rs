@@ -324,28 +324,21 @@ pub async fn connect_master(
     secret: &Secret,
     timeout: Duration,
 ) -> Result<crate::MasterServiceClient, ConnectError> {
-    let stream = connect_stream(addr, secret, timeout).await?;
-    Ok(crate::MasterServiceClient::new(client_config(), transport(stream)).spawn())
+    Ok(crate::MasterServiceClient::from(connect_channel(addr, secret, timeout).await?))
 }
 
-/// A multiplexed tarpc channel to the master at `addr` (what
-/// [`connect_master`] wraps), for clients that pick their stub per call.
-pub async fn connect_master_channel(
+/// A multiplexed tarpc channel to the master or node at `addr` (what
+/// [`connect_master`] and [`connect_node`] wrap), for clients that pick
+/// their stub per call.
+pub async fn connect_channel<Req, Resp>(
     addr: &str,
     secret: &Secret,
     timeout: Duration,
-) -> Result<tarpc::client::Channel<crate::MasterServiceRequest, crate::MasterServiceResponse>, ConnectError> {
-    let stream = connect_stream(addr, secret, timeout).await?;
-    Ok(tarpc::client::new(client_config(), transport(stream)).spawn())
-}
-
-/// A multiplexed tarpc channel to the storage node at `addr` (what
-/// [`connect_node`] wraps).
-pub async fn connect_node_channel(
-    addr: &str,
-    secret: &Secret,
-    timeout: Duration,
-) -> Result<tarpc::client::Channel<crate::NodeServiceRequest, crate::NodeServiceResponse>, ConnectError> {
+) -> Result<tarpc::client::Channel<Req, Resp>, ConnectError>
+where
+    Req: tarpc::RequestName + Serialize + Send + 'static,
+    Resp: DeserializeOwned + Send + 'static,
+{
     let stream = connect_stream(addr, secret, timeout).await?;
     Ok(tarpc::client::new(client_config(), transport(stream)).spawn())
 }
@@ -356,8 +349,7 @@ pub async fn connect_node(
     secret: &Secret,
     timeout: Duration,
 ) -> Result<crate::NodeServiceClient, ConnectError> {
-    let stream = connect_stream(addr, secret, timeout).await?;
-    Ok(crate::NodeServiceClient::new(client_config(), transport(stream)).spawn())
+    Ok(crate::NodeServiceClient::from(connect_channel(addr, secret, timeout).await?))
 }
 
 fn client_config() -> tarpc::client::Config {
