@@ -444,10 +444,17 @@ impl Drop for UpGuard {
     }
 }
 
-fn must_up(data: &Path, mnt: &Path) {
+fn must_up(data: &Path, mnt: &Path, extra: &[&str]) {
     let t = Instant::now();
     let out = must_run(
-        Command::new(bin("stripefs")).arg("up").arg("--data").arg(data).arg("--mount").arg(mnt).args(["--nodes", "2"]),
+        Command::new(bin("stripefs"))
+            .arg("up")
+            .arg("--data")
+            .arg(data)
+            .arg("--mount")
+            .arg(mnt)
+            .args(["--nodes", "2"])
+            .args(extra),
         Duration::from_secs(120),
     );
     eprintln!("stripefs up took {:?}", t.elapsed());
@@ -474,7 +481,20 @@ fn stripefs_up_then_status_then_down_and_up_again() {
     let mnt = tmp.path().join("mnt");
     let _guard = UpGuard { data: data.clone(), mount: mnt.clone() };
 
-    must_up(&data, &mnt);
+    // A bad client option is refused before anything starts.
+    let out = Command::new(bin("stripefs"))
+        .arg("up")
+        .arg("--data")
+        .arg(&data)
+        .arg("--mount")
+        .arg(&mnt)
+        .args(["-o", "local_reads=maybe"])
+        .output()
+        .expect("run stripefs up");
+    assert!(!out.status.success() && text(&out.stderr).contains("local_reads"), "{}", show(&out));
+    assert!(!data.join("cluster").exists(), "servers were started for a refused option");
+
+    must_up(&data, &mnt, &[]);
     let payload = random_bytes(3 << 20);
     fs::write(mnt.join("file"), &payload).expect("write on the up mount");
     assert_eq!(sha256(&fs::read(mnt.join("file")).expect("read")), sha256(&payload));
@@ -488,8 +508,17 @@ fn stripefs_up_then_status_then_down_and_up_again() {
     assert_eq!(v["size"], 3 << 20, "{v}");
 
     must_down(&data, &mnt);
-    // Starting again on the same directory finds the data.
-    must_up(&data, &mnt);
+    // Starting again on the same directory finds the data; client options
+    // reach the mount (no local reads: no replica file open in the client).
+    must_up(&data, &mnt, &["-o", "local_reads=off"]);
     assert_eq!(sha256(&fs::read(mnt.join("file")).expect("read after up again")), sha256(&payload));
+    let clients = pids_with_arg(&mnt.display().to_string());
+    assert!(!clients.is_empty(), "no client process for {}", mnt.display());
+    for pid in clients {
+        let open: Vec<String> = fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.filter_map(|e| fs::read_link(e.ok()?.path()).ok()).map(|p| p.display().to_string()).collect())
+            .unwrap_or_default();
+        assert!(!open.iter().any(|p| p.ends_with(".chunk")), "local_reads=off, yet replica files are open: {open:?}");
+    }
     must_down(&data, &mnt);
 }

@@ -25,6 +25,11 @@ pub struct UpArgs {
     /// Chunk size of a new filesystem, in bytes.
     #[arg(long, value_name = "BYTES")]
     chunk_size: Option<u32>,
+    /// More mount options for the client, comma-separated, as
+    /// `stripefs-mount -o` takes them (e.g. `local_reads=off` to read over
+    /// TCP, `cache_mb=512`).
+    #[arg(short = 'o', long, value_name = "OPTIONS")]
+    options: Option<String>,
 }
 
 /// Options of `stripefs down`.
@@ -146,6 +151,10 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     if args.nodes == 0 || args.nodes > 200 {
         bail!("--nodes must be between 1 and 200");
     }
+    if let Some(o) = &args.options {
+        // Refused now, before any server starts.
+        stripefs_client::options::parse_options(&[o]).map_err(|e| anyhow::anyhow!("-o {o}: {e}"))?;
+    }
     check_fuse()?;
     let dir = args.data.clone().unwrap_or_else(default_local_dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
@@ -238,7 +247,11 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         .arg(&state.master)
         .arg(&args.mount)
         .arg("-o")
-        .arg(format!("secret_file={secret_arg},host=node1,log={}", dir.join("mount.log").display()))
+        .arg(format!(
+            "secret_file={secret_arg},host=node1,log={}{}",
+            dir.join("mount.log").display(),
+            args.options.as_deref().map(|o| format!(",{o}")).unwrap_or_default()
+        ))
         .status()
         .context("run stripefs-mount")?;
     if !status.success() {
