@@ -137,6 +137,15 @@ pub async fn run(args: BenchArgs, master: Option<&str>, secret_file: Option<&Pat
         Some(Ok(pid)) => system::peak_rss(*pid).ok(),
         _ => None,
     };
+    if let Some(Ok(pid)) = &client {
+        notes.push(match system::client_local_reads(*pid) {
+            Some(true) => "reads of replicas on this host go to their files (local reads); mount with \
+                           -o local_reads=off (stripefs up -o local_reads=off) to measure reads over TCP"
+                .to_string(),
+            Some(false) => "local reads are off: every read goes over TCP".to_string(),
+            None => "whether the client reads local replicas from their files is unknown".to_string(),
+        });
+    }
     let dir_place = Place { path: bench.config().dir.clone(), fstype: dir_mount.map(|m| m.fstype) };
     let baseline_place = Place {
         path: bench.config().baseline.clone(),

@@ -161,9 +161,44 @@ pub fn shell_quote(s: &str) -> String {
     }
 }
 
+/// Whether the stripefs client `pid` reads the replicas of nodes on its
+/// host from their files (mount option `local_reads`), from its command
+/// line; `None` when that cannot be read.
+pub fn client_local_reads(pid: u32) -> Option<bool> {
+    local_reads_of(&std::fs::read(format!("/proc/{pid}/cmdline")).ok()?)
+}
+
+/// [`client_local_reads`] of a NUL-separated command line.
+fn local_reads_of(cmdline: &[u8]) -> Option<bool> {
+    let args: Vec<String> =
+        cmdline.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    let mut lists = Vec::new();
+    let mut it = args.iter().skip(1);
+    while let Some(a) = it.next() {
+        match a.strip_prefix("-o") {
+            Some("") => lists.extend(it.next().cloned()),
+            Some(joined) => lists.push(joined.to_string()),
+            None => {}
+        }
+    }
+    stripefs_client::options::parse_options(&lists).ok().map(|o| o.local_reads)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_reads_are_read_from_the_clients_command_line() {
+        let cmd = |args: &[&str]| args.join("\0").into_bytes();
+        assert_eq!(local_reads_of(&cmd(&["stripefs-mount", "m:1", "/mnt"])), Some(true));
+        assert_eq!(
+            local_reads_of(&cmd(&["stripefs-mount", "m:1", "/mnt", "-o", "host=a,local_reads=off", "-f"])),
+            Some(false)
+        );
+        assert_eq!(local_reads_of(&cmd(&["stripefs-mount", "-olocal_reads=off", "m:1", "/mnt"])), Some(false));
+        assert_eq!(local_reads_of(&cmd(&["stripefs-mount", "m:1", "/mnt", "-o", "bogus"])), None);
+    }
 
     #[test]
     fn kib_lines_parse() {
