@@ -378,9 +378,11 @@ impl NodePool {
     {
         let mut last = None;
         for _ in 0..2 {
-            let key = OwnKey { pool: self.pool, addr: addr.into() };
             let (c, mine) = match own {
-                true => (NodeClient::from(own_stub(key, &self.secret).await?), true),
+                true => {
+                    let key = OwnKey { pool: self.pool, addr: addr.into() };
+                    (NodeClient::from(own_stub(key, &self.secret).await?), true)
+                }
                 false => (self.client(addr).await?, false),
             };
             match f(c, stripefs_proto::net::context_with_timeout(timeout)).await {
@@ -402,7 +404,6 @@ impl NodePool {
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
-    use std::sync::Arc;
 
     /// A "master" that authenticates every connection and closes it at
     /// once; counts the connections.

@@ -198,12 +198,11 @@ impl FsCore {
         self: Arc<Self>,
         ino: InodeId,
         index: u64,
-        chunk: DirtyChunk,
+        mut chunk: DirtyChunk,
         old: OldChunk,
         sync: bool,
     ) -> Result<ChunkLoc> {
         // The buffer counts in the mount's budget until the upload ends.
-        let mut chunk = chunk;
         let _held = std::mem::take(&mut chunk.held);
         let old = match old {
             OldChunk::None => None,
@@ -551,9 +550,7 @@ impl FsCore {
         }
         Err(last_err)
     }
-}
 
-impl FsCore {
     /// Blocks of a replica read over TCP from the node at `addr`.
     async fn read_remote(
         &self,

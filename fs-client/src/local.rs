@@ -48,10 +48,9 @@ enum NodeState {
     Idle(Vec<LocalConn>),
 }
 
-#[derive(Default)]
 struct Inner {
     nodes: Mutex<HashMap<String, NodeState>>,
-    replicas: Mutex<Option<LruCache<Key, Arc<OpenReplica>>>>,
+    replicas: Mutex<LruCache<Key, Arc<OpenReplica>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -67,7 +66,8 @@ pub struct LocalReads {
 impl LocalReads {
     /// No node known yet.
     pub fn new(secret: Secret) -> LocalReads {
-        LocalReads { secret, inner: Arc::default() }
+        let replicas = LruCache::new(NonZeroUsize::new(MAX_OPEN).expect("not zero"));
+        LocalReads { secret, inner: Arc::new(Inner { nodes: Mutex::default(), replicas: Mutex::new(replicas) }) }
     }
 
     /// Blocks `[first, first+count)` of the replica of `chunk` at `version`
@@ -85,17 +85,17 @@ impl LocalReads {
         count: u32,
     ) -> Option<Result<Vec<EncodedBlock>>> {
         let key = (node, chunk, version);
-        let open = self.inner.cached(&key);
-        let conn = match open {
-            Some(_) => None,
-            None => Some(self.conn(addr).await?),
+        // Open already, or a connection to the node (and its address, to
+        // give the connection back under) to open it with.
+        let found = match self.inner.cached(&key) {
+            Some(r) => Ok(r),
+            None => Err((self.conn(addr).await?, addr.to_string())),
         };
         let inner = self.inner.clone();
-        let addr = addr.to_string();
         let read = move || {
-            let replica = match open {
-                Some(r) => r,
-                None => inner.open(key, &addr, conn.expect("a connection when nothing is cached"))?,
+            let replica = match found {
+                Ok(r) => r,
+                Err((conn, addr)) => inner.open(key, &addr, conn)?,
             };
             replica.layout.read_blocks(&replica.file, first, count).map_err(|e| {
                 inner.forget(&key);
@@ -146,29 +146,27 @@ impl LocalReads {
     /// Closes every kept descriptor (a cold start for benchmarks, and
     /// what frees the space of deleted versions at once).
     pub fn clear(&self) {
-        *lock(&self.inner.replicas) = None;
+        lock(&self.inner.replicas).clear();
     }
 
     /// Closes the descriptors kept longer than [`MAX_AGE`].
     pub fn expire(&self) {
-        if let Some(cache) = lock(&self.inner.replicas).as_mut() {
-            let old: Vec<Key> = cache.iter().filter(|(_, r)| r.opened.elapsed() >= MAX_AGE).map(|(k, _)| *k).collect();
-            for k in old {
-                cache.pop(&k);
-            }
+        let mut cache = lock(&self.inner.replicas);
+        let old: Vec<Key> = cache.iter().filter(|(_, r)| r.opened.elapsed() >= MAX_AGE).map(|(k, _)| *k).collect();
+        for k in old {
+            cache.pop(&k);
         }
     }
 
     /// Descriptors kept open now.
     pub fn open_count(&self) -> usize {
-        lock(&self.inner.replicas).as_ref().map_or(0, LruCache::len)
+        lock(&self.inner.replicas).len()
     }
 }
 
 impl Inner {
     fn cached(&self, key: &Key) -> Option<Arc<OpenReplica>> {
-        let mut replicas = lock(&self.replicas);
-        let cache = replicas.as_mut()?;
+        let mut cache = lock(&self.replicas);
         match cache.get(key) {
             Some(r) if r.opened.elapsed() < MAX_AGE => Some(r.clone()),
             Some(_) => {
@@ -180,9 +178,7 @@ impl Inner {
     }
 
     fn forget(&self, key: &Key) {
-        if let Some(cache) = lock(&self.replicas).as_mut() {
-            cache.pop(key);
-        }
+        lock(&self.replicas).pop(key);
     }
 
     /// Asks the node for the replica file and reads its block table
@@ -199,9 +195,7 @@ impl Inner {
         let file = answer.map_err(|e| ClientError::Transport(format!("local-read socket of node {addr}: {e}")))??;
         let layout = Layout::read(&file, chunk, version).map_err(|e| replica_error(chunk, version, e))?;
         let replica = Arc::new(OpenReplica { file, layout, opened: Instant::now() });
-        let mut replicas = lock(&self.replicas);
-        let cache = replicas.get_or_insert_with(|| LruCache::new(NonZeroUsize::new(MAX_OPEN).expect("not zero")));
-        cache.put(key, replica.clone());
+        lock(&self.replicas).put(key, replica.clone());
         Ok(replica)
     }
 }

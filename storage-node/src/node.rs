@@ -100,11 +100,10 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken
     if let Err(e) = accept.await {
         tracing::error!("the accept loop failed: {e}");
     }
-    if let Some(Err(e)) = match local_reads {
-        Some(t) => Some(t.await),
-        None => None,
-    } {
-        tracing::error!("the local-read socket failed: {e}");
+    if let Some(t) = local_reads {
+        if let Err(e) = t.await {
+            tracing::error!("the local-read socket failed: {e}");
+        }
     }
     tracker.close();
     tracker.wait().await;
