@@ -27,9 +27,10 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// e.g. during its restart, before failing with EIO; default 60),
 /// host=NAME (this host, for read-local; default: hostname), zone=NAME,
 /// secret_file=PATH (default: $STRIPEFS_SECRET, $STRIPEFS_SECRET_FILE or
-/// /etc/stripefs/secret), threads=N (default: cores), cache_mb=N (block
+/// /etc/stripefs/secret), threads=N (FUSE threads, default: cores,
+/// at least 4), cache_mb=N (block
 /// cache, default 256), dirty_mb=N (unwritten data the whole mount may hold, default 128),
-/// read_ahead_kb=N (kernel read-ahead, default 1024; 0 keeps the kernel's
+/// read_ahead_kb=N (kernel read-ahead, default 4096; 0 keeps the kernel's
 /// 128; needs root), local_reads=on|off (read the replicas of storage nodes
 /// on this host straight from their files, default on), log=PATH (log of a
 /// background client). fstab options such as _netdev, defaults, noauto and

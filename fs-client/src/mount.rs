@@ -92,8 +92,7 @@ pub fn mount(
     } else {
         SessionACL::Owner
     };
-    config.n_threads =
-        Some(opts.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)));
+    config.n_threads = Some(opts.threads.unwrap_or_else(crate::options::default_threads));
     config.clone_fd = true;
     let fs = StripeFs::new(core.clone(), rt.clone());
     let notifier = fs.notifier_slot();

@@ -10,9 +10,10 @@
 //! reader sees a whole replica or none. All methods are blocking; async
 //! code calls them through `spawn_blocking`.
 
+use crate::direct::ReplicaWriter;
 use crate::fsutil::{fsync_dir, start_writeback, temp_path_for, TempGuard, TMP_SUFFIX};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use stripefs_proto::block;
@@ -111,6 +112,8 @@ pub struct ChunkStore {
     /// Held while a replica file appears or disappears, so the counters
     /// follow the files exactly.
     counters: Mutex<Counters>,
+    /// Writes replica files (large ones around the page cache).
+    writer: ReplicaWriter,
 }
 
 impl ChunkStore {
@@ -134,13 +137,21 @@ impl ChunkStore {
         fsync_dir(&chunks_dir).map_err(io_err(format!("cannot fsync {}", chunks_dir.display())))?;
         fsync_dir(dir).map_err(io_err(format!("cannot fsync {}", dir.display())))?;
 
-        let store = ChunkStore { chunks_dir, counters: Mutex::new(Counters::default()) };
+        let store =
+            ChunkStore { chunks_dir, counters: Mutex::new(Counters::default()), writer: ReplicaWriter::new(true) };
         let replicas = store.scan(true)?;
         let mut counters = store.lock();
         counters.chunk_count = replicas.len() as u64;
         counters.used_bytes = replicas.iter().map(|r| r.2).sum();
         drop(counters);
         Ok(store)
+    }
+
+    /// With `true`, writes every replica through the page cache; by
+    /// default large ones go around it ([`crate::direct`]).
+    pub fn buffered_writes(mut self, buffered: bool) -> ChunkStore {
+        self.writer = ReplicaWriter::new(!buffered);
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, Counters> {
@@ -184,10 +195,11 @@ impl ChunkStore {
         let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(io_err(ctx()))?;
 
         let head = replica::encode_head(chunk, version, length, blocks);
-        file.write_all(&head).map_err(io_err(ctx()))?;
-        for b in blocks {
-            file.write_all(&b.data).map_err(io_err(ctx()))?;
-        }
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(blocks.len() + 1);
+        parts.push(&head);
+        parts.extend(blocks.iter().map(|b| &b.data[..]));
+        let stored = parts.iter().map(|p| p.len()).sum::<usize>();
+        self.writer.write(&mut file, &parts, stored).map_err(io_err(ctx()))?;
         if sync {
             file.sync_all().map_err(io_err(format!("cannot fsync {}", tmp.display())))?;
         } else {
@@ -196,7 +208,7 @@ impl ChunkStore {
             start_writeback(&file);
         }
         drop(file);
-        let stored = head.len() as u64 + blocks.iter().map(|b| b.data.len() as u64).sum::<u64>();
+        let stored = stored as u64;
 
         {
             let mut counters = self.lock();

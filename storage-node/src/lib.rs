@@ -10,6 +10,7 @@
 
 mod chunk_store;
 mod copier;
+mod direct;
 mod fsutil;
 mod master_link;
 mod node;

@@ -74,6 +74,14 @@ struct Args {
     /// Seconds to rest between two full scrub passes.
     #[arg(long, value_name = "SECS", default_value_t = 86400)]
     scrub_pause_secs: u64,
+
+    /// Write every replica through the page cache. By default replicas of
+    /// 1 MiB and more are written around it (O_DIRECT): they are not
+    /// cached twice on a client's host, and cost far less CPU. Buffered
+    /// writes keep recently written chunks in this node's memory, for
+    /// readers that read them back at once from slow disks.
+    #[arg(long)]
+    buffered_writes: bool,
 }
 
 fn main() {
@@ -129,6 +137,7 @@ async fn async_main(args: Args, secret: Secret) -> anyhow::Result<()> {
         reserve_bytes: args.reserve_mb << 20,
         scrub_bytes_per_sec: args.scrub_mb_per_sec << 20,
         scrub_pause: Duration::from_secs(args.scrub_pause_secs),
+        buffered_writes: args.buffered_writes,
     };
 
     let shutdown = CancellationToken::new();

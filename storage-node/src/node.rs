@@ -43,6 +43,9 @@ pub struct Config {
     pub scrub_bytes_per_sec: u64,
     /// Pause between two full scrub passes.
     pub scrub_pause: Duration,
+    /// Write every replica through the page cache, large ones too (see
+    /// [`crate::chunk_store::ChunkStore::buffered_writes`]).
+    pub buffered_writes: bool,
 }
 
 /// Runs a storage node serving on `listener` until `shutdown` is
@@ -54,7 +57,8 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken
 
     tracing::info!("opening the chunk store in {}", dir.display());
     let open_dir = dir.clone();
-    let store = tokio::task::spawn_blocking(move || ChunkStore::open(&open_dir))
+    let buffered = cfg.buffered_writes;
+    let store = tokio::task::spawn_blocking(move || ChunkStore::open(&open_dir).map(|s| s.buffered_writes(buffered)))
         .await
         .context("the chunk store task failed")?
         .with_context(|| format!("cannot use {} as a data directory", dir.display()))?;

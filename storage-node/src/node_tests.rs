@@ -46,6 +46,7 @@ pub(crate) async fn start_node_in(dir: TempDir, master: &str, shutdown: &Cancell
         reserve_bytes: 0,
         scrub_bytes_per_sec: 0,
         scrub_pause: Duration::from_secs(3600),
+        buffered_writes: false,
     };
     let task = tokio::spawn(run(cfg, listener, shutdown.clone()));
     TestNode { addr, dir, task }
@@ -193,6 +194,7 @@ async fn an_unusable_data_dir_fails_run() {
         reserve_bytes: 0,
         scrub_bytes_per_sec: 0,
         scrub_pause: Duration::from_secs(3600),
+        buffered_writes: false,
     };
     let e = run(cfg, listener, CancellationToken::new()).await.expect_err("must fail");
     assert!(format!("{e:#}").contains("data directory"), "{e:#}");

@@ -256,6 +256,7 @@ impl TestCluster {
             reserve_bytes: self.reserve.get(i).copied().unwrap_or(0),
             scrub_bytes_per_sec: self.scrub_bytes_per_sec,
             scrub_pause: Duration::from_secs(1),
+            buffered_writes: false,
         };
         let server = Server::start(&format!("node{i}"), listener, move |l, t| stripefs_node::run(cfg, l, t));
         if self.nodes.len() <= i {

@@ -106,6 +106,7 @@ fn a_node_with_a_wrong_secret_is_refused() {
             reserve_bytes: 0,
             scrub_bytes_per_sec: 0,
             scrub_pause: Duration::from_secs(60),
+            buffered_writes: false,
         };
         stripefs_node::run(cfg, listener, t).await
     });

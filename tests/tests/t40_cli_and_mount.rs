@@ -153,9 +153,17 @@ fn stripefs_mount_runs_in_the_background_and_umount_ends_it() {
     let dev = fs::metadata(&mnt).expect("stat mount").dev();
     let record = stripefs_client::mount::mount_record_path(dev);
     assert!(record.exists(), "no mount record {}", record.display());
-    // The kernel's read-ahead was raised to the default 1 MiB.
+    // The kernel's read-ahead was raised to the default.
     let ra = stripefs_client::mount::read_ahead_path(dev);
-    assert_eq!(fs::read_to_string(&ra).expect("read-ahead").trim(), "1024", "{}", ra.display());
+    let default = stripefs_client::options::DEFAULT_READ_AHEAD_KB.to_string();
+    assert_eq!(fs::read_to_string(&ra).expect("read-ahead").trim(), default, "{}", ra.display());
+    // It serves requests on at least four session threads, even on a 2-core host.
+    let tasks = fs::read_dir(format!("/proc/{}/task", client[0])).expect("client threads");
+    let session_threads = tasks
+        .filter_map(|t| fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("fuser-"))
+        .count();
+    assert!(session_threads >= stripefs_client::options::MIN_DEFAULT_THREADS, "{session_threads} session threads");
     let out = must_run(Command::new(bin("stripefs")).arg("status").arg(&mnt), LIMIT);
     assert!(text(&out.stdout).contains("3/3 nodes up"), "{}", show(&out));
 
