@@ -432,9 +432,14 @@ mod tests {
         let secret = Secret::new(b"0123456789abcdef".to_vec(), "test").expect("secret");
         let (addr, connections) = closing_master(secret.clone()).await;
         let wait = Duration::from_secs(2);
-        let conn = MasterConn::connect(&addr, secret, wait).await.expect("connect");
+        // Bounded, so that a hang fails here instead of stalling the suite.
+        let conn = tokio::time::timeout(wait * 5, MasterConn::connect(&addr, secret, wait))
+            .await
+            .expect("connecting returned")
+            .expect("connect");
         let start = Instant::now();
-        let r = conn.call(|c, ctx| async move { c.statfs(ctx).await }).await;
+        let call = conn.call(|c, ctx| async move { c.statfs(ctx).await });
+        let r = tokio::time::timeout(wait * 5, call).await.expect("the call returned");
         assert!(r.is_err(), "a master that closes every connection answered: {r:?}");
         assert!(start.elapsed() >= wait, "gave up after {:?}, before master_timeout", start.elapsed());
         assert!(start.elapsed() < wait * 3, "took {:?}", start.elapsed());
