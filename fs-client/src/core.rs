@@ -75,6 +75,8 @@ struct Handle {
 pub struct FsCore {
     pub(crate) master: MasterConn,
     pub(crate) nodes: NodePool,
+    /// Data connections to nodes, for chunk uploads.
+    pub(crate) data: Arc<stripefs_proto::data::DataPool>,
     pub(crate) cfg: ClientConfig,
     pub(crate) chunk_size: u64,
     fs_id: String,
@@ -157,6 +159,7 @@ impl FsCore {
         let core = Arc::new(FsCore {
             master,
             nodes: NodePool::new(secret.clone()),
+            data: Arc::new(stripefs_proto::data::DataPool::new(secret.clone())),
             local: LocalReads::new(secret),
             dirty: DirtyBudget::new(dirty_limit),
             page_stamps: Mutex::new(lru::LruCache::new(

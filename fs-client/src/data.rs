@@ -8,7 +8,8 @@ use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use stripefs_proto::block::{self, BlockEncoder, BLOCK_SIZE};
-use stripefs_proto::types::{ChunkCommit, ChunkLoc, EncodedBlock, Replica, WriteChunk};
+use stripefs_proto::data::{DataError, WriteHeader};
+use stripefs_proto::types::{ChunkCommit, ChunkLoc, EncodedBlock, Replica};
 use stripefs_proto::{ChunkId, FsError, InodeId, NodeId, Version};
 
 use crate::conn::DATA_TIMEOUT;
@@ -257,21 +258,9 @@ impl FsCore {
                     b
                 }
             };
-            let req = WriteChunk {
-                chunk: alloc.chunk,
-                version: alloc.version,
-                length,
-                blocks: blocks.as_ref().clone(),
-                chain: rest.iter().map(|r| r.addr.clone()).collect(),
-                sync,
-            };
-            let stored = self
-                .nodes
-                .call(&first.addr, DATA_TIMEOUT, |c, ctx| {
-                    let req = req.clone();
-                    async move { c.write_chunk(ctx, req).await }
-                })
-                .await;
+            let chain = rest.iter().map(|r| r.addr.clone()).collect();
+            let header = WriteHeader::new(alloc.chunk, alloc.version, length, &blocks, chain, sync, DATA_TIMEOUT);
+            let stored = self.send_chunk(&first.addr, header, blocks.clone()).await;
             let stored_bytes = match stored {
                 Ok(s) => s,
                 Err(e) => {
@@ -319,6 +308,23 @@ impl FsCore {
             });
         }
         Err(last_err)
+    }
+
+    /// Writes a chunk to the node at `addr` (and down its chain) over a
+    /// data connection, on the blocking pool: the blocks go out from their
+    /// own buffers, with no copy.
+    async fn send_chunk(&self, addr: &str, header: WriteHeader, blocks: Arc<Vec<EncodedBlock>>) -> Result<u64> {
+        let (pool, addr, rt) = (self.data.clone(), addr.to_string(), tokio::runtime::Handle::current());
+        let sent = tokio::task::spawn_blocking(move || {
+            let payload: Vec<&[u8]> = blocks.iter().map(|b| &b.data[..]).collect();
+            pool.write(&rt, &addr, &header, &payload)
+        })
+        .await
+        .map_err(|e| ClientError::Transport(format!("upload task: {e}")))?;
+        sent.map_err(|e| match e {
+            DataError::Refused(e) => ClientError::Fs(e),
+            DataError::Transport(e) => ClientError::Transport(e),
+        })
     }
 
     /// Allocates a chunk version; while no storage node is live (e.g. just

@@ -6,13 +6,15 @@
 //! records ([`types`]), the tarpc service traits ([`service`]), the block
 //! format of chunk data ([`block`]), the replica file a node stores a chunk
 //! version in ([`replica`]), the authenticated connection set-up shared by
-//! every process ([`net`]) and the local-read socket through which a node
-//! hands replica files to a client on its own host ([`local`]).
+//! every process ([`net`]), the data path that carries chunk writes as raw
+//! bytes ([`data`]) and the local-read socket through which a node hands
+//! replica files to a client on its own host ([`local`]).
 //!
 //! This crate holds no state of its own: it is the vocabulary the other
 //! crates speak.
 
 pub mod block;
+pub mod data;
 pub mod error;
 pub mod ids;
 pub mod local;

@@ -31,8 +31,9 @@ const MAGIC: &[u8; 8] = b"STRIPEFS";
 /// refuse each other at the handshake, with an error that says so, instead
 /// of failing on the first message they cannot decode.
 /// 2: open returns chunk locations; create, mkdir, unlink, rmdir and
-/// rename return directory attributes.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// rename return directory attributes. 3: chunk writes on data
+/// connections ([`crate::data`]).
+pub const PROTOCOL_VERSION: u32 = 3;
 const NONCE_BYTES: usize = 32;
 const MAC_BYTES: usize = 32;
 

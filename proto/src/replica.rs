@@ -19,6 +19,7 @@
 #[cfg(doc)]
 use crate::block;
 use crate::block::{Codec, BLOCK_SIZE};
+use crate::data::BlockMeta;
 use crate::types::EncodedBlock;
 use crate::{ChunkId, Version};
 use std::fs::File;
@@ -84,7 +85,18 @@ pub fn check_layout(length: u32, raw_lens: impl ExactSizeIterator<Item = u32>) -
 /// The header and block table of a replica holding `blocks`: what goes
 /// before the blocks' stored bytes.
 pub fn encode_head(chunk: ChunkId, version: Version, length: u32, blocks: &[EncodedBlock]) -> Vec<u8> {
-    let mut h = Vec::with_capacity(HEADER_BYTES + blocks.len() * ENTRY_BYTES);
+    let metas: Vec<BlockMeta> = blocks.iter().map(BlockMeta::of).collect();
+    encode_head_of(chunk, version, length, &metas)
+}
+
+/// Bytes of the header and block table of a replica of `blocks` blocks.
+pub fn head_len(blocks: usize) -> usize {
+    HEADER_BYTES + blocks * ENTRY_BYTES
+}
+
+/// [`encode_head`] from the blocks' descriptions.
+pub fn encode_head_of(chunk: ChunkId, version: Version, length: u32, blocks: &[BlockMeta]) -> Vec<u8> {
+    let mut h = Vec::with_capacity(head_len(blocks.len()));
     h.extend_from_slice(MAGIC);
     h.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     h.extend_from_slice(&chunk.0.to_le_bytes());
@@ -96,10 +108,29 @@ pub fn encode_head(chunk: ChunkId, version: Version, length: u32, blocks: &[Enco
     for b in blocks {
         h.extend_from_slice(&b.raw_len.to_le_bytes());
         h.push(b.codec);
-        h.extend_from_slice(&(b.data.len() as u32).to_le_bytes());
+        h.extend_from_slice(&b.stored_len.to_le_bytes());
         h.extend_from_slice(&b.crc.to_le_bytes());
     }
     h
+}
+
+/// Checks blocks received as one buffer (`data`, the blocks back to back,
+/// as `blocks` describe them): each one's crc, and that zstd blocks start
+/// as zstd frames. Returns the index of the first bad block.
+pub fn verify_blocks(blocks: &[BlockMeta], data: &[u8]) -> Result<(), usize> {
+    let mut at = 0;
+    for (i, b) in blocks.iter().enumerate() {
+        let Some(d) = data.get(at..at + b.stored_len as usize) else { return Err(i) };
+        if crc32fast::hash(d) != b.crc || (b.codec == Codec::Zstd as u8 && !d.starts_with(&ZSTD_MAGIC)) {
+            return Err(i);
+        }
+        at += d.len();
+    }
+    if at == data.len() {
+        Ok(())
+    } else {
+        Err(blocks.len())
+    }
 }
 
 fn le_u32(b: &[u8], at: usize) -> u32 {

@@ -10,7 +10,7 @@
 //! reader sees a whole replica or none. All methods are blocking; async
 //! code calls them through `spawn_blocking`.
 
-use crate::direct::ReplicaWriter;
+use crate::direct::{AlignedBuf, ReplicaWriter};
 use crate::fsutil::{fsync_dir, start_writeback, temp_path_for, TempGuard, TMP_SUFFIX};
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -186,20 +186,58 @@ impl ChunkStore {
             }
         }
         check_layout(length, blocks.iter().map(|b| b.raw_len)).map_err(StoreError::Invalid)?;
+        let head = replica::encode_head(chunk, version, length, blocks);
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(blocks.len() + 1);
+        parts.push(&head);
+        parts.extend(blocks.iter().map(|b| &b.data[..]));
+        let stored = parts.iter().map(|p| p.len()).sum::<usize>();
+        self.put(chunk, version, length, stored, sync, |w, file| w.write(file, &parts, stored))
+    }
 
+    /// An aligned buffer for [`ChunkStore::write_assembled`]; give it back
+    /// with [`ChunkStore::recycle`].
+    pub fn buffer(&self, len: usize) -> AlignedBuf {
+        self.writer.buffer(len)
+    }
+
+    /// Returns a buffer from [`ChunkStore::buffer`] for reuse.
+    pub fn recycle(&self, buf: AlignedBuf) {
+        self.writer.recycle(buf)
+    }
+
+    /// Stores a replica already laid out in `replica` (header, table and
+    /// blocks, as [`replica`] describes), whose blocks the caller has
+    /// verified ([`replica::verify_blocks`]). Large ones go to disk
+    /// without another copy.
+    pub fn write_assembled(
+        &self,
+        chunk: ChunkId,
+        version: Version,
+        length: u32,
+        replica: &AlignedBuf,
+        sync: bool,
+    ) -> Result<u64, StoreError> {
+        self.put(chunk, version, length, replica.len(), sync, |w, file| w.write_aligned(file, replica))
+    }
+
+    /// Writes a replica file of `stored` bytes with `write`, then puts it
+    /// in place atomically.
+    fn put(
+        &self,
+        chunk: ChunkId,
+        version: Version,
+        length: u32,
+        stored: usize,
+        sync: bool,
+        write: impl FnOnce(&ReplicaWriter, &mut File) -> io::Result<bool>,
+    ) -> Result<u64, StoreError> {
         let path = self.replica_path(chunk, version);
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| self.chunks_dir.clone());
         let tmp = temp_path_for(&path);
         let mut guard = TempGuard::new(tmp.clone());
         let ctx = || format!("cannot write {}", tmp.display());
         let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(io_err(ctx()))?;
-
-        let head = replica::encode_head(chunk, version, length, blocks);
-        let mut parts: Vec<&[u8]> = Vec::with_capacity(blocks.len() + 1);
-        parts.push(&head);
-        parts.extend(blocks.iter().map(|b| &b.data[..]));
-        let stored = parts.iter().map(|p| p.len()).sum::<usize>();
-        self.writer.write(&mut file, &parts, stored).map_err(io_err(ctx()))?;
+        write(&self.writer, &mut file).map_err(io_err(ctx()))?;
         if sync {
             file.sync_all().map_err(io_err(format!("cannot fsync {}", tmp.display())))?;
         } else {

@@ -39,6 +39,27 @@ const POOL_BUFFERS: usize = 4;
 /// Largest buffer kept for reuse (a 16 MiB chunk and its block table).
 const POOL_MAX_BYTES: usize = 16 * 1024 * 1024 + 64 * 1024;
 
+/// A buffer whose bytes start at a 4 KiB boundary, as direct writes need.
+#[derive(Debug)]
+pub struct AlignedBuf {
+    vec: Vec<u8>,
+    at: usize,
+    len: usize,
+}
+
+impl std::ops::Deref for AlignedBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.vec[self.at..self.at + self.len]
+    }
+}
+
+impl std::ops::DerefMut for AlignedBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.vec[self.at..self.at + self.len]
+    }
+}
+
 /// Writes replica files, large ones with `O_DIRECT`.
 #[derive(Debug)]
 pub struct ReplicaWriter {
@@ -57,8 +78,19 @@ impl ReplicaWriter {
     /// Writes `parts`, `total` bytes in all, at the start of the new, empty
     /// `file`. Returns whether the bulk of it went around the page cache.
     pub fn write(&self, file: &mut File, parts: &[&[u8]], total: usize) -> io::Result<bool> {
-        if self.direct && total >= DIRECT_MIN_BYTES && self.write_direct(file, parts, total)? {
-            return Ok(true);
+        if self.direct && total >= DIRECT_MIN_BYTES {
+            let mut buf = self.buffer(total);
+            let mut n = 0;
+            for p in parts {
+                buf[n..n + p.len()].copy_from_slice(p);
+                n += p.len();
+            }
+            debug_assert_eq!(n, total);
+            let r = self.write_direct(file, &buf);
+            self.recycle(buf);
+            if r? {
+                return Ok(true);
+            }
         }
         for p in parts {
             file.write_all(p)?;
@@ -66,28 +98,29 @@ impl ReplicaWriter {
         Ok(false)
     }
 
+    /// Writes `data` at the start of the new, empty `file`, like
+    /// [`ReplicaWriter::write`] but with no copy on the direct path.
+    pub fn write_aligned(&self, file: &mut File, data: &AlignedBuf) -> io::Result<bool> {
+        if self.direct && data.len() >= DIRECT_MIN_BYTES && self.write_direct(file, data)? {
+            return Ok(true);
+        }
+        file.write_all(data)?;
+        Ok(false)
+    }
+
     /// The direct write; `Ok(false)` when the filesystem refuses
     /// `O_DIRECT` before anything was written.
-    fn write_direct(&self, file: &File, parts: &[&[u8]], total: usize) -> io::Result<bool> {
+    fn write_direct(&self, file: &File, data: &AlignedBuf) -> io::Result<bool> {
         let flags = fcntl_getfl(file)?;
         match fcntl_setfl(file, flags | OFlags::DIRECT) {
             Ok(()) => {}
             Err(rustix::io::Errno::INVAL) => return Ok(false),
             Err(e) => return Err(e.into()),
         }
-        let mut buf = self.take(total + ALIGN);
-        let at = buf.as_ptr().align_offset(ALIGN);
-        let data = &mut buf[at..at + total];
-        let mut n = 0;
-        for p in parts {
-            data[n..n + p.len()].copy_from_slice(p);
-            n += p.len();
-        }
-        debug_assert_eq!(n, total);
-        let bulk = total / ALIGN * ALIGN;
+        let bulk = data.len() / ALIGN * ALIGN;
         let r = file.write_all_at(&data[..bulk], 0);
         let restored = fcntl_setfl(file, flags);
-        let r = match r {
+        match r {
             // Some filesystems take the flag and refuse the write (an
             // alignment they need that we do not meet): nothing is written.
             Err(e) if rustix::io::Errno::from_io_error(&e) == Some(rustix::io::Errno::INVAL) => {
@@ -98,24 +131,27 @@ impl ReplicaWriter {
                 .map_err(io::Error::from)
                 .and_then(|()| file.write_all_at(&data[bulk..], bulk as u64))
                 .map(|()| true),
-        };
-        self.give(buf);
-        r
-    }
-
-    /// A zeroed-or-reused buffer of at least `len` bytes.
-    fn take(&self, len: usize) -> Vec<u8> {
-        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-        match pool.iter().position(|b| b.len() >= len) {
-            Some(i) => pool.swap_remove(i),
-            None => {
-                drop(pool);
-                vec![0u8; len]
-            }
         }
     }
 
-    fn give(&self, buf: Vec<u8>) {
+    /// An aligned buffer of `len` bytes (not zeroed), from the pool when it
+    /// has one large enough; give it back with [`ReplicaWriter::recycle`].
+    pub fn buffer(&self, len: usize) -> AlignedBuf {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        let vec = match pool.iter().position(|b| b.len() >= len + ALIGN) {
+            Some(i) => pool.swap_remove(i),
+            None => {
+                drop(pool);
+                vec![0u8; len + ALIGN]
+            }
+        };
+        let at = vec.as_ptr().align_offset(ALIGN);
+        AlignedBuf { vec, at, len }
+    }
+
+    /// Returns a buffer to the pool (the pool keeps the largest few).
+    pub fn recycle(&self, buf: AlignedBuf) {
+        let buf = buf.vec;
         if buf.len() > POOL_MAX_BYTES {
             return;
         }

@@ -10,6 +10,7 @@
 
 mod chunk_store;
 mod copier;
+mod data_server;
 mod direct;
 mod fsutil;
 mod master_link;
@@ -19,6 +20,7 @@ mod scrub;
 mod service;
 
 pub use chunk_store::{check_layout, ChunkStore, StoreError, MAX_BLOCKS_PER_CHUNK, MAX_CHUNK_BYTES};
+pub use direct::AlignedBuf;
 pub use fsutil::{disk_space, write_file_atomic, DiskSpace};
 pub use master_link::IDENTITY_FILE;
 pub use node::{run, Config, DEFAULT_HEARTBEAT_INTERVAL};

@@ -1,6 +1,7 @@
 //! Putting a node together: the store, the RPC server and the master link.
 
 use crate::chunk_store::ChunkStore;
+use crate::data_server::DataConns;
 use crate::master_link::{self, Identity};
 use crate::service::NodeServer;
 use anyhow::Context as _;
@@ -9,6 +10,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use stripefs_proto::data::DATA_MAGIC;
 use stripefs_proto::net::{accept_loop, transport, Secret};
 use stripefs_proto::NodeService;
 use tarpc::server::{BaseChannel, Channel};
@@ -87,9 +89,12 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken
     ));
     let local = listener.local_addr().context("the listener has no address")?;
     tracing::info!("serving on {local}, advertised as {}", cfg.advertise_addr);
+    let data_conns = Arc::new(DataConns::default());
     let handler = {
-        let (tracker, token) = (tracker.clone(), token.clone());
-        move |stream: TcpStream, peer: SocketAddr| serve_connection(stream, peer, &server, &tracker, &token)
+        let (tracker, token, data_conns) = (tracker.clone(), token.clone(), data_conns.clone());
+        move |stream: TcpStream, peer: SocketAddr| {
+            serve_connection(stream, peer, &server, &tracker, &token, &data_conns)
+        }
     };
     let accept = tokio::spawn(accept_loop(listener, cfg.secret.clone(), token.clone(), handler));
     let local_reads = serve_local_reads(&cfg, &store, &token);
@@ -104,6 +109,7 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken
     if let Err(e) = accept.await {
         tracing::error!("the accept loop failed: {e}");
     }
+    data_conns.stop(Duration::from_secs(5)).await;
     if let Some(t) = local_reads {
         if let Err(e) = t.await {
             tracing::error!("the local-read socket failed: {e}");
@@ -139,17 +145,41 @@ fn serve_local_reads(
     }
 }
 
-/// Serves tarpc on one authenticated connection until it closes or `token`
-/// is cancelled; each request runs in its own task.
+/// Serves one authenticated connection until it closes or `token` is
+/// cancelled: a data connection ([`stripefs_proto::data`]) on a thread of
+/// its own, anything else as tarpc, each request in its own task.
 fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     server: &NodeServer,
     tracker: &TaskTracker,
     token: &CancellationToken,
+    data_conns: &Arc<DataConns>,
 ) {
     let (server, requests_tracker, token) = (server.clone(), tracker.clone(), token.clone());
+    let data_conns = data_conns.clone();
     tracker.spawn(async move {
+        let mut stream = stream;
+        let kind = tokio::select! {
+            k = first_bytes(&stream) => k,
+            _ = token.cancelled() => return,
+        };
+        match kind {
+            Ok(true) => {
+                let mut magic = [0u8; 4];
+                let taken = tokio::io::AsyncReadExt::read_exact(&mut stream, &mut magic).await;
+                match taken.and_then(|_| stream.into_std()) {
+                    Ok(std) => data_conns.serve(std, server, peer),
+                    Err(e) => tracing::debug!("data connection from {peer}: {e}"),
+                }
+                return;
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::debug!("connection from {peer} closed at once: {e}");
+                return;
+            }
+        }
         tracing::debug!("connection from {peer}");
         let requests = BaseChannel::with_defaults(transport(stream)).execute(server.serve()).for_each(|request| {
             requests_tracker.spawn(token.clone().run_until_cancelled_owned(request));
@@ -158,6 +188,25 @@ fn serve_connection(
         token.run_until_cancelled(requests).await;
         tracing::debug!("connection from {peer} closed");
     });
+}
+
+/// Whether the connection starts with [`DATA_MAGIC`] (without reading it).
+async fn first_bytes(stream: &TcpStream) -> std::io::Result<bool> {
+    let mut first = [0u8; 4];
+    loop {
+        let n = stream.peek(&mut first).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if first[..n] != DATA_MAGIC[..n] {
+            return Ok(false);
+        }
+        if n == first.len() {
+            return Ok(true);
+        }
+        // Part of the magic so far: wait for the rest.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 #[cfg(test)]

@@ -199,3 +199,95 @@ async fn an_unusable_data_dir_fails_run() {
     let e = run(cfg, listener, CancellationToken::new()).await.expect_err("must fail");
     assert!(format!("{e:#}").contains("data directory"), "{e:#}");
 }
+
+/// Writes over the data path from the blocking pool, as the client does.
+async fn data_write(
+    pool: &Arc<stripefs_proto::data::DataPool>,
+    addr: &str,
+    header: stripefs_proto::data::WriteHeader,
+    blocks: Vec<EncodedBlock>,
+) -> Result<u64, stripefs_proto::data::DataError> {
+    let (pool, addr, rt) = (pool.clone(), addr.to_string(), tokio::runtime::Handle::current());
+    tokio::task::spawn_blocking(move || {
+        let payload: Vec<&[u8]> = blocks.iter().map(|b| &b.data[..]).collect();
+        pool.write(&rt, &addr, &header, &payload)
+    })
+    .await
+    .expect("join")
+}
+
+fn header(chunk: u64, length: usize, blocks: &[EncodedBlock], chain: Vec<String>) -> stripefs_proto::data::WriteHeader {
+    stripefs_proto::data::WriteHeader::new(
+        ChunkId(chunk),
+        Version(1),
+        length as u32,
+        blocks,
+        chain,
+        false,
+        Duration::from_secs(30),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chain_writes_over_the_data_path_land_on_every_node() {
+    use stripefs_proto::data::{DataError, DataPool};
+    let master = refused_addr().await;
+    let shutdown = CancellationToken::new();
+    let a = start_node(&master, &shutdown).await;
+    let b = start_node(&master, &shutdown).await;
+    let c = start_node(&master, &shutdown).await;
+    let pool = Arc::new(DataPool::new(secret()));
+    // A small compressible chunk, and 3 MiB of noise (stored raw, and
+    // large enough for direct writes), twice each on the same connection.
+    let (small, small_blocks) = chunk_data();
+    let noise: Vec<u8> = (0..3 * 1024 * 1024 + 777u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+    let noise_blocks = BlockEncoder::new(1).encode_all(&noise);
+    for round in 0..2u64 {
+        for (k, (data, blocks)) in [(&small, &small_blocks), (&noise, &noise_blocks)].into_iter().enumerate() {
+            let chunk = 100 + round * 10 + k as u64;
+            let h = header(chunk, data.len(), blocks, vec![b.addr.clone(), c.addr.clone()]);
+            let stored = data_write(&pool, &a.addr, h, blocks.clone()).await.expect("write");
+            assert_eq!(
+                stored as usize,
+                stripefs_proto::replica::head_len(blocks.len()) + blocks.iter().map(|b| b.data.len()).sum::<usize>()
+            );
+            for n in [&a, &b, &c] {
+                let back = read_all(&client(&n.addr).await, ChunkId(chunk), Version(1)).await;
+                assert!(back.as_ref() == Ok(data), "chunk {chunk} on node {}", n.addr);
+            }
+        }
+    }
+
+    // A block damaged on the way is refused, nothing is stored, and the
+    // connection serves the next write.
+    let mut bad = small_blocks.clone();
+    let mut damaged = bad[1].data.to_vec();
+    damaged[3] ^= 1;
+    bad[1].data = damaged.into();
+    let h = header(200, small.len(), &small_blocks, vec![]);
+    let r = data_write(&pool, &a.addr, h, bad).await;
+    assert!(matches!(r, Err(DataError::Refused(FsError::Corrupt))), "{r:?}");
+    assert_eq!(read_all(&client(&a.addr).await, ChunkId(200), Version(1)).await, Err(FsError::NotFound));
+    let h = header(201, small.len(), &small_blocks, vec![]);
+    data_write(&pool, &a.addr, h, small_blocks.clone()).await.expect("write after a refused one");
+
+    // A dead chain peer: the first node stores its replica but answers
+    // Unavailable, so the writer places the chain elsewhere.
+    let h = header(202, small.len(), &small_blocks, vec![refused_addr().await]);
+    let r = data_write(&pool, &a.addr, h, small_blocks.clone()).await;
+    assert!(matches!(r, Err(DataError::Refused(FsError::Unavailable))), "{r:?}");
+
+    // A header that does not add up is refused.
+    let mut h = header(203, small.len(), &small_blocks, vec![]);
+    h.length += 1;
+    let r = data_write(&pool, &a.addr, h, small_blocks.clone()).await;
+    assert!(matches!(r, Err(DataError::Refused(FsError::InvalidArgument))), "{r:?}");
+
+    // A stopped node takes no more writes on the connections it had.
+    let h = header(204, small.len(), &small_blocks, vec![]);
+    data_write(&pool, &c.addr, h.clone(), small_blocks.clone()).await.expect("write to c");
+    let c_addr = c.addr.clone();
+    stop(&shutdown, vec![a, b, c]).await;
+    let r = data_write(&pool, &c_addr, h, small_blocks).await;
+    assert!(r.is_err(), "a stopped node must not take writes: {r:?}");
+}

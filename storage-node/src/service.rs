@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use stripefs_proto::data::DataPool;
 use stripefs_proto::net::{connect_node, Secret};
 use stripefs_proto::types::{EncodedBlock, WriteChunk};
 use stripefs_proto::{ChunkId, FsError, NodeService, NodeServiceClient, Version};
@@ -38,6 +39,9 @@ struct Inner {
     space: Option<(PathBuf, u64)>,
     /// One client per peer address, for forwarding writes.
     peers: Mutex<HashMap<String, NodeServiceClient>>,
+    /// Data connections to peers, for forwarding writes that came over
+    /// the data path.
+    data: DataPool,
 }
 
 impl NodeServer {
@@ -46,6 +50,7 @@ impl NodeServer {
         NodeServer {
             inner: Arc::new(Inner {
                 store,
+                data: DataPool::new(secret.clone()),
                 secret,
                 reports: Arc::new(Reports::default()),
                 space: None,
@@ -66,6 +71,7 @@ impl NodeServer {
         NodeServer {
             inner: Arc::new(Inner {
                 store,
+                data: DataPool::new(secret.clone()),
                 secret,
                 reports,
                 space: Some((data_dir, reserve_bytes)),
@@ -138,22 +144,38 @@ impl NodeServer {
         blocks: Arc<Vec<EncodedBlock>>,
         sync: bool,
     ) -> Result<u64, FsError> {
-        let store = self.inner.store.clone();
-        let space = self.inner.space.clone();
+        let server = self.clone();
         blocking(move || {
-            if let Some((dir, reserve)) = space {
-                let need: u64 = blocks.iter().map(|b| b.data.len() as u64).sum::<u64>() + 4096;
-                // If the disk cannot be measured, write and let the disk decide.
-                if let Ok(s) = crate::fsutil::disk_space(&dir) {
-                    if s.free_bytes < reserve.saturating_add(need) {
-                        tracing::warn!("refusing chunk {chunk} v{version}: the disk is full (reserve {reserve} bytes)");
-                        return Err(StoreError::NoSpace);
-                    }
-                }
-            }
-            store.write(chunk, version, length, &blocks, sync)
+            let need: u64 = blocks.iter().map(|b| b.data.len() as u64).sum::<u64>() + 4096;
+            server.check_space(chunk, version, need)?;
+            server.inner.store.write(chunk, version, length, &blocks, sync)
         })
         .await
+    }
+
+    /// Refuses a replica of `need` bytes that would eat into the space
+    /// kept free. Blocking (statfs).
+    pub(crate) fn check_space(&self, chunk: ChunkId, version: Version, need: u64) -> Result<(), StoreError> {
+        if let Some((dir, reserve)) = &self.inner.space {
+            // If the disk cannot be measured, write and let the disk decide.
+            if let Ok(s) = crate::fsutil::disk_space(dir) {
+                if s.free_bytes < reserve.saturating_add(need) {
+                    tracing::warn!("refusing chunk {chunk} v{version}: the disk is full (reserve {reserve} bytes)");
+                    return Err(StoreError::NoSpace);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The store.
+    pub(crate) fn store(&self) -> &ChunkStore {
+        &self.inner.store
+    }
+
+    /// Connections for forwarding writes over the data path.
+    pub(crate) fn data_pool(&self) -> &DataPool {
+        &self.inner.data
     }
 }
 
