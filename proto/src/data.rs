@@ -295,16 +295,11 @@ impl DataPool {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// An idle connection to `addr`, or a new one (set up on `rt`).
-    fn take(&self, rt: &tokio::runtime::Handle, addr: &str, timeout: Duration) -> Result<(DataConn, bool), DataError> {
-        if let Some(list) = self.idle().get_mut(addr) {
-            while let Some(c) = list.pop() {
-                if c.idle_since.elapsed() < CLIENT_IDLE {
-                    return Ok((c, true));
-                }
-            }
-        }
-        Ok((self.connect(rt, addr, timeout)?, false))
+    /// An idle connection to `addr` young enough to reuse.
+    fn take_idle(&self, addr: &str) -> Option<DataConn> {
+        let mut idle = self.idle();
+        let list = idle.get_mut(addr)?;
+        std::iter::from_fn(|| list.pop()).find(|c| c.idle_since.elapsed() < CLIENT_IDLE)
     }
 
     fn give(&self, addr: &str, conn: DataConn) {
@@ -325,15 +320,14 @@ impl DataPool {
         header: &'a WriteHeader,
         payload: &'a [&'a [u8]],
     ) -> Result<Pending<'a>, DataError> {
-        let (mut conn, reused) = self.take(rt, addr, header.timeout())?;
-        match conn.send(header, payload) {
-            Ok(()) => Ok(Pending { addr, header, payload, conn, reused }),
-            Err(e) if reused && closed(&e) => {
-                tracing::debug!("idle data connection to {addr} broke ({e}); connecting again");
-                self.send_fresh(rt, addr, header, payload)
+        if let Some(mut conn) = self.take_idle(addr) {
+            match conn.send(header, payload) {
+                Ok(()) => return Ok(Pending { addr, header, payload, conn, reused: true }),
+                Err(e) if closed(&e) => tracing::debug!("idle data connection to {addr} broke ({e}); connecting again"),
+                Err(e) => return Err(DataError::Transport(format!("{addr}: {e}"))),
             }
-            Err(e) => Err(DataError::Transport(format!("{addr}: {e}"))),
         }
+        self.send_fresh(rt, addr, header, payload)
     }
 
     fn send_fresh<'a>(
