@@ -22,7 +22,6 @@
 //! Both ends use blocking sockets: the client's uploads run on the blocking
 //! pool, and a node serves each data connection on a thread of its own.
 
-use crate::block::{Codec, BLOCK_SIZE};
 use crate::net::{connect_stream, ConnectError, Secret, MAX_FRAME_BYTES};
 use crate::replica::MAX_BLOCKS_PER_CHUNK;
 use crate::types::EncodedBlock;
@@ -132,12 +131,7 @@ impl WriteHeader {
         }
         crate::replica::check_layout(self.length, self.blocks.iter().map(|b| b.raw_len))?;
         for (i, b) in self.blocks.iter().enumerate() {
-            let ok = match b.codec {
-                c if c == Codec::Raw as u8 => b.stored_len == b.raw_len,
-                c if c == Codec::Zstd as u8 => b.stored_len > 0 && b.stored_len as usize <= 2 * BLOCK_SIZE,
-                _ => false,
-            };
-            if !ok {
+            if !crate::replica::stored_len_fits(b.codec, b.raw_len, b.stored_len) {
                 return Err(format!("block {i}: codec {} with {} stored bytes", b.codec, b.stored_len));
             }
         }
@@ -383,7 +377,7 @@ impl Pending<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::block::BlockEncoder;
+    use crate::block::{BlockEncoder, BLOCK_SIZE};
     use crate::net::handshake_server;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;

@@ -82,6 +82,18 @@ pub fn check_layout(length: u32, raw_lens: impl ExactSizeIterator<Item = u32>) -
     Ok(())
 }
 
+/// Whether a block of `raw_len` bytes can take `stored_len` bytes in
+/// `codec`: raw blocks are stored as they are, a zstd frame has at least
+/// its magic and never more than twice a block (the encoder keeps only
+/// frames that save space). Checked for replica files and incoming writes.
+pub fn stored_len_fits(codec: u8, raw_len: u32, stored_len: u32) -> bool {
+    match codec {
+        c if c == Codec::Raw as u8 => stored_len == raw_len,
+        c if c == Codec::Zstd as u8 => stored_len >= ZSTD_MAGIC.len() as u32 && stored_len as usize <= 2 * BLOCK_SIZE,
+        _ => false,
+    }
+}
+
 /// The header and block table of a replica holding `blocks`: what goes
 /// before the blocks' stored bytes.
 pub fn encode_head(chunk: ChunkId, version: Version, length: u32, blocks: &[EncodedBlock]) -> Vec<u8> {
@@ -214,12 +226,7 @@ impl Layout {
         let mut offsets = Vec::with_capacity(count);
         let mut at = data_start;
         for (i, e) in entries.iter().enumerate() {
-            let codec_ok = match e.codec {
-                c if c == Codec::Raw as u8 => e.stored_len == e.raw_len,
-                c if c == Codec::Zstd as u8 => e.stored_len >= ZSTD_MAGIC.len() as u32,
-                _ => false,
-            };
-            if !codec_ok {
+            if !stored_len_fits(e.codec, e.raw_len, e.stored_len) {
                 return Err(bad(format!("block {i}: codec {} with {} stored bytes", e.codec, e.stored_len)));
             }
             offsets.push(at);

@@ -12,7 +12,7 @@ use crate::service::NodeServer;
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::net::{Shutdown, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use stripefs_proto::data::{read_header, write_reply, WriteHeader, SERVER_IDLE};
@@ -25,7 +25,7 @@ use stripefs_proto::FsError;
 pub(crate) struct DataConns {
     next: AtomicU64,
     open: Mutex<HashMap<u64, TcpStream>>,
-    stopped: std::sync::atomic::AtomicBool,
+    stopped: AtomicBool,
 }
 
 impl DataConns {
