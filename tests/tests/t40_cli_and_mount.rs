@@ -166,6 +166,20 @@ fn stripefs_mount_runs_in_the_background_and_umount_ends_it() {
     assert!(session_threads >= stripefs_client::options::MIN_DEFAULT_THREADS, "{session_threads} session threads");
     let out = must_run(Command::new(bin("stripefs")).arg("status").arg(&mnt), LIMIT);
     assert!(text(&out.stdout).contains("3/3 nodes up"), "{}", show(&out));
+    // `bench --floors` times a request the client answers itself.
+    let disk = tempfile::tempdir().expect("tempdir");
+    let out = must_run(
+        Command::new(bin("stripefs"))
+            .args(["bench", "--floors", "--floor-samples", "20", "--json", "--floors-disk"])
+            .arg(disk.path())
+            .arg(&mnt),
+        LIMIT,
+    );
+    let floors: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", show(&out)));
+    let keys: Vec<&str> =
+        floors["floors"].as_array().expect("floors").iter().filter_map(|f| f["key"].as_str()).collect();
+    assert_eq!(keys, ["client_request", "missing_lookup", "fdatasync", "cold_read_4k", "cold_read_64k"], "{floors}");
 
     must_umount(&mnt, &client);
     assert!(!record.exists(), "the mount record {} outlived the mount", record.display());

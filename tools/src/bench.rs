@@ -1,6 +1,7 @@
 //! `stripefs bench`: one fixed suite of file-system measurements run in a
 //! directory and in a baseline directory, printed side by side.
 
+mod floors;
 mod report;
 mod suite;
 mod system;
@@ -34,7 +35,10 @@ Examples:
   stripefs bench /mnt/stripefs --baseline /mnt/moosefs --replication 2
 
   # A quick run, as JSON:
-  stripefs bench /mnt/stripefs --size 256M --files 2000 --small-files 500 --json";
+  stripefs bench /mnt/stripefs --size 256M --files 2000 --small-files 500 --json
+
+  # How fast this machine's FUSE requests, metadata round trips, fdatasync and cold reads are:
+  stripefs bench /mnt/stripefs --baseline /mnt/moosefs --floors";
 
 /// Options of `stripefs bench`.
 #[derive(clap::Args, Debug)]
@@ -73,6 +77,18 @@ pub struct BenchArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Measure only the machine's latency floors (a few seconds): a request the stripefs client answers
+    /// itself, a lookup of a missing name in DIR (and in --baseline), and a 4 KiB write + fdatasync and cold
+    /// 4 KiB and 64 KiB reads on the local disk (--floors-disk). They bound what any FUSE file system can
+    /// reach on this machine.
+    #[arg(long)]
+    floors: bool,
+    /// Directory on the local disk for --floors' disk measurements (needs 256 MiB free).
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_BASELINE, requires = "floors")]
+    floors_disk: PathBuf,
+    /// Operations timed per floor by --floors.
+    #[arg(long, value_name = "N", default_value_t = 2000, requires = "floors")]
+    floor_samples: usize,
 }
 
 /// `stripefs bench`.
@@ -83,6 +99,9 @@ pub async fn run(args: BenchArgs, master: Option<&str>, secret_file: Option<&Pat
         }
     }
     let dir = args.dir.canonicalize().with_context(|| format!("DIR {}", args.dir.display()))?;
+    if args.floors {
+        return run_floors(&args, dir).await;
+    }
     let baseline_arg = args.baseline.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_BASELINE));
     let baseline =
         baseline_arg.canonicalize().with_context(|| format!("baseline directory {}", baseline_arg.display()))?;
@@ -221,6 +240,50 @@ fn check_space(dir: &Path, need: u64, what: &str) -> anyhow::Result<()> {
 /// The first Ctrl-C stops it after the current operation (the scratch
 /// directories are then removed); a second one exits at once.
 async fn run_interruptible(bench: Bench, show_progress: bool) -> anyhow::Result<Report> {
+    let leftovers = format!("{} and {}", bench.scratch().display(), bench.baseline_scratch().display());
+    interruptible(show_progress, leftovers, move |pb, stop| {
+        let report = bench.run(pb, stop);
+        pb.set_prefix("");
+        pb.set_message("removing the scratch directories");
+        drop(bench);
+        report
+    })
+    .await
+}
+
+/// `stripefs bench --floors`: times the floors and prints them.
+async fn run_floors(args: &BenchArgs, dir: PathBuf) -> anyhow::Result<()> {
+    let disk =
+        args.floors_disk.canonicalize().with_context(|| format!("--floors-disk {}", args.floors_disk.display()))?;
+    check_space(&disk, floors::read_file_bytes(args.floor_samples), "--floors-disk")?;
+    let baseline = match &args.baseline {
+        Some(b) => Some(b.canonicalize().with_context(|| format!("baseline directory {}", b.display()))?),
+        None => None,
+    };
+    let stripefs = system::mount_of(&dir).is_some_and(|m| m.is_stripefs());
+    let cfg = floors::FloorConfig { dir, stripefs, baseline, disk, samples: args.floor_samples };
+    let leftovers = format!("a .stripefs-floors-* file in {}", cfg.disk.display());
+    let found = interruptible(!args.json, leftovers, move |pb, stop| {
+        pb.set_message("timing the floors");
+        floors::measure(&cfg, stop)
+    })
+    .await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&floors::to_json(&found))?);
+    } else {
+        print!("{}", floors::render(&found));
+    }
+    Ok(())
+}
+
+/// Runs `job` on a blocking thread with a progress bar on a terminal. The
+/// first Ctrl-C sets the job's stop flag (it ends at its next check and
+/// cleans up); a second one exits at once, leaving `leftovers` behind.
+async fn interruptible<T: Send + 'static>(
+    show_progress: bool,
+    leftovers: String,
+    job: impl FnOnce(&ProgressBar, &AtomicBool) -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
     let pb = if show_progress && std::io::stderr().is_terminal() {
         let style = ProgressStyle::with_template("{prefix:>7} {wide_msg} [{bar:30}] {percent:>3}% {elapsed:>4}")
             .expect("the progress template is valid")
@@ -231,17 +294,10 @@ async fn run_interruptible(bench: Bench, show_progress: bool) -> anyhow::Result<
     } else {
         ProgressBar::hidden()
     };
-    let leftovers = format!("{} and {}", bench.scratch().display(), bench.baseline_scratch().display());
     let stop = Arc::new(AtomicBool::new(false));
     let job = {
         let (pb, stop) = (pb.clone(), stop.clone());
-        tokio::task::spawn_blocking(move || {
-            let report = bench.run(&pb, &stop);
-            pb.set_prefix("");
-            pb.set_message("removing the scratch directories");
-            drop(bench);
-            report
-        })
+        tokio::task::spawn_blocking(move || job(&pb, &stop))
     };
     tokio::pin!(job);
     let mut interrupted = false;
@@ -256,7 +312,7 @@ async fn run_interruptible(bench: Bench, show_progress: bool) -> anyhow::Result<
                 }
                 interrupted = true;
                 stop.store(true, Ordering::Relaxed);
-                pb.println("interrupted: stopping after the current operation, then removing the scratch directories");
+                pb.println("interrupted: stopping after the current operation, then cleaning up");
             }
         }
     };
@@ -397,5 +453,10 @@ mod tests {
         let cli = Cli::try_parse_from(["x", "/mnt/s"]).expect("parses");
         assert_eq!(cli.bench.size, 1 << 30);
         assert!(Cli::try_parse_from(["x", "/mnt/s", "--size", "lots"]).is_err());
+        assert!(!cli.bench.floors);
+        let cli = Cli::try_parse_from(["x", "/mnt/s", "--floors", "--floors-disk", "/srv"]).expect("parses");
+        assert!(cli.bench.floors);
+        assert_eq!(cli.bench.floors_disk, Path::new("/srv"));
+        assert!(Cli::try_parse_from(["x", "/mnt/s", "--floors-disk", "/srv"]).is_err(), "--floors-disk needs --floors");
     }
 }
