@@ -18,6 +18,8 @@ struct Entry {
     last_seen: Option<Instant>,
     capacity: u64,
     free: u64,
+    /// The filesystem holding its chunks ([`Heartbeat::disk`]).
+    disk: String,
     used: u64,
     chunks: u64,
 }
@@ -34,7 +36,9 @@ impl Registry {
     pub fn new(known: Vec<(NodeId, NodeRecord)>, dead_after: Duration) -> Registry {
         let nodes = known
             .into_iter()
-            .map(|(id, record)| (id, Entry { record, last_seen: None, capacity: 0, free: 0, used: 0, chunks: 0 }))
+            .map(|(id, record)| {
+                (id, Entry { record, last_seen: None, capacity: 0, free: 0, disk: String::new(), used: 0, chunks: 0 })
+            })
             .collect();
         Registry { nodes: Mutex::new(nodes), dead_after }
     }
@@ -56,6 +60,7 @@ impl Registry {
             last_seen: None,
             capacity: 0,
             free: 0,
+            disk: String::new(),
             used: 0,
             chunks: 0,
         });
@@ -70,6 +75,7 @@ impl Registry {
         e.last_seen = Some(Instant::now());
         e.capacity = hb.capacity_bytes;
         e.free = hb.free_bytes;
+        e.disk.clone_from(&hb.disk);
         e.used = hb.used_bytes;
         e.chunks = hb.chunk_count;
         true
@@ -110,11 +116,28 @@ impl Registry {
         out
     }
 
-    /// Total capacity and free space of the live nodes.
+    /// Total capacity and free space of the live nodes. Nodes whose chunks
+    /// share one filesystem count it once, with the least free space any
+    /// of them reports (each keeps its own reserve out of it).
     pub fn space(&self) -> (u64, u64) {
         let now = Instant::now();
         let nodes = self.lock();
-        nodes.values().filter(|e| self.alive(e, now)).fold((0, 0), |(t, f), e| (t + e.capacity, f + e.free))
+        let mut disks: HashMap<&str, (u64, u64)> = HashMap::new();
+        let (mut total, mut free) = (0u64, 0u64);
+        for e in nodes.values().filter(|e| self.alive(e, now)) {
+            if e.disk.is_empty() {
+                total = total.saturating_add(e.capacity);
+                free = free.saturating_add(e.free);
+                continue;
+            }
+            let d = disks.entry(&e.disk).or_insert((e.capacity, e.free));
+            *d = (d.0.max(e.capacity), d.1.min(e.free));
+        }
+        for (t, f) in disks.into_values() {
+            total = total.saturating_add(t);
+            free = free.saturating_add(f);
+        }
+        (total, free)
     }
 
     /// Whether node `id` is known and alive.
@@ -221,14 +244,22 @@ mod tests {
     use super::*;
 
     fn reg(nodes: &[(&str, &str, u64)]) -> Registry {
+        let disks: Vec<(&str, &str, u64, u64, String)> =
+            nodes.iter().enumerate().map(|(i, (h, z, f))| (*h, *z, 1 << 40, *f, format!("disk{i}"))).collect();
+        reg_disks(&disks)
+    }
+
+    /// A registry of nodes given as (host, zone, capacity, free, disk).
+    fn reg_disks(nodes: &[(&str, &str, u64, u64, String)]) -> Registry {
         let r = Registry::new(Vec::new(), Duration::from_secs(10));
-        for (i, (host, zone, free)) in nodes.iter().enumerate() {
+        for (i, (host, zone, capacity, free, disk)) in nodes.iter().enumerate() {
             let id = NodeId(i as u64 + 1);
             r.registered(id, NodeRecord { addr: format!("a{i}"), host: host.to_string(), zone: zone.to_string() });
             r.heartbeat(&Heartbeat {
                 node: id,
-                capacity_bytes: 1 << 40,
+                capacity_bytes: *capacity,
                 free_bytes: *free,
+                disk: disk.clone(),
                 used_bytes: 0,
                 chunk_count: 0,
                 replicated: Vec::new(),
@@ -237,6 +268,23 @@ mod tests {
             });
         }
         r
+    }
+
+    #[test]
+    fn a_disk_nodes_share_counts_once_in_space() {
+        let d = |s: &str| s.to_string();
+        // Nodes 1 and 2 share disk A (each keeps its own reserve out of
+        // its free figure), node 3 has disk B, node 4 does not know its disk.
+        let r = reg_disks(&[
+            ("h1", "z", 1000, 400, d("A")),
+            ("h2", "z", 1000, 300, d("A")),
+            ("h3", "z", 500, 100, d("B")),
+            ("h4", "z", 70, 7, d("")),
+        ]);
+        assert_eq!(r.space(), (1000 + 500 + 70, 300 + 100 + 7));
+        // Separate disks add up.
+        let r = reg_disks(&[("h1", "z", 1000, 400, d("A")), ("h2", "z", 1000, 300, d("C"))]);
+        assert_eq!(r.space(), (2000, 700));
     }
 
     #[test]

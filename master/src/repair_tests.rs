@@ -19,6 +19,7 @@ fn beat(shared: &Shared, nodes: &[u64]) {
             node: NodeId(i),
             capacity_bytes: 1 << 40,
             free_bytes: 1 << 39,
+            disk: format!("disk{i}"),
             used_bytes: 0,
             chunk_count: 0,
             replicated: vec![],

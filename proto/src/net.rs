@@ -33,7 +33,7 @@ const MAGIC: &[u8; 8] = b"STRIPEFS";
 /// 2: open returns chunk locations; create, mkdir, unlink, rmdir and
 /// rename return directory attributes. 3: chunk writes on data
 /// connections ([`crate::data`]).
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 const NONCE_BYTES: usize = 32;
 const MAC_BYTES: usize = 32;
 

@@ -286,9 +286,9 @@ pub struct FsInfo {
 /// Space figures for statfs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatFs {
-    /// Sum of live nodes' capacity, in bytes.
+    /// Sum of live nodes' capacity, in bytes (a disk several nodes share counted once).
     pub total_bytes: u64,
-    /// Sum of live nodes' free space, in bytes.
+    /// Sum of live nodes' free space, in bytes (a shared disk counted once).
     pub free_bytes: u64,
     /// Number of inodes.
     pub files: u64,
@@ -345,6 +345,9 @@ pub struct Heartbeat {
     pub capacity_bytes: u64,
     /// Free space on its data disk, in bytes.
     pub free_bytes: u64,
+    /// Which filesystem holds its chunks: the same text for nodes whose
+    /// chunks share one (empty when unknown). See `disk_identity` in the node.
+    pub disk: String,
     /// Bytes used by chunk replicas.
     pub used_bytes: u64,
     /// Number of chunk replicas held.

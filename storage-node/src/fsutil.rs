@@ -106,6 +106,18 @@ pub fn disk_space(path: &Path) -> io::Result<DiskSpace> {
     Ok(DiskSpace { capacity_bytes: blocks.saturating_mul(frsize), free_bytes: bavail.saturating_mul(frsize) })
 }
 
+/// Which filesystem holds `path`, as a text equal for every process on this
+/// running machine that names the same filesystem and different
+/// otherwise: the kernel's boot id (random at every boot, so two machines
+/// never share it) and the filesystem's device number. Nodes on one disk
+/// report the same identity, so the master counts that disk once in statfs.
+pub fn disk_identity(path: &Path) -> io::Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id")?;
+    let dev = fs::metadata(path)?.dev();
+    Ok(format!("{}:{dev:x}", boot.trim()))
+}
+
 /// `statvfs(2)` on `path`.
 #[allow(unsafe_code)]
 fn statvfs(path: &Path) -> io::Result<libc::statvfs> {
@@ -150,6 +162,16 @@ mod tests {
         drop(g);
         assert!(!a.exists());
         assert!(b.exists());
+    }
+
+    #[test]
+    fn disk_identity_tells_filesystems_apart() {
+        let a = tempfile::tempdir().expect("tempdir");
+        let b = tempfile::tempdir().expect("tempdir");
+        let id = disk_identity(a.path()).expect("identity");
+        assert_eq!(id, disk_identity(b.path()).expect("identity"), "two dirs of one filesystem");
+        assert_ne!(id, disk_identity(Path::new("/proc")).expect("identity of /proc"), "another filesystem");
+        assert!(!id.starts_with(':') && !id.ends_with(':'), "{id}");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use crate::chunk_store::ChunkStore;
 use crate::copier::Copier;
-use crate::fsutil::{disk_space, write_file_atomic};
+use crate::fsutil::{disk_identity, disk_space, write_file_atomic};
 use crate::reports::Reports;
 use crate::Config;
 use anyhow::Context as _;
@@ -337,7 +337,11 @@ impl Link {
 
     async fn heartbeat(&self, node: NodeId) -> Heartbeat {
         let dir = self.cfg.data_dir.clone();
-        let space = match tokio::task::spawn_blocking(move || disk_space(&dir)).await {
+        let space = match tokio::task::spawn_blocking(move || {
+            Ok::<_, std::io::Error>((disk_space(&dir)?, disk_identity(&dir)?))
+        })
+        .await
+        {
             Ok(Ok(s)) => Some(s),
             Ok(Err(e)) => {
                 tracing::warn!("cannot stat the filesystem of {}: {e}", self.cfg.data_dir.display());
@@ -351,9 +355,10 @@ impl Link {
         let pending = self.reports.take();
         Heartbeat {
             node,
-            capacity_bytes: space.map_or(0, |s| s.capacity_bytes),
+            capacity_bytes: space.as_ref().map_or(0, |(s, _)| s.capacity_bytes),
             // The reserve is not ours to fill.
-            free_bytes: space.map_or(0, |s| s.free_bytes.saturating_sub(self.cfg.reserve_bytes)),
+            free_bytes: space.as_ref().map_or(0, |(s, _)| s.free_bytes.saturating_sub(self.cfg.reserve_bytes)),
+            disk: space.map(|(_, id)| id).unwrap_or_default(),
             used_bytes: self.store.used_bytes(),
             chunk_count: self.store.chunk_count(),
             replicated: pending.replicated,

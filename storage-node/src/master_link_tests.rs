@@ -196,6 +196,7 @@ async fn a_node_registers_heartbeats_and_applies_deletions() {
     let hb = master.state().heartbeats.last().cloned().expect("heartbeat");
     assert_eq!(hb.node, NodeId(101));
     assert!(hb.capacity_bytes > 0 && hb.free_bytes <= hb.capacity_bytes, "{hb:?}");
+    assert!(!hb.disk.is_empty(), "a node knows which filesystem holds its chunks: {hb:?}");
 
     // The master asks for its deletion.
     master.state().delete = vec![(ChunkId(3), Version(4)), (ChunkId(99), Version(1))];
