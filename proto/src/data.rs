@@ -96,6 +96,10 @@ pub struct WriteHeader {
     pub sync: bool,
     /// How long the whole write may take, in milliseconds.
     pub timeout_ms: u64,
+    /// Whether a node of the chain passed this write on (the writer sends
+    /// `false`). Nodes let such writes in without waiting for memory, so
+    /// that nodes cannot wait on each other's memory in a circle.
+    pub forwarded: bool,
 }
 
 impl WriteHeader {
@@ -110,7 +114,16 @@ impl WriteHeader {
         timeout: Duration,
     ) -> WriteHeader {
         let blocks = blocks.iter().map(BlockMeta::of).collect();
-        WriteHeader { chunk, version, length, blocks, chain, sync, timeout_ms: timeout.as_millis() as u64 }
+        WriteHeader {
+            chunk,
+            version,
+            length,
+            blocks,
+            chain,
+            sync,
+            timeout_ms: timeout.as_millis() as u64,
+            forwarded: false,
+        }
     }
 
     /// Bytes of block data that follow the header.

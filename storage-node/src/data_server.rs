@@ -6,7 +6,8 @@
 //! (header and table first, then the blocks), checks every block's crc,
 //! sends the blocks on to the next node of the chain, writes the buffer to
 //! disk while they travel, and answers once both are done. The bytes are
-//! never copied in user space.
+//! never copied in user space. The buffer's size is taken from the node's
+//! [`crate::write_memory::WriteMemory`] first.
 
 use crate::service::NodeServer;
 use std::collections::HashMap;
@@ -122,6 +123,20 @@ fn write(
         io::copy(&mut stream.take(payload as u64), &mut io::sink())?;
         return Ok(Err(e.to_wire()));
     }
+    // Half the time left for waiting on memory, half for the write itself.
+    let now = Instant::now();
+    let until = now + deadline.saturating_duration_since(now) / 2;
+    let memory = server.write_memory();
+    let Some(_grant) = memory.take((head_len + payload) as u64, !header.forwarded, until) else {
+        tracing::warn!(
+            %chunk, %version,
+            "refusing write: the memory for writes in progress ({} of {} bytes) stayed taken",
+            memory.used(),
+            memory.limit()
+        );
+        io::copy(&mut stream.take(payload as u64), &mut io::sink())?;
+        return Ok(Err(FsError::Unavailable));
+    };
     let store = server.store();
     let mut buf = store.buffer(head_len + payload);
     let r = receive_and_store(stream, header, server, rt, deadline, &mut buf, head_len);
@@ -152,7 +167,12 @@ fn receive_and_store(
     // travel, then wait for the rest of the chain.
     let forward = header.chain.split_first().map(|(next, rest)| {
         let left = deadline.saturating_duration_since(Instant::now());
-        let fwd = WriteHeader { chain: rest.to_vec(), timeout_ms: left.as_millis() as u64, ..header.clone() };
+        let fwd = WriteHeader {
+            chain: rest.to_vec(),
+            timeout_ms: left.as_millis() as u64,
+            forwarded: true,
+            ..header.clone()
+        };
         (next, fwd)
     });
     let payload = [&buf[head_len..]];

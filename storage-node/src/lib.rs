@@ -18,6 +18,7 @@ mod node;
 mod reports;
 mod scrub;
 mod service;
+mod write_memory;
 
 pub use chunk_store::{check_layout, ChunkStore, StoreError, MAX_BLOCKS_PER_CHUNK, MAX_CHUNK_BYTES};
 pub use direct::AlignedBuf;
@@ -25,3 +26,4 @@ pub use fsutil::{disk_space, write_file_atomic, DiskSpace};
 pub use master_link::IDENTITY_FILE;
 pub use node::{run, Config, DEFAULT_HEARTBEAT_INTERVAL};
 pub use service::{NodeServer, FORWARD_TIMEOUT, MAX_CHAIN, PEER_CONNECT_TIMEOUT};
+pub use write_memory::DEFAULT_WRITE_MEMORY_BYTES;

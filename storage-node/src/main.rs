@@ -82,6 +82,15 @@ struct Args {
     /// readers that read them back at once from slow disks.
     #[arg(long)]
     buffered_writes: bool,
+
+    /// Memory (MiB) for chunk writes in progress: each write is held whole
+    /// while it goes to disk and on to the next node. A writer's write
+    /// waits while this is taken; one that waits for half its time is
+    /// refused, and the writer places that chunk on other nodes. Writes
+    /// passed on by other nodes never wait. Lower it on small hosts.
+    #[arg(long, value_name = "MIB", default_value_t = stripefs_node::DEFAULT_WRITE_MEMORY_BYTES >> 20,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    write_memory_mb: u64,
 }
 
 fn main() {
@@ -138,6 +147,7 @@ async fn async_main(args: Args, secret: Secret) -> anyhow::Result<()> {
         scrub_bytes_per_sec: args.scrub_mb_per_sec << 20,
         scrub_pause: Duration::from_secs(args.scrub_pause_secs),
         buffered_writes: args.buffered_writes,
+        write_memory_bytes: args.write_memory_mb << 20,
     };
 
     let shutdown = CancellationToken::new();

@@ -48,6 +48,9 @@ pub struct Config {
     /// Write every replica through the page cache, large ones too (see
     /// [`crate::chunk_store::ChunkStore::buffered_writes`]).
     pub buffered_writes: bool,
+    /// Memory for chunk writes in progress (see [`crate::write_memory`];
+    /// default [`crate::DEFAULT_WRITE_MEMORY_BYTES`]).
+    pub write_memory_bytes: u64,
 }
 
 /// Runs a storage node serving on `listener` until `shutdown` is
@@ -78,8 +81,14 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken
     let token = shutdown.child_token();
     let tracker = TaskTracker::new();
     let reports = Arc::new(crate::reports::Reports::default());
-    let server =
-        NodeServer::with_reports(store.clone(), cfg.secret.clone(), reports.clone(), dir.clone(), cfg.reserve_bytes);
+    let server = NodeServer::with_reports(
+        store.clone(),
+        cfg.secret.clone(),
+        reports.clone(),
+        dir.clone(),
+        cfg.reserve_bytes,
+        cfg.write_memory_bytes,
+    );
     tracker.spawn(crate::scrub::run(
         store.clone(),
         reports.clone(),

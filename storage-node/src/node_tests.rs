@@ -33,6 +33,16 @@ pub(crate) async fn start_node(master: &str, shutdown: &CancellationToken) -> Te
 }
 
 pub(crate) async fn start_node_in(dir: TempDir, master: &str, shutdown: &CancellationToken) -> TestNode {
+    start_node_with(dir, master, shutdown, crate::DEFAULT_WRITE_MEMORY_BYTES).await
+}
+
+/// A node whose memory for writes in progress is `write_memory_bytes`.
+async fn start_node_with(
+    dir: TempDir,
+    master: &str,
+    shutdown: &CancellationToken,
+    write_memory_bytes: u64,
+) -> TestNode {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr").to_string();
     let cfg = Config {
@@ -47,6 +57,7 @@ pub(crate) async fn start_node_in(dir: TempDir, master: &str, shutdown: &Cancell
         scrub_bytes_per_sec: 0,
         scrub_pause: Duration::from_secs(3600),
         buffered_writes: false,
+        write_memory_bytes,
     };
     let task = tokio::spawn(run(cfg, listener, shutdown.clone()));
     TestNode { addr, dir, task }
@@ -195,6 +206,7 @@ async fn an_unusable_data_dir_fails_run() {
         scrub_bytes_per_sec: 0,
         scrub_pause: Duration::from_secs(3600),
         buffered_writes: false,
+        write_memory_bytes: crate::DEFAULT_WRITE_MEMORY_BYTES,
     };
     let e = run(cfg, listener, CancellationToken::new()).await.expect_err("must fail");
     assert!(format!("{e:#}").contains("data directory"), "{e:#}");
@@ -290,4 +302,68 @@ async fn chain_writes_over_the_data_path_land_on_every_node() {
     stop(&shutdown, vec![a, b, c]).await;
     let r = data_write(&pool, &c_addr, h, small_blocks).await;
     assert!(r.is_err(), "a stopped node must not take writes: {r:?}");
+}
+
+/// Nodes whose write memory holds one chunk at a time: writers' writes
+/// wait their turn, writes passed along a chain never wait (two chains
+/// running opposite ways through two nodes would otherwise wait on each
+/// other), and a write that cannot get memory in half its time is refused
+/// as Unavailable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn write_memory_bounds_writes_without_blocking_chains() {
+    use stripefs_proto::data::{DataError, DataPool};
+    let master = refused_addr().await;
+    let shutdown = CancellationToken::new();
+    let tiny = 1; // every writer's write runs alone
+    let a = start_node_with(tempfile::tempdir().expect("tempdir"), &master, &shutdown, tiny).await;
+    let b = start_node_with(tempfile::tempdir().expect("tempdir"), &master, &shutdown, tiny).await;
+    let pool = Arc::new(DataPool::new(secret()));
+    let (small, blocks) = chunk_data();
+
+    // 16 writes at once, half a -> b and half b -> a.
+    let mut writes = Vec::new();
+    for i in 0..16u64 {
+        let (head, next) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        let h = header(300 + i, small.len(), &blocks, vec![next.addr.clone()]);
+        let (pool, addr, blocks) = (pool.clone(), head.addr.clone(), blocks.clone());
+        writes.push(tokio::spawn(async move { data_write(&pool, &addr, h, blocks).await }));
+    }
+    for (i, w) in writes.into_iter().enumerate() {
+        let r = tokio::time::timeout(Duration::from_secs(20), w).await.expect("chains must not wait on each other");
+        r.expect("join").unwrap_or_else(|e| panic!("write {i}: {e}"));
+    }
+    for i in 0..16u64 {
+        for n in [&a, &b] {
+            let back = read_all(&client(&n.addr).await, ChunkId(300 + i), Version(1)).await;
+            assert!(back.as_ref() == Ok(&small), "chunk {} on {}", 300 + i, n.addr);
+        }
+    }
+
+    // A write whose next node never answers holds a's memory ...
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mut h = header(400, small.len(), &blocks, vec![silent.local_addr().expect("addr").to_string()]);
+    h.timeout_ms = 3000;
+    let holder = {
+        let (pool, addr, blocks) = (pool.clone(), a.addr.clone(), blocks.clone());
+        tokio::spawn(async move { data_write(&pool, &addr, h, blocks).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ... so a writer's write that may take 400 ms is refused after 200 ...
+    let mut h = header(401, small.len(), &blocks, vec![]);
+    h.timeout_ms = 400;
+    let r = data_write(&pool, &a.addr, h, blocks.clone()).await;
+    assert!(matches!(r, Err(DataError::Refused(FsError::Unavailable))), "{r:?}");
+    assert_eq!(read_all(&client(&a.addr).await, ChunkId(401), Version(1)).await, Err(FsError::NotFound));
+    // ... while one passed on by another node goes through at once.
+    let mut h = header(402, small.len(), &blocks, vec![]);
+    h.forwarded = true;
+    h.timeout_ms = 400;
+    data_write(&pool, &a.addr, h, blocks.clone()).await.expect("a forwarded write does not wait");
+    let r = holder.await.expect("join");
+    assert!(matches!(r, Err(DataError::Refused(FsError::Unavailable))), "the silent peer fails the chain: {r:?}");
+    // The memory came back.
+    let h = header(403, small.len(), &blocks, vec![]);
+    data_write(&pool, &a.addr, h, blocks.clone()).await.expect("write after the memory came back");
+    drop(silent);
+    stop(&shutdown, vec![a, b]).await;
 }

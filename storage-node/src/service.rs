@@ -3,6 +3,7 @@
 
 use crate::chunk_store::{check_layout, ChunkStore, StoreError, MAX_BLOCKS_PER_CHUNK};
 use crate::reports::Reports;
+use crate::write_memory::WriteMemory;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -42,6 +43,8 @@ struct Inner {
     /// Data connections to peers, for forwarding writes that came over
     /// the data path.
     data: DataPool,
+    /// Memory for writes in progress on the data path.
+    writes: WriteMemory,
 }
 
 impl NodeServer {
@@ -55,18 +58,21 @@ impl NodeServer {
                 reports: Arc::new(Reports::default()),
                 space: None,
                 peers: Mutex::new(HashMap::new()),
+                writes: WriteMemory::new(crate::DEFAULT_WRITE_MEMORY_BYTES),
             }),
         }
     }
 
-    /// A server that reports corrupt replicas to `reports` and keeps
-    /// `reserve_bytes` free in `data_dir`.
+    /// A server that reports corrupt replicas to `reports`, keeps
+    /// `reserve_bytes` free in `data_dir` and holds at most about
+    /// `write_memory_bytes` of writes in progress.
     pub(crate) fn with_reports(
         store: Arc<ChunkStore>,
         secret: Secret,
         reports: Arc<Reports>,
         data_dir: PathBuf,
         reserve_bytes: u64,
+        write_memory_bytes: u64,
     ) -> NodeServer {
         NodeServer {
             inner: Arc::new(Inner {
@@ -76,6 +82,7 @@ impl NodeServer {
                 reports,
                 space: Some((data_dir, reserve_bytes)),
                 peers: Mutex::new(HashMap::new()),
+                writes: WriteMemory::new(write_memory_bytes),
             }),
         }
     }
@@ -176,6 +183,11 @@ impl NodeServer {
     /// Connections for forwarding writes over the data path.
     pub(crate) fn data_pool(&self) -> &DataPool {
         &self.inner.data
+    }
+
+    /// Memory for writes in progress on the data path.
+    pub(crate) fn write_memory(&self) -> &WriteMemory {
+        &self.inner.writes
     }
 }
 

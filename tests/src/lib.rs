@@ -257,6 +257,7 @@ impl TestCluster {
             scrub_bytes_per_sec: self.scrub_bytes_per_sec,
             scrub_pause: Duration::from_secs(1),
             buffered_writes: false,
+            write_memory_bytes: stripefs_node::DEFAULT_WRITE_MEMORY_BYTES,
         };
         let server = Server::start(&format!("node{i}"), listener, move |l, t| stripefs_node::run(cfg, l, t));
         if self.nodes.len() <= i {
