@@ -337,28 +337,26 @@ impl Link {
 
     async fn heartbeat(&self, node: NodeId) -> Heartbeat {
         let dir = self.cfg.data_dir.clone();
-        let space = match tokio::task::spawn_blocking(move || {
-            Ok::<_, std::io::Error>((disk_space(&dir)?, disk_identity(&dir)?))
-        })
-        .await
-        {
-            Ok(Ok(s)) => Some(s),
-            Ok(Err(e)) => {
-                tracing::warn!("cannot stat the filesystem of {}: {e}", self.cfg.data_dir.display());
-                None
-            }
+        // Without a disk identity (no /proc, say) the master counts this
+        // node's disk on its own: the space figures still go out.
+        let (space, disk) = match tokio::task::spawn_blocking(move || (disk_space(&dir), disk_identity(&dir))).await {
+            Ok((space, disk)) => (space, disk.unwrap_or_default()),
+            Err(e) => (Err(std::io::Error::other(format!("disk space task failed: {e}"))), String::new()),
+        };
+        let space = match space {
+            Ok(s) => Some(s),
             Err(e) => {
-                tracing::warn!("disk space task failed: {e}");
+                tracing::warn!("cannot stat the filesystem of {}: {e}", self.cfg.data_dir.display());
                 None
             }
         };
         let pending = self.reports.take();
         Heartbeat {
             node,
-            capacity_bytes: space.as_ref().map_or(0, |(s, _)| s.capacity_bytes),
+            capacity_bytes: space.map_or(0, |s| s.capacity_bytes),
             // The reserve is not ours to fill.
-            free_bytes: space.as_ref().map_or(0, |(s, _)| s.free_bytes.saturating_sub(self.cfg.reserve_bytes)),
-            disk: space.map(|(_, id)| id).unwrap_or_default(),
+            free_bytes: space.map_or(0, |s| s.free_bytes.saturating_sub(self.cfg.reserve_bytes)),
+            disk,
             used_bytes: self.store.used_bytes(),
             chunk_count: self.store.chunk_count(),
             replicated: pending.replicated,
