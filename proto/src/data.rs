@@ -78,8 +78,9 @@ impl BlockMeta {
     }
 }
 
-/// What precedes a chunk's bytes on a data connection: the fields of a
-/// [`crate::types::WriteChunk`] without the blocks' bytes.
+/// What precedes a chunk's bytes on a data connection (chunk writes travel
+/// only this way): the chunk version, its blocks' descriptions, and the
+/// rest of the replication chain.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WriteHeader {
     /// Chunk id.

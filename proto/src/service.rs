@@ -107,9 +107,6 @@ pub trait MasterService {
 /// A storage node: stores chunk replicas, knows nothing of inodes.
 #[tarpc::service]
 pub trait NodeService {
-    /// Store a chunk version here and on the rest of the chain; replies once
-    /// every node of the chain holds it. Returns the bytes stored here.
-    async fn write_chunk(req: WriteChunk) -> Result<u64, FsError>;
     /// Blocks `[first_block, first_block+count)` of a chunk version, as stored.
     async fn read_blocks(
         chunk: ChunkId,

@@ -417,23 +417,6 @@ pub struct EncodedBlock {
     pub data: bytes::Bytes,
 }
 
-/// A request to store a chunk version on a node and on the rest of its chain.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WriteChunk {
-    /// Chunk id.
-    pub chunk: ChunkId,
-    /// Version.
-    pub version: Version,
-    /// Valid bytes in the chunk.
-    pub length: u32,
-    /// The blocks, in order, each of `BLOCK_SIZE` bytes decoded except the last.
-    pub blocks: Vec<EncodedBlock>,
-    /// Addresses of the next nodes in the replication chain.
-    pub chain: Vec<String>,
-    /// Whether to fsync before acknowledging.
-    pub sync: bool,
-}
-
 /// What `fsck` checked, found and did.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FsckReport {

@@ -25,5 +25,5 @@ pub use direct::AlignedBuf;
 pub use fsutil::{disk_space, write_file_atomic, DiskSpace};
 pub use master_link::IDENTITY_FILE;
 pub use node::{run, Config, DEFAULT_HEARTBEAT_INTERVAL};
-pub use service::{NodeServer, FORWARD_TIMEOUT, MAX_CHAIN, PEER_CONNECT_TIMEOUT};
+pub use service::{NodeServer, FORWARD_TIMEOUT, MAX_CHAIN};
 pub use write_memory::DEFAULT_WRITE_MEMORY_BYTES;

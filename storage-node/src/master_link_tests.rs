@@ -41,6 +41,7 @@ use crate::node::tests::{refused_addr, secret, start_node, start_node_in, stop};
 use futures::StreamExt;
 use std::sync::Mutex;
 use stripefs_proto::block::BlockEncoder;
+use stripefs_proto::data::{DataPool, WriteHeader};
 use stripefs_proto::net::{accept_loop, connect_node, transport};
 use stripefs_proto::types::*;
 use stripefs_proto::{ChunkId, InodeId, MasterService, Version};
@@ -178,17 +179,19 @@ async fn a_node_registers_heartbeats_and_applies_deletions() {
 
     // Store a replica; heartbeats report it.
     let data = vec![9u8; 1000];
-    let req = WriteChunk {
-        chunk: ChunkId(3),
-        version: Version(4),
-        length: 1000,
-        blocks: BlockEncoder::new(0).encode_all(&data),
-        chain: vec![],
-        sync: true,
-    };
+    let blocks = BlockEncoder::new(0).encode_all(&data);
+    let h = WriteHeader::new(ChunkId(3), Version(4), 1000, &blocks, vec![], true, Duration::from_secs(10));
+    let pool = std::sync::Arc::new(DataPool::new(secret()));
+    let (addr, rt) = (node.addr.clone(), tokio::runtime::Handle::current());
+    let stored = tokio::task::spawn_blocking(move || {
+        let payload: Vec<&[u8]> = blocks.iter().map(|b| &b.data[..]).collect();
+        pool.write(&rt, &addr, &h, &payload)
+    })
+    .await
+    .expect("join")
+    .expect("write");
     let client = connect_node(&node.addr, &secret(), Duration::from_secs(5)).await.expect("connect");
     let ctx = || stripefs_proto::net::context_with_timeout(Duration::from_secs(10));
-    let stored = client.write_chunk(ctx(), req).await.expect("rpc").expect("write");
     eventually("a heartbeat reports the replica", || {
         master.state().heartbeats.last().is_some_and(|hb| hb.chunk_count == 1 && hb.used_bytes == stored)
     })

@@ -1,10 +1,10 @@
 //! In-process tests of whole nodes talking to each other.
 
 use super::*;
-use crate::MAX_BLOCKS_PER_CHUNK;
+use crate::MAX_CHAIN;
 use stripefs_proto::block::{decode, BlockEncoder, BLOCK_SIZE};
 use stripefs_proto::net::{connect_node, context_with_timeout};
-use stripefs_proto::types::{EncodedBlock, WriteChunk};
+use stripefs_proto::types::EncodedBlock;
 use stripefs_proto::{ChunkId, FsError, NodeServiceClient, Version};
 use tempfile::TempDir;
 use tokio::task::JoinHandle;
@@ -89,29 +89,24 @@ async fn read_all(c: &NodeServiceClient, chunk: ChunkId, version: Version) -> Re
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_chain_write_lands_on_every_node() {
+async fn replicas_written_down_a_chain_are_read_and_deleted() {
     let master = refused_addr().await;
     let shutdown = CancellationToken::new();
     let a = start_node(&master, &shutdown).await;
     let b = start_node(&master, &shutdown).await;
     let c = start_node(&master, &shutdown).await;
+    let pool = Arc::new(stripefs_proto::data::DataPool::new(secret()));
     let (data, blocks) = chunk_data();
-    let (chunk, version) = (ChunkId(77), Version(3));
-    let req = WriteChunk {
-        chunk,
-        version,
-        length: data.len() as u32,
-        blocks,
-        chain: vec![b.addr.clone(), c.addr.clone()],
-        sync: true,
-    };
-    let ca = client(&a.addr).await;
-    let stored = ca.write_chunk(context_with_timeout(Duration::from_secs(30)), req).await.expect("rpc").expect("write");
+    let (chunk, version) = (ChunkId(77), Version(1));
+    let mut h = header(chunk.0, data.len(), &blocks, vec![b.addr.clone(), c.addr.clone()]);
+    h.sync = true;
+    let stored = data_write(&pool, &a.addr, h, blocks).await.expect("write");
     assert!(stored > 0 && stored < data.len() as u64, "compressed replica, got {stored}");
     for n in [&a, &b, &c] {
         assert_eq!(read_all(&client(&n.addr).await, chunk, version).await, Ok(data.clone()), "node {}", n.addr);
     }
     // A partial range.
+    let ca = client(&a.addr).await;
     let two = ca.read_blocks(context_with_timeout(Duration::from_secs(10)), chunk, version, 2, 5).await.expect("rpc");
     assert_eq!(two.expect("read").len(), 2);
 
@@ -123,68 +118,30 @@ async fn a_chain_write_lands_on_every_node() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_dead_chain_peer_fails_the_write() {
-    let master = refused_addr().await;
-    let shutdown = CancellationToken::new();
-    let a = start_node(&master, &shutdown).await;
-    let (data, blocks) = chunk_data();
-    let req = WriteChunk {
-        chunk: ChunkId(1),
-        version: Version(1),
-        length: data.len() as u32,
-        blocks,
-        chain: vec![refused_addr().await],
-        sync: false,
-    };
-    let ca = client(&a.addr).await;
-    let r = ca.write_chunk(context_with_timeout(Duration::from_secs(30)), req).await.expect("rpc");
-    assert_eq!(r, Err(FsError::Unavailable));
-    stop(&shutdown, vec![a]).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn invalid_requests_get_error_replies() {
+    use stripefs_proto::data::{DataError, DataPool};
     let master = refused_addr().await;
     let shutdown = CancellationToken::new();
     let a = start_node(&master, &shutdown).await;
     let ca = client(&a.addr).await;
     let ctx = || context_with_timeout(Duration::from_secs(10));
-    let (data, blocks) = chunk_data();
-    let write = |length: u32, blocks: Vec<EncodedBlock>, chain: Vec<String>| WriteChunk {
-        chunk: ChunkId(5),
-        version: Version(9),
-        length,
-        blocks,
-        chain,
-        sync: false,
-    };
-
     let r = ca.read_blocks(ctx(), ChunkId(5), Version(9), 0, 5000).await.expect("rpc");
     assert_eq!(r, Err(FsError::InvalidArgument));
-    let r = ca.read_blocks(ctx(), ChunkId(5), Version(9), 0, 1).await.expect("rpc");
+    let r = ca.read_blocks(ctx(), ChunkId(5), Version(1), 0, 1).await.expect("rpc");
     assert_eq!(r, Err(FsError::NotFound));
 
-    let r = ca.write_chunk(ctx(), write(data.len() as u32 + 1, blocks.clone(), vec![])).await.expect("rpc");
-    assert_eq!(r, Err(FsError::InvalidArgument));
-    let too_many = vec![blocks[0].clone(); MAX_BLOCKS_PER_CHUNK + 1];
-    let r = ca.write_chunk(ctx(), write(((MAX_BLOCKS_PER_CHUNK + 1) * BLOCK_SIZE) as u32, too_many, vec![])).await;
-    assert_eq!(r.expect("rpc"), Err(FsError::InvalidArgument));
-    let long_chain = vec![refused_addr().await; 17];
-    let r = ca.write_chunk(ctx(), write(data.len() as u32, blocks.clone(), long_chain)).await.expect("rpc");
-    assert_eq!(r, Err(FsError::InvalidArgument));
-
-    let mut bad = blocks.clone();
-    let mut damaged = bad[1].data.to_vec();
-    damaged[3] ^= 1;
-    bad[1].data = damaged.into();
-    let r = ca.write_chunk(ctx(), write(data.len() as u32, bad, vec![])).await.expect("rpc");
-    assert_eq!(r, Err(FsError::Corrupt));
-    assert_eq!(read_all(&ca, ChunkId(5), Version(9)).await, Err(FsError::NotFound));
-
-    // The node still serves after all that.
-    let r = ca.write_chunk(ctx(), write(data.len() as u32, blocks, vec![])).await.expect("rpc");
-    assert!(r.is_ok(), "{r:?}");
-    assert_eq!(read_all(&ca, ChunkId(5), Version(9)).await, Ok(data));
+    // A chain longer than any placement makes is refused.
+    let pool = Arc::new(DataPool::new(secret()));
+    let (data, blocks) = chunk_data();
+    let long_chain = vec![refused_addr().await; MAX_CHAIN + 1];
+    let h = header(5, data.len(), &blocks, long_chain);
+    let r = data_write(&pool, &a.addr, h, blocks.clone()).await;
+    assert!(matches!(r, Err(DataError::Refused(FsError::InvalidArgument))), "{r:?}");
+    assert_eq!(read_all(&ca, ChunkId(5), Version(1)).await, Err(FsError::NotFound));
+    // The node still serves after it.
+    let h = header(5, data.len(), &blocks, vec![]);
+    data_write(&pool, &a.addr, h, blocks).await.expect("write");
+    assert_eq!(read_all(&ca, ChunkId(5), Version(1)).await, Ok(data));
     stop(&shutdown, vec![a]).await;
 }
 

@@ -1,31 +1,28 @@
-//! The storage node's RPC service: stores replicas and forwards writes
-//! down the replication chain.
+//! The storage node's RPC service: reads, deletes and syncs replicas.
+//! Writes arrive on data connections instead (`data_server.rs`), which
+//! bound the memory they take; a tarpc request is decoded whole before any
+//! check could run.
 
-use crate::chunk_store::{check_layout, ChunkStore, StoreError, MAX_BLOCKS_PER_CHUNK};
+use crate::chunk_store::{ChunkStore, StoreError, MAX_BLOCKS_PER_CHUNK};
 use crate::reports::Reports;
 use crate::write_memory::WriteMemory;
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 use stripefs_proto::data::DataPool;
-use stripefs_proto::net::{connect_node, Secret};
-use stripefs_proto::types::{EncodedBlock, WriteChunk};
-use stripefs_proto::{ChunkId, FsError, NodeService, NodeServiceClient, Version};
-use tarpc::client::RpcError;
+use stripefs_proto::net::Secret;
+use stripefs_proto::types::EncodedBlock;
+use stripefs_proto::{ChunkId, FsError, NodeService, Version};
 use tarpc::context::Context;
 
 /// Longest a forwarded write may take.
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Longest a connection to a peer node may take to set up.
-pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// Longest replication chain a write may carry after this node.
 pub const MAX_CHAIN: usize = 16;
 
 /// The [`NodeService`] implementation. Cheap to clone: clones share the
-/// store and the peer connections.
+/// store and the connections to peers.
 #[derive(Clone)]
 pub struct NodeServer {
     inner: Arc<Inner>,
@@ -33,15 +30,12 @@ pub struct NodeServer {
 
 struct Inner {
     store: Arc<ChunkStore>,
-    secret: Secret,
     /// Where corrupt replicas found on reads are reported.
     reports: Arc<Reports>,
     /// Data directory and the space to keep free in it.
     space: Option<(PathBuf, u64)>,
-    /// One client per peer address, for forwarding writes.
-    peers: Mutex<HashMap<String, NodeServiceClient>>,
-    /// Data connections to peers, for forwarding writes that came over
-    /// the data path.
+    /// Data connections to the next nodes of chains, for forwarding
+    /// writes.
     data: DataPool,
     /// Memory for writes in progress on the data path.
     writes: WriteMemory,
@@ -53,11 +47,9 @@ impl NodeServer {
         NodeServer {
             inner: Arc::new(Inner {
                 store,
-                data: DataPool::new(secret.clone()),
-                secret,
+                data: DataPool::new(secret),
                 reports: Arc::new(Reports::default()),
                 space: None,
-                peers: Mutex::new(HashMap::new()),
                 writes: WriteMemory::new(crate::DEFAULT_WRITE_MEMORY_BYTES),
             }),
         }
@@ -77,87 +69,12 @@ impl NodeServer {
         NodeServer {
             inner: Arc::new(Inner {
                 store,
-                data: DataPool::new(secret.clone()),
-                secret,
+                data: DataPool::new(secret),
                 reports,
                 space: Some((data_dir, reserve_bytes)),
-                peers: Mutex::new(HashMap::new()),
                 writes: WriteMemory::new(write_memory_bytes),
             }),
         }
-    }
-
-    fn peers(&self) -> std::sync::MutexGuard<'_, HashMap<String, NodeServiceClient>> {
-        // A map of clients cannot be left half-updated: ignore poisoning.
-        self.inner.peers.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// The cached client for `addr`, connecting if there is none.
-    async fn peer(&self, addr: &str, deadline: Instant) -> Result<NodeServiceClient, FsError> {
-        if let Some(c) = self.peers().get(addr) {
-            return Ok(c.clone());
-        }
-        let timeout = deadline.saturating_duration_since(Instant::now()).min(PEER_CONNECT_TIMEOUT);
-        let client = connect_node(addr, &self.inner.secret, timeout).await.map_err(|e| {
-            tracing::warn!("cannot reach chain peer: {e}");
-            FsError::Unavailable
-        })?;
-        // Another request may have connected meanwhile: keep the first.
-        Ok(self.peers().entry(addr.to_string()).or_insert(client).clone())
-    }
-
-    /// Sends `req` to `next`, reconnecting and retrying once on a transport error.
-    async fn forward(
-        &self,
-        next: &str,
-        req: WriteChunk,
-        blocks: &[EncodedBlock],
-        deadline: Instant,
-    ) -> Result<(), FsError> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let client = self.peer(next, deadline).await?;
-            let mut ctx = tarpc::context::current();
-            ctx.deadline = deadline;
-            let fwd = WriteChunk { blocks: blocks.to_vec(), ..req.clone() };
-            match client.write_chunk(ctx, fwd).await {
-                Ok(Ok(_stored)) => return Ok(()),
-                Ok(Err(e)) => {
-                    tracing::warn!(chunk = %req.chunk, version = %req.version, "chain peer {next} refused the write: {e}");
-                    return Err(e);
-                }
-                Err(e @ (RpcError::Shutdown | RpcError::Send(_) | RpcError::Channel(_))) => {
-                    self.peers().remove(next);
-                    if attempt >= 2 {
-                        tracing::warn!("forwarding to chain peer {next} failed again: {e}");
-                        return Err(FsError::Unavailable);
-                    }
-                    tracing::info!("connection to chain peer {next} broke ({e}); reconnecting");
-                }
-                Err(e) => {
-                    tracing::warn!(chunk = %req.chunk, version = %req.version, "forwarding to chain peer {next} failed: {e}");
-                    return Err(FsError::Unavailable);
-                }
-            }
-        }
-    }
-
-    async fn store_local(
-        &self,
-        chunk: ChunkId,
-        version: Version,
-        length: u32,
-        blocks: Arc<Vec<EncodedBlock>>,
-        sync: bool,
-    ) -> Result<u64, FsError> {
-        let server = self.clone();
-        blocking(move || {
-            let need: u64 = blocks.iter().map(|b| b.data.len() as u64).sum::<u64>() + 4096;
-            server.check_space(chunk, version, need)?;
-            server.inner.store.write(chunk, version, length, &blocks, sync)
-        })
-        .await
     }
 
     /// Refuses a replica of `need` bytes that would eat into the space
@@ -207,36 +124,6 @@ where
 }
 
 impl NodeService for NodeServer {
-    async fn write_chunk(self, ctx: Context, req: WriteChunk) -> Result<u64, FsError> {
-        if let Err(e) = check_layout(req.length, req.blocks.iter().map(|b| b.raw_len)) {
-            tracing::warn!(chunk = %req.chunk, version = %req.version, "refusing write: {e}");
-            return Err(FsError::InvalidArgument);
-        }
-        if req.chain.len() > MAX_CHAIN {
-            tracing::warn!(chunk = %req.chunk, "refusing write: chain of {} nodes", req.chain.len());
-            return Err(FsError::InvalidArgument);
-        }
-        let WriteChunk { chunk, version, length, blocks, mut chain, sync } = req;
-        tracing::debug!(%chunk, %version, length, chain = ?chain, "write_chunk");
-        let blocks = Arc::new(blocks);
-        if chain.is_empty() {
-            return self.store_local(chunk, version, length, blocks, sync).await;
-        }
-        let next = chain.remove(0);
-        let deadline = ctx.deadline.min(Instant::now() + FORWARD_TIMEOUT);
-        let fwd = WriteChunk { chunk, version, length, blocks: Vec::new(), chain, sync };
-        let (local, remote) = tokio::join!(
-            self.store_local(chunk, version, length, blocks.clone(), sync),
-            self.forward(&next, fwd, &blocks, deadline),
-        );
-        let stored = local?;
-        // Whatever went wrong further down the chain (unreachable, full,
-        // damaged in transit) is not this node's fault: `Unavailable` tells
-        // the writer to place the rest of the chain elsewhere.
-        remote.map_err(|_| FsError::Unavailable)?;
-        Ok(stored)
-    }
-
     async fn read_blocks(
         self,
         _ctx: Context,
