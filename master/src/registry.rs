@@ -24,6 +24,13 @@ struct Entry {
     chunks: u64,
 }
 
+impl Entry {
+    /// A node known from its record, not seen yet.
+    fn unseen(record: NodeRecord) -> Entry {
+        Entry { record, last_seen: None, capacity: 0, free: 0, disk: String::new(), used: 0, chunks: 0 }
+    }
+}
+
 /// Every node the master knows, with its last report.
 #[derive(Debug)]
 pub struct Registry {
@@ -34,12 +41,7 @@ pub struct Registry {
 impl Registry {
     /// A registry of `known` nodes (from the database), all unseen yet.
     pub fn new(known: Vec<(NodeId, NodeRecord)>, dead_after: Duration) -> Registry {
-        let nodes = known
-            .into_iter()
-            .map(|(id, record)| {
-                (id, Entry { record, last_seen: None, capacity: 0, free: 0, disk: String::new(), used: 0, chunks: 0 })
-            })
-            .collect();
+        let nodes = known.into_iter().map(|(id, record)| (id, Entry::unseen(record))).collect();
         Registry { nodes: Mutex::new(nodes), dead_after }
     }
 
@@ -55,15 +57,7 @@ impl Registry {
     /// Records a (re-)registration; the node counts as seen.
     pub fn registered(&self, id: NodeId, record: NodeRecord) {
         let mut nodes = self.lock();
-        let e = nodes.entry(id).or_insert(Entry {
-            record: record.clone(),
-            last_seen: None,
-            capacity: 0,
-            free: 0,
-            disk: String::new(),
-            used: 0,
-            chunks: 0,
-        });
+        let e = nodes.entry(id).or_insert_with(|| Entry::unseen(record.clone()));
         e.record = record;
         e.last_seen = Some(Instant::now());
     }

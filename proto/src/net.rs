@@ -32,7 +32,9 @@ const MAGIC: &[u8; 8] = b"STRIPEFS";
 /// of failing on the first message they cannot decode.
 /// 2: open returns chunk locations; create, mkdir, unlink, rmdir and
 /// rename return directory attributes. 3: chunk writes on data
-/// connections ([`crate::data`]).
+/// connections ([`crate::data`]). 4: heartbeats name the node's disk,
+/// write headers say whether a node forwarded them, and chunks are written
+/// only on data connections (no `write_chunk` RPC).
 pub const PROTOCOL_VERSION: u32 = 4;
 const NONCE_BYTES: usize = 32;
 const MAC_BYTES: usize = 32;

@@ -119,9 +119,13 @@ fn write(
     let (chunk, version) = (header.chunk, header.version);
     let payload = header.payload_len();
     let head_len = replica::head_len(header.blocks.len());
+    // A refused write's bytes are read and dropped: the connection serves
+    // the next write.
+    let refuse = |stream: &mut TcpStream, e: FsError| {
+        io::copy(&mut stream.take(payload as u64), &mut io::sink()).map(|_| Err(e))
+    };
     if let Err(e) = server.check_space(chunk, version, (head_len + payload) as u64 + 4096) {
-        io::copy(&mut stream.take(payload as u64), &mut io::sink())?;
-        return Ok(Err(e.to_wire()));
+        return refuse(stream, e.to_wire());
     }
     // Half the time left for waiting on memory, half for the write itself.
     let now = Instant::now();
@@ -134,8 +138,7 @@ fn write(
             memory.used(),
             memory.limit()
         );
-        io::copy(&mut stream.take(payload as u64), &mut io::sink())?;
-        return Ok(Err(FsError::Unavailable));
+        return refuse(stream, FsError::Unavailable);
     };
     let store = server.store();
     let mut buf = store.buffer(head_len + payload);

@@ -37,7 +37,7 @@ async fn backoff_doubles_up_to_its_cap_and_stops_on_shutdown() {
 
 // ---- A fake master ------------------------------------------------------
 
-use crate::node::tests::{refused_addr, secret, start_node, start_node_in, stop};
+use crate::node::tests::{data_write, refused_addr, secret, start_node, start_node_in, stop};
 use futures::StreamExt;
 use std::sync::Mutex;
 use stripefs_proto::block::BlockEncoder;
@@ -182,14 +182,7 @@ async fn a_node_registers_heartbeats_and_applies_deletions() {
     let blocks = BlockEncoder::new(0).encode_all(&data);
     let h = WriteHeader::new(ChunkId(3), Version(4), 1000, &blocks, vec![], true, Duration::from_secs(10));
     let pool = std::sync::Arc::new(DataPool::new(secret()));
-    let (addr, rt) = (node.addr.clone(), tokio::runtime::Handle::current());
-    let stored = tokio::task::spawn_blocking(move || {
-        let payload: Vec<&[u8]> = blocks.iter().map(|b| &b.data[..]).collect();
-        pool.write(&rt, &addr, &h, &payload)
-    })
-    .await
-    .expect("join")
-    .expect("write");
+    let stored = data_write(&pool, &node.addr, h, blocks).await.expect("write");
     let client = connect_node(&node.addr, &secret(), Duration::from_secs(5)).await.expect("connect");
     let ctx = || stripefs_proto::net::context_with_timeout(Duration::from_secs(10));
     eventually("a heartbeat reports the replica", || {

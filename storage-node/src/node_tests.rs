@@ -170,7 +170,8 @@ async fn an_unusable_data_dir_fails_run() {
 }
 
 /// Writes over the data path from the blocking pool, as the client does.
-async fn data_write(
+/// Writes `blocks` to `addr` over the data path, from the blocking pool.
+pub(crate) async fn data_write(
     pool: &Arc<stripefs_proto::data::DataPool>,
     addr: &str,
     header: stripefs_proto::data::WriteHeader,

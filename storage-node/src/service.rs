@@ -42,19 +42,6 @@ struct Inner {
 }
 
 impl NodeServer {
-    /// A server over `store`, connecting to peers with `secret`.
-    pub fn new(store: Arc<ChunkStore>, secret: Secret) -> NodeServer {
-        NodeServer {
-            inner: Arc::new(Inner {
-                store,
-                data: DataPool::new(secret),
-                reports: Arc::new(Reports::default()),
-                space: None,
-                writes: WriteMemory::new(crate::DEFAULT_WRITE_MEMORY_BYTES),
-            }),
-        }
-    }
-
     /// A server that reports corrupt replicas to `reports`, keeps
     /// `reserve_bytes` free in `data_dir` and holds at most about
     /// `write_memory_bytes` of writes in progress.

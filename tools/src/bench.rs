@@ -99,9 +99,6 @@ pub async fn run(args: BenchArgs, master: Option<&str>, secret_file: Option<&Pat
         }
     }
     let dir = args.dir.canonicalize().with_context(|| format!("DIR {}", args.dir.display()))?;
-    if args.floors {
-        return run_floors(&args, dir).await;
-    }
     let baseline_arg = args.baseline.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_BASELINE));
     let baseline =
         baseline_arg.canonicalize().with_context(|| format!("baseline directory {}", baseline_arg.display()))?;
@@ -113,6 +110,11 @@ pub async fn run(args: BenchArgs, master: Option<&str>, secret_file: Option<&Pat
         Some(m) => m.is_stripefs(),
         None => record.is_ok(),
     };
+    if args.floors {
+        // Only a baseline given on the command line is measured.
+        let baseline = args.baseline.is_some().then_some(baseline);
+        return run_floors(&args, dir, stripefs, baseline).await;
+    }
     let cfg = Config {
         dir,
         label: if stripefs { "stripefs" } else { "dir" }.to_string(),
@@ -252,15 +254,10 @@ async fn run_interruptible(bench: Bench, show_progress: bool) -> anyhow::Result<
 }
 
 /// `stripefs bench --floors`: times the floors and prints them.
-async fn run_floors(args: &BenchArgs, dir: PathBuf) -> anyhow::Result<()> {
+async fn run_floors(args: &BenchArgs, dir: PathBuf, stripefs: bool, baseline: Option<PathBuf>) -> anyhow::Result<()> {
     let disk =
         args.floors_disk.canonicalize().with_context(|| format!("--floors-disk {}", args.floors_disk.display()))?;
     check_space(&disk, floors::read_file_bytes(args.floor_samples), "--floors-disk")?;
-    let baseline = match &args.baseline {
-        Some(b) => Some(b.canonicalize().with_context(|| format!("baseline directory {}", b.display()))?),
-        None => None,
-    };
-    let stripefs = system::mount_of(&dir).is_some_and(|m| m.is_stripefs());
     let cfg = floors::FloorConfig { dir, stripefs, baseline, disk, samples: args.floor_samples };
     let leftovers = format!("a .stripefs-floors-* file in {}", cfg.disk.display());
     let found = interruptible(!args.json, leftovers, move |pb, stop| {

@@ -8,12 +8,13 @@
 //! and one read from the disk. Multiplying these out gives the best rate
 //! any FUSE file system can reach here, whatever its design.
 
-use anyhow::{bail, ensure, Context as _};
+use super::suite::{pattern, stopped, SplitMix64};
+use anyhow::{ensure, Context as _};
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 /// Most bytes of the file the cold reads read from.
@@ -96,16 +97,10 @@ pub fn measure(cfg: &FloorConfig, stop: &AtomicBool) -> anyhow::Result<Vec<Floor
     let file_bytes = read_file_bytes(cfg.samples);
     fill(&f, file_bytes, stop)?;
     let mut buf = vec![0u8; BLOCK];
-    let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut rng = SplitMix64(0x5172_1bef_f100);
     for (key, len, what) in [("cold_read_4k", SMALL, "cold 4 KiB read"), ("cold_read_64k", BLOCK, "cold 64 KiB read")] {
-        let offsets: Vec<u64> = (0..cfg.samples)
-            .map(|_| {
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                (rng % (file_bytes / BLOCK as u64)) * BLOCK as u64
-            })
-            .collect();
+        let offsets: Vec<u64> =
+            (0..cfg.samples).map(|_| (rng.next() % (file_bytes / BLOCK as u64)) * BLOCK as u64).collect();
         let mut spent = Vec::with_capacity(cfg.samples);
         for off in offsets {
             stopped(stop)?;
@@ -131,13 +126,6 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
-}
-
-fn stopped(stop: &AtomicBool) -> anyhow::Result<()> {
-    if stop.load(Ordering::Relaxed) {
-        bail!("interrupted");
-    }
-    Ok(())
 }
 
 /// Runs `op` `n` times and returns each run's time.
@@ -191,10 +179,7 @@ fn missing(dir: &Path, nonce: &str, i: usize) -> std::io::Result<()> {
 
 /// Makes `f` `len` bytes of written, synced data.
 fn fill(f: &File, len: u64, stop: &AtomicBool) -> anyhow::Result<()> {
-    let mut chunk = vec![0u8; 1 << 20];
-    for (i, b) in chunk.iter_mut().enumerate() {
-        *b = (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3];
-    }
+    let chunk = pattern(1 << 20, 0x5172_1bef_f101);
     let mut off = 0;
     while off < len {
         stopped(stop)?;

@@ -549,7 +549,8 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(got)
 }
 
-fn stopped(stop: &AtomicBool) -> anyhow::Result<()> {
+/// Fails with "interrupted" once `stop` is set.
+pub(super) fn stopped(stop: &AtomicBool) -> anyhow::Result<()> {
     if stop.load(Ordering::Relaxed) {
         bail!("interrupted");
     }
@@ -561,7 +562,7 @@ fn mib(bytes: u64) -> f64 {
 }
 
 /// `len` pseudo-random (incompressible) bytes.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
+pub(super) fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut rng = SplitMix64(seed);
     let mut v = Vec::with_capacity(len + 8);
     while v.len() < len {
@@ -573,10 +574,11 @@ fn pattern(len: usize, seed: u64) -> Vec<u8> {
 
 /// The SplitMix64 generator: fast, seedable, good enough for offsets and
 /// incompressible data.
-struct SplitMix64(u64);
+pub(super) struct SplitMix64(pub(super) u64);
 
 impl SplitMix64 {
-    fn next(&mut self) -> u64 {
+    /// The next number.
+    pub(super) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
