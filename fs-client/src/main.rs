@@ -21,7 +21,10 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Returns once the mount is live and leaves the client running in the
 /// background (-f keeps it in the foreground). Unmount with `umount MOUNTPOINT`.
 ///
-/// Mount options (-o, comma-separated): ro, allow_other, allow_root,
+/// Mount options (-o, comma-separated): ro, allow_other[=on|off] (let
+/// every user use the mount, modes still checked by the kernel; on by
+/// default when root mounts, as Ray and Spark workers rarely run as root;
+/// allow_other=off keeps it to root), allow_root,
 /// attr_timeout=SECS, entry_timeout=SECS (kernel caches, default 1),
 /// master_timeout=SECS (how long calls wait for an unreachable master,
 /// e.g. during its restart, before failing with EIO; default 60),

@@ -85,7 +85,7 @@ pub fn mount(
     }
     let mut config = fuser::Config::default();
     config.mount_options = options;
-    config.acl = if opts.allow_other {
+    config.acl = if opts.allows_other(nix::unistd::geteuid().is_root()) {
         SessionACL::All
     } else if opts.allow_root {
         SessionACL::RootAndOwner

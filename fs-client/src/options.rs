@@ -9,8 +9,10 @@ use std::time::Duration;
 pub struct MountOptions {
     /// `ro`: refuse every change.
     pub read_only: bool,
-    /// `allow_other`: let every user use the mount.
-    pub allow_other: bool,
+    /// `allow_other[=on|off]`: let every user use the mount (the kernel
+    /// still checks modes, `default_permissions`). Unset: on when the
+    /// mounting user is root, off otherwise; see [`MountOptions::allows_other`].
+    pub allow_other: Option<bool>,
     /// `allow_root`: let root use the mount too.
     pub allow_root: bool,
     /// `attr_timeout=SECS`: kernel attribute cache time.
@@ -47,7 +49,7 @@ impl Default for MountOptions {
     fn default() -> MountOptions {
         MountOptions {
             read_only: false,
-            allow_other: false,
+            allow_other: None,
             allow_root: false,
             attr_ttl: Duration::from_secs(1),
             entry_ttl: Duration::from_secs(1),
@@ -129,6 +131,27 @@ fn number<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, String> {
     v.parse().map_err(|_| format!("mount option {key}={v}: not a valid number"))
 }
 
+fn switch(key: &str, v: &str) -> Result<bool, String> {
+    match v {
+        "on" | "yes" | "1" => Ok(true),
+        "off" | "no" | "0" => Ok(false),
+        _ => Err(format!("mount option {key}={v}: must be on or off")),
+    }
+}
+
+impl MountOptions {
+    /// Whether users other than the mounting one may use the mount: as
+    /// `allow_other` says, else when `mounting_as_root` (as mfsmount and
+    /// bindfs do). A root mount serves the Ray and Spark workers, which
+    /// rarely run as root; the kernel checks every access against the
+    /// files' modes (`default_permissions`), so this opens nothing the
+    /// modes do not. A normal user's mount needs `user_allow_other` in
+    /// /etc/fuse.conf for it, so it stays off there unless asked.
+    pub fn allows_other(&self, mounting_as_root: bool) -> bool {
+        self.allow_other.unwrap_or(mounting_as_root)
+    }
+}
+
 /// Parses `-o` lists (each may hold several comma-separated options).
 pub fn parse_options<S: AsRef<str>>(lists: &[S]) -> Result<MountOptions, String> {
     let mut o = MountOptions::default();
@@ -140,7 +163,8 @@ pub fn parse_options<S: AsRef<str>>(lists: &[S]) -> Result<MountOptions, String>
             };
             match (key, value) {
                 ("ro", None) => o.read_only = true,
-                ("allow_other", None) => o.allow_other = true,
+                ("allow_other", None) => o.allow_other = Some(true),
+                ("allow_other", Some(v)) => o.allow_other = Some(switch(key, v)?),
                 ("allow_root", None) => o.allow_root = true,
                 ("attr_timeout", Some(v)) => o.attr_ttl = secs(key, v)?,
                 ("entry_timeout", Some(v)) => o.entry_ttl = secs(key, v)?,
@@ -163,13 +187,7 @@ pub fn parse_options<S: AsRef<str>>(lists: &[S]) -> Result<MountOptions, String>
                         return Err(format!("mount option read_ahead_kb={v}: at most {MAX_READ_AHEAD_KB}"));
                     }
                 }
-                ("local_reads", Some(v)) => {
-                    o.local_reads = match v {
-                        "on" | "yes" | "1" => true,
-                        "off" | "no" | "0" => false,
-                        _ => return Err(format!("mount option local_reads={v}: must be on or off")),
-                    }
-                }
+                ("local_reads", Some(v)) => o.local_reads = switch(key, v)?,
                 ("dirty_mb", Some(v)) => {
                     o.dirty_mb = number(key, v)?;
                     if o.dirty_mb == 0 {
@@ -194,7 +212,7 @@ mod tests {
     fn fstab_options_parse() {
         let o =
             parse_options(&["rw,_netdev,noatime,allow_other", "attr_timeout=0.5,host=web1,threads=4"]).expect("parse");
-        assert!(o.allow_other);
+        assert_eq!(o.allow_other, Some(true));
         assert!(!o.read_only);
         assert_eq!(o.attr_ttl, Duration::from_millis(500));
         assert_eq!(o.host.as_deref(), Some("web1"));
@@ -210,6 +228,18 @@ mod tests {
         assert!(parse_options(&["ro"]).expect("ro").read_only);
         assert!(parse_options(&["read_ahead_kb=2000000"]).expect_err("too big").contains("read_ahead_kb"));
         assert!(parse_options(&["local_reads=maybe"]).expect_err("not a switch").contains("on or off"));
+    }
+
+    #[test]
+    fn allow_other_defaults_to_on_for_root_only_and_can_be_turned_off() {
+        let none = parse_options::<&str>(&[]).expect("none");
+        assert!(none.allows_other(true));
+        assert!(!none.allows_other(false));
+        let off = parse_options(&["allow_other=off"]).expect("off");
+        assert!(!off.allows_other(true));
+        assert!(parse_options(&["allow_other=on"]).expect("on").allows_other(false));
+        assert!(parse_options(&["allow_other"]).expect("bare").allows_other(false));
+        assert!(parse_options(&["allow_other=perhaps"]).expect_err("not a switch").contains("on or off"));
     }
 
     #[test]

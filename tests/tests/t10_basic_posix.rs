@@ -274,7 +274,7 @@ fn chmod_chown_utimens_and_ctime() {
 #[test]
 fn permissions_are_enforced_for_other_users() {
     let c = TestCluster::builder().start();
-    let m = c.mount_with(stripefs_client::MountOptions { allow_other: true, ..Default::default() });
+    let m = c.mount_with(stripefs_client::MountOptions { allow_other: Some(true), ..Default::default() });
     fs::set_permissions(m.path(), fs::Permissions::from_mode(0o755)).expect("chmod root");
     fs::write(m.join("secret"), b"s").expect("write");
     fs::set_permissions(m.join("secret"), fs::Permissions::from_mode(0o600)).expect("chmod");

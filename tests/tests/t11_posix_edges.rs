@@ -30,7 +30,7 @@ fn fsync_after_a_chunk_was_rewritten_succeeds() {
 #[test]
 fn write_by_another_user_clears_setuid() {
     let c = TestCluster::builder().start();
-    let m = c.mount_with(MountOptions { allow_other: true, ..Default::default() });
+    let m = c.mount_with(MountOptions { allow_other: Some(true), ..Default::default() });
     fs::set_permissions(m.path(), fs::Permissions::from_mode(0o777)).expect("chmod root");
     let p = m.join("prog");
     fs::write(&p, b"#!/bin/sh\n").expect("write");

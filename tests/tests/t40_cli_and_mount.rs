@@ -188,6 +188,87 @@ fn stripefs_mount_runs_in_the_background_and_umount_ends_it() {
 }
 
 // ---------------------------------------------------------------------------
+// (a2) a mount made by root serves every user
+
+/// The uid and gid of `nobody` on Debian.
+const NOBODY: u32 = 65534;
+
+/// Runs `sh -c script` as the user nobody (no supplementary groups).
+fn as_nobody(script: &str) -> Output {
+    use std::os::unix::process::CommandExt;
+    run_with_deadline(Command::new("sh").arg("-c").arg(script).uid(NOBODY).gid(NOBODY), LIMIT)
+}
+
+/// Whether the kernel's options of the mount on `dir` hold `opt`.
+fn mount_has_option(dir: &Path, opt: &str) -> bool {
+    let info = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    info.lines().rev().any(|line| {
+        let f: Vec<&str> = line.split(' ').collect();
+        f.get(4).map(|p| stripefs_client::mount::unescape_mount_path(p)) == Some(dir.display().to_string())
+            && line.rsplit(' ').next().is_some_and(|super_opts| super_opts.split(',').any(|o| o == opt))
+    })
+}
+
+/// Mounts with `stripefs-mount` as root with `options` beside the secret.
+fn mount_as_root(c: &TestCluster, mnt: &Path, secret: &Path, options: &str) -> Vec<i32> {
+    must_run(
+        Command::new(bin("stripefs-mount"))
+            .arg(&c.master_addr)
+            .arg(mnt)
+            .arg("-o")
+            .arg(format!("secret_file={}{options}", secret.display())),
+        LIMIT,
+    );
+    pids_with_arg(&mnt.display().to_string())
+}
+
+#[test]
+fn a_mount_made_by_root_serves_every_user_unless_told_not_to() {
+    let c = TestCluster::builder().nodes(2).start();
+    let tmp = temp_dir("stripefs-t40-users-");
+    // nobody must be able to walk to the mount point.
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).expect("chmod tmp");
+    let secret = secret_file(tmp.path());
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir(&mnt).expect("mkdir mount point");
+    let _guard = MountGuard { dir: mnt.clone() };
+
+    // Default options, mounted by root: every user may use the mount, the
+    // kernel checks modes (a Ray or Spark worker is rarely root).
+    let client = mount_as_root(&c, &mnt, &secret, "");
+    assert!(mount_has_option(&mnt, "allow_other"), "root's mount lacks allow_other");
+    let shared = mnt.join("shared");
+    fs::create_dir(&shared).expect("mkdir shared");
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).expect("chmod 1777");
+    fs::write(mnt.join("by-root"), b"root's words\n").expect("write by root");
+    fs::write(mnt.join("private"), b"secret").expect("write private");
+    fs::set_permissions(mnt.join("private"), fs::Permissions::from_mode(0o600)).expect("chmod 600");
+    let out = as_nobody(&format!(
+        "echo spilled > {s}/by-nobody && cat {s}/by-nobody && cat {m}/by-root && ls {s}",
+        s = shared.display(),
+        m = mnt.display()
+    ));
+    assert!(out.status.success(), "nobody cannot use root's mount: {}", show(&out));
+    assert_eq!(text(&out.stdout), "spilled\nroot's words\nby-nobody\n", "{}", show(&out));
+    let meta = fs::metadata(shared.join("by-nobody")).expect("stat nobody's file");
+    assert_eq!((meta.uid(), meta.gid()), (NOBODY, NOBODY), "nobody's file has the wrong owner");
+    // Modes still hold: nobody cannot read a root-only file nor write in root's directory.
+    let out = as_nobody(&format!("cat {}/private", mnt.display()));
+    assert!(!out.status.success() && text(&out.stderr).contains("Permission denied"), "{}", show(&out));
+    let out = as_nobody(&format!("touch {}/intruder", mnt.display()));
+    assert!(!out.status.success() && text(&out.stderr).contains("Permission denied"), "{}", show(&out));
+    must_umount(&mnt, &client);
+
+    // allow_other=off keeps the mount to its owner: the kernel refuses nobody everything.
+    let client = mount_as_root(&c, &mnt, &secret, ",allow_other=off");
+    assert!(!mount_has_option(&mnt, "allow_other"), "allow_other=off still mounted with allow_other");
+    let out = as_nobody(&format!("ls {}", shared.display()));
+    assert!(!out.status.success() && text(&out.stderr).contains("Permission denied"), "{}", show(&out));
+    assert!(shared.join("by-nobody").exists(), "root lost its view");
+    must_umount(&mnt, &client);
+}
+
+// ---------------------------------------------------------------------------
 // (b) start-up errors
 
 /// Runs stripefs-mount expecting a failure; returns its stderr.
@@ -438,35 +519,30 @@ fn stripefs_status_info_and_policy_on_a_mount_path() {
 // ---------------------------------------------------------------------------
 // (e) stripefs up / down
 
-/// Undoes `stripefs up`: unmounts, then kills what the state file lists.
+/// Undoes `stripefs up`: unmounts, then kills every process whose
+/// command line names a path in the cluster's directory.
 struct UpGuard {
     data: PathBuf,
     mount: PathBuf,
 }
 
-fn state_pids(data: &Path) -> Vec<i32> {
-    fs::read_to_string(data.join("cluster"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_once('=').filter(|(k, _)| k.starts_with("pid.")).and_then(|(_, v)| v.parse().ok()))
-        .collect()
+/// The running processes of the `stripefs up` cluster in `data`, however
+/// they were started (their arguments name a path under it).
+fn cluster_pids(data: &Path) -> Vec<i32> {
+    pids_with_arg(&format!("{}/", data.display()))
 }
 
 impl Drop for UpGuard {
     fn drop(&mut self) {
         cleanup_mount(&self.mount);
-        let data = self.data.display().to_string();
-        for pid in state_pids(&self.data) {
-            // Only processes of this cluster: their arguments name its directory.
-            if pids_with_arg(&data).contains(&pid) {
-                eprintln!("cleanup: killing leftover process {pid} of {data}");
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-            }
+        for pid in cluster_pids(&self.data) {
+            eprintln!("cleanup: killing leftover process {pid} of {}", self.data.display());
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
     }
 }
 
-fn must_up(data: &Path, mnt: &Path, extra: &[&str]) {
+fn must_up(data: &Path, mnt: &Path, extra: &[&str]) -> String {
     let t = Instant::now();
     let out = must_run(
         Command::new(bin("stripefs"))
@@ -479,21 +555,87 @@ fn must_up(data: &Path, mnt: &Path, extra: &[&str]) {
             .args(extra),
         Duration::from_secs(120),
     );
-    eprintln!("stripefs up took {:?}", t.elapsed());
+    eprintln!("stripefs up took {:?}:\n{}", t.elapsed(), text(&out.stdout));
     assert!(text(&out.stdout).contains("stripefs is up"), "{}", show(&out));
     assert_eq!(mount_type(mnt).as_deref(), Some("fuse.stripefs"), "stripefs up did not mount {}", mnt.display());
+    text(&out.stdout)
 }
 
-fn must_down(data: &Path, mnt: &Path) {
-    let mut pids = state_pids(data);
-    assert_eq!(pids.len(), 3, "the state file should list a master and 2 nodes");
-    pids.extend(pids_with_arg(&mnt.display().to_string()));
+/// `stripefs down`, then checks that the mount and every process of the
+/// cluster are gone; returns its output.
+fn must_down(data: &Path, mnt: &Path) -> String {
+    let pids = cluster_pids(data);
+    assert!(!pids.is_empty(), "no process of the cluster in {} runs", data.display());
     let t = Instant::now();
     let out = must_run(Command::new(bin("stripefs")).arg("down").arg("--data").arg(data), LIMIT);
-    eprintln!("stripefs down took {:?}:\n{}", t.elapsed(), text(&out.stdout));
-    must_wait_unmounted(mnt);
-    must_wait_exited(&pids, "stripefs down");
-    assert!(!data.join("cluster").exists(), "stripefs down left its state file");
+    let took = t.elapsed();
+    eprintln!("stripefs down took {took:?}:\n{}", text(&out.stdout));
+    // It returns once everything is stopped (a hang check, not a speed test:
+    // it takes about a second, and took minutes when a mount user blocked umount(8)).
+    assert!(took < Duration::from_secs(20), "stripefs down took {took:?}");
+    assert_eq!(mount_type(mnt), None, "stripefs down left {} mounted", mnt.display());
+    let left: Vec<i32> = pids.iter().copied().filter(|&p| !exited(p)).collect();
+    assert!(left.is_empty(), "stripefs down left processes {left:?} running:\n{}", show(&out));
+    assert!(cluster_pids(data).is_empty(), "processes of the cluster still run after stripefs down");
+    text(&out.stdout)
+}
+
+/// The command line of a running process.
+fn cmdline(pid: i32) -> Vec<String> {
+    let raw = fs::read(format!("/proc/{pid}/cmdline")).expect("read cmdline");
+    raw.split(|&b| b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect()
+}
+
+/// The one process of the cluster in `data` running `program` with an
+/// argument ending in `arg_end`.
+fn must_find(data: &Path, program: &str, arg_end: &str) -> i32 {
+    let found: Vec<i32> = cluster_pids(data)
+        .into_iter()
+        .filter(|&p| {
+            let args = cmdline(p);
+            args.first().is_some_and(|a| a.ends_with(program)) && args.iter().any(|a| a.ends_with(arg_end))
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "want one {program} ({arg_end}) of {}, found {found:?}", data.display());
+    found[0]
+}
+
+/// Kills `pid` with SIGKILL, as a host's death would, and waits until it is gone.
+fn must_kill9(pid: i32) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).expect("kill -9");
+    must_wait_exited(&[pid], "kill -9");
+}
+
+/// Starts `args` again, as an operator would from `ps`'s line, detached,
+/// with its output in `log`.
+fn restart_by_command_line(args: &[String], log: &Path) -> ChildGuard {
+    use std::os::unix::process::CommandExt;
+    let out = fs::OpenOptions::new().create(true).append(true).open(log).expect("open log");
+    let child = Command::new(&args[0])
+        .args(&args[1..])
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone().expect("dup log"))
+        .stderr(out)
+        .process_group(0)
+        .spawn()
+        .expect("restart by command line");
+    ChildGuard(child)
+}
+
+/// Creates and reads back a file through `mnt`, retrying (bounded) while
+/// the cluster comes back; panics with the last error after `limit`.
+fn must_create_through(mnt: &Path, name: &str, limit: Duration) {
+    let data = random_bytes(200_000);
+    let deadline = Instant::now() + limit;
+    loop {
+        let r = fs::write(mnt.join(name), &data).and_then(|()| fs::read(mnt.join(name)));
+        match r {
+            Ok(back) if back == data => return,
+            Ok(_) => panic!("{name} read back different bytes"),
+            Err(e) => assert!(Instant::now() < deadline, "creating {name} still fails after {limit:?}: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]
@@ -515,6 +657,7 @@ fn stripefs_up_then_status_then_down_and_up_again() {
         .expect("run stripefs up");
     assert!(!out.status.success() && text(&out.stderr).contains("local_reads"), "{}", show(&out));
     assert!(!data.join("cluster").exists(), "servers were started for a refused option");
+    assert!(cluster_pids(&data).is_empty(), "servers were started for a refused option");
 
     must_up(&data, &mnt, &[]);
     let payload = random_bytes(3 << 20);
@@ -543,4 +686,80 @@ fn stripefs_up_then_status_then_down_and_up_again() {
         assert!(!open.iter().any(|p| p.ends_with(".chunk")), "local_reads=off, yet replica files are open: {open:?}");
     }
     must_down(&data, &mnt);
+}
+
+#[test]
+fn a_stripefs_up_cluster_survives_kill_9_and_restarts_by_command_line_and_down_stops_it_all() {
+    let tmp = temp_dir("stripefs-t40-restart-");
+    let data = tmp.path().join("data");
+    let mnt = tmp.path().join("mnt");
+    let _guard = UpGuard { data: data.clone(), mount: mnt.clone() };
+    must_up(&data, &mnt, &["-o", "master_timeout=30"]);
+    must_create_through(&mnt, "before", LIMIT);
+
+    // The master dies; the operator starts it again with the command line ps showed.
+    let master = must_find(&data, "stripefs-master", "/master");
+    let args = cmdline(master);
+    must_kill9(master);
+    let _master_again = restart_by_command_line(&args, &tmp.path().join("master-again.log"));
+    must_create_through(&mnt, "after-master-restart", Duration::from_secs(25));
+
+    // The same for a node: it comes back where the master and the client look for it.
+    let node = must_find(&data, "stripefs-node", "/node1");
+    let args = cmdline(node);
+    must_kill9(node);
+    let _node_again = restart_by_command_line(&args, &tmp.path().join("node1-again.log"));
+    let deadline = Instant::now() + Duration::from_secs(25);
+    loop {
+        let out = stripefs(&["status".as_ref(), "--data".as_ref(), data.as_os_str()]);
+        if text(&out.stdout).contains("2/2 nodes up") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node1 did not come back: {}", show(&out));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    must_create_through(&mnt, "after-node-restart", Duration::from_secs(25));
+
+    // The client and a node die: `stripefs up` again starts just those.
+    let client = must_find(&data, "stripefs-mount", &mnt.display().to_string());
+    let node2 = must_find(&data, "stripefs-node", "/node2");
+    must_kill9(client);
+    must_kill9(node2);
+    let out = must_up(&data, &mnt, &[]);
+    assert!(out.contains("already running"), "the restarted master was started twice:\n{out}");
+    for name in ["before", "after-master-restart", "after-node-restart"] {
+        assert_eq!(fs::read(mnt.join(name)).expect("read after up again").len(), 200_000, "{name}");
+    }
+    must_create_through(&mnt, "after-up-again", LIMIT);
+
+    // A process still works in the mount and the master is gone: down
+    // detaches the mount rather than waiting on it, and stops everything,
+    // the master restarted by hand included.
+    let user = Command::new("sleep").arg("600").current_dir(&mnt).spawn().expect("start a process in the mount");
+    let mut user = ChildGuard(user);
+    let master = must_find(&data, "stripefs-master", "/master");
+    must_kill9(master);
+    let out = must_down(&data, &mnt);
+    assert!(out.contains("still in use") && out.contains("sleep"), "down did not say who used the mount:\n{out}");
+    user.kill_now();
+    // And up brings it all back once more.
+    must_up(&data, &mnt, &[]);
+    must_create_through(&mnt, "after-down-and-up", LIMIT);
+    must_down(&data, &mnt);
+}
+
+/// A child process killed (and reaped) when dropped.
+struct ChildGuard(std::process::Child);
+
+impl ChildGuard {
+    fn kill_now(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.kill_now();
+    }
 }

@@ -1,5 +1,12 @@
 //! `stripefs up` and `stripefs down`: a whole cluster on this machine's
 //! loopback, for trying stripefs out and for tests.
+//!
+//! Every process gets a fixed address at the cluster's first start,
+//! recorded in DIR/cluster: a process killed and started again by its own
+//! command line (as `ps` shows it), or by `stripefs up` again, listens
+//! where the others look for it. `stripefs down` finds the cluster's
+//! processes by their command lines (each names a path under DIR), so it
+//! also stops processes restarted by hand.
 
 use crate::target::default_local_dir;
 use anyhow::{bail, Context as _};
@@ -13,15 +20,19 @@ use stripefs_proto::net::{connect_master, Secret};
 /// Options of `stripefs up`.
 #[derive(clap::Args, Debug)]
 pub struct UpArgs {
-    /// Number of storage nodes (each on its own 127.0.1.N address and host name).
-    #[arg(long, default_value_t = 3)]
-    nodes: u32,
-    /// Directory for the master's database, the nodes' chunks, logs and the secret.
+    /// Number of storage nodes (each on its own 127.0.1.N address and host
+    /// name) [default: 3, or as many as the cluster in DIR has; a larger
+    /// number adds nodes].
+    #[arg(long)]
+    nodes: Option<u32>,
+    /// Directory for the master's database, the nodes' chunks, logs, the
+    /// secret and the cluster's addresses (DIR/cluster) [default: /var/tmp/stripefs].
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
-    /// Where to mount the filesystem (created if missing).
-    #[arg(long, value_name = "DIR", default_value = "/mnt/stripefs")]
-    mount: PathBuf,
+    /// Where to mount the filesystem (created if missing) [default: where
+    /// the cluster in DIR was last mounted, else /mnt/stripefs].
+    #[arg(long, value_name = "DIR")]
+    mount: Option<PathBuf>,
     /// Chunk size of a new filesystem, in bytes.
     #[arg(long, value_name = "BYTES")]
     chunk_size: Option<u32>,
@@ -40,10 +51,16 @@ pub struct DownArgs {
     data: Option<PathBuf>,
 }
 
-/// What `up` started, kept in DIR/cluster so that `down` can stop it.
-const STATE_FILE: &str = "cluster";
+/// The cluster's addresses and mount point, in DIR/cluster.
+const LAYOUT_FILE: &str = "cluster";
 /// How long a process may take to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long `down` lets processes stop on SIGTERM before it kills them.
+const STOP_GRACE: Duration = Duration::from_millis(1500);
+/// The programs of a cluster, as /proc/PID/comm names them.
+const PROGRAMS: [&str; 3] = ["stripefs-master", "stripefs-node", "stripefs-mount"];
+/// Default number of storage nodes of a new cluster.
+const DEFAULT_NODES: u32 = 3;
 
 fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("find this program")?;
@@ -68,8 +85,13 @@ fn which(prog: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(prog)).find(|p| p.exists())
 }
 
+/// Whether `pid` runs (a zombie nobody reaped counts as gone).
 fn alive(pid: i32) -> bool {
-    kill(Pid::from_raw(pid), None).is_ok()
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => !stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => false,
+    }
 }
 
 /// Starts a detached server process with its log in `log`.
@@ -97,14 +119,12 @@ fn tail(log: &Path) -> String {
     lines[lines.len().saturating_sub(5)..].join("\n")
 }
 
-/// Waits for a process to write its bound address.
-fn wait_addr(file: &Path, pid: u32, log: &Path) -> anyhow::Result<String> {
+/// Waits for a process to write its bound address to `file`.
+fn wait_listening(file: &Path, pid: u32, log: &Path) -> anyhow::Result<()> {
     let start = Instant::now();
     loop {
-        if let Ok(a) = std::fs::read_to_string(file) {
-            if !a.trim().is_empty() {
-                return Ok(a.trim().to_string());
-            }
+        if std::fs::read_to_string(file).is_ok_and(|a| !a.trim().is_empty()) {
+            return Ok(());
         }
         if !alive(pid as i32) {
             bail!("process {pid} exited during start-up; last lines of {}:\n{}", log.display(), tail(log));
@@ -112,44 +132,234 @@ fn wait_addr(file: &Path, pid: u32, log: &Path) -> anyhow::Result<String> {
         if start.elapsed() > START_TIMEOUT {
             bail!("process {pid} did not start listening within {START_TIMEOUT:?}; see {}", log.display());
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
-struct State {
+/// Where the cluster's processes listen and where it is mounted: chosen at
+/// its first start, kept in DIR/cluster for every later one.
+#[derive(Debug, Clone, PartialEq)]
+struct Layout {
     master: String,
     mount: PathBuf,
-    pids: Vec<(String, i32)>,
+    /// The address of node i+1.
+    nodes: Vec<String>,
 }
 
-fn read_state(dir: &Path) -> Option<State> {
-    let text = std::fs::read_to_string(dir.join(STATE_FILE)).ok()?;
-    let (mut master, mut mount, mut pids) = (String::new(), PathBuf::new(), Vec::new());
-    for line in text.lines() {
-        match line.split_once('=') {
-            Some(("master", v)) => master = v.to_string(),
-            Some(("mount", v)) => mount = PathBuf::from(v),
-            Some((name, v)) if name.starts_with("pid.") => {
-                pids.push((name[4..].to_string(), v.parse().ok()?));
+impl Layout {
+    fn read(dir: &Path) -> anyhow::Result<Option<Layout>> {
+        let path = dir.join(LAYOUT_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
+        };
+        Ok(Some(Layout::parse(&text)))
+    }
+
+    /// Reads the file's `key=value` lines (lines it does not know, such as
+    /// the `pid.*` lines of older versions, are skipped).
+    fn parse(text: &str) -> Layout {
+        let mut l = Layout { master: String::new(), mount: PathBuf::new(), nodes: Vec::new() };
+        let mut nodes = std::collections::BTreeMap::new();
+        for line in text.lines() {
+            match line.split_once('=') {
+                Some(("master", v)) => l.master = v.to_string(),
+                Some(("mount", v)) => l.mount = PathBuf::from(v),
+                Some((k, v)) => {
+                    if let Some(i) = k.strip_prefix("node.").and_then(|i| i.parse::<u32>().ok()) {
+                        nodes.insert(i, v.to_string());
+                    }
+                }
+                None => {}
             }
-            _ => {}
+        }
+        // Nodes are numbered from 1 without gaps; a gap ends the list.
+        l.nodes = (1..).map_while(|i| nodes.remove(&i)).collect();
+        l
+    }
+
+    fn write(&self, dir: &Path) -> anyhow::Result<()> {
+        let mut text = format!(
+            "# Addresses of this stripefs up cluster, fixed at its first start.\nmaster={}\nmount={}\n",
+            self.master,
+            self.mount.display()
+        );
+        for (i, a) in self.nodes.iter().enumerate() {
+            text.push_str(&format!("node.{}={a}\n", i + 1));
+        }
+        let path = dir.join(LAYOUT_FILE);
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).with_context(|| format!("write {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("write {}", path.display()))
+    }
+}
+
+/// A free TCP address on `ip` (bound, then released for the process that
+/// will own it).
+fn free_addr(ip: &str) -> anyhow::Result<String> {
+    let l = std::net::TcpListener::bind((ip, 0)).with_context(|| format!("find a free port on {ip}"))?;
+    Ok(l.local_addr()?.to_string())
+}
+
+/// The loopback address of node `i` (from 1).
+fn node_ip(i: usize) -> String {
+    format!("127.0.1.{i}")
+}
+
+/// A running process of the cluster.
+#[derive(Debug)]
+struct Proc {
+    pid: i32,
+    program: String,
+    args: Vec<String>,
+}
+
+impl Proc {
+    /// Whether this is the process serving `data_dir` (`--data DIR`).
+    fn serves(&self, program: &str, data_dir: &Path) -> bool {
+        let d = data_dir.display().to_string();
+        self.program == program && self.args.windows(2).any(|w| w[0] == "--data" && w[1] == d)
+    }
+
+    fn name(&self, dir: &Path) -> String {
+        let data = self.args.windows(2).find(|w| w[0] == "--data").map(|w| w[1].as_str());
+        match data.and_then(|d| Path::new(d).strip_prefix(dir).ok()) {
+            Some(sub) => sub.display().to_string(),
+            None if self.program == "stripefs-mount" => "mount client".into(),
+            None => self.program.clone(),
         }
     }
-    Some(State { master, mount, pids })
 }
 
-fn write_state(dir: &Path, s: &State) -> anyhow::Result<()> {
-    let mut text = format!("master={}\nmount={}\n", s.master, s.mount.display());
-    for (name, pid) in &s.pids {
-        text.push_str(&format!("pid.{name}={pid}\n"));
+/// Every running stripefs process of the cluster in `dir`: a master, node
+/// or client whose command line names a path under `dir` (its data
+/// directory, its secret or its log), whoever started it.
+fn cluster_processes(dir: &Path) -> Vec<Proc> {
+    let under = format!("{}/", dir.display());
+    let Ok(rd) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut out: Vec<Proc> = rd
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            let program = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?.trim().to_string();
+            if !PROGRAMS.contains(&program.as_str()) || !alive(pid) {
+                return None;
+            }
+            let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let args: Vec<String> = raw
+                .split(|&b| b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            args.iter().skip(1).any(|a| a.contains(&under)).then_some(Proc { pid, program, args })
+        })
+        .collect();
+    out.sort_by_key(|p| p.pid);
+    out
+}
+
+/// Whether a stripefs filesystem is mounted on `dir` (from mountinfo: the
+/// mount itself is never touched, so a dead one cannot hang this).
+fn stripefs_mount_on(dir: &Path) -> bool {
+    let want = dir.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().lines().any(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        let sep = f.iter().position(|x| *x == "-");
+        f.get(4).map(|p| stripefs_client::mount::unescape_mount_path(p)) == Some(want.clone())
+            && sep.and_then(|s| f.get(s + 1)) == Some(&"fuse.stripefs")
+    })
+}
+
+/// Processes with their working directory or an open file under `mnt`,
+/// as "PID (NAME)". Reads only /proc's links, never the mount.
+fn mount_users(mnt: &Path) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let inside = |p: PathBuf| p.starts_with(mnt);
+    rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(inside)
+                || std::fs::read_dir(format!("/proc/{pid}/fd"))
+                    .map(|d| d.flatten().any(|f| std::fs::read_link(f.path()).is_ok_and(inside)))
+                    .unwrap_or(false)
+        })
+        .map(|pid| {
+            let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            format!("{pid} ({})", name.trim())
+        })
+        .collect()
+}
+
+/// Unmounts `mnt` without ever waiting on it: a plain unmount, else (a
+/// process still uses it) a lazy one, which detaches it at once; the
+/// processes using it get errors once its client stops. umount(8) is not
+/// used: it stats the mount point first, which waits on a client whose
+/// master is gone.
+fn unmount(mnt: &Path) -> anyhow::Result<()> {
+    use nix::mount::{umount2, MntFlags};
+    match umount2(mnt, MntFlags::empty()) {
+        Ok(()) => println!("unmounted {}", mnt.display()),
+        Err(nix::errno::Errno::EBUSY) => {
+            let users = mount_users(mnt);
+            umount2(mnt, MntFlags::MNT_DETACH).with_context(|| format!("detach {}", mnt.display()))?;
+            println!(
+                "{} was still in use{}: detached it (lazy unmount); what still uses it fails once its client stops",
+                mnt.display(),
+                if users.is_empty() { String::new() } else { format!(" by {}", users.join(", ")) }
+            );
+        }
+        Err(nix::errno::Errno::EPERM) => {
+            let out = Command::new("fusermount3").arg("-uz").arg(mnt).output().context("run fusermount3")?;
+            if !out.status.success() {
+                bail!("cannot unmount {}: {}", mnt.display(), String::from_utf8_lossy(&out.stderr).trim());
+            }
+            println!("unmounted {} (lazily)", mnt.display());
+        }
+        Err(e) => bail!("cannot unmount {}: {e}", mnt.display()),
     }
-    std::fs::write(dir.join(STATE_FILE), text).context("write the cluster state file")
+    Ok(())
 }
 
-/// `stripefs up`.
+/// What `up` found or did for one process.
+enum Started {
+    Now(u32),
+    Already(i32),
+}
+
+impl std::fmt::Display for Started {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Started::Now(pid) => write!(f, "started, pid {pid}"),
+            Started::Already(pid) => write!(f, "already running, pid {pid}"),
+        }
+    }
+}
+
+/// Starts the server `program` on `data` unless one runs there already.
+fn ensure_server(
+    running: &[Proc],
+    program: &str,
+    data: &Path,
+    args: Vec<String>,
+    log: &Path,
+) -> anyhow::Result<Started> {
+    if let Some(p) = running.iter().find(|p| p.serves(program, data)) {
+        return Ok(Started::Already(p.pid));
+    }
+    std::fs::create_dir_all(data).with_context(|| format!("create {}", data.display()))?;
+    let addr_file = data.join("listen.addr");
+    let _ = std::fs::remove_file(&addr_file);
+    let pid = spawn(&sibling(program)?, &args, log)?;
+    wait_listening(&addr_file, pid, log)?;
+    Ok(Started::Now(pid))
+}
+
+/// `stripefs up`: starts whatever of the cluster in DIR is not running
+/// (all of it the first time), each process on its recorded address.
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
-    if args.nodes == 0 || args.nodes > 200 {
-        bail!("--nodes must be between 1 and 200");
+    if let Some(n) = args.nodes {
+        if n == 0 || n > 200 {
+            bail!("--nodes must be between 1 and 200");
+        }
     }
     if let Some(o) = &args.options {
         // Refused now, before any server starts.
@@ -159,15 +369,6 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let dir = args.data.clone().unwrap_or_else(default_local_dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     let dir = dir.canonicalize()?;
-    if let Some(s) = read_state(&dir) {
-        if s.pids.iter().any(|(_, p)| alive(*p)) {
-            bail!(
-                "a cluster from {} is already running; stop it with `stripefs down --data {}`",
-                dir.display(),
-                dir.display()
-            );
-        }
-    }
     let secret_file = dir.join("secret");
     if !secret_file.exists() {
         use std::os::unix::fs::OpenOptionsExt;
@@ -176,145 +377,220 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     }
     let secret = Secret::from_file(&secret_file)?;
     let secret_arg = secret_file.display().to_string();
-    let mut state = State { master: String::new(), mount: args.mount.clone(), pids: Vec::new() };
 
+    let old = Layout::read(&dir)?;
+    let mut layout = old.clone().unwrap_or(Layout { master: String::new(), mount: PathBuf::new(), nodes: Vec::new() });
+    let nodes = args.nodes.map(|n| n as usize).unwrap_or(if layout.nodes.is_empty() {
+        DEFAULT_NODES as usize
+    } else {
+        layout.nodes.len()
+    });
+    if nodes < layout.nodes.len() {
+        bail!(
+            "the cluster in {} has {} nodes; `stripefs up` does not remove nodes (their replicas would go with them)",
+            dir.display(),
+            layout.nodes.len()
+        );
+    }
+    if layout.master.is_empty() {
+        layout.master = free_addr("127.0.0.1")?;
+    }
+    for i in layout.nodes.len() + 1..=nodes {
+        layout.nodes.push(free_addr(&node_ip(i))?);
+    }
+    if let Some(m) = &args.mount {
+        layout.mount = m.clone();
+    } else if layout.mount.as_os_str().is_empty() {
+        layout.mount = PathBuf::from("/mnt/stripefs");
+    }
+    if old.as_ref() != Some(&layout) {
+        layout.write(&dir)?;
+    }
+
+    let running = cluster_processes(&dir);
     let master_dir = dir.join("master");
-    std::fs::create_dir_all(&master_dir)?;
-    let _ = std::fs::remove_file(master_dir.join("listen.addr"));
     let mut margs = vec![
         "--data".into(),
         master_dir.display().to_string(),
         "--listen".into(),
-        "127.0.0.1:0".into(),
+        layout.master.clone(),
         "--secret-file".into(),
         secret_arg.clone(),
     ];
     if let Some(c) = args.chunk_size {
         margs.extend(["--chunk-size".into(), c.to_string()]);
     }
-    let log = dir.join("master.log");
-    let pid = spawn(&sibling("stripefs-master")?, &margs, &log)?;
-    state.pids.push(("master".into(), pid as i32));
-    write_state(&dir, &state)?;
-    state.master = wait_addr(&master_dir.join("listen.addr"), pid, &log)?;
-    write_state(&dir, &state)?;
-
-    let node_bin = sibling("stripefs-node")?;
-    for i in 1..=args.nodes {
+    let master =
+        ensure_server(&running, "stripefs-master", &master_dir, margs, &dir.join("master.log")).with_context(|| {
+            format!("start the master on {} (recorded in {})", layout.master, dir.join(LAYOUT_FILE).display())
+        })?;
+    let mut node_state = Vec::new();
+    for (i, addr) in layout.nodes.iter().enumerate().map(|(i, a)| (i + 1, a)) {
         let ndir = dir.join(format!("node{i}"));
-        std::fs::create_dir_all(&ndir)?;
-        let _ = std::fs::remove_file(ndir.join("listen.addr"));
         let nargs = vec![
             "--data".into(),
             ndir.display().to_string(),
             "--listen".into(),
-            format!("127.0.1.{i}:0"),
+            addr.clone(),
             "--master".into(),
-            state.master.clone(),
+            layout.master.clone(),
             "--host".into(),
             format!("node{i}"),
             "--secret-file".into(),
             secret_arg.clone(),
         ];
-        let log = dir.join(format!("node{i}.log"));
-        let pid = spawn(&node_bin, &nargs, &log)?;
-        state.pids.push((format!("node{i}"), pid as i32));
-        write_state(&dir, &state)?;
-        wait_addr(&ndir.join("listen.addr"), pid, &log)?;
+        let started = ensure_server(&running, "stripefs-node", &ndir, nargs, &dir.join(format!("node{i}.log")))
+            .with_context(|| format!("start node{i} on {addr}"))?;
+        node_state.push(started);
     }
 
     // Wait until every node has registered and reported its space.
-    let client = connect_master(&state.master, &secret, Duration::from_secs(5)).await?;
+    let client = connect_master(&layout.master, &secret, Duration::from_secs(5)).await?;
     let start = Instant::now();
     loop {
-        let nodes = client.nodes(tarpc::context::current()).await?.map_err(|e| anyhow::anyhow!("master: {e}"))?;
-        if nodes.iter().filter(|n| n.alive && n.capacity_bytes > 0).count() >= args.nodes as usize {
+        let listed = client.nodes(tarpc::context::current()).await?.map_err(|e| anyhow::anyhow!("master: {e}"))?;
+        let up = listed.iter().filter(|n| n.alive && n.capacity_bytes > 0).count();
+        if up >= nodes {
             break;
         }
         if start.elapsed() > START_TIMEOUT {
-            bail!(
-                "only {} of {} nodes registered within {START_TIMEOUT:?}; see the logs in {}",
-                nodes.len(),
-                args.nodes,
-                dir.display()
-            );
+            bail!("only {up} of {nodes} nodes registered within {START_TIMEOUT:?}; see the logs in {}", dir.display());
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    std::fs::create_dir_all(&args.mount).with_context(|| format!("create mount point {}", args.mount.display()))?;
-    let status = Command::new(sibling("stripefs-mount")?)
-        .arg(&state.master)
-        .arg(&args.mount)
-        .arg("-o")
-        .arg(format!(
-            "secret_file={secret_arg},host=node1,log={}{}",
-            dir.join("mount.log").display(),
-            args.options.as_deref().map(|o| format!(",{o}")).unwrap_or_default()
-        ))
-        .status()
-        .context("run stripefs-mount")?;
-    if !status.success() {
-        bail!(
-            "mounting on {} failed (see above); the servers keep running, stop them with `stripefs down --data {}`",
-            args.mount.display(),
-            dir.display()
-        );
-    }
+    let mnt = &layout.mount;
+    let serving = running.iter().find(|p| p.program == "stripefs-mount" && p.args.iter().any(|a| Path::new(a) == mnt));
+    let mount_state = match serving {
+        Some(p) if stripefs_mount_on(mnt) => Started::Already(p.pid),
+        _ => {
+            if stripefs_mount_on(mnt) {
+                // Its client is gone: every call on it fails with ENOTCONN.
+                unmount(mnt)?;
+            }
+            std::fs::create_dir_all(mnt).with_context(|| format!("create mount point {}", mnt.display()))?;
+            let status = Command::new(sibling("stripefs-mount")?)
+                .arg(&layout.master)
+                .arg(mnt)
+                .arg("-o")
+                .arg(format!(
+                    "secret_file={secret_arg},host=node1,log={}{}",
+                    dir.join("mount.log").display(),
+                    args.options.as_deref().map(|o| format!(",{o}")).unwrap_or_default()
+                ))
+                .status()
+                .context("run stripefs-mount")?;
+            if !status.success() {
+                bail!(
+                    "mounting on {} failed (see above); the servers keep running, stop them with `stripefs down --data {}`",
+                    mnt.display(),
+                    dir.display()
+                );
+            }
+            let pid = cluster_processes(&dir)
+                .into_iter()
+                .find(|p| p.program == "stripefs-mount" && p.args.iter().any(|a| Path::new(a) == mnt))
+                .map_or(0, |p| p.pid as u32);
+            Started::Now(pid)
+        }
+    };
     println!("stripefs is up:");
-    println!("  master   {} (database in {})", state.master, master_dir.display());
-    for i in 1..=args.nodes {
-        println!("  node{i}    127.0.1.{i} (chunks in {})", dir.join(format!("node{i}")).display());
+    println!("  master   {} ({master}; database in {})", layout.master, master_dir.display());
+    for (i, (addr, started)) in layout.nodes.iter().zip(&node_state).enumerate() {
+        println!("  node{}    {addr} ({started}; chunks in {})", i + 1, dir.join(format!("node{}", i + 1)).display());
     }
-    println!("  mounted  on {}", args.mount.display());
+    println!("  mounted  on {} ({mount_state})", mnt.display());
     println!("  logs     {}/*.log, secret in {}", dir.display(), secret_file.display());
     println!(
-        "Try `stripefs status {}`; stop everything with `stripefs down --data {}`.",
-        args.mount.display(),
+        "Each process keeps its address (in {}): restart one by its own command line or with `stripefs up --data {}`.",
+        dir.join(LAYOUT_FILE).display(),
+        dir.display()
+    );
+    println!("Try `stripefs status {}`; stop everything with `stripefs down --data {}`.", mnt.display(), dir.display());
+    Ok(())
+}
+
+/// `stripefs down`: unmounts the cluster's mount, then stops every process
+/// of the cluster, also those restarted by hand, within about two seconds.
+pub fn down(args: DownArgs) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let dir = args.data.unwrap_or_else(default_local_dir);
+    let dir = dir.canonicalize().unwrap_or(dir);
+    let layout = Layout::read(&dir)?;
+    let procs = cluster_processes(&dir);
+    let Some(layout) = layout else {
+        if procs.is_empty() {
+            bail!("no cluster was started from {} (no {} file)", dir.display(), dir.join(LAYOUT_FILE).display());
+        }
+        bail!("{} has no {} file, yet processes use it: {procs:?}", dir.display(), LAYOUT_FILE);
+    };
+    if stripefs_mount_on(&layout.mount) {
+        unmount(&layout.mount)?;
+    }
+    // Every process at once: the master's changes are on disk before it
+    // answers them, so none of them needs the others to stop first.
+    for p in &procs {
+        let _ = kill(Pid::from_raw(p.pid), Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + STOP_GRACE;
+    while procs.iter().any(|p| alive(p.pid)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for p in &procs {
+        if alive(p.pid) {
+            let _ = kill(Pid::from_raw(p.pid), Signal::SIGKILL);
+            println!("{} (pid {}) did not stop within {STOP_GRACE:?}: killed", p.name(&dir), p.pid);
+        } else {
+            println!("stopped {} (pid {})", p.name(&dir), p.pid);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while procs.iter().any(|p| alive(p.pid)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if procs.is_empty() {
+        println!("no process of the cluster in {} was running", dir.display());
+    }
+    println!(
+        "down in {:.1} s; the data stays in {}; `stripefs up --data {}` starts it again",
+        start.elapsed().as_secs_f64(),
+        dir.display(),
         dir.display()
     );
     Ok(())
 }
 
-/// `stripefs down`.
-pub fn down(args: DownArgs) -> anyhow::Result<()> {
-    let dir = args.data.unwrap_or_else(default_local_dir);
-    let Some(state) = read_state(&dir) else {
-        bail!("no cluster was started from {} (no {} file)", dir.display(), dir.join(STATE_FILE).display());
-    };
-    let mounted = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().lines().any(|l| {
-        l.split(' ').nth(4).map(stripefs_client::mount::unescape_mount_path) == Some(state.mount.display().to_string())
-    });
-    if mounted {
-        let out = Command::new("umount").arg(&state.mount).output().context("run umount")?;
-        if !out.status.success() {
-            bail!(
-                "cannot unmount {}: {} (is a process still using it? `fuser -vm {}` shows which)",
-                state.mount.display(),
-                String::from_utf8_lossy(&out.stderr).trim(),
-                state.mount.display()
-            );
-        }
-        println!("unmounted {}", state.mount.display());
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_round_trips_and_reads_the_old_state_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let l = Layout {
+            master: "127.0.0.1:4000".into(),
+            mount: PathBuf::from("/mnt/x y"),
+            nodes: vec!["127.0.1.1:4001".into(), "127.0.1.2:4002".into()],
+        };
+        l.write(dir.path()).expect("write");
+        assert_eq!(Layout::read(dir.path()).expect("read"), Some(l));
+        // The state file of earlier versions: its master address is kept, its pids ignored.
+        let old = Layout::parse("master=127.0.0.1:39000\nmount=/mnt/stripefs\npid.master=12\npid.node1=13\n");
+        assert_eq!(old.master, "127.0.0.1:39000");
+        assert!(old.nodes.is_empty());
+        assert_eq!(Layout::read(&dir.path().join("none")).expect("missing is no error"), None);
     }
-    // Nodes first, the master last.
-    for (name, pid) in state.pids.iter().rev() {
-        if !alive(*pid) {
-            continue;
-        }
-        let _ = kill(Pid::from_raw(*pid), Signal::SIGTERM);
-        let start = Instant::now();
-        while alive(*pid) && start.elapsed() < Duration::from_secs(10) {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        if alive(*pid) {
-            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
-            println!("{name} (pid {pid}) did not stop in 10 s: killed");
-        } else {
-            println!("stopped {name} (pid {pid})");
-        }
+
+    #[test]
+    fn a_process_serves_the_data_directory_its_command_line_names() {
+        let p = Proc {
+            pid: 1,
+            program: "stripefs-node".into(),
+            args: ["stripefs-node", "--data", "/d/node1", "--listen", "127.0.1.1:5"].map(String::from).to_vec(),
+        };
+        assert!(p.serves("stripefs-node", Path::new("/d/node1")));
+        assert!(!p.serves("stripefs-node", Path::new("/d/node10")));
+        assert!(!p.serves("stripefs-master", Path::new("/d/node1")));
+        assert_eq!(p.name(Path::new("/d")), "node1");
     }
-    std::fs::remove_file(dir.join(STATE_FILE)).context("remove the cluster state file")?;
-    println!("the data stays in {}; `stripefs up --data {}` starts it again", dir.display(), dir.display());
-    Ok(())
 }
