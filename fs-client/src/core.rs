@@ -96,6 +96,8 @@ pub struct FsCore {
     /// Recent directory listings: lookups of existing names without a
     /// round trip (see [`crate::names`]).
     pub(crate) listings: Listings,
+    /// Background work of the client (see [`stripefs_daemon::worker`]).
+    workers: stripefs_daemon::Workers,
     /// Replicas read from their files on this host.
     pub local: LocalReads,
     /// Unwritten data held by the mount, bounded by `dirty_mb`.
@@ -131,9 +133,34 @@ pub struct Looked {
 /// Most directories [`FsCore`] keeps fresh attributes of.
 const MAX_FRESH_DIRS: usize = 4096;
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // The maps hold plain data; a panic elsewhere does not make them wrong.
-    m.lock().unwrap_or_else(|e| e.into_inner())
+use stripefs_daemon::lock;
+
+/// Closes kept replica descriptors older than [`crate::local::MAX_AGE`]
+/// even when nothing reads: they pin the space of deleted versions. Ends
+/// with the client.
+struct LocalReadExpiry {
+    core: std::sync::Weak<FsCore>,
+    closed: u64,
+}
+
+impl stripefs_daemon::Worker for LocalReadExpiry {
+    fn name(&self) -> String {
+        "local-read-expiry".into()
+    }
+
+    async fn work(&mut self) -> std::result::Result<stripefs_daemon::Step, String> {
+        let Some(core) = self.core.upgrade() else { return Ok(stripefs_daemon::Step::Done) };
+        self.closed += core.local.expire() as u64;
+        Ok(stripefs_daemon::Step::Idle)
+    }
+
+    async fn wait_for_work(&mut self) {
+        tokio::time::sleep(crate::local::MAX_AGE / 3).await
+    }
+
+    fn detail(&self) -> String {
+        format!("{} idle replica descriptors closed", self.closed)
+    }
 }
 
 impl FsCore {
@@ -176,6 +203,7 @@ impl FsCore {
             statfs_cache: Mutex::new(None),
             fresh_dirs: Mutex::new(HashMap::new()),
             listings,
+            workers: stripefs_daemon::Workers::new(tokio_util::sync::CancellationToken::new()),
         });
         // After a reconnect (e.g. a master restart), open files are opened
         // again so the master keeps unlinked-but-open files alive.
@@ -195,18 +223,13 @@ impl FsCore {
                 }
             })
         }));
-        // Kept replica descriptors pin the space of deleted versions: close
-        // old ones even when nothing reads.
-        let weak = Arc::downgrade(&core);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(crate::local::MAX_AGE / 3);
-            loop {
-                tick.tick().await;
-                let Some(core) = weak.upgrade() else { return };
-                core.local.expire();
-            }
-        });
+        core.workers.spawn(LocalReadExpiry { core: Arc::downgrade(&core), closed: 0 });
         Ok(core)
+    }
+
+    /// What the client's background workers are doing.
+    pub fn workers(&self) -> Vec<stripefs_proto::types::WorkerStatus> {
+        self.workers.status()
     }
 
     /// The filesystem id.

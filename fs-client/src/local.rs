@@ -53,9 +53,7 @@ struct Inner {
     replicas: Mutex<LruCache<Key, Arc<OpenReplica>>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+use stripefs_daemon::lock;
 
 /// The local-read side of one mount.
 pub struct LocalReads {
@@ -149,13 +147,14 @@ impl LocalReads {
         lock(&self.inner.replicas).clear();
     }
 
-    /// Closes the descriptors kept longer than [`MAX_AGE`].
-    pub fn expire(&self) {
+    /// Closes the descriptors kept longer than [`MAX_AGE`]; returns how many.
+    pub fn expire(&self) -> usize {
         let mut cache = lock(&self.inner.replicas);
         let old: Vec<Key> = cache.iter().filter(|(_, r)| r.opened.elapsed() >= MAX_AGE).map(|(k, _)| *k).collect();
-        for k in old {
-            cache.pop(&k);
+        for k in &old {
+            cache.pop(k);
         }
+        old.len()
     }
 
     /// Descriptors kept open now.

@@ -138,13 +138,7 @@ fn start_background(args: &Args) -> anyhow::Result<()> {
 
 /// Mounts and serves in this process until unmounted or signalled.
 fn run_here(args: &Args, child: bool) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,tarpc=warn".into()),
-        )
-        .init();
+    stripefs_daemon::logs::init();
     let opts = parse_options(&args.options).map_err(anyhow::Error::msg)?;
     let secret = Secret::resolve(opts.secret_file.as_deref())?;
     let rt = tokio::runtime::Runtime::new().context("start the async runtime")?;

@@ -10,7 +10,7 @@
 mod scan;
 
 use crate::namespace::Command;
-use crate::service::Shared;
+use crate::state::MasterState;
 use crate::store::{internal, Store};
 use crate::tables::{self, FORMAT_VERSION};
 use redb::{ReadOnlyDatabase, ReadTransaction, ReadableDatabase};
@@ -41,14 +41,14 @@ pub struct NodeView {
 
 impl NodeView {
     /// The master's current view of its nodes.
-    pub fn of(shared: &Shared) -> NodeView {
+    pub fn of(shared: &MasterState) -> NodeView {
         let nodes = shared.registry.status().iter().map(|n| (n.id, shared.registry.is_alive(n.id))).collect();
         let (inventories, oldest_inventory) = {
-            let inv = shared.inventories.lock().unwrap_or_else(|e| e.into_inner());
+            let inv = stripefs_daemon::lock(&shared.inventories);
             let oldest = inv.values().filter_map(|i| i.at).map(|at| at.elapsed()).max();
             (inv.iter().map(|(n, i)| (*n, i.replicas.clone())).collect(), oldest)
         };
-        let corrupt = shared.corrupt.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let corrupt = stripefs_daemon::lock(&shared.corrupt).clone();
         NodeView { nodes, inventories, oldest_inventory, corrupt }
     }
 }
@@ -122,7 +122,7 @@ pub trait HoldsStore: Send + Sync + 'static {
     fn store(&self) -> &Store;
 }
 
-impl HoldsStore for Shared {
+impl HoldsStore for MasterState {
     fn store(&self) -> &Store {
         &self.store
     }
@@ -175,7 +175,7 @@ fn check_identity(txn: &ReadTransaction, path: &Path) -> Result<(), OfflineError
 
 /// Checks the live filesystem of a running master and, with `repair`,
 /// fixes what can be fixed.
-pub async fn online(shared: Arc<Shared>, repair: bool) -> Result<FsckReport, FsError> {
+pub async fn online(shared: Arc<MasterState>, repair: bool) -> Result<FsckReport, FsError> {
     let view = NodeView::of(&shared);
     run(shared, view, repair).await
 }

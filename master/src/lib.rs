@@ -9,12 +9,13 @@ pub mod journal;
 pub mod namespace;
 pub mod records;
 pub mod registry;
-pub mod repair;
 pub mod service;
+pub mod state;
 pub mod store;
 pub mod tables;
 #[cfg(test)]
 mod test_util;
+pub mod workers;
 
 use futures::StreamExt;
 use std::path::PathBuf;
@@ -44,7 +45,7 @@ pub struct Config {
 
 /// Opens the database and serves on `listener` until `shutdown`.
 pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let opens = Arc::new(service::OpenFiles::default());
+    let opens = Arc::new(state::OpenFiles::default());
     let fatal = CancellationToken::new();
     let store = {
         let dir = cfg.data_dir.clone();
@@ -58,34 +59,16 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken
     tracing::info!("opened filesystem {} in {}", store.fs_id(), cfg.data_dir.display());
     let registry = registry::Registry::new(store.nodes()?, cfg.node_dead_after);
     let orphans = store.orphans()?;
-    let shared = Arc::new(service::Shared {
-        store,
-        registry,
-        opens,
-        repairs: repair::Repairs::default(),
-        inventories: Default::default(),
-        gc_grace: cfg.gc_grace,
-        corrupt: Default::default(),
-    });
     let conns = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    if !orphans.is_empty() {
-        // Orphans from before a restart: give their clients time to reopen them.
-        let shared = shared.clone();
-        let token = conns.clone();
-        tracker.spawn(async move {
-            tokio::select! {
-                _ = token.cancelled() => {}
-                _ = tokio::time::sleep(service::ORPHAN_GRACE) => {
-                    for ino in orphans {
-                        shared.store.submit(namespace::Command::Purge { ino });
-                    }
-                }
-            }
-        });
+    let workers = stripefs_daemon::Workers::new(conns.child_token());
+    let shared = Arc::new(state::MasterState::new(store, registry, opens, cfg.gc_grace, workers));
+    // Orphans from before a restart: give their clients time to reopen them.
+    for ino in orphans {
+        shared.orphans.purge_after(ino, state::ORPHAN_GRACE);
     }
     tracing::info!("serving on {}", listener.local_addr()?);
-    tracker.spawn(repair::run(shared.clone(), conns.clone()));
+    workers::start(&shared);
+    let tracker = TaskTracker::new();
     let accept = {
         let shared = shared.clone();
         let (conns, tracker) = (conns.clone(), tracker.clone());
@@ -114,6 +97,7 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken
     let _ = accept.await;
     tracker.close();
     tracker.wait().await;
+    shared.workers.stop().await;
     let _ = tokio::task::spawn_blocking(move || drop(shared)).await;
     tracing::info!("master stopped");
     result

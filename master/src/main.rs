@@ -46,13 +46,7 @@ fn main() {
 
 fn real_main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,tarpc=warn".into()),
-        )
-        .init();
+    stripefs_daemon::logs::init();
     if let Some(c) = args.chunk_size {
         if !c.is_power_of_two() || !(64 << 10..=64 << 20).contains(&c) {
             anyhow::bail!("--chunk-size must be a power of two between 65536 and 67108864, not {c}");
@@ -67,7 +61,7 @@ fn real_main() -> anyhow::Result<()> {
         let bound = listener.local_addr()?;
         write_atomic(&args.data.join("listen.addr"), bound.to_string().as_bytes())?;
         let shutdown = CancellationToken::new();
-        spawn_signal_handler(shutdown.clone());
+        tokio::spawn(stripefs_daemon::signals::cancel_on_signal(shutdown.clone()));
         let cfg = stripefs_master::Config {
             data_dir: args.data.clone(),
             chunk_size: args.chunk_size,
@@ -84,22 +78,4 @@ fn write_atomic(path: &std::path::Path, data: &[u8]) -> anyhow::Result<()> {
     std::fs::write(&tmp, data).with_context(|| format!("write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("rename to {}", path.display()))?;
     Ok(())
-}
-
-fn spawn_signal_handler(token: CancellationToken) {
-    tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!("cannot install the SIGTERM handler: {e}");
-                return;
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        tracing::info!("shutting down");
-        token.cancel();
-    });
 }

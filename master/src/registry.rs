@@ -6,7 +6,7 @@ use rand::Rng;
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use stripefs_proto::types::{Heartbeat, NodeStatus, Replica};
+use stripefs_proto::types::{Heartbeat, NodeStatus, Replica, WorkerStatus};
 use stripefs_proto::{FsError, NodeId};
 
 /// A node refuses new chunks when its free space falls below this.
@@ -22,12 +22,23 @@ struct Entry {
     disk: String,
     used: u64,
     chunks: u64,
+    /// Its workers' status at its last heartbeat.
+    workers: Vec<WorkerStatus>,
 }
 
 impl Entry {
     /// A node known from its record, not seen yet.
     fn unseen(record: NodeRecord) -> Entry {
-        Entry { record, last_seen: None, capacity: 0, free: 0, disk: String::new(), used: 0, chunks: 0 }
+        Entry {
+            record,
+            last_seen: None,
+            capacity: 0,
+            free: 0,
+            disk: String::new(),
+            used: 0,
+            chunks: 0,
+            workers: Vec::new(),
+        }
     }
 }
 
@@ -72,6 +83,7 @@ impl Registry {
         e.disk.clone_from(&hb.disk);
         e.used = hb.used_bytes;
         e.chunks = hb.chunk_count;
+        e.workers.clone_from(&hb.workers);
         true
     }
 
@@ -104,6 +116,7 @@ impl Registry {
                 chunk_count: e.chunks,
                 last_seen_ms: e.last_seen.map(|t| now.duration_since(t).as_millis() as u64).unwrap_or(u64::MAX),
                 pending_deletions: 0,
+                workers: e.workers.clone(),
             })
             .collect();
         out.sort_by_key(|n| n.id);
@@ -259,6 +272,7 @@ mod tests {
                 replicated: Vec::new(),
                 failed: Vec::new(),
                 corrupt: Vec::new(),
+                workers: Vec::new(),
             });
         }
         r

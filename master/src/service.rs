@@ -1,14 +1,14 @@
 //! The master's RPC service: one [`MasterServer`] per connection over the
-//! shared state. Reads go straight to the store; mutations become
-//! [`Command`]s for the writer.
+//! [`MasterState`]. Reads go straight to the store; mutations become
+//! [`Command`]s for the writer; background work is left to the workers.
 
 use crate::namespace::{Command, Reply};
 use crate::records::NodeRecord;
-use crate::registry::Registry;
-use crate::store::Store;
+use crate::state::MasterState;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use stripefs_daemon::lock;
 use stripefs_proto::types::*;
 use stripefs_proto::{check_name, ChunkId, FsError, InodeId, MasterService, NodeId, Version};
 use tarpc::context::Context;
@@ -23,148 +23,16 @@ const OPEN_CHUNKS: u64 = 16;
 /// Largest file: chunk indexes beyond this are refused.
 const MAX_FILE_BYTES: u64 = 1 << 60;
 
-/// Open references per inode, over all connections.
-#[derive(Debug, Default)]
-pub struct OpenFiles(Mutex<HashMap<InodeId, u64>>);
-
-impl OpenFiles {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<InodeId, u64>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Whether some client holds `ino` open.
-    pub fn is_open(&self, ino: InodeId) -> bool {
-        self.lock().contains_key(&ino)
-    }
-
-    fn acquire(&self, ino: InodeId) {
-        *self.lock().entry(ino).or_insert(0) += 1;
-    }
-
-    /// Drops `n` references; true when none is left.
-    fn release(&self, ino: InodeId, n: u64) -> bool {
-        let mut m = self.lock();
-        match m.get_mut(&ino) {
-            Some(c) if *c > n => {
-                *c -= n;
-                false
-            }
-            Some(_) => {
-                m.remove(&ino);
-                true
-            }
-            None => true,
-        }
-    }
-}
-
-/// State shared by every connection.
-pub struct Shared {
-    /// The database.
-    pub store: Store,
-    /// Node registry.
-    pub registry: Registry,
-    /// Open references.
-    pub opens: Arc<OpenFiles>,
-    /// Re-replication orders and copies in flight.
-    pub repairs: crate::repair::Repairs,
-    /// What each node last reported holding (its full replica inventory).
-    pub inventories: Mutex<HashMap<stripefs_proto::NodeId, Inventory>>,
-    /// Unreferenced replicas younger than this are spared by garbage
-    /// collection (they may belong to an upload not yet committed).
-    pub gc_grace: std::time::Duration,
-    /// Replicas found corrupt (by a node's scrubber or a client's read) and
-    /// not yet replaced.
-    pub corrupt:
-        Mutex<std::collections::HashSet<(stripefs_proto::NodeId, stripefs_proto::ChunkId, stripefs_proto::Version)>>,
-}
-
-/// A node's replica inventory as last reported.
-#[derive(Debug, Clone, Default)]
-pub struct Inventory {
-    /// Every replica the node holds.
-    pub replicas: Vec<(stripefs_proto::ChunkId, stripefs_proto::Version)>,
-    /// When the report arrived.
-    pub at: Option<std::time::Instant>,
-}
-
-/// How long an unlinked file released by a lost connection survives: the
-/// client may reconnect (e.g. after a master restart) and open it again.
-pub const ORPHAN_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
-
-impl Shared {
-    /// Releases `n` references to `ino` that a client gave back, freeing
-    /// the file if it was an orphan.
-    fn release(&self, ino: InodeId, n: u64) {
-        if self.opens.release(ino, n) && self.store.is_orphan(ino).unwrap_or(false) {
-            self.store.submit(Command::Purge { ino });
-        }
-    }
-
-    /// A replica failed its checksum. A replica of a chunk's current
-    /// version stays listed, marked corrupt, until re-replication has
-    /// made a good copy elsewhere (then it is dropped and deleted): fsck
-    /// shows it as corrupt meanwhile, it is never offered to readers while
-    /// a good one exists, and placement keeps avoiding its node. Any other
-    /// version is deleted at once.
-    async fn corrupt_replica(&self, node: NodeId, chunk: ChunkId, version: Version) {
-        let current = match self.store.find_chunk(chunk) {
-            Ok(Some((_, _, rec))) => rec.version == version && rec.replicas.contains(&node),
-            Ok(None) => false,
-            Err(e) => {
-                tracing::error!("looking up corrupt chunk {chunk}: {e}");
-                return;
-            }
-        };
-        if current {
-            tracing::error!("replica of chunk {chunk} v{version} on node {node} is corrupt; replacing it");
-            self.corrupt.lock().unwrap_or_else(|e| e.into_inner()).insert((node, chunk, version));
-            self.repairs.wake();
-        } else {
-            tracing::warn!(
-                "replica of chunk {chunk} v{version} on node {node} is corrupt and not current; deleting it"
-            );
-            let cmd = Command::QueueDeletions { replicas: vec![(node, chunk, version)] };
-            if let Err(e) = self.store.execute(cmd).await {
-                tracing::error!("deleting the corrupt replica of chunk {chunk} on node {node}: {e}");
-            }
-        }
-    }
-
-    /// Whether the replica of `chunk` `version` on `node` is known corrupt.
-    pub fn is_corrupt(&self, node: NodeId, chunk: ChunkId, version: Version) -> bool {
-        self.corrupt.lock().unwrap_or_else(|e| e.into_inner()).contains(&(node, chunk, version))
-    }
-
-    /// Releases references held by a connection that ended: an orphan is
-    /// freed only after [`ORPHAN_GRACE`], if nobody opened it again.
-    fn release_lost(self: &Arc<Self>, ino: InodeId, n: u64) {
-        if !self.opens.release(ino, n) || !self.store.is_orphan(ino).unwrap_or(false) {
-            return;
-        }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
-        // Weak: a master that stops does not wait for this timer.
-        let weak = Arc::downgrade(self);
-        rt.spawn(async move {
-            tokio::time::sleep(ORPHAN_GRACE).await;
-            if let Some(shared) = weak.upgrade() {
-                // Purge checks again that the file is not open.
-                shared.store.submit(Command::Purge { ino });
-            }
-        });
-    }
-}
-
 /// What one connection holds open; released when the connection ends.
 struct Connection {
-    shared: Arc<Shared>,
+    shared: Arc<MasterState>,
     peer: SocketAddr,
     opens: Mutex<HashMap<InodeId, u64>>,
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        let opens = std::mem::take(&mut *self.opens.lock().unwrap_or_else(|e| e.into_inner()));
+        let opens = std::mem::take(&mut *lock(&self.opens));
         if !opens.is_empty() {
             tracing::info!("connection from {} closed with {} open files; releasing them", self.peer, opens.len());
         }
@@ -177,13 +45,13 @@ impl Drop for Connection {
 /// The service behind one connection.
 #[derive(Clone)]
 pub struct MasterServer {
-    shared: Arc<Shared>,
+    shared: Arc<MasterState>,
     conn: Arc<Connection>,
 }
 
 impl MasterServer {
     /// A server for a new connection from `peer`.
-    pub fn new(shared: Arc<Shared>, peer: SocketAddr) -> MasterServer {
+    pub fn new(shared: Arc<MasterState>, peer: SocketAddr) -> MasterServer {
         let conn = Arc::new(Connection { shared: shared.clone(), peer, opens: Mutex::new(HashMap::new()) });
         MasterServer { shared, conn }
     }
@@ -216,13 +84,13 @@ impl MasterServer {
     /// Takes an open reference to `ino` for this connection.
     fn take_open(&self, ino: InodeId) {
         self.shared.opens.acquire(ino);
-        *self.conn.opens.lock().unwrap_or_else(|e| e.into_inner()).entry(ino).or_insert(0) += 1;
+        *lock(&self.conn.opens).entry(ino).or_insert(0) += 1;
     }
 
     fn locate(&self, index: u64, rec: crate::records::ChunkRecord) -> ChunkLoc {
         let mut replicas: Vec<(Replica, bool)> = {
             // One lock per chunk, not per replica: this is the read path.
-            let corrupt = self.shared.corrupt.lock().unwrap_or_else(|e| e.into_inner());
+            let corrupt = lock(&self.shared.corrupt);
             rec.replicas
                 .iter()
                 .filter(|id| !corrupt.contains(&(**id, rec.chunk, rec.version)))
@@ -378,7 +246,7 @@ impl MasterService for MasterServer {
 
     async fn release(self, _: Context, ino: InodeId) -> Result<(), FsError> {
         let held = {
-            let mut m = self.conn.opens.lock().unwrap_or_else(|e| e.into_inner());
+            let mut m = lock(&self.conn.opens);
             match m.get_mut(&ino) {
                 Some(n) if *n > 1 => {
                     *n -= 1;
@@ -504,7 +372,7 @@ impl MasterService for MasterServer {
         tracing::info!("node {node_id} registered: {} host={} zone={}", record.addr, record.host, record.zone);
         self.shared.registry.registered(node_id, record);
         // A node (back) is a new source and target for copies.
-        self.shared.repairs.wake();
+        self.shared.copies.wake();
         Ok(Registered { node_id, fs_id })
     }
 
@@ -512,7 +380,7 @@ impl MasterService for MasterServer {
         if !self.shared.registry.heartbeat(&hb) {
             return Err(FsError::NotFound);
         }
-        for cmd in self.shared.repairs.reported(hb.node, &hb.replicated, &hb.failed, &self.shared) {
+        for cmd in self.shared.copies.reported(hb.node, &hb.replicated, &hb.failed, &self.shared) {
             if let Err(e) = self.shared.store.execute(cmd).await {
                 tracing::error!("recording a copy made by node {}: {e}", hb.node);
             }
@@ -520,7 +388,7 @@ impl MasterService for MasterServer {
         for (chunk, version) in &hb.corrupt {
             self.shared.corrupt_replica(hb.node, *chunk, *version).await;
         }
-        let replicate = self.shared.repairs.take_orders(hb.node);
+        let replicate = self.shared.copies.take_orders(hb.node);
         let delete = if self.shared.store.has_deletions(hb.node)? {
             match self.shared.store.execute(Command::TakeDeletions { node: hb.node, max: 1000 }).await? {
                 Reply::Deletions(d) => d,
@@ -536,33 +404,8 @@ impl MasterService for MasterServer {
         if self.shared.registry.replica(node).is_none() {
             return Err(FsError::NotFound);
         }
-        let shared = self.shared.clone();
-        let garbage = tokio::task::spawn_blocking(move || -> Result<Vec<(NodeId, ChunkId, Version)>, FsError> {
-            let current = shared.store.current_chunks()?;
-            let grace = shared.gc_grace.as_secs();
-            let garbage = items
-                .iter()
-                .filter(|i| i.age_secs >= grace)
-                .filter(
-                    |i| !matches!(current.get(&i.chunk), Some((v, nodes)) if *v == i.version && nodes.contains(&node)),
-                )
-                .map(|i| (node, i.chunk, i.version))
-                .collect();
-            shared.inventories.lock().unwrap_or_else(|e| e.into_inner()).insert(
-                node,
-                Inventory {
-                    replicas: items.iter().map(|i| (i.chunk, i.version)).collect(),
-                    at: Some(std::time::Instant::now()),
-                },
-            );
-            Ok(garbage)
-        })
-        .await
-        .map_err(|_| FsError::Internal)??;
-        if !garbage.is_empty() {
-            tracing::info!("node {node} holds {} replicas nobody references; deleting them", garbage.len());
-            self.shared.store.execute(Command::QueueDeletions { replicas: garbage }).await?;
-        }
+        // Garbage collection compares it with the chunk map in the background.
+        self.shared.gc_queue.push(node, items);
         Ok(())
     }
 
@@ -574,5 +417,9 @@ impl MasterService for MasterServer {
     async fn fsck(self, _: Context, repair: bool) -> Result<FsckReport, FsError> {
         tracing::info!("fsck requested by {}{}", self.conn.peer, if repair { " (repair)" } else { "" });
         crate::fsck::online(self.shared.clone(), repair).await
+    }
+
+    async fn workers(self, _: Context) -> Result<Vec<WorkerStatus>, FsError> {
+        Ok(self.shared.workers.status())
     }
 }

@@ -34,8 +34,9 @@ const MAGIC: &[u8; 8] = b"STRIPEFS";
 /// rename return directory attributes. 3: chunk writes on data
 /// connections ([`crate::data`]). 4: heartbeats name the node's disk,
 /// write headers say whether a node forwarded them, and chunks are written
-/// only on data connections (no `write_chunk` RPC).
-pub const PROTOCOL_VERSION: u32 = 4;
+/// only on data connections (no `write_chunk` RPC). 5: heartbeats and node
+/// statuses carry the node's worker statuses; the master's `workers` RPC.
+pub const PROTOCOL_VERSION: u32 = 5;
 const NONCE_BYTES: usize = 32;
 const MAC_BYTES: usize = 32;
 

@@ -102,6 +102,8 @@ pub trait MasterService {
     /// Check the namespace, the chunk map and the replicas (see
     /// `stripefs fsck`); with `repair`, fix what can be fixed.
     async fn fsck(repair: bool) -> Result<FsckReport, FsError>;
+    /// What the master's background workers are doing.
+    async fn workers() -> Result<Vec<WorkerStatus>, FsError>;
 }
 
 /// A storage node: stores chunk replicas, knows nothing of inodes.

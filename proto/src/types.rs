@@ -319,6 +319,8 @@ pub struct NodeStatus {
     pub last_seen_ms: u64,
     /// Replica deletions waiting for this node (garbage not yet reclaimed).
     pub pending_deletions: u64,
+    /// What its background workers did at its last heartbeat.
+    pub workers: Vec<WorkerStatus>,
 }
 
 /// A node's registration.
@@ -358,6 +360,8 @@ pub struct Heartbeat {
     pub failed: Vec<(ChunkId, Version)>,
     /// Replicas found corrupt (by the scrubber) since the last heartbeat.
     pub corrupt: Vec<(ChunkId, Version)>,
+    /// What its background workers (scrub, copiers) are doing.
+    pub workers: Vec<WorkerStatus>,
 }
 
 /// One replica a node holds, for its inventory report.
@@ -756,5 +760,44 @@ impl FsckOutcome {
     /// Whether the problem is gone.
     pub fn is_corrected(&self) -> bool {
         matches!(self, FsckOutcome::Repaired)
+    }
+}
+
+/// What a background worker of a master or node is doing (shown by
+/// `stripefs status`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    /// Its name, e.g. `rereplication` or `scrub`.
+    pub name: String,
+    /// Working, waiting for work, or finished.
+    pub state: WorkerState,
+    /// One line on what it is doing or last did.
+    pub detail: String,
+    /// Units of work done since the daemon started.
+    pub steps: u64,
+    /// Units of work that failed.
+    pub errors: u64,
+    /// The last failure, if any.
+    pub last_error: Option<String>,
+}
+
+/// The state of a background worker. Append new variants at the end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WorkerState {
+    /// Doing work now.
+    Busy,
+    /// Waiting until there is work.
+    Idle,
+    /// Finished for good (e.g. switched off).
+    Done,
+}
+
+impl std::fmt::Display for WorkerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WorkerState::Busy => "busy",
+            WorkerState::Idle => "idle",
+            WorkerState::Done => "done",
+        })
     }
 }

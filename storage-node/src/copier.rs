@@ -4,58 +4,80 @@
 
 use crate::chunk_store::ChunkStore;
 use crate::reports::Reports;
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use stripefs_daemon::{lock, Step, Worker};
 use stripefs_proto::block::BLOCK_SIZE;
 use stripefs_proto::net::{connect_node, context_with_timeout, Secret};
 use stripefs_proto::types::ReplicateOrder;
-use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 
-/// Copies running at once on this node.
+/// Copies running at once on this node (one per copy worker).
 const PARALLEL_COPIES: usize = 2;
 /// Blocks fetched per request (4 MiB).
 const BLOCKS_PER_FETCH: u32 = 64;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Runs ordered copies and collects their outcomes.
+/// Copy orders received and not yet started.
+#[derive(Debug, Default)]
+pub(crate) struct CopyQueue {
+    orders: Mutex<VecDeque<ReplicateOrder>>,
+    wake: tokio::sync::Notify,
+}
+
+impl CopyQueue {
+    /// Queues orders from the master.
+    pub(crate) fn order(&self, orders: Vec<ReplicateOrder>) {
+        let n = orders.len();
+        lock(&self.orders).extend(orders);
+        for _ in 0..n.min(PARALLEL_COPIES) {
+            self.wake.notify_one();
+        }
+    }
+
+    fn pop(&self) -> Option<ReplicateOrder> {
+        lock(&self.orders).pop_front()
+    }
+
+    fn len(&self) -> usize {
+        lock(&self.orders).len()
+    }
+}
+
+/// One of [`PARALLEL_COPIES`] copy workers: takes orders from the queue,
+/// copies each from a source node, reports the outcome.
 pub(crate) struct Copier {
+    id: usize,
+    queue: Arc<CopyQueue>,
     store: Arc<ChunkStore>,
     secret: Secret,
-    slots: Arc<Semaphore>,
     reports: Arc<Reports>,
-    shutdown: CancellationToken,
+    copied: u64,
+    failed: u64,
+    last: Option<String>,
 }
 
 impl Copier {
-    pub(crate) fn new(
-        store: Arc<ChunkStore>,
-        secret: Secret,
-        reports: Arc<Reports>,
-        shutdown: CancellationToken,
-    ) -> Arc<Copier> {
-        Arc::new(Copier { store, secret, slots: Arc::new(Semaphore::new(PARALLEL_COPIES)), reports, shutdown })
-    }
-
-    /// Starts the copies of `orders` in the background.
-    pub(crate) fn order(self: &Arc<Self>, orders: Vec<ReplicateOrder>) {
-        for o in orders {
-            let me = self.clone();
-            tokio::spawn(async move {
-                let stop = me.shutdown.clone();
-                let Some(Ok(_permit)) = stop.run_until_cancelled(me.slots.clone().acquire_owned()).await else {
-                    return;
-                };
-                let key = (o.chunk, o.version);
-                let ok = stop.run_until_cancelled(me.copy(&o)).await;
-                match ok {
-                    Some(true) => me.reports.replicated(key),
-                    Some(false) => me.reports.failed(key),
-                    None => {}
-                }
-            });
-        }
+    /// The [`PARALLEL_COPIES`] workers over `queue`.
+    pub(crate) fn workers(
+        queue: &Arc<CopyQueue>,
+        store: &Arc<ChunkStore>,
+        secret: &Secret,
+        reports: &Arc<Reports>,
+    ) -> Vec<Copier> {
+        (1..=PARALLEL_COPIES)
+            .map(|id| Copier {
+                id,
+                queue: queue.clone(),
+                store: store.clone(),
+                secret: secret.clone(),
+                reports: reports.clone(),
+                copied: 0,
+                failed: 0,
+                last: None,
+            })
+            .collect()
     }
 
     async fn copy(&self, o: &ReplicateOrder) -> bool {
@@ -95,5 +117,35 @@ impl Copier {
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())
+    }
+}
+
+impl Worker for Copier {
+    fn name(&self) -> String {
+        format!("copier-{}", self.id)
+    }
+
+    async fn work(&mut self) -> Result<Step, String> {
+        let Some(o) = self.queue.pop() else { return Ok(Step::Idle) };
+        let key = (o.chunk, o.version);
+        if self.copy(&o).await {
+            self.copied += 1;
+            self.reports.replicated(key);
+            self.last = Some(format!("copied chunk {} v{}", o.chunk, o.version));
+        } else {
+            self.failed += 1;
+            self.reports.failed(key);
+            self.last = Some(format!("could not copy chunk {} v{}", o.chunk, o.version));
+        }
+        Ok(if self.queue.len() > 0 { Step::Busy } else { Step::Idle })
+    }
+
+    async fn wait_for_work(&mut self) {
+        self.queue.wake.notified().await
+    }
+
+    fn detail(&self) -> String {
+        let last = self.last.as_ref().map(|l| format!("; last: {l}")).unwrap_or_default();
+        format!("{} orders queued; {} copied, {} failed{last}", self.queue.len(), self.copied, self.failed)
     }
 }

@@ -8,10 +8,6 @@ use stripefs_node::{run, write_file_atomic, Config};
 use stripefs_proto::net::Secret;
 use tokio_util::sync::CancellationToken;
 
-/// Log filter used when RUST_LOG is unset. tarpc logs every request at
-/// INFO; keep that out of the node's log unless asked for.
-const DEFAULT_LOG_FILTER: &str = "info,tarpc=warn";
-
 /// Name of the file, in the data directory, that receives the bound address.
 const LISTEN_ADDR_FILE: &str = "listen.addr";
 
@@ -95,14 +91,7 @@ struct Args {
 
 fn main() {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER)),
-        )
-        .init();
+    stripefs_daemon::logs::init();
     if let Err(e) = real_main(args) {
         eprintln!("stripefs-node: error: {e:#}");
         std::process::exit(1);
@@ -151,27 +140,8 @@ async fn async_main(args: Args, secret: Secret) -> anyhow::Result<()> {
     };
 
     let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    tokio::spawn(stripefs_daemon::signals::cancel_on_signal(shutdown.clone()));
     run(cfg, listener, shutdown).await
-}
-
-/// Cancels `shutdown` on SIGINT or SIGTERM.
-async fn cancel_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("cannot catch SIGTERM: {e}");
-            let _ = tokio::signal::ctrl_c().await;
-            shutdown.cancel();
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; shutting down"),
-        _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
-    }
-    shutdown.cancel();
 }
 
 /// This machine's host name, or "localhost" when it cannot be read.

@@ -5,7 +5,7 @@
 //! the replica deletions and copy orders the master hands back.
 
 use crate::chunk_store::ChunkStore;
-use crate::copier::Copier;
+use crate::copier::CopyQueue;
 use crate::fsutil::{disk_identity, disk_space, write_file_atomic};
 use crate::reports::Reports;
 use crate::Config;
@@ -13,6 +13,7 @@ use anyhow::Context as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use stripefs_daemon::Workers;
 use stripefs_proto::net::{connect_master, context_with_timeout};
 use stripefs_proto::types::{Heartbeat, InventoryItem, NodeHello};
 use stripefs_proto::{FsError, MasterServiceClient, NodeId};
@@ -152,8 +153,10 @@ struct Link {
     identity: Identity,
     /// What `node.id` holds.
     saved: Identity,
-    /// Copies the master orders.
-    copier: Arc<Copier>,
+    /// Copies the master orders, for the copy workers.
+    copies: Arc<CopyQueue>,
+    /// The node's workers, whose status goes with every heartbeat.
+    workers: Workers,
     /// What the next heartbeat reports.
     reports: Arc<Reports>,
 }
@@ -165,10 +168,11 @@ pub(crate) async fn run(
     identity: Identity,
     store: Arc<ChunkStore>,
     reports: Arc<Reports>,
+    copies: Arc<CopyQueue>,
+    workers: Workers,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let copier = Copier::new(store.clone(), cfg.secret.clone(), reports.clone(), shutdown.clone());
-    let mut link = Link { cfg, store, shutdown, saved: identity.clone(), identity, copier, reports };
+    let mut link = Link { cfg, store, shutdown, saved: identity.clone(), identity, copies, workers, reports };
     let mut backoff = Backoff::new();
     let mut attempt = 0u64;
     loop {
@@ -298,7 +302,7 @@ impl Link {
                         self.apply_deletions(reply.delete).await;
                     }
                     if !reply.replicate.is_empty() {
-                        self.copier.order(reply.replicate);
+                        self.copies.order(reply.replicate);
                     }
                 }
                 Ok(Err(FsError::NotFound)) => {
@@ -362,6 +366,7 @@ impl Link {
             replicated: pending.replicated,
             failed: pending.failed,
             corrupt: pending.corrupt,
+            workers: self.workers.status(),
         }
     }
 

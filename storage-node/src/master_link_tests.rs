@@ -112,6 +112,7 @@ impl MasterService for FakeMaster {
         report_inventory(node: NodeId, items: Vec<InventoryItem>) -> ();
         report_corrupt(node: NodeId, chunk: ChunkId, version: Version) -> ();
         fsck(repair: bool) -> FsckReport;
+        workers() -> Vec<WorkerStatus>;
     }
 
     async fn register_node(self, _: Context, hello: NodeHello) -> Result<Registered, FsError> {

@@ -1,8 +1,10 @@
 //! Putting a node together: the store, the RPC server and the master link.
 
 use crate::chunk_store::ChunkStore;
+use crate::copier::{Copier, CopyQueue};
 use crate::data_server::DataConns;
 use crate::master_link::{self, Identity};
+use crate::scrub::Scrubber;
 use crate::service::NodeServer;
 use anyhow::Context as _;
 use futures::StreamExt;
@@ -10,6 +12,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use stripefs_daemon::Workers;
 use stripefs_proto::data::DATA_MAGIC;
 use stripefs_proto::net::{accept_loop, transport, Secret};
 use stripefs_proto::NodeService;
@@ -89,13 +92,12 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken
         cfg.reserve_bytes,
         cfg.write_memory_bytes,
     );
-    tracker.spawn(crate::scrub::run(
-        store.clone(),
-        reports.clone(),
-        cfg.scrub_bytes_per_sec,
-        cfg.scrub_pause,
-        token.clone(),
-    ));
+    let workers = Workers::new(token.clone());
+    workers.spawn(Scrubber::new(store.clone(), reports.clone(), cfg.scrub_bytes_per_sec, cfg.scrub_pause));
+    let copies = Arc::new(CopyQueue::default());
+    for copier in Copier::workers(&copies, &store, &cfg.secret, &reports) {
+        workers.spawn(copier);
+    }
     let local = listener.local_addr().context("the listener has no address")?;
     tracing::info!("serving on {local}, advertised as {}", cfg.advertise_addr);
     let data_conns = Arc::new(DataConns::default());
@@ -109,7 +111,8 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken
     let local_reads = serve_local_reads(&cfg, &store, &token);
 
     tracing::info!("starting the link to master {}", cfg.master_addr);
-    let mut link = tokio::spawn(master_link::run(cfg, identity, store, reports, token.clone()));
+    let mut link =
+        tokio::spawn(master_link::run(cfg, identity, store, reports, copies, workers.clone(), token.clone()));
     let link_result = tokio::select! {
         r = &mut link => r,
         _ = token.cancelled() => link.await,
@@ -126,6 +129,7 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken
     }
     tracker.close();
     tracker.wait().await;
+    workers.stop().await;
     tracing::info!("storage node stopped");
     link_result.context("the master link task failed")?
 }

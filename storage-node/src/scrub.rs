@@ -1,88 +1,143 @@
 //! The scrubber: re-reads every replica's blocks at a bounded rate and
 //! reports those that fail their checksum, so the master replaces them
-//! before a reader needs them.
+//! before a reader needs them. A [`Worker`]: one replica per step, a pause
+//! between passes.
 
 use crate::chunk_store::{ChunkStore, StoreError};
 use crate::reports::Reports;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
+use stripefs_daemon::{Step, Worker};
+use stripefs_proto::{ChunkId, Version};
 
 /// Blocks verified per read while scrubbing (4 MiB).
 const BLOCKS_PER_READ: u32 = 64;
 
-/// Scrubs until `stop`: a full pass over every replica at
-/// `bytes_per_sec`, then `pause`, then again. Does nothing when
-/// `bytes_per_sec` is 0.
-pub(crate) async fn run(
+/// The scrub worker.
+pub(crate) struct Scrubber {
     store: Arc<ChunkStore>,
     reports: Arc<Reports>,
     bytes_per_sec: u64,
     pause: Duration,
-    stop: CancellationToken,
-) {
-    if bytes_per_sec == 0 {
-        tracing::info!("scrubbing is off");
-        return;
+    /// The pass under way: replicas left (last first), and what it found so far.
+    pass: Option<Pass>,
+    passes: u64,
+    last_pass: Option<String>,
+}
+
+struct Pass {
+    started: Instant,
+    left: Vec<(ChunkId, Version, u64)>,
+    replicas: usize,
+    total_bytes: u64,
+    bytes: u64,
+    corrupt: usize,
+}
+
+impl Scrubber {
+    /// A scrubber of `store` at `bytes_per_sec` (0: off), resting `pause`
+    /// between passes.
+    pub(crate) fn new(store: Arc<ChunkStore>, reports: Arc<Reports>, bytes_per_sec: u64, pause: Duration) -> Scrubber {
+        Scrubber { store, reports, bytes_per_sec, pause, pass: None, passes: 0, last_pass: None }
     }
-    loop {
-        let started = Instant::now();
-        let s = store.clone();
-        let list = match tokio::task::spawn_blocking(move || s.inventory()).await {
-            Ok(Ok(l)) => l,
-            Ok(Err(e)) => {
-                tracing::error!("scrub: cannot list replicas: {e}");
-                Vec::new()
-            }
-            Err(e) => {
-                tracing::error!("scrub: listing task failed: {e}");
-                Vec::new()
-            }
-        };
-        let (mut bytes, mut bad) = (0u64, 0usize);
-        for (chunk, version, len) in &list {
-            let (chunk, version) = (*chunk, *version);
-            let mut first = 0u32;
-            loop {
-                let s = store.clone();
-                let r =
-                    tokio::task::spawn_blocking(move || s.read_blocks(chunk, version, first, BLOCKS_PER_READ)).await;
-                match r {
-                    Ok(Ok(blocks)) if blocks.is_empty() => break,
-                    Ok(Ok(blocks)) => {
-                        first += blocks.len() as u32;
-                        if (blocks.len() as u32) < BLOCKS_PER_READ {
-                            break;
-                        }
+
+    async fn start_pass(&self) -> Result<Pass, String> {
+        let s = self.store.clone();
+        let mut list = tokio::task::spawn_blocking(move || s.inventory())
+            .await
+            .map_err(|e| format!("listing task failed: {e}"))?
+            .map_err(|e| format!("cannot list replicas: {e}"))?;
+        list.reverse();
+        let total_bytes = list.iter().map(|r| r.2).sum();
+        Ok(Pass { started: Instant::now(), replicas: list.len(), left: list, total_bytes, bytes: 0, corrupt: 0 })
+    }
+
+    /// Checks every block of one replica; true if it is corrupt.
+    async fn check(&self, chunk: ChunkId, version: Version) -> bool {
+        let mut first = 0u32;
+        loop {
+            let s = self.store.clone();
+            let r = tokio::task::spawn_blocking(move || s.read_blocks(chunk, version, first, BLOCKS_PER_READ)).await;
+            match r {
+                Ok(Ok(blocks)) if blocks.is_empty() => return false,
+                Ok(Ok(blocks)) => {
+                    first += blocks.len() as u32;
+                    if (blocks.len() as u32) < BLOCKS_PER_READ {
+                        return false;
                     }
-                    Ok(Err(StoreError::Corrupt { .. })) => {
-                        reports.corrupt((chunk, version));
-                        bad += 1;
-                        break;
-                    }
-                    // Deleted meanwhile, or unreadable for another reason
-                    // (logged by the store): move on.
-                    Ok(Err(_)) | Err(_) => break,
                 }
-            }
-            bytes += len;
-            // Pace: this replica's bytes at the allowed rate.
-            let due = Duration::from_secs_f64(*len as f64 / bytes_per_sec as f64);
-            tokio::select! {
-                biased;
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(due) => {}
+                Ok(Err(StoreError::Corrupt { .. })) => {
+                    self.reports.corrupt((chunk, version));
+                    return true;
+                }
+                // Deleted meanwhile, or unreadable for another reason
+                // (logged by the store): move on.
+                Ok(Err(_)) | Err(_) => return false,
             }
         }
-        tracing::info!(
-            "scrub pass: {} replicas, {bytes} bytes, {bad} corrupt, in {:.1} s",
-            list.len(),
-            started.elapsed().as_secs_f64()
-        );
-        tokio::select! {
-            biased;
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(pause) => {}
+    }
+}
+
+impl Worker for Scrubber {
+    fn name(&self) -> String {
+        "scrub".into()
+    }
+
+    async fn work(&mut self) -> Result<Step, String> {
+        if self.bytes_per_sec == 0 {
+            tracing::info!("scrubbing is off");
+            return Ok(Step::Done);
+        }
+        let mut pass = match self.pass.take() {
+            Some(p) => p,
+            None => self.start_pass().await?,
+        };
+        let Some((chunk, version, len)) = pass.left.pop() else {
+            tracing::info!(
+                "scrub pass: {} replicas, {} bytes, {} corrupt, in {:.1} s",
+                pass.replicas,
+                pass.bytes,
+                pass.corrupt,
+                pass.started.elapsed().as_secs_f64()
+            );
+            self.passes += 1;
+            self.last_pass =
+                Some(format!("last pass: {} replicas, {} bytes, {} corrupt", pass.replicas, pass.bytes, pass.corrupt));
+            return Ok(Step::Idle);
+        };
+        if self.check(chunk, version).await {
+            pass.corrupt += 1;
+        }
+        pass.bytes += len;
+        // Pace: this replica's bytes at the allowed rate (a cancelled sleep
+        // at shutdown loses nothing).
+        let due = Duration::from_secs_f64(len as f64 / self.bytes_per_sec as f64);
+        self.pass = Some(pass);
+        tokio::time::sleep(due).await;
+        Ok(Step::Busy)
+    }
+
+    async fn wait_for_work(&mut self) {
+        tokio::time::sleep(self.pause).await
+    }
+
+    fn detail(&self) -> String {
+        if self.bytes_per_sec == 0 {
+            return "off (--scrub-mb-per-sec 0)".into();
+        }
+        let now = match &self.pass {
+            Some(p) => format!(
+                "pass {}: {} of {} bytes checked, {} corrupt",
+                self.passes + 1,
+                p.bytes,
+                p.total_bytes,
+                p.corrupt
+            ),
+            None => format!("{} passes done", self.passes),
+        };
+        match &self.last_pass {
+            Some(last) => format!("{now}; {last}"),
+            None => now,
         }
     }
 }

@@ -516,6 +516,81 @@ fn stripefs_status_info_and_policy_on_a_mount_path() {
     );
 }
 
+/// `stripefs status --json` of the cluster behind `mnt`.
+fn status_json(mnt: &Path) -> serde_json::Value {
+    let out = stripefs(&["status".as_ref(), "--json".as_ref(), mnt.as_os_str()]);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("stripefs status --json: {e}: {}", show(&out)))
+}
+
+/// The workers of a status report's `workers` array, by name.
+fn workers_of(v: &serde_json::Value) -> std::collections::BTreeMap<String, serde_json::Value> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("no workers array: {v}"))
+        .iter()
+        .map(|w| (w["name"].as_str().expect("worker name").to_string(), w.clone()))
+        .collect()
+}
+
+/// Waits (bounded) until `f` holds of `stripefs status --json`.
+fn must_see_status(mnt: &Path, what: &str, f: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = status_json(mnt);
+        if f(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not seen within 30 s in\n{v:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn stripefs_status_shows_every_background_worker_and_their_numbers_move_with_the_work() {
+    let mut c = TestCluster::builder().nodes(3).chunk_size(64 * 1024).node_dead_after(Duration::from_secs(1)).start();
+    let m = c.mount();
+    let v = status_json(m.path());
+    let master = workers_of(&v["workers"]);
+    assert_eq!(master.keys().collect::<Vec<_>>(), ["gc", "orphan-purge", "rereplication"], "{v:#}");
+    for n in v["nodes"].as_array().expect("nodes") {
+        let w = workers_of(&n["workers"]);
+        assert_eq!(w.keys().collect::<Vec<_>>(), ["copier-1", "copier-2", "scrub"], "{v:#}");
+        // The test nodes do not scrub: the worker says so and ends.
+        assert_eq!(w["scrub"]["state"], "done", "{v:#}");
+        assert!(w["scrub"]["detail"].as_str().is_some_and(|d| d.contains("off")), "{v:#}");
+    }
+    // Every node reports its inventory when it registers: garbage
+    // collection checks each.
+    must_see_status(m.path(), "gc checked three inventories", |v| {
+        workers_of(&v["workers"])["gc"]["detail"].as_str().is_some_and(|d| d.starts_with("3 inventories checked"))
+    });
+    let text_out = text(&stripefs(&["status".as_ref(), m.path().as_os_str()]).stdout);
+    assert!(text_out.contains("background work:") && text_out.contains("rereplication"), "{text_out}");
+
+    // A node holding replicas dies: re-replication orders copies, and a
+    // copier of a surviving node reports them done.
+    fs::write(m.join("f"), random_bytes(300_000)).expect("write");
+    let f = info_json(&m.join("f"));
+    let holder = chunks(&f)[0]["replicas"][0]["host"].as_str().expect("host").to_string();
+    let i = (0..3).find(|&i| TestCluster::node_host(i) == holder).expect("holder is a test node");
+    c.stop_node(i);
+    let v = must_see_status(m.path(), "a copy ordered and made", |v| {
+        let ordered = workers_of(&v["workers"])["rereplication"]["detail"]
+            .as_str()
+            .and_then(|d| d.split("; ").last()?.split(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        let copied: u64 = v["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|n| n["state"] == "up")
+            .flat_map(|n| workers_of(&n["workers"]).into_values())
+            .filter_map(|w| w["detail"].as_str()?.split("; ").nth(1)?.split(' ').next()?.parse::<u64>().ok())
+            .sum();
+        ordered >= 1 && copied >= 1
+    });
+    eprintln!("after the node loss: {v:#}");
+}
+
 // ---------------------------------------------------------------------------
 // (e) stripefs up / down
 

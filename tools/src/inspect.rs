@@ -4,7 +4,7 @@ use crate::target::Target;
 use anyhow::{bail, Context as _};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use stripefs_proto::types::{FileKind, Policy};
+use stripefs_proto::types::{FileKind, Policy, WorkerStatus};
 use stripefs_proto::InodeId;
 use tarpc::context;
 
@@ -41,6 +41,7 @@ pub async fn status(t: &Target, json: bool) -> anyhow::Result<()> {
     let c = t.connect().await?;
     let nodes = c.nodes(context::current()).await?.map_err(|e| anyhow::anyhow!("master: {e}"))?;
     let fs = c.statfs(context::current()).await?.map_err(|e| anyhow::anyhow!("master: {e}"))?;
+    let workers = c.workers(context::current()).await?.map_err(|e| anyhow::anyhow!("master: {e}"))?;
     if json {
         let list: Vec<serde_json::Value> = nodes
             .iter()
@@ -51,11 +52,13 @@ pub async fn status(t: &Target, json: bool) -> anyhow::Result<()> {
                     "capacity_bytes": n.capacity_bytes, "free_bytes": n.free_bytes,
                     "used_bytes": n.used_bytes, "chunks": n.chunk_count,
                     "pending_deletions": n.pending_deletions,
+                    "workers": n.workers.iter().map(worker_json).collect::<Vec<_>>(),
                 })
             })
             .collect();
         let out = serde_json::json!({
             "master": t.master, "nodes": list,
+            "workers": workers.iter().map(worker_json).collect::<Vec<_>>(),
             "total_bytes": fs.total_bytes, "free_bytes": fs.free_bytes, "files": fs.files,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -96,7 +99,33 @@ pub async fn status(t: &Target, json: bool) -> anyhow::Result<()> {
         human(used),
         fs.files
     );
+    println!("background work:");
+    for w in &workers {
+        println!("  master  {}", worker_line(w));
+    }
+    for n in nodes.iter().filter(|n| n.alive) {
+        for w in &n.workers {
+            println!("  node {:<3} {}", n.id.0, worker_line(w));
+        }
+    }
     Ok(())
+}
+
+/// A worker's status as JSON.
+fn worker_json(w: &WorkerStatus) -> serde_json::Value {
+    serde_json::json!({
+        "name": w.name, "state": w.state.to_string(), "detail": w.detail,
+        "steps": w.steps, "errors": w.errors, "last_error": w.last_error,
+    })
+}
+
+/// A worker's status on one line: name, state, what it does, errors.
+fn worker_line(w: &WorkerStatus) -> String {
+    let errors = match (&w.last_error, w.errors) {
+        (Some(e), n) => format!(" [{n} errors, last: {e}]"),
+        (None, _) => String::new(),
+    };
+    format!("{:<14} {:<4}  {}{errors}", w.name, w.state, w.detail)
 }
 
 /// `stripefs info PATH`.

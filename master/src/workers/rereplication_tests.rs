@@ -3,7 +3,7 @@
 use super::*;
 use crate::records::NodeRecord;
 use crate::registry::Registry;
-use crate::service::{OpenFiles, Shared};
+use crate::state::{MasterState, OpenFiles};
 use crate::test_util::{commit, mknod, open_store, CHUNK};
 use stripefs_proto::types::Heartbeat;
 
@@ -13,7 +13,7 @@ fn node(i: u64) -> (NodeId, NodeRecord) {
     (NodeId(i), NodeRecord { addr: format!("127.0.0.{i}:1"), host: format!("host{i}"), zone: "z".into() })
 }
 
-fn beat(shared: &Shared, nodes: &[u64]) {
+fn beat(shared: &MasterState, nodes: &[u64]) {
     for &i in nodes {
         let hb = Heartbeat {
             node: NodeId(i),
@@ -25,13 +25,14 @@ fn beat(shared: &Shared, nodes: &[u64]) {
             replicated: vec![],
             failed: vec![],
             corrupt: vec![],
+            workers: vec![],
         };
         assert!(shared.registry.heartbeat(&hb));
     }
 }
 
 /// Keeps `alive` beating until the others count as dead.
-fn let_die(shared: &Shared, alive: &[u64]) {
+fn let_die(shared: &MasterState, alive: &[u64]) {
     let until = Instant::now() + DEAD_AFTER + Duration::from_millis(100);
     while Instant::now() < until {
         beat(shared, alive);
@@ -39,8 +40,8 @@ fn let_die(shared: &Shared, alive: &[u64]) {
     }
 }
 
-fn ordered_to(shared: &Shared, n: u64) -> Vec<ChunkId> {
-    shared.repairs.take_orders(NodeId(n)).iter().map(|o| o.chunk).collect()
+fn ordered_to(shared: &MasterState, n: u64) -> Vec<ChunkId> {
+    shared.copies.take_orders(NodeId(n)).iter().map(|o| o.chunk).collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -55,23 +56,16 @@ async fn an_order_to_a_node_that_died_is_given_to_another() {
         let (id, rec) = node(i);
         registry.registered(id, rec);
     }
-    let shared = Shared {
-        store,
-        registry,
-        opens: Arc::new(OpenFiles::default()),
-        repairs: Repairs::default(),
-        inventories: Default::default(),
-        gc_grace: Duration::from_secs(600),
-        corrupt: Default::default(),
-    };
+    let workers = stripefs_daemon::Workers::new(tokio_util::sync::CancellationToken::new());
+    let shared = MasterState::new(store, registry, Arc::new(OpenFiles::default()), Duration::from_secs(600), workers);
     // Node 2 dies: the chunk is copied from node 1 to node 3 or 4.
     let_die(&shared, &[1, 3, 4]);
-    assert!(shared.repairs.round(&shared), "there is work");
+    assert!(shared.copies.round(&shared).expect("round").work_left(&shared.copies), "there is work");
     let (first, other) = if ordered_to(&shared, 3) == vec![ChunkId(100)] { (3, 4) } else { (4, 3) };
-    assert_eq!(shared.repairs.in_flight(), 1);
+    assert_eq!(shared.copies.in_flight(), 1);
     // The target dies before it reports the copy: the order goes to the
     // last node left, at once rather than after the order's timeout.
     let_die(&shared, &[1, other]);
-    assert!(shared.repairs.round(&shared));
+    assert!(shared.copies.round(&shared).expect("round").work_left(&shared.copies));
     assert_eq!(ordered_to(&shared, other), vec![ChunkId(100)], "the order stays with dead node {first}");
 }

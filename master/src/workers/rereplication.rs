@@ -5,13 +5,13 @@
 //! heartbeats and become [`Command::AddReplica`].
 
 use crate::namespace::Command;
-use crate::service::Shared;
+use crate::state::MasterState;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use stripefs_daemon::{lock, Step, Worker};
 use stripefs_proto::types::ReplicateOrder;
 use stripefs_proto::{ChunkId, InodeId, NodeId, Version};
-use tokio_util::sync::CancellationToken;
 
 /// Copies in flight over the whole cluster.
 const MAX_IN_FLIGHT: usize = 32;
@@ -34,19 +34,31 @@ struct Pending {
     since: Instant,
 }
 
-/// Orders waiting for their node's heartbeat, and orders in flight.
+/// Copy orders waiting for their node's heartbeat, and copies in flight.
 #[derive(Debug, Default)]
-pub struct Repairs {
+pub struct Copies {
     outbox: Mutex<HashMap<NodeId, Vec<ReplicateOrder>>>,
     pending: Mutex<HashMap<(ChunkId, Version), Pending>>,
     wake: tokio::sync::Notify,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+/// What one round found and did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Round {
+    /// Chunks under their replication factor (up to the scan's limit).
+    pub degraded: usize,
+    /// Copies ordered this round.
+    pub ordered: usize,
 }
 
-impl Repairs {
+impl Round {
+    /// Whether work is left: chunks still under-replicated or copies in flight.
+    fn work_left(&self, copies: &Copies) -> bool {
+        self.degraded > 0 || copies.in_flight() > 0
+    }
+}
+
+impl Copies {
     /// Asks for a scan now (a replica was dropped).
     pub fn wake(&self) {
         self.wake.notify_one();
@@ -69,7 +81,7 @@ impl Repairs {
         node: NodeId,
         done: &[(ChunkId, Version)],
         failed: &[(ChunkId, Version)],
-        shared: &Shared,
+        shared: &MasterState,
     ) -> Vec<Command> {
         let mut pending = lock(&self.pending);
         for key in failed {
@@ -109,7 +121,7 @@ impl Repairs {
             {
                 // A good copy replaces a corrupt one the node may have held,
                 // and dropped replicas are no longer of interest.
-                let mut corrupt = shared.corrupt.lock().unwrap_or_else(|e| e.into_inner());
+                let mut corrupt = lock(&shared.corrupt);
                 corrupt.remove(&(node, chunk, version));
                 for n in &drop {
                     corrupt.remove(&(*n, chunk, version));
@@ -121,9 +133,8 @@ impl Repairs {
     }
 
     /// One round: expire stale orders, then order copies for the most
-    /// endangered chunks, within the limits. Returns whether there is work
-    /// left: chunks still under-replicated or copies in flight.
-    fn round(&self, shared: &Shared) -> bool {
+    /// endangered chunks, within the limits.
+    fn round(&self, shared: &MasterState) -> Result<Round, String> {
         let now = Instant::now();
         // An order whose target died will never be done: order it elsewhere.
         let alive = |n: NodeId| shared.registry.is_alive(n);
@@ -131,20 +142,14 @@ impl Repairs {
         lock(&self.outbox).retain(|n, _| alive(*n));
         let room = MAX_IN_FLIGHT.saturating_sub(self.in_flight());
         if room == 0 {
-            return true;
+            return Ok(Round::default());
         }
         let usable = |n: NodeId, c: ChunkId, v: Version| shared.registry.is_alive(n) && !shared.is_corrupt(n, c, v);
-        let degraded = match shared.store.under_replicated(usable, room * 4) {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::error!("re-replication scan failed: {e}");
-                return true;
-            }
-        };
-        let work = !degraded.is_empty() || self.in_flight() > 0;
-        let mut ordered = 0;
+        let degraded =
+            shared.store.under_replicated(usable, room * 4).map_err(|e| format!("re-replication scan failed: {e}"))?;
+        let mut round = Round { degraded: degraded.len(), ordered: 0 };
         for d in degraded {
-            if ordered >= room {
+            if round.ordered >= room {
                 break;
             }
             let key = (d.rec.chunk, d.rec.version);
@@ -186,39 +191,77 @@ impl Repairs {
                 length: d.rec.length,
                 sources,
             });
-            ordered += 1;
+            round.ordered += 1;
         }
-        work
+        Ok(round)
     }
 }
 
-/// Runs re-replication rounds until `stop`.
-pub async fn run(shared: Arc<Shared>, stop: CancellationToken) {
-    let mut last_scan: Option<Instant> = None;
-    // Chunks were under-replicated at the last scan (maybe with nowhere to
-    // copy them yet: a node that comes back or frees space is a target).
-    let mut work = false;
-    loop {
-        tokio::select! {
-            biased;
-            _ = stop.cancelled() => return,
-            _ = shared.repairs.wake.notified() => last_scan = None,
-            _ = tokio::time::sleep(SCAN_INTERVAL) => {}
-        }
-        let due = match last_scan {
-            None => true,
-            Some(t) => work || shared.registry.any_dead() || t.elapsed() >= IDLE_SCAN_INTERVAL,
-        };
-        if !due {
-            continue;
-        }
-        last_scan = Some(Instant::now());
-        let s = shared.clone();
+/// The re-replication worker: a round when woken (a replica was lost or
+/// found corrupt, a node came back), every [`SCAN_INTERVAL`] while work
+/// is left or a node is dead, else every [`IDLE_SCAN_INTERVAL`] (policy
+/// changes, writes placed on fewer nodes than wanted).
+pub struct Rereplicator {
+    state: Arc<MasterState>,
+    last_scan: Option<Instant>,
+    last: Round,
+    ordered: u64,
+}
+
+impl Rereplicator {
+    /// A worker over `state.copies`.
+    pub fn new(state: Arc<MasterState>) -> Rereplicator {
+        Rereplicator { state, last_scan: None, last: Round::default(), ordered: 0 }
+    }
+}
+
+impl Worker for Rereplicator {
+    fn name(&self) -> String {
+        "rereplication".into()
+    }
+
+    async fn work(&mut self) -> Result<Step, String> {
+        self.last_scan = Some(Instant::now());
+        let s = self.state.clone();
         // The scan reads the whole chunk table: off the async threads.
-        work = tokio::task::spawn_blocking(move || s.repairs.round(&s)).await.unwrap_or(true);
+        let round = tokio::task::spawn_blocking(move || s.copies.round(&s))
+            .await
+            .map_err(|e| format!("re-replication round: {e}"))??;
+        self.ordered += round.ordered as u64;
+        self.last = round;
+        Ok(Step::Idle)
+    }
+
+    async fn wait_for_work(&mut self) {
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.state.copies.wake.notified() => return,
+                _ = tokio::time::sleep(SCAN_INTERVAL) => {}
+            }
+            // Chunks were under-replicated at the last scan (maybe with
+            // nowhere to copy them yet: a node that comes back or frees
+            // space is a target).
+            let due = self.last.work_left(&self.state.copies)
+                || self.state.registry.any_dead()
+                || self.last_scan.is_none_or(|t| t.elapsed() >= IDLE_SCAN_INTERVAL);
+            if due {
+                return;
+            }
+        }
+    }
+
+    fn detail(&self) -> String {
+        format!(
+            "{} copies in flight; last scan: {} chunks under-replicated, {} copies ordered; {} ordered in all",
+            self.state.copies.in_flight(),
+            self.last.degraded,
+            self.last.ordered,
+            self.ordered
+        )
     }
 }
 
 #[cfg(test)]
-#[path = "repair_tests.rs"]
+#[path = "rereplication_tests.rs"]
 mod tests;

@@ -1,0 +1,12 @@
+//! What the three stripefs daemons (`stripefs-master`, `stripefs-node`,
+//! `stripefs-mount`) share instead of copying: log setup ([`logs`]),
+//! stopping on SIGTERM or Ctrl-C ([`signals`]), poison-tolerant locks
+//! ([`sync`]) and background workers with one shape ([`worker`]).
+
+pub mod logs;
+pub mod signals;
+pub mod sync;
+pub mod worker;
+
+pub use sync::lock;
+pub use worker::{Step, Worker, Workers};

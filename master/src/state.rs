@@ -1,0 +1,167 @@
+//! The master's state: what every connection, background worker and fsck
+//! share. The database ([`Store`]) holds what must survive a restart; the
+//! rest is soft state, rebuilt from the nodes' and clients' reports after a
+//! restart (the node registry, open files, inventories, corrupt replicas,
+//! copy orders).
+//!
+//! The RPC layer ([`crate::service`]) and the workers ([`crate::workers`])
+//! both use this module; it uses neither.
+
+use crate::namespace::Command;
+use crate::registry::Registry;
+use crate::store::Store;
+use crate::workers::gc::InventoryQueue;
+use crate::workers::orphans::OrphanQueue;
+use crate::workers::rereplication::Copies;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use stripefs_daemon::{lock, Workers};
+use stripefs_proto::{ChunkId, InodeId, NodeId, Version};
+
+/// How long an unlinked file released by a lost connection survives: the
+/// client may reconnect (e.g. after a master restart) and open it again.
+pub const ORPHAN_GRACE: Duration = Duration::from_secs(60);
+
+/// Open references per inode, over all connections.
+#[derive(Debug, Default)]
+pub struct OpenFiles(Mutex<HashMap<InodeId, u64>>);
+
+impl OpenFiles {
+    /// Whether some client holds `ino` open.
+    pub fn is_open(&self, ino: InodeId) -> bool {
+        lock(&self.0).contains_key(&ino)
+    }
+
+    /// Takes one reference to `ino`.
+    pub fn acquire(&self, ino: InodeId) {
+        *lock(&self.0).entry(ino).or_insert(0) += 1;
+    }
+
+    /// Drops `n` references; true when none is left.
+    pub fn release(&self, ino: InodeId, n: u64) -> bool {
+        let mut m = lock(&self.0);
+        match m.get_mut(&ino) {
+            Some(c) if *c > n => {
+                *c -= n;
+                false
+            }
+            Some(_) => {
+                m.remove(&ino);
+                true
+            }
+            None => true,
+        }
+    }
+}
+
+/// A node's replica inventory as last reported.
+#[derive(Debug, Clone, Default)]
+pub struct Inventory {
+    /// Every replica the node holds.
+    pub replicas: Vec<(ChunkId, Version)>,
+    /// When the report arrived.
+    pub at: Option<Instant>,
+}
+
+/// State shared by every connection, worker and fsck run.
+pub struct MasterState {
+    /// The database.
+    pub store: Store,
+    /// Node registry.
+    pub registry: Registry,
+    /// Open references.
+    pub opens: Arc<OpenFiles>,
+    /// Re-replication: copy orders waiting for their node, and copies in flight.
+    pub copies: Copies,
+    /// What each node last reported holding (its full replica inventory).
+    pub inventories: Mutex<HashMap<NodeId, Inventory>>,
+    /// Inventories waiting for garbage collection.
+    pub gc_queue: InventoryQueue,
+    /// Unlinked files waiting for their grace time before they are purged.
+    pub orphans: OrphanQueue,
+    /// Unreferenced replicas younger than this are spared by garbage
+    /// collection (they may belong to an upload not yet committed).
+    pub gc_grace: Duration,
+    /// Replicas found corrupt (by a node's scrubber or a client's read) and
+    /// not yet replaced.
+    pub corrupt: Mutex<HashSet<(NodeId, ChunkId, Version)>>,
+    /// The background workers (for their status).
+    pub workers: Workers,
+}
+
+impl MasterState {
+    /// The state over an open store and registry, with nothing open,
+    /// reported or queued yet.
+    pub fn new(
+        store: Store,
+        registry: Registry,
+        opens: Arc<OpenFiles>,
+        gc_grace: Duration,
+        workers: Workers,
+    ) -> MasterState {
+        MasterState {
+            store,
+            registry,
+            opens,
+            copies: Copies::default(),
+            inventories: Default::default(),
+            gc_queue: InventoryQueue::default(),
+            orphans: OrphanQueue::default(),
+            gc_grace,
+            corrupt: Default::default(),
+            workers,
+        }
+    }
+
+    /// Releases `n` references to `ino` that a client gave back, freeing
+    /// the file if it was an orphan.
+    pub fn release(&self, ino: InodeId, n: u64) {
+        if self.opens.release(ino, n) && self.store.is_orphan(ino).unwrap_or(false) {
+            self.store.submit(Command::Purge { ino });
+        }
+    }
+
+    /// Releases references held by a connection that ended: an orphan is
+    /// freed only after [`ORPHAN_GRACE`], if nobody opened it again.
+    pub fn release_lost(&self, ino: InodeId, n: u64) {
+        if self.opens.release(ino, n) && self.store.is_orphan(ino).unwrap_or(false) {
+            self.orphans.purge_after(ino, ORPHAN_GRACE);
+        }
+    }
+
+    /// A replica failed its checksum. A replica of a chunk's current
+    /// version stays listed, marked corrupt, until re-replication has
+    /// made a good copy elsewhere (then it is dropped and deleted): fsck
+    /// shows it as corrupt meanwhile, it is never offered to readers while
+    /// a good one exists, and placement keeps avoiding its node. Any other
+    /// version is deleted at once.
+    pub async fn corrupt_replica(&self, node: NodeId, chunk: ChunkId, version: Version) {
+        let current = match self.store.find_chunk(chunk) {
+            Ok(Some((_, _, rec))) => rec.version == version && rec.replicas.contains(&node),
+            Ok(None) => false,
+            Err(e) => {
+                tracing::error!("looking up corrupt chunk {chunk}: {e}");
+                return;
+            }
+        };
+        if current {
+            tracing::error!("replica of chunk {chunk} v{version} on node {node} is corrupt; replacing it");
+            lock(&self.corrupt).insert((node, chunk, version));
+            self.copies.wake();
+        } else {
+            tracing::warn!(
+                "replica of chunk {chunk} v{version} on node {node} is corrupt and not current; deleting it"
+            );
+            let cmd = Command::QueueDeletions { replicas: vec![(node, chunk, version)] };
+            if let Err(e) = self.store.execute(cmd).await {
+                tracing::error!("deleting the corrupt replica of chunk {chunk} on node {node}: {e}");
+            }
+        }
+    }
+
+    /// Whether the replica of `chunk` `version` on `node` is known corrupt.
+    pub fn is_corrupt(&self, node: NodeId, chunk: ChunkId, version: Version) -> bool {
+        lock(&self.corrupt).contains(&(node, chunk, version))
+    }
+}
