@@ -7,6 +7,7 @@
 //! writer; each one checks again, before it writes, that the state is still
 //! the one the scan saw.
 
+pub mod ops;
 mod scan;
 
 use crate::namespace::Command;
@@ -347,5 +348,5 @@ fn report(scan: Scan, online: bool, repair: bool, outcomes: &[FsckOutcome]) -> F
 }
 
 #[cfg(test)]
-#[path = "fsck_tests.rs"]
+#[path = "fsck/tests.rs"]
 mod tests;

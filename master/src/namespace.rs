@@ -12,10 +12,8 @@ use crate::records::{ChunkRecord, DecodeError, InodeRecord, NodeRecord};
 use crate::tables::{self, meta_keys};
 use redb::{ReadableTable, Table, WriteTransaction};
 use serde::{Deserialize, Serialize};
-use stripefs_proto::types::{Attr, ChunkCommit, FileKind, Owner, Policy, SetAttr, TimeSet, Timestamp};
-use stripefs_proto::{
-    check_name, ChunkId, FsError, InodeId, NodeId, Version, MAX_SYMLINK_BYTES, MAX_XATTR_VALUE_BYTES,
-};
+use stripefs_proto::types::{Attr, ChunkCommit, FileKind, Owner, SetAttr, Timestamp};
+use stripefs_proto::{ChunkId, FsError, InodeId, NodeId, Version};
 
 /// renameat2's `RENAME_NOREPLACE`.
 pub const RENAME_NOREPLACE: u32 = 1;
@@ -25,8 +23,6 @@ pub const RENAME_EXCHANGE: u32 = 2;
 pub const XATTR_CREATE: u32 = 1;
 /// setxattr's `XATTR_REPLACE`.
 pub const XATTR_REPLACE: u32 = 2;
-/// Most hard links one inode may have.
-pub const MAX_LINKS: u32 = 65_000;
 
 /// A mutation of the master's state.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -298,14 +294,14 @@ impl<'txn> Tables<'txn> {
         })
     }
 
-    fn inode(&self, ino: InodeId) -> Result<InodeRecord, ApplyError> {
+    pub(crate) fn inode(&self, ino: InodeId) -> Result<InodeRecord, ApplyError> {
         match self.inodes.get(ino.0)? {
             Some(v) => Ok(InodeRecord::decode(v.value())?),
             None => Err(FsError::NotFound.into()),
         }
     }
 
-    fn dir(&self, ino: InodeId) -> Result<InodeRecord, ApplyError> {
+    pub(crate) fn dir(&self, ino: InodeId) -> Result<InodeRecord, ApplyError> {
         let r = self.inode(ino)?;
         if r.kind != FileKind::Dir {
             return Err(FsError::NotDir.into());
@@ -317,27 +313,27 @@ impl<'txn> Tables<'txn> {
         Ok(r)
     }
 
-    fn put_inode(&mut self, ino: InodeId, rec: &InodeRecord) -> Result<(), ApplyError> {
+    pub(crate) fn put_inode(&mut self, ino: InodeId, rec: &InodeRecord) -> Result<(), ApplyError> {
         self.inodes.insert(ino.0, rec.encode().as_slice())?;
         Ok(())
     }
 
-    fn entry(&self, parent: InodeId, name: &str) -> Result<Option<InodeId>, ApplyError> {
+    pub(crate) fn entry(&self, parent: InodeId, name: &str) -> Result<Option<InodeId>, ApplyError> {
         Ok(self.dir_entries.get((parent.0, name))?.map(|v| InodeId(v.value())))
     }
 
-    fn meta_u64(&self, key: &str) -> Result<u64, ApplyError> {
+    pub(crate) fn meta_u64(&self, key: &str) -> Result<u64, ApplyError> {
         let v = self.meta.get(key)?.ok_or(FsError::Internal)?;
         let bytes: [u8; 8] = v.value().try_into().map_err(|_| FsError::Internal)?;
         Ok(u64::from_le_bytes(bytes))
     }
 
-    fn set_meta_u64(&mut self, key: &str, value: u64) -> Result<(), ApplyError> {
+    pub(crate) fn set_meta_u64(&mut self, key: &str, value: u64) -> Result<(), ApplyError> {
         self.meta.insert(key, value.to_le_bytes().as_slice())?;
         Ok(())
     }
 
-    fn new_inode(&mut self, rec: &InodeRecord) -> Result<InodeId, ApplyError> {
+    pub(crate) fn new_inode(&mut self, rec: &InodeRecord) -> Result<InodeId, ApplyError> {
         let ino = self.meta_u64(meta_keys::NEXT_INODE)?;
         self.set_meta_u64(meta_keys::NEXT_INODE, ino + 1)?;
         let count = self.meta_u64(meta_keys::INODE_COUNT)?;
@@ -346,12 +342,12 @@ impl<'txn> Tables<'txn> {
         Ok(InodeId(ino))
     }
 
-    fn dir_is_empty(&self, dir: InodeId) -> Result<bool, ApplyError> {
+    pub(crate) fn dir_is_empty(&self, dir: InodeId) -> Result<bool, ApplyError> {
         let mut range = self.dir_entries.range((dir.0, "")..(dir.0 + 1, ""))?;
         Ok(range.next().is_none())
     }
 
-    fn queue_deletion(&mut self, rec: &ChunkRecord) -> Result<(), ApplyError> {
+    pub(crate) fn queue_deletion(&mut self, rec: &ChunkRecord) -> Result<(), ApplyError> {
         for node in &rec.replicas {
             self.deletions.insert((node.0, rec.chunk.0, rec.version.0), ())?;
         }
@@ -359,7 +355,7 @@ impl<'txn> Tables<'txn> {
     }
 
     /// Removes an inode and everything hanging off it.
-    fn purge(&mut self, ino: InodeId) -> Result<(), ApplyError> {
+    pub(crate) fn purge(&mut self, ino: InodeId) -> Result<(), ApplyError> {
         let chunks: Vec<(u64, ChunkRecord)> = self
             .chunks
             .range((ino.0, 0)..=(ino.0, u64::MAX))?
@@ -390,7 +386,7 @@ impl<'txn> Tables<'txn> {
 
     /// Drops one link of a non-directory; frees it when no link and no open
     /// reference is left, or keeps it as an orphan while it is open.
-    fn drop_link(
+    pub(crate) fn drop_link(
         &mut self,
         ino: InodeId,
         mut rec: InodeRecord,
@@ -412,7 +408,7 @@ impl<'txn> Tables<'txn> {
     }
 
     /// Whether `ino` is `ancestor` or lies below it.
-    fn is_within(&self, mut ino: InodeId, ancestor: InodeId) -> Result<bool, ApplyError> {
+    pub(crate) fn is_within(&self, mut ino: InodeId, ancestor: InodeId) -> Result<bool, ApplyError> {
         // Bounded walk: a corrupt parent chain must not loop forever.
         for _ in 0..100_000 {
             if ino == ancestor {
@@ -427,537 +423,58 @@ impl<'txn> Tables<'txn> {
     }
 }
 
-fn new_record(kind: FileKind, perm: u32, owner: Owner, policy: Policy, now: Timestamp) -> InodeRecord {
-    InodeRecord {
-        kind,
-        perm: (perm & 0o7777) as u16,
-        nlink: 1,
-        uid: owner.uid,
-        gid: owner.gid,
-        size: 0,
-        atime: now,
-        mtime: now,
-        ctime: now,
-        crtime: now,
-        rdev: 0,
-        policy,
-        parent: 0,
-        target: None,
-        allocated: 0,
-    }
-}
-
-fn resolve(set: TimeSet, now: Timestamp) -> Timestamp {
-    match set {
-        TimeSet::Now => now,
-        TimeSet::At(t) => t,
-    }
-}
-
 /// Applies one command. On `Err(ApplyError::Fs)` nothing was written.
+/// Each family of commands has its module; this only dispatches.
 pub fn apply(t: &mut Tables, cmd: &Command, ctx: &Context) -> Result<Reply, ApplyError> {
+    use Command as C;
+    let unit = |()| Reply::Unit;
     match cmd {
-        Command::Mknod { parent, name, kind, perm, owner, rdev, now } => {
-            if *kind == FileKind::Dir || *kind == FileKind::Symlink {
-                return Err(FsError::InvalidArgument.into());
-            }
-            let mut rec = create_checks(t, *parent, name)?;
-            let mut child = new_record(*kind, *perm, *owner, rec.policy, *now);
-            child.rdev = *rdev;
-            let ino = t.new_inode(&child)?;
-            t.dir_entries.insert((parent.0, name.as_str()), ino.0)?;
-            rec.mtime = *now;
-            rec.ctime = *now;
-            t.put_inode(*parent, &rec)?;
-            Ok(Reply::Attr(child.to_attr(ino)))
+        C::Mknod { parent, name, kind, perm, owner, rdev, now } => {
+            create::mknod(t, *parent, name, *kind, *perm, *owner, *rdev, *now).map(Reply::Attr)
         }
-        Command::Mkdir { parent, name, perm, owner, now } => {
-            let mut rec = create_checks(t, *parent, name)?;
-            let mut child = new_record(FileKind::Dir, *perm, *owner, rec.policy, *now);
-            child.nlink = 2;
-            child.parent = parent.0;
-            let ino = t.new_inode(&child)?;
-            t.dir_entries.insert((parent.0, name.as_str()), ino.0)?;
-            rec.nlink += 1;
-            rec.mtime = *now;
-            rec.ctime = *now;
-            t.put_inode(*parent, &rec)?;
-            Ok(Reply::Attr(child.to_attr(ino)))
+        C::Mkdir { parent, name, perm, owner, now } => {
+            create::mkdir(t, *parent, name, *perm, *owner, *now).map(Reply::Attr)
         }
-        Command::Symlink { parent, name, target, owner, now } => {
-            if target.is_empty() || target.contains('\0') {
-                return Err(FsError::InvalidArgument.into());
-            }
-            if target.len() > MAX_SYMLINK_BYTES {
-                return Err(FsError::NameTooLong.into());
-            }
-            let mut rec = create_checks(t, *parent, name)?;
-            let mut child = new_record(FileKind::Symlink, 0o777, *owner, rec.policy, *now);
-            child.size = target.len() as u64;
-            child.target = Some(target.clone());
-            let ino = t.new_inode(&child)?;
-            t.dir_entries.insert((parent.0, name.as_str()), ino.0)?;
-            rec.mtime = *now;
-            rec.ctime = *now;
-            t.put_inode(*parent, &rec)?;
-            Ok(Reply::Attr(child.to_attr(ino)))
+        C::Symlink { parent, name, target, owner, now } => {
+            create::symlink(t, *parent, name, target, *owner, *now).map(Reply::Attr)
         }
-        Command::Link { ino, new_parent, new_name, now } => {
-            let mut rec = t.inode(*ino)?;
-            if rec.kind == FileKind::Dir {
-                return Err(FsError::NotPermitted.into());
-            }
-            if rec.nlink == 0 {
-                return Err(FsError::NotFound.into());
-            }
-            if rec.nlink >= MAX_LINKS {
-                return Err(FsError::TooManyLinks.into());
-            }
-            let mut dir = create_checks(t, *new_parent, new_name)?;
-            t.dir_entries.insert((new_parent.0, new_name.as_str()), ino.0)?;
-            rec.nlink += 1;
-            rec.ctime = *now;
-            t.put_inode(*ino, &rec)?;
-            dir.mtime = *now;
-            dir.ctime = *now;
-            t.put_inode(*new_parent, &dir)?;
-            Ok(Reply::Attr(rec.to_attr(*ino)))
+        C::Link { ino, new_parent, new_name, now } => {
+            create::link(t, *ino, *new_parent, new_name, *now).map(Reply::Attr)
         }
-        Command::Unlink { parent, name, now } => {
-            check_name(name)?;
-            let mut dir = t.dir(*parent)?;
-            let child = t.entry(*parent, name)?.ok_or(FsError::NotFound)?;
-            let rec = t.inode(child)?;
-            if rec.kind == FileKind::Dir {
-                return Err(FsError::IsDir.into());
-            }
-            t.dir_entries.remove((parent.0, name.as_str()))?;
-            dir.mtime = *now;
-            dir.ctime = *now;
-            t.put_inode(*parent, &dir)?;
-            t.drop_link(child, rec, *now, ctx)?;
-            Ok(Reply::Unit)
+        C::Unlink { parent, name, now } => remove::unlink(t, *parent, name, *now, ctx).map(unit),
+        C::Rmdir { parent, name, now } => remove::rmdir(t, *parent, name, *now).map(unit),
+        C::Purge { ino } => remove::purge_orphan(t, *ino, ctx).map(unit),
+        C::Rename { parent, name, new_parent, new_name, flags, now } => {
+            rename::rename(t, *parent, name, *new_parent, new_name, *flags, *now, ctx).map(unit)
         }
-        Command::Rmdir { parent, name, now } => {
-            check_name(name)?;
-            let mut dir = t.dir(*parent)?;
-            let child = t.entry(*parent, name)?.ok_or(FsError::NotFound)?;
-            let rec = t.inode(child)?;
-            if rec.kind != FileKind::Dir {
-                return Err(FsError::NotDir.into());
-            }
-            if !t.dir_is_empty(child)? {
-                return Err(FsError::NotEmpty.into());
-            }
-            t.dir_entries.remove((parent.0, name.as_str()))?;
-            dir.nlink = dir.nlink.saturating_sub(1);
-            dir.mtime = *now;
-            dir.ctime = *now;
-            t.put_inode(*parent, &dir)?;
-            t.purge(child)?;
-            Ok(Reply::Unit)
+        C::SetAttr { ino, set, now } => attrs::set_attr(t, *ino, set, *now, ctx).map(Reply::Attr),
+        C::SetXattr { ino, name, value, flags, now } => attrs::set_xattr(t, *ino, name, value, *flags, *now).map(unit),
+        C::RemoveXattr { ino, name, now } => attrs::remove_xattr(t, *ino, name, *now).map(unit),
+        C::SetPolicy { ino, replication, compression_level, now } => {
+            attrs::set_policy(t, *ino, *replication, *compression_level, *now).map(Reply::Attr)
         }
-        Command::Rename { parent, name, new_parent, new_name, flags, now } => {
-            rename(t, *parent, name, *new_parent, new_name, *flags, *now, ctx)?;
-            Ok(Reply::Unit)
+        C::CommitChunk { commit, now } => chunks::commit_chunk(t, commit, *now, ctx).map(Reply::Attr),
+        C::AddReplica { ino, index, chunk, version, node, drop } => {
+            chunks::add_replica(t, *ino, *index, (*chunk, *version), *node, drop).map(unit)
         }
-        Command::SetAttr { ino, set, now } => set_attr(t, *ino, set, *now, ctx).map(Reply::Attr),
-        Command::CommitChunk { commit, now } => commit_chunk(t, commit, *now, ctx).map(Reply::Attr),
-        Command::SetXattr { ino, name, value, flags, now } => {
-            check_xattr_name(name)?;
-            if value.len() > MAX_XATTR_VALUE_BYTES {
-                return Err(FsError::TooLarge.into());
-            }
-            let mut rec = t.inode(*ino)?;
-            let exists = t.xattrs.get((ino.0, name.as_str()))?.is_some();
-            if flags & XATTR_CREATE != 0 && exists {
-                return Err(FsError::Exists.into());
-            }
-            if flags & XATTR_REPLACE != 0 && !exists {
-                return Err(FsError::NoAttr.into());
-            }
-            t.xattrs.insert((ino.0, name.as_str()), value.as_slice())?;
-            rec.ctime = *now;
-            t.put_inode(*ino, &rec)?;
-            Ok(Reply::Unit)
-        }
-        Command::RemoveXattr { ino, name, now } => {
-            check_xattr_name(name)?;
-            let mut rec = t.inode(*ino)?;
-            if t.xattrs.get((ino.0, name.as_str()))?.is_none() {
-                return Err(FsError::NoAttr.into());
-            }
-            t.xattrs.remove((ino.0, name.as_str()))?;
-            rec.ctime = *now;
-            t.put_inode(*ino, &rec)?;
-            Ok(Reply::Unit)
-        }
-        Command::SetPolicy { ino, replication, compression_level, now } => {
-            let mut rec = t.inode(*ino)?;
-            if let Some(r) = replication {
-                if *r == 0 || *r > Policy::MAX_REPLICATION {
-                    return Err(FsError::InvalidArgument.into());
-                }
-                rec.policy.replication = *r;
-            }
-            if let Some(l) = compression_level {
-                if *l < 0 || *l > Policy::MAX_COMPRESSION_LEVEL {
-                    return Err(FsError::InvalidArgument.into());
-                }
-                rec.policy.compression_level = *l;
-            }
-            rec.ctime = *now;
-            t.put_inode(*ino, &rec)?;
-            Ok(Reply::Attr(rec.to_attr(*ino)))
-        }
-        Command::Purge { ino } => {
-            if t.orphans.get(ino.0)?.is_some() && !(ctx.is_open)(*ino) {
-                t.purge(*ino)?;
-            }
-            Ok(Reply::Unit)
-        }
-        Command::RegisterNode { id, record } => {
-            let known = match id {
-                Some(id) => t.nodes.get(id.0)?.is_some(),
-                None => false,
-            };
-            let id = match (id, known) {
-                (Some(id), true) => *id,
-                _ => {
-                    let last = t.nodes.last()?.map(|(k, _)| k.value()).unwrap_or(0);
-                    NodeId(last + 1)
-                }
-            };
-            t.nodes.insert(id.0, record.encode().as_slice())?;
-            Ok(Reply::Node(id))
-        }
-        Command::TakeDeletions { node, max } => {
-            let keys: Vec<(u64, u64, u64)> = t
-                .deletions
-                .range((node.0, 0, 0)..=(node.0, u64::MAX, u64::MAX))?
-                .take(*max as usize)
-                .map(|r| r.map(|(k, _)| k.value()))
-                .collect::<Result<_, _>>()?;
-            for k in &keys {
-                t.deletions.remove(*k)?;
-            }
-            Ok(Reply::Deletions(keys.into_iter().map(|(_, c, v)| (ChunkId(c), Version(v))).collect()))
-        }
-        Command::AddReplica { ino, index, chunk, version, node, drop } => {
-            let rec = match t.chunks.get((ino.0, *index))? {
-                Some(v) => Some(ChunkRecord::decode(v.value())?),
-                None => None,
-            };
-            match rec {
-                Some(mut rec) if rec.chunk == *chunk && rec.version == *version => {
-                    if !rec.replicas.contains(node) {
-                        rec.replicas.push(*node);
-                    }
-                    let dropped: Vec<NodeId> = rec.replicas.iter().copied().filter(|n| drop.contains(n)).collect();
-                    rec.replicas.retain(|n| !drop.contains(n));
-                    for n in dropped {
-                        t.deletions.insert((n.0, chunk.0, version.0), ())?;
-                    }
-                    t.chunks.insert((ino.0, *index), rec.encode().as_slice())?;
-                }
-                // The chunk moved on (rewritten, truncated, deleted) while it
-                // was copied: the copy is garbage.
-                _ => {
-                    t.deletions.insert((node.0, chunk.0, version.0), ())?;
-                }
-            }
-            Ok(Reply::Unit)
-        }
-        Command::QueueDeletions { replicas } => {
-            for (node, chunk, version) in replicas {
-                t.deletions.insert((node.0, chunk.0, version.0), ())?;
-            }
-            Ok(Reply::Unit)
-        }
-        Command::Fsck(op) => fsck_ops::apply(t, op),
-        Command::ReserveIds { ceiling } => {
-            let current = t.meta_u64(meta_keys::ID_CEILING)?;
-            t.set_meta_u64(meta_keys::ID_CEILING, current.max(*ceiling))?;
-            Ok(Reply::Unit)
-        }
+        C::QueueDeletions { replicas } => chunks::queue_deletions(t, replicas).map(unit),
+        C::TakeDeletions { node, max } => chunks::take_deletions(t, *node, *max).map(Reply::Deletions),
+        C::RegisterNode { id, record } => cluster::register_node(t, *id, record).map(Reply::Node),
+        C::ReserveIds { ceiling } => cluster::reserve_ids(t, *ceiling).map(unit),
+        C::Fsck(op) => crate::fsck::ops::apply(t, op),
     }
 }
 
-fn check_xattr_name(name: &str) -> Result<(), FsError> {
-    if name.is_empty() || name.contains('\0') {
-        return Err(FsError::InvalidArgument);
-    }
-    if name.len() > 255 {
-        return Err(FsError::NameTooLong);
-    }
-    Ok(())
-}
+mod attrs;
+mod chunks;
+mod cluster;
+mod create;
+mod remove;
+mod rename;
 
-/// Checks for creating `name` in `parent`; returns the parent's record.
-fn create_checks(t: &Tables, parent: InodeId, name: &str) -> Result<InodeRecord, ApplyError> {
-    check_name(name)?;
-    let rec = t.dir(parent)?;
-    if t.entry(parent, name)?.is_some() {
-        return Err(FsError::Exists.into());
-    }
-    Ok(rec)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn rename(
-    t: &mut Tables,
-    parent: InodeId,
-    name: &str,
-    new_parent: InodeId,
-    new_name: &str,
-    flags: u32,
-    now: Timestamp,
-    ctx: &Context,
-) -> Result<(), ApplyError> {
-    check_name(name)?;
-    check_name(new_name)?;
-    if flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0
-        || (flags & RENAME_NOREPLACE != 0 && flags & RENAME_EXCHANGE != 0)
-    {
-        return Err(FsError::InvalidArgument.into());
-    }
-    t.dir(parent)?;
-    t.dir(new_parent)?;
-    let src = t.entry(parent, name)?.ok_or(FsError::NotFound)?;
-    let mut srec = t.inode(src)?;
-    let dst = t.entry(new_parent, new_name)?;
-    let src_is_dir = srec.kind == FileKind::Dir;
-
-    if flags & RENAME_EXCHANGE != 0 {
-        let dst = dst.ok_or(FsError::NotFound)?;
-        if dst == src {
-            return Ok(());
-        }
-        let mut drec = t.inode(dst)?;
-        let dst_is_dir = drec.kind == FileKind::Dir;
-        if parent != new_parent {
-            if src_is_dir && t.is_within(new_parent, src)? {
-                return Err(FsError::InvalidArgument.into());
-            }
-            if dst_is_dir && t.is_within(parent, dst)? {
-                return Err(FsError::InvalidArgument.into());
-            }
-        }
-        t.dir_entries.insert((parent.0, name), dst.0)?;
-        t.dir_entries.insert((new_parent.0, new_name), src.0)?;
-        srec.ctime = now;
-        drec.ctime = now;
-        let mut links_delta_parent: i64 = 0;
-        if parent != new_parent {
-            if src_is_dir {
-                srec.parent = new_parent.0;
-                links_delta_parent -= 1;
-            }
-            if dst_is_dir {
-                drec.parent = parent.0;
-                links_delta_parent += 1;
-            }
-        }
-        t.put_inode(src, &srec)?;
-        t.put_inode(dst, &drec)?;
-        touch_parents(t, parent, new_parent, links_delta_parent, -links_delta_parent, now)?;
-        return Ok(());
-    }
-
-    if flags & RENAME_NOREPLACE != 0 && dst.is_some() {
-        return Err(FsError::Exists.into());
-    }
-    if dst == Some(src) {
-        // Two names of the same inode: POSIX says do nothing.
-        return Ok(());
-    }
-    if src_is_dir && parent != new_parent && t.is_within(new_parent, src)? {
-        return Err(FsError::InvalidArgument.into());
-    }
-    let mut replaced = None;
-    if let Some(dst) = dst {
-        let drec = t.inode(dst)?;
-        if src_is_dir {
-            if drec.kind != FileKind::Dir {
-                return Err(FsError::NotDir.into());
-            }
-            if !t.dir_is_empty(dst)? {
-                return Err(FsError::NotEmpty.into());
-            }
-        } else if drec.kind == FileKind::Dir {
-            return Err(FsError::IsDir.into());
-        }
-        replaced = Some((dst, drec));
-    }
-
-    // Checks done; from here on only writes.
-    t.dir_entries.remove((parent.0, name))?;
-    let mut links_delta_parent: i64 = 0;
-    let mut links_delta_new_parent: i64 = 0;
-    if let Some((dst, drec)) = replaced {
-        if drec.kind == FileKind::Dir {
-            t.purge(dst)?;
-            links_delta_new_parent -= 1;
-        } else {
-            t.drop_link(dst, drec, now, ctx)?;
-        }
-    }
-    t.dir_entries.insert((new_parent.0, new_name), src.0)?;
-    if src_is_dir && parent != new_parent {
-        srec.parent = new_parent.0;
-        links_delta_parent -= 1;
-        links_delta_new_parent += 1;
-    }
-    srec.ctime = now;
-    t.put_inode(src, &srec)?;
-    touch_parents(t, parent, new_parent, links_delta_parent, links_delta_new_parent, now)
-}
-
-/// Updates mtime/ctime of both directories of a rename and adds the link
-/// count deltas (summed when both are the same directory).
-fn touch_parents(
-    t: &mut Tables,
-    first: InodeId,
-    second: InodeId,
-    delta_first: i64,
-    delta_second: i64,
-    now: Timestamp,
-) -> Result<(), ApplyError> {
-    let mut bump = |ino: InodeId, delta: i64| -> Result<(), ApplyError> {
-        let mut r = t.inode(ino)?;
-        r.nlink = (r.nlink as i64 + delta).max(0) as u32;
-        r.mtime = now;
-        r.ctime = now;
-        t.put_inode(ino, &r)
-    };
-    if first == second {
-        bump(first, delta_first + delta_second)
-    } else {
-        bump(first, delta_first)?;
-        bump(second, delta_second)
-    }
-}
-
-fn set_attr(t: &mut Tables, ino: InodeId, set: &SetAttr, now: Timestamp, ctx: &Context) -> Result<Attr, ApplyError> {
-    let mut rec = t.inode(ino)?;
-    if set.size.is_some() && rec.kind != FileKind::File {
-        return Err(if rec.kind == FileKind::Dir { FsError::IsDir } else { FsError::InvalidArgument }.into());
-    }
-    if let Some(mode) = set.mode {
-        rec.perm = (mode & 0o7777) as u16;
-        rec.ctime = now;
-    }
-    if let Some(uid) = set.uid {
-        rec.uid = uid;
-        rec.ctime = now;
-    }
-    if let Some(gid) = set.gid {
-        rec.gid = gid;
-        rec.ctime = now;
-    }
-    if let Some(size) = set.size {
-        let freed = truncate_chunks(t, ino, size, ctx.chunk_size)?;
-        rec.allocated = rec.allocated.saturating_sub(freed);
-        rec.size = size;
-        rec.mtime = now;
-        rec.ctime = now;
-    }
-    if let Some(a) = set.atime {
-        rec.atime = resolve(a, now);
-        rec.ctime = now;
-    }
-    if let Some(m) = set.mtime {
-        rec.mtime = resolve(m, now);
-        rec.ctime = now;
-    }
-    t.put_inode(ino, &rec)?;
-    Ok(rec.to_attr(ino))
-}
-
-/// Drops chunks wholly past `size` and shortens the one it cuts.
-fn truncate_chunks(t: &mut Tables, ino: InodeId, size: u64, chunk_size: u64) -> Result<u64, ApplyError> {
-    let mut freed = 0u64;
-    let first_gone = size.div_ceil(chunk_size);
-    let gone: Vec<(u64, ChunkRecord)> = t
-        .chunks
-        .range((ino.0, first_gone)..=(ino.0, u64::MAX))?
-        .map(|r| -> Result<_, ApplyError> {
-            let (k, v) = r?;
-            Ok((k.value().1, ChunkRecord::decode(v.value())?))
-        })
-        .collect::<Result<_, _>>()?;
-    for (index, rec) in gone {
-        freed += rec.length as u64;
-        t.queue_deletion(&rec)?;
-        t.chunks.remove((ino.0, index))?;
-    }
-    if !size.is_multiple_of(chunk_size) {
-        let index = size / chunk_size;
-        let keep = (size % chunk_size) as u32;
-        let cut = match t.chunks.get((ino.0, index))? {
-            Some(v) => Some(ChunkRecord::decode(v.value())?),
-            None => None,
-        };
-        if let Some(mut rec) = cut {
-            if rec.length > keep {
-                // The replica keeps its bytes; readers clamp to `length`,
-                // so bytes past it read as zeros if the file grows again.
-                freed += (rec.length - keep) as u64;
-                rec.length = keep;
-                t.chunks.insert((ino.0, index), rec.encode().as_slice())?;
-            }
-        }
-    }
-    Ok(freed)
-}
-
-fn commit_chunk(t: &mut Tables, c: &ChunkCommit, now: Timestamp, ctx: &Context) -> Result<Attr, ApplyError> {
-    if c.length as u64 > ctx.chunk_size || c.replicas.is_empty() {
-        return Err(FsError::InvalidArgument.into());
-    }
-    let mut rec = t.inode(c.ino)?;
-    if rec.kind != FileKind::File {
-        return Err(FsError::InvalidArgument.into());
-    }
-    let end = c
-        .index
-        .checked_mul(ctx.chunk_size)
-        .and_then(|s| s.checked_add(c.length as u64))
-        .ok_or(FsError::FileTooLarge)?;
-    let new = ChunkRecord {
-        chunk: c.chunk,
-        version: c.version,
-        length: c.length,
-        stored_bytes: c.stored_bytes,
-        replicas: c.replicas.clone(),
-    };
-    let old = match t.chunks.get((c.ino.0, c.index))? {
-        Some(v) => Some(ChunkRecord::decode(v.value())?),
-        None => None,
-    };
-    if let Some(old) = &old {
-        if old.version > c.version {
-            // A newer version was committed meanwhile: this one lost.
-            t.queue_deletion(&new)?;
-            return Ok(rec.to_attr(c.ino));
-        }
-    }
-    if let Some(old) = &old {
-        if (old.chunk, old.version) != (new.chunk, new.version) {
-            t.queue_deletion(old)?;
-        }
-    }
-    t.chunks.insert((c.ino.0, c.index), new.encode().as_slice())?;
-    rec.allocated = rec.allocated.saturating_sub(old.map_or(0, |o| o.length as u64)) + c.length as u64;
-    rec.size = rec.size.max(end);
-    rec.mtime = now;
-    rec.ctime = now;
-    t.put_inode(c.ino, &rec)?;
-    Ok(rec.to_attr(c.ino))
-}
-
-mod fsck_ops;
-pub use fsck_ops::{lost_found_name, FsckOp, InodeField, MetaCounter, LOST_FOUND};
+pub use crate::fsck::ops::{lost_found_name, FsckOp, InodeField, MetaCounter, LOST_FOUND};
+pub(crate) use create::new_record;
+pub use create::MAX_LINKS;
 
 #[cfg(test)]
 #[path = "namespace_tests.rs"]

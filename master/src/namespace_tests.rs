@@ -8,6 +8,7 @@ use futures::future::join_all;
 use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
+use stripefs_proto::types::Policy;
 use stripefs_proto::types::TimeSet;
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;

@@ -16,6 +16,7 @@
 pub mod block;
 pub mod data;
 pub mod error;
+pub mod fsck;
 pub mod ids;
 pub mod local;
 pub mod net;

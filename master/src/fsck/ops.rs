@@ -4,7 +4,7 @@
 //! [`FsError::Stale`] otherwise (nothing written), so a repair never undoes
 //! a change made after the scan.
 
-use super::{new_record, ApplyError, Reply, Tables};
+use crate::namespace::{new_record, ApplyError, Reply, Tables};
 use crate::records::{ChunkRecord, InodeRecord};
 use crate::tables::meta_keys;
 use redb::ReadableTable;
@@ -169,7 +169,7 @@ fn names(t: &Tables, dir: u64, ino: InodeId, except: Option<&str>) -> Result<boo
 }
 
 /// Applies one repair. On `Err(ApplyError::Fs)` nothing was written.
-pub(super) fn apply(t: &mut Tables, op: &FsckOp) -> Result<Reply, ApplyError> {
+pub(crate) fn apply(t: &mut Tables, op: &FsckOp) -> Result<Reply, ApplyError> {
     match op {
         FsckOp::RemoveEntry { dir, name, child } => {
             if t.entry(*dir, name)? != Some(*child) {

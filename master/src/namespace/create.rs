@@ -1,0 +1,143 @@
+//! Creating names: mknod, mkdir, symlink and hard links.
+
+use super::{ApplyError, Tables};
+use crate::records::InodeRecord;
+use stripefs_proto::types::{Attr, FileKind, Owner, Policy, Timestamp};
+use stripefs_proto::{check_name, FsError, InodeId, MAX_SYMLINK_BYTES};
+
+/// Most hard links one inode may have.
+pub const MAX_LINKS: u32 = 65_000;
+
+/// A non-directory, non-symlink inode named `name` in `parent`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn mknod(
+    t: &mut Tables,
+    parent: InodeId,
+    name: &str,
+    kind: FileKind,
+    perm: u32,
+    owner: Owner,
+    rdev: u32,
+    now: Timestamp,
+) -> Result<Attr, ApplyError> {
+    if kind == FileKind::Dir || kind == FileKind::Symlink {
+        return Err(FsError::InvalidArgument.into());
+    }
+    let mut rec = create_checks(t, parent, name)?;
+    let mut child = new_record(kind, perm, owner, rec.policy, now);
+    child.rdev = rdev;
+    let ino = t.new_inode(&child)?;
+    t.dir_entries.insert((parent.0, name), ino.0)?;
+    rec.mtime = now;
+    rec.ctime = now;
+    t.put_inode(parent, &rec)?;
+    Ok(child.to_attr(ino))
+}
+
+/// A directory named `name` in `parent`.
+pub(super) fn mkdir(
+    t: &mut Tables,
+    parent: InodeId,
+    name: &str,
+    perm: u32,
+    owner: Owner,
+    now: Timestamp,
+) -> Result<Attr, ApplyError> {
+    let mut rec = create_checks(t, parent, name)?;
+    let mut child = new_record(FileKind::Dir, perm, owner, rec.policy, now);
+    child.nlink = 2;
+    child.parent = parent.0;
+    let ino = t.new_inode(&child)?;
+    t.dir_entries.insert((parent.0, name), ino.0)?;
+    rec.nlink += 1;
+    rec.mtime = now;
+    rec.ctime = now;
+    t.put_inode(parent, &rec)?;
+    Ok(child.to_attr(ino))
+}
+
+/// A symlink named `name` in `parent` pointing at `target`.
+pub(super) fn symlink(
+    t: &mut Tables,
+    parent: InodeId,
+    name: &str,
+    target: &str,
+    owner: Owner,
+    now: Timestamp,
+) -> Result<Attr, ApplyError> {
+    if target.is_empty() || target.contains('\0') {
+        return Err(FsError::InvalidArgument.into());
+    }
+    if target.len() > MAX_SYMLINK_BYTES {
+        return Err(FsError::NameTooLong.into());
+    }
+    let mut rec = create_checks(t, parent, name)?;
+    let mut child = new_record(FileKind::Symlink, 0o777, owner, rec.policy, now);
+    child.size = target.len() as u64;
+    child.target = Some(target.to_string());
+    let ino = t.new_inode(&child)?;
+    t.dir_entries.insert((parent.0, name), ino.0)?;
+    rec.mtime = now;
+    rec.ctime = now;
+    t.put_inode(parent, &rec)?;
+    Ok(child.to_attr(ino))
+}
+
+/// A new name `new_name` in `new_parent` for the non-directory `ino`.
+pub(super) fn link(
+    t: &mut Tables,
+    ino: InodeId,
+    new_parent: InodeId,
+    new_name: &str,
+    now: Timestamp,
+) -> Result<Attr, ApplyError> {
+    let mut rec = t.inode(ino)?;
+    if rec.kind == FileKind::Dir {
+        return Err(FsError::NotPermitted.into());
+    }
+    if rec.nlink == 0 {
+        return Err(FsError::NotFound.into());
+    }
+    if rec.nlink >= MAX_LINKS {
+        return Err(FsError::TooManyLinks.into());
+    }
+    let mut dir = create_checks(t, new_parent, new_name)?;
+    t.dir_entries.insert((new_parent.0, new_name), ino.0)?;
+    rec.nlink += 1;
+    rec.ctime = now;
+    t.put_inode(ino, &rec)?;
+    dir.mtime = now;
+    dir.ctime = now;
+    t.put_inode(new_parent, &dir)?;
+    Ok(rec.to_attr(ino))
+}
+
+/// Checks for creating `name` in `parent`; returns the parent's record.
+pub(super) fn create_checks(t: &Tables, parent: InodeId, name: &str) -> Result<InodeRecord, ApplyError> {
+    check_name(name)?;
+    let rec = t.dir(parent)?;
+    if t.entry(parent, name)?.is_some() {
+        return Err(FsError::Exists.into());
+    }
+    Ok(rec)
+}
+
+pub(crate) fn new_record(kind: FileKind, perm: u32, owner: Owner, policy: Policy, now: Timestamp) -> InodeRecord {
+    InodeRecord {
+        kind,
+        perm: (perm & 0o7777) as u16,
+        nlink: 1,
+        uid: owner.uid,
+        gid: owner.gid,
+        size: 0,
+        atime: now,
+        mtime: now,
+        ctime: now,
+        crtime: now,
+        rdev: 0,
+        policy,
+        parent: 0,
+        target: None,
+        allocated: 0,
+    }
+}

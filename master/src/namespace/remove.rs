@@ -1,0 +1,57 @@
+//! Removing names and inodes: unlink, rmdir, and the purge of orphans.
+
+use super::{ApplyError, Context, Tables};
+use redb::ReadableTable;
+use stripefs_proto::types::{FileKind, Timestamp};
+use stripefs_proto::{check_name, FsError, InodeId};
+
+/// Removes the non-directory name `name` from `parent` (the inode stays
+/// as an orphan while it is open).
+pub(super) fn unlink(
+    t: &mut Tables,
+    parent: InodeId,
+    name: &str,
+    now: Timestamp,
+    ctx: &Context,
+) -> Result<(), ApplyError> {
+    check_name(name)?;
+    let mut dir = t.dir(parent)?;
+    let child = t.entry(parent, name)?.ok_or(FsError::NotFound)?;
+    let rec = t.inode(child)?;
+    if rec.kind == FileKind::Dir {
+        return Err(FsError::IsDir.into());
+    }
+    t.dir_entries.remove((parent.0, name))?;
+    dir.mtime = now;
+    dir.ctime = now;
+    t.put_inode(parent, &dir)?;
+    t.drop_link(child, rec, now, ctx)
+}
+
+/// Removes the empty directory `name` from `parent`.
+pub(super) fn rmdir(t: &mut Tables, parent: InodeId, name: &str, now: Timestamp) -> Result<(), ApplyError> {
+    check_name(name)?;
+    let mut dir = t.dir(parent)?;
+    let child = t.entry(parent, name)?.ok_or(FsError::NotFound)?;
+    let rec = t.inode(child)?;
+    if rec.kind != FileKind::Dir {
+        return Err(FsError::NotDir.into());
+    }
+    if !t.dir_is_empty(child)? {
+        return Err(FsError::NotEmpty.into());
+    }
+    t.dir_entries.remove((parent.0, name))?;
+    dir.nlink = dir.nlink.saturating_sub(1);
+    dir.mtime = now;
+    dir.ctime = now;
+    t.put_inode(parent, &dir)?;
+    t.purge(child)
+}
+
+/// Frees the orphan `ino` unless a client holds it open.
+pub(super) fn purge_orphan(t: &mut Tables, ino: InodeId, ctx: &Context) -> Result<(), ApplyError> {
+    if t.orphans.get(ino.0)?.is_some() && !(ctx.is_open)(ino) {
+        t.purge(ino)?;
+    }
+    Ok(())
+}
