@@ -1,6 +1,5 @@
 //! The client's error type and the one table that maps it to errno.
 
-use fuser::Errno;
 use stripefs_proto::FsError;
 
 /// An error of a client operation.
@@ -23,35 +22,35 @@ pub enum ClientError {
 impl ClientError {
     /// The errno an application sees. Every variant is listed: a new one
     /// cannot slip through unmapped.
-    pub fn errno(&self) -> Errno {
+    pub fn errno(&self) -> i32 {
         match self {
             ClientError::Fs(e) => match e {
-                FsError::NotFound => Errno::ENOENT,
-                FsError::Exists => Errno::EEXIST,
-                FsError::NotEmpty => Errno::ENOTEMPTY,
-                FsError::NotDir => Errno::ENOTDIR,
-                FsError::IsDir => Errno::EISDIR,
-                FsError::NameTooLong => Errno::ENAMETOOLONG,
-                FsError::InvalidArgument => Errno::EINVAL,
-                FsError::Stale => Errno::ESTALE,
-                FsError::NoSpace => Errno::ENOSPC,
+                FsError::NotFound => libc::ENOENT,
+                FsError::Exists => libc::EEXIST,
+                FsError::NotEmpty => libc::ENOTEMPTY,
+                FsError::NotDir => libc::ENOTDIR,
+                FsError::IsDir => libc::EISDIR,
+                FsError::NameTooLong => libc::ENAMETOOLONG,
+                FsError::InvalidArgument => libc::EINVAL,
+                FsError::Stale => libc::ESTALE,
+                FsError::NoSpace => libc::ENOSPC,
                 // Every replica failed its checksum: the data cannot be read.
-                FsError::Corrupt => Errno::EIO,
-                FsError::Internal => Errno::EIO,
-                FsError::NoAttr => Errno::ENODATA,
-                FsError::TooLarge => Errno::E2BIG,
-                FsError::NotSupported => Errno::EOPNOTSUPP,
+                FsError::Corrupt => libc::EIO,
+                FsError::Internal => libc::EIO,
+                FsError::NoAttr => libc::ENODATA,
+                FsError::TooLarge => libc::E2BIG,
+                FsError::NotSupported => libc::EOPNOTSUPP,
                 // No live node holds or can take the data: an I/O error, not ENOSPC.
-                FsError::Unavailable => Errno::EIO,
-                FsError::PermissionDenied => Errno::EACCES,
-                FsError::FileTooLarge => Errno::EFBIG,
-                FsError::TooManyLinks => Errno::EMLINK,
-                FsError::NotPermitted => Errno::EPERM,
+                FsError::Unavailable => libc::EIO,
+                FsError::PermissionDenied => libc::EACCES,
+                FsError::FileTooLarge => libc::EFBIG,
+                FsError::TooManyLinks => libc::EMLINK,
+                FsError::NotPermitted => libc::EPERM,
             },
             // Transport trouble is an I/O error to the application; the cause is logged.
-            ClientError::Transport(_) => Errno::EIO,
-            ClientError::BadHandle => Errno::EBADF,
-            ClientError::ReadOnly => Errno::EROFS,
+            ClientError::Transport(_) => libc::EIO,
+            ClientError::BadHandle => libc::EBADF,
+            ClientError::ReadOnly => libc::EROFS,
         }
     }
 

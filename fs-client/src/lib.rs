@@ -1,8 +1,8 @@
-//! The stripefs FUSE client.
-//!
-//! [`core::FsCore`] is the filesystem as async operations over RPC (usable
-//! without FUSE); [`fuse_adapter::StripeFs`] is the thin fuser layer on top;
-//! [`mount`] sets a mount up and records it for admin commands.
+//! The stripefs client core: the filesystem as async operations over RPC
+//! ([`core::FsCore`]), with its caches, write buffering and connections.
+//! No FUSE here: `stripefs-mount` (the `fs-mount/` crate) puts the kernel
+//! in front of it, tests drive it directly, and the admin tool reads mount
+//! options and records ([`options`], [`records`]) without linking fuser.
 
 pub mod cache;
 pub mod conn;
@@ -10,13 +10,11 @@ pub mod core;
 mod data;
 pub mod error;
 pub mod file;
-pub mod fuse_adapter;
 pub mod local;
-pub mod mount;
 pub mod names;
 pub mod options;
+pub mod records;
 
 pub use crate::core::{ClientConfig, FsCore};
 pub use crate::error::ClientError;
-pub use crate::mount::BackgroundMount;
 pub use crate::options::{parse_options, MountOptions};

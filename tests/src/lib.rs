@@ -8,7 +8,8 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use stripefs_client::{BackgroundMount, MountOptions};
+use stripefs_client::MountOptions;
+use stripefs_mount::BackgroundMount;
 use stripefs_proto::net::Secret;
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
@@ -682,7 +683,7 @@ pub fn mount_type(dir: &Path) -> Option<String> {
     info.lines().rev().find_map(|line| {
         let f: Vec<&str> = line.split(' ').collect();
         let sep = f.iter().position(|x| *x == "-")?;
-        let path = stripefs_client::mount::unescape_mount_path(f.get(4)?);
+        let path = stripefs_client::records::unescape_mount_path(f.get(4)?);
         (Path::new(&path) == want).then(|| f.get(sep + 1).map(|s| s.to_string()).unwrap_or_default())
     })
 }

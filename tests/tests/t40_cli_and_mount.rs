@@ -151,10 +151,10 @@ fn stripefs_mount_runs_in_the_background_and_umount_ends_it() {
     must_be_live(&mnt, &c);
     // Its mount record lets admin commands find the cluster from a path.
     let dev = fs::metadata(&mnt).expect("stat mount").dev();
-    let record = stripefs_client::mount::mount_record_path(dev);
+    let record = stripefs_client::records::mount_record_path(dev);
     assert!(record.exists(), "no mount record {}", record.display());
     // The kernel's read-ahead was raised to the default.
-    let ra = stripefs_client::mount::read_ahead_path(dev);
+    let ra = stripefs_client::records::read_ahead_path(dev);
     let default = stripefs_client::options::DEFAULT_READ_AHEAD_KB.to_string();
     assert_eq!(fs::read_to_string(&ra).expect("read-ahead").trim(), default, "{}", ra.display());
     // It serves requests on at least four session threads, even on a 2-core host.
@@ -204,7 +204,7 @@ fn mount_has_option(dir: &Path, opt: &str) -> bool {
     let info = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     info.lines().rev().any(|line| {
         let f: Vec<&str> = line.split(' ').collect();
-        f.get(4).map(|p| stripefs_client::mount::unescape_mount_path(p)) == Some(dir.display().to_string())
+        f.get(4).map(|p| stripefs_client::records::unescape_mount_path(p)) == Some(dir.display().to_string())
             && line.rsplit(' ').next().is_some_and(|super_opts| super_opts.split(',').any(|o| o == opt))
     })
 }
@@ -416,7 +416,7 @@ fn mount_t_fuse_stripefs_and_an_fstab_line_with_netdev() {
     eprintln!("mount -T fstab took {:?}", t.elapsed());
     let client = pids_with_arg(&mnt.display().to_string());
     must_be_live(&mnt, &c);
-    let ra = stripefs_client::mount::read_ahead_path(fs::metadata(&mnt).expect("stat mount").dev());
+    let ra = stripefs_client::records::read_ahead_path(fs::metadata(&mnt).expect("stat mount").dev());
     assert_eq!(fs::read_to_string(&ra).expect("read-ahead").trim(), "4096", "fstab's read_ahead_kb: {}", ra.display());
     must_umount(&mnt, &client);
 }

@@ -265,7 +265,7 @@ fn stripefs_mount_on(dir: &Path) -> bool {
     std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().lines().any(|l| {
         let f: Vec<&str> = l.split(' ').collect();
         let sep = f.iter().position(|x| *x == "-");
-        f.get(4).map(|p| stripefs_client::mount::unescape_mount_path(p)) == Some(want.clone())
+        f.get(4).map(|p| stripefs_client::records::unescape_mount_path(p)) == Some(want.clone())
             && sep.and_then(|s| f.get(s + 1)) == Some(&"fuse.stripefs")
     })
 }

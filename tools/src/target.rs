@@ -6,7 +6,7 @@ use anyhow::{bail, Context as _};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use stripefs_client::mount::mount_record_path;
+use stripefs_client::records::mount_record_path;
 use stripefs_proto::net::{connect_master, Secret};
 use stripefs_proto::MasterServiceClient;
 

@@ -81,7 +81,7 @@ fn parse_mount_of(mountinfo: &str, path: &Path, dev: u64) -> Option<MountInfo> {
         let (Some(devno), Some(mp), Some(fstype)) = (f.get(2), f.get(4), f.get(sep + 1)) else { continue };
         let info = MountInfo {
             fstype: fstype.to_string(),
-            mountpoint: stripefs_client::mount::unescape_mount_path(mp).into(),
+            mountpoint: stripefs_client::records::unescape_mount_path(mp).into(),
         };
         let same_dev = devno
             .split_once(':')

@@ -7,8 +7,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use stripefs_client::mount::{mount, remove_record};
 use stripefs_client::parse_options;
+use stripefs_client::records::remove_record;
+use stripefs_mount::mount::mount;
 use stripefs_proto::net::Secret;
 
 /// Set in the background child so it knows to report readiness on stdout.

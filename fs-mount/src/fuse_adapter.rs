@@ -4,8 +4,6 @@
 //! client's tokio runtime for the one async call it needs (one hop per
 //! request; see docs/ARCHITECTURE.md).
 
-use crate::core::FsCore;
-use crate::error::{ClientError, Result};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, OpenAccMode,
     OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
@@ -16,6 +14,8 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
+use stripefs_client::core::FsCore;
+use stripefs_client::error::{ClientError, Result};
 use stripefs_proto::types::{Attr, FileKind, Owner, SetAttr, TimeSet, Timestamp};
 use stripefs_proto::InodeId;
 
@@ -95,7 +95,7 @@ fn errno(op: &str, e: &ClientError) -> Errno {
     } else {
         tracing::debug!("{op}: {e}");
     }
-    e.errno()
+    Errno::from_i32(e.errno())
 }
 
 impl StripeFs {
@@ -126,7 +126,7 @@ impl StripeFs {
     fn run<T>(&self, f: impl Future<Output = Result<T>>) -> Result<T> {
         // Session threads block on each request: their master calls can
         // use connections of their own (see `conn`).
-        crate::conn::use_own_connections();
+        stripefs_client::conn::use_own_connections();
         self.rt.block_on(f)
     }
 
