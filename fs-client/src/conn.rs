@@ -10,7 +10,7 @@
 //! `release`: the master counts them per connection) use the shared
 //! multiplexed connection.
 
-use crate::error::{ClientError, Result};
+use crate::error::{CallFailure, ClientError, ConnectKind, Result, TransportError};
 use futures::future::BoxFuture;
 use serde::{de::DeserializeOwned, Serialize};
 use std::cell::RefCell;
@@ -118,7 +118,7 @@ where
     if wants_own() {
         return f();
     }
-    tokio::task::spawn_blocking(f).await.map_err(|e| ClientError::Transport(format!("blocking task: {e}")))?
+    tokio::task::spawn_blocking(f).await.map_err(|e| TransportError::task("blocking", e))?
 }
 
 /// This thread's own connection to `key`, made now if needed.
@@ -126,9 +126,12 @@ async fn own_stub<Req, Resp>(key: OwnKey, secret: &Secret) -> Result<CallStub<Re
     if !OWN.with(|o| o.borrow().conns.contains_key(&key)) {
         let stream = connect_stream(&key.addr, secret, CONNECT_TIMEOUT)
             .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
-        let client = BlockingClient::new(stream)
-            .map_err(|e| ClientError::Transport(format!("setting up a connection to {}: {e}", key.addr)))?;
+            .map_err(|e| TransportError::connect(&key.addr, &e))?;
+        let client = BlockingClient::new(stream).map_err(|e| TransportError::Connect {
+            addr: key.addr.to_string(),
+            kind: ConnectKind::Unreachable,
+            detail: format!("setting up a connection to {}: {e}", key.addr),
+        })?;
         OWN.with(|o| o.borrow_mut().conns.insert(key.clone(), client));
     }
     Ok(CallStub::Own(key))
@@ -218,14 +221,16 @@ impl MasterConn {
                 }
                 // The master is there but refuses us: waiting will not help.
                 Err(e @ (ConnectError::Refused { .. } | ConnectError::ServerNotAuthentic { .. })) => {
-                    return Err(ClientError::Transport(e.to_string()))
+                    return Err(TransportError::connect(&self.addr, &e).into())
                 }
                 Err(e) => {
                     if Instant::now() + backoff > deadline {
-                        return Err(ClientError::Transport(format!(
-                            "the master at {} has been unreachable for {:?}: {e}",
-                            self.addr, self.wait
-                        )));
+                        return Err(TransportError::MasterUnreachable {
+                            addr: self.addr.clone(),
+                            waited: self.wait,
+                            detail: e.to_string(),
+                        }
+                        .into());
                     }
                     if !warned {
                         tracing::warn!("waiting up to {:?} for the master at {}: {e}", self.wait, self.addr);
@@ -292,7 +297,10 @@ impl MasterConn {
                     (g, false, c)
                 }
             };
-            match f(c, stripefs_proto::net::context_with_timeout(METADATA_TIMEOUT)).await {
+            let ctx = stripefs_proto::net::context_with_timeout(METADATA_TIMEOUT);
+            // The master's span of this call carries the same trace id.
+            tracing::debug!(trace = %ctx.trace_id(), own = mine, "master call");
+            match f(c, ctx).await {
                 Ok(r) => return r.map_err(ClientError::Fs),
                 Err(e) if is_broken(&e) => {
                     if backoff.is_zero() {
@@ -343,7 +351,7 @@ impl NodePool {
         }
         let c = connect_channel(addr, &self.secret, CONNECT_TIMEOUT)
             .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
+            .map_err(|e| TransportError::connect(addr, &e))?;
         let c = NodeClient::from(CallStub::Shared(c));
         self.clients.lock().await.insert(addr.to_string(), c.clone());
         Ok(c)
@@ -385,7 +393,9 @@ impl NodePool {
                 }
                 false => (self.client(addr).await?, false),
             };
-            match f(c, stripefs_proto::net::context_with_timeout(timeout)).await {
+            let ctx = stripefs_proto::net::context_with_timeout(timeout);
+            tracing::debug!(trace = %ctx.trace_id(), node = addr, own = mine, "node call");
+            match f(c, ctx).await {
                 Ok(r) => return r.map_err(ClientError::Fs),
                 Err(e) if is_broken(&e) => {
                     if !mine {
@@ -396,7 +406,9 @@ impl NodePool {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(last.map(ClientError::from).unwrap_or_else(|| ClientError::Transport("no connection".into())))
+        Err(last.map(ClientError::from).unwrap_or_else(|| {
+            TransportError::Call { kind: CallFailure::Disconnected, detail: format!("no connection to {addr}") }.into()
+        }))
     }
 }
 

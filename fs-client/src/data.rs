@@ -2,7 +2,7 @@
 //! reads from the nearest replica through the block cache.
 
 use crate::core::FsCore;
-use crate::error::{ClientError, Result};
+use crate::error::{ClientError, Result, TransportError};
 use crate::file::{DirtyChunk, FileState, OldChunk};
 use bytes::Bytes;
 use std::collections::BTreeMap;
@@ -252,7 +252,7 @@ impl FsCore {
                     let raw = data.clone();
                     let b = tokio::task::spawn_blocking(move || BlockEncoder::new(level).encode_shared(&raw))
                         .await
-                        .map_err(|e| ClientError::Transport(format!("encoder task: {e}")))?;
+                        .map_err(|e| TransportError::task("encoder", e))?;
                     let b = Arc::new(b);
                     encoded = Some((level, b.clone()));
                     b
@@ -320,10 +320,10 @@ impl FsCore {
             pool.write(&rt, &addr, &header, &payload)
         })
         .await
-        .map_err(|e| ClientError::Transport(format!("upload task: {e}")))?;
+        .map_err(|e| TransportError::task("upload", e))?;
         sent.map_err(|e| match e {
             DataError::Refused(e) => ClientError::Fs(e),
-            DataError::Transport(e) => ClientError::Transport(e),
+            DataError::Transport(e) => TransportError::Data(e).into(),
         })
     }
 
@@ -533,7 +533,7 @@ impl FsCore {
             let decoded = if blocks.len() > 2 {
                 tokio::task::spawn_blocking(move || decode_each(&blocks))
                     .await
-                    .map_err(|e| ClientError::Transport(format!("decoder task: {e}")))?
+                    .map_err(|e| TransportError::task("decoder", e))?
             } else {
                 decode_each(&blocks)
             };

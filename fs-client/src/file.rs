@@ -1,7 +1,7 @@
 //! Per-file state of an open file: buffered writes by chunk, uploads in
 //! flight, known chunk locations.
 
-use crate::error::{ClientError, Result};
+use crate::error::{ClientError, Result, TransportError};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -349,7 +349,7 @@ impl FileState {
             }
             Err(e) => {
                 tracing::error!("upload task of chunk {index} of inode {} died: {e}", self.ino);
-                self.error.get_or_insert(ClientError::Transport(format!("upload task: {e}")));
+                self.error.get_or_insert(TransportError::task("upload", e).into());
             }
         }
     }

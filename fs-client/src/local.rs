@@ -9,7 +9,7 @@
 //! descriptor pins the disk space of a version the node has deleted, none
 //! is kept longer than [`MAX_AGE`].
 
-use crate::error::{ClientError, Result};
+use crate::error::{ClientError, Result, TransportError};
 use lru::LruCache;
 use std::collections::HashMap;
 use std::fs::File;
@@ -191,7 +191,11 @@ impl Inner {
                 conns.push(conn);
             }
         }
-        let file = answer.map_err(|e| ClientError::Transport(format!("local-read socket of node {addr}: {e}")))??;
+        let file = answer.map_err(|e| TransportError::LocalRead {
+            chunk,
+            version,
+            detail: format!("local-read socket of node {addr}: {e}"),
+        })??;
         let layout = Layout::read(&file, chunk, version).map_err(|e| replica_error(chunk, version, e))?;
         let replica = Arc::new(OpenReplica { file, layout, opened: Instant::now() });
         lock(&self.replicas).put(key, replica.clone());
@@ -205,6 +209,6 @@ fn replica_error(chunk: ChunkId, version: Version, e: ReplicaError) -> ClientErr
             tracing::error!("local replica of chunk {chunk} v{version} is corrupt: {detail}");
             FsError::Corrupt.into()
         }
-        ReplicaError::Io(e) => ClientError::Transport(format!("reading chunk {chunk} v{version} locally: {e}")),
+        ReplicaError::Io(e) => TransportError::LocalRead { chunk, version, detail: e.to_string() }.into(),
     }
 }

@@ -115,30 +115,35 @@ impl MasterServer {
 }
 
 impl MasterService for MasterServer {
-    async fn fs_info(self, _: Context) -> Result<FsInfo, FsError> {
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "fs_info", peer = %self.conn.peer, trace = %ctx.trace_id()))]
+    async fn fs_info(self, ctx: Context) -> Result<FsInfo, FsError> {
         Ok(FsInfo { fs_id: self.shared.store.fs_id().to_string(), chunk_size: self.shared.store.chunk_size() })
     }
 
-    async fn lookup(self, _: Context, parent: InodeId, name: String) -> Result<Attr, FsError> {
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "lookup", peer = %self.conn.peer, trace = %ctx.trace_id(), ino = %parent))]
+    async fn lookup(self, ctx: Context, parent: InodeId, name: String) -> Result<Attr, FsError> {
         check_name(&name)?;
         let (ino, rec) = self.shared.store.lookup(parent, &name)?;
         Ok(rec.to_attr(ino))
     }
 
-    async fn getattr(self, _: Context, ino: InodeId) -> Result<Attr, FsError> {
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "getattr", peer = %self.conn.peer, trace = %ctx.trace_id(), ino = %ino))]
+    async fn getattr(self, ctx: Context, ino: InodeId) -> Result<Attr, FsError> {
         Ok(self.shared.store.inode(ino)?.to_attr(ino))
     }
 
-    async fn setattr(self, _: Context, ino: InodeId, set: SetAttr) -> Result<Attr, FsError> {
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "setattr", peer = %self.conn.peer, trace = %ctx.trace_id(), ino = %ino))]
+    async fn setattr(self, ctx: Context, ino: InodeId, set: SetAttr) -> Result<Attr, FsError> {
         if set.size.is_some_and(|s| s > MAX_FILE_BYTES) {
             return Err(FsError::FileTooLarge);
         }
         self.attr(Command::SetAttr { ino, set, now: Timestamp::now() }).await
     }
 
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "mknod", peer = %self.conn.peer, trace = %ctx.trace_id(), ino = %parent))]
     async fn mknod(
         self,
-        _: Context,
+        ctx: Context,
         parent: InodeId,
         name: String,
         kind: FileKind,
@@ -149,9 +154,10 @@ impl MasterService for MasterServer {
         self.attr(Command::Mknod { parent, name, kind, perm, owner, rdev, now: Timestamp::now() }).await
     }
 
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "create", peer = %self.conn.peer, trace = %ctx.trace_id(), ino = %parent))]
     async fn create(
         self,
-        _: Context,
+        ctx: Context,
         parent: InodeId,
         name: String,
         perm: u32,
@@ -163,9 +169,10 @@ impl MasterService for MasterServer {
         Ok(self.new_entry(attr, parent))
     }
 
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "mkdir", peer = %self.conn.peer, trace = %ctx.trace_id(), ino = %parent))]
     async fn mkdir(
         self,
-        _: Context,
+        ctx: Context,
         parent: InodeId,
         name: String,
         perm: u32,
@@ -175,9 +182,10 @@ impl MasterService for MasterServer {
         Ok(self.new_entry(attr, parent))
     }
 
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "symlink", peer = %self.conn.peer, trace = %ctx.trace_id(), ino = %parent))]
     async fn symlink(
         self,
-        _: Context,
+        ctx: Context,
         parent: InodeId,
         name: String,
         target: String,
@@ -186,27 +194,32 @@ impl MasterService for MasterServer {
         self.attr(Command::Symlink { parent, name, target, owner, now: Timestamp::now() }).await
     }
 
-    async fn readlink(self, _: Context, ino: InodeId) -> Result<String, FsError> {
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "readlink", peer = %self.conn.peer, trace = %ctx.trace_id(), ino = %ino))]
+    async fn readlink(self, ctx: Context, ino: InodeId) -> Result<String, FsError> {
         self.shared.store.inode(ino)?.target.ok_or(FsError::InvalidArgument)
     }
 
-    async fn link(self, _: Context, ino: InodeId, new_parent: InodeId, new_name: String) -> Result<Attr, FsError> {
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "link", peer = %self.conn.peer, trace = %ctx.trace_id(), ino = %ino))]
+    async fn link(self, ctx: Context, ino: InodeId, new_parent: InodeId, new_name: String) -> Result<Attr, FsError> {
         self.attr(Command::Link { ino, new_parent, new_name, now: Timestamp::now() }).await
     }
 
-    async fn unlink(self, _: Context, parent: InodeId, name: String) -> Result<Option<Attr>, FsError> {
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "unlink", peer = %self.conn.peer, trace = %ctx.trace_id(), ino = %parent))]
+    async fn unlink(self, ctx: Context, parent: InodeId, name: String) -> Result<Option<Attr>, FsError> {
         self.unit(Command::Unlink { parent, name, now: Timestamp::now() }).await?;
         Ok(self.dir_attr(parent))
     }
 
-    async fn rmdir(self, _: Context, parent: InodeId, name: String) -> Result<Option<Attr>, FsError> {
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "rmdir", peer = %self.conn.peer, trace = %ctx.trace_id(), ino = %parent))]
+    async fn rmdir(self, ctx: Context, parent: InodeId, name: String) -> Result<Option<Attr>, FsError> {
         self.unit(Command::Rmdir { parent, name, now: Timestamp::now() }).await?;
         Ok(self.dir_attr(parent))
     }
 
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "rename", peer = %self.conn.peer, trace = %ctx.trace_id(), ino = %parent))]
     async fn rename(
         self,
-        _: Context,
+        ctx: Context,
         parent: InodeId,
         name: String,
         new_parent: InodeId,
@@ -217,9 +230,10 @@ impl MasterService for MasterServer {
         Ok((self.dir_attr(parent), self.dir_attr(new_parent)))
     }
 
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "readdir", peer = %self.conn.peer, trace = %ctx.trace_id(), ino = %dir))]
     async fn readdir(
         self,
-        _: Context,
+        ctx: Context,
         dir: InodeId,
         after: Option<String>,
         limit: u32,
@@ -228,7 +242,8 @@ impl MasterService for MasterServer {
         self.shared.store.readdir(dir, after.as_deref(), limit)
     }
 
-    async fn open(self, _: Context, ino: InodeId) -> Result<Opened, FsError> {
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "open", peer = %self.conn.peer, trace = %ctx.trace_id(), ino = %ino))]
+    async fn open(self, ctx: Context, ino: InodeId) -> Result<Opened, FsError> {
         let attr = self.shared.store.inode(ino)?.to_attr(ino);
         let chunk_size = u64::from(self.shared.store.chunk_size());
         let covered = match attr.kind {
@@ -244,7 +259,8 @@ impl MasterService for MasterServer {
         Ok(Opened { attr, covered, chunks })
     }
 
-    async fn release(self, _: Context, ino: InodeId) -> Result<(), FsError> {
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "release", peer = %self.conn.peer, trace = %ctx.trace_id(), ino = %ino))]
+    async fn release(self, ctx: Context, ino: InodeId) -> Result<(), FsError> {
         let held = {
             let mut m = lock(&self.conn.opens);
             match m.get_mut(&ino) {
@@ -265,15 +281,17 @@ impl MasterService for MasterServer {
         Ok(())
     }
 
-    async fn chunks(self, _: Context, ino: InodeId, first: u64, count: u64) -> Result<Vec<ChunkLoc>, FsError> {
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "chunks", peer = %self.conn.peer, trace = %ctx.trace_id(), ino = %ino))]
+    async fn chunks(self, ctx: Context, ino: InodeId, first: u64, count: u64) -> Result<Vec<ChunkLoc>, FsError> {
         let count = count.min(MAX_CHUNKS);
         let recs = self.shared.store.chunks(ino, first, count)?;
         Ok(recs.into_iter().map(|(i, r)| self.locate(i, r)).collect())
     }
 
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "alloc_chunk", peer = %self.conn.peer, trace = %ctx.trace_id(), ino = %ino))]
     async fn alloc_chunk(
         self,
-        _: Context,
+        ctx: Context,
         ino: InodeId,
         index: u64,
         client_host: String,
@@ -304,36 +322,50 @@ impl MasterService for MasterServer {
         Ok(ChunkAlloc { chunk, version, targets, compression_level: rec.policy.compression_level })
     }
 
-    async fn commit_chunk(self, _: Context, commit: ChunkCommit) -> Result<Attr, FsError> {
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "commit_chunk", peer = %self.conn.peer, trace = %ctx.trace_id(), ino = %commit.ino, index = commit.index))]
+    async fn commit_chunk(self, ctx: Context, commit: ChunkCommit) -> Result<Attr, FsError> {
         self.attr(Command::CommitChunk { commit, now: Timestamp::now() }).await
     }
 
-    async fn statfs(self, _: Context) -> Result<StatFs, FsError> {
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "statfs", peer = %self.conn.peer, trace = %ctx.trace_id()))]
+    async fn statfs(self, ctx: Context) -> Result<StatFs, FsError> {
         let (total_bytes, free_bytes) = self.shared.registry.space();
         Ok(StatFs { total_bytes, free_bytes, files: self.shared.store.inode_count()? })
     }
 
-    async fn setxattr(self, _: Context, ino: InodeId, name: String, value: Vec<u8>, flags: u32) -> Result<(), FsError> {
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "setxattr", peer = %self.conn.peer, trace = %ctx.trace_id(), ino = %ino))]
+    async fn setxattr(
+        self,
+        ctx: Context,
+        ino: InodeId,
+        name: String,
+        value: Vec<u8>,
+        flags: u32,
+    ) -> Result<(), FsError> {
         self.unit(Command::SetXattr { ino, name, value, flags, now: Timestamp::now() }).await
     }
 
-    async fn getxattr(self, _: Context, ino: InodeId, name: String) -> Result<Vec<u8>, FsError> {
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "getxattr", peer = %self.conn.peer, trace = %ctx.trace_id(), ino = %ino))]
+    async fn getxattr(self, ctx: Context, ino: InodeId, name: String) -> Result<Vec<u8>, FsError> {
         self.shared.store.inode(ino)?;
         self.shared.store.xattr(ino, &name)
     }
 
-    async fn listxattr(self, _: Context, ino: InodeId) -> Result<Vec<String>, FsError> {
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "listxattr", peer = %self.conn.peer, trace = %ctx.trace_id(), ino = %ino))]
+    async fn listxattr(self, ctx: Context, ino: InodeId) -> Result<Vec<String>, FsError> {
         self.shared.store.inode(ino)?;
         self.shared.store.xattr_names(ino)
     }
 
-    async fn removexattr(self, _: Context, ino: InodeId, name: String) -> Result<(), FsError> {
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "removexattr", peer = %self.conn.peer, trace = %ctx.trace_id(), ino = %ino))]
+    async fn removexattr(self, ctx: Context, ino: InodeId, name: String) -> Result<(), FsError> {
         self.unit(Command::RemoveXattr { ino, name, now: Timestamp::now() }).await
     }
 
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "set_policy", peer = %self.conn.peer, trace = %ctx.trace_id(), ino = %ino))]
     async fn set_policy(
         self,
-        _: Context,
+        ctx: Context,
         ino: InodeId,
         replication: Option<u8>,
         compression_level: Option<i8>,
@@ -341,7 +373,8 @@ impl MasterService for MasterServer {
         self.attr(Command::SetPolicy { ino, replication, compression_level, now: Timestamp::now() }).await
     }
 
-    async fn nodes(self, _: Context) -> Result<Vec<NodeStatus>, FsError> {
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "nodes", peer = %self.conn.peer, trace = %ctx.trace_id()))]
+    async fn nodes(self, ctx: Context) -> Result<Vec<NodeStatus>, FsError> {
         let pending = self.shared.store.pending_deletions_by_node()?;
         let mut nodes = self.shared.registry.status();
         for n in &mut nodes {
@@ -350,7 +383,8 @@ impl MasterService for MasterServer {
         Ok(nodes)
     }
 
-    async fn register_node(self, _: Context, hello: NodeHello) -> Result<Registered, FsError> {
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "register_node", peer = %self.conn.peer, trace = %ctx.trace_id(), host = %hello.host))]
+    async fn register_node(self, ctx: Context, hello: NodeHello) -> Result<Registered, FsError> {
         let fs_id = self.shared.store.fs_id().to_string();
         if let Some(theirs) = &hello.fs_id {
             if *theirs != fs_id {
@@ -376,7 +410,8 @@ impl MasterService for MasterServer {
         Ok(Registered { node_id, fs_id })
     }
 
-    async fn heartbeat(self, _: Context, hb: Heartbeat) -> Result<HeartbeatReply, FsError> {
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "heartbeat", peer = %self.conn.peer, trace = %ctx.trace_id(), node = %hb.node))]
+    async fn heartbeat(self, ctx: Context, hb: Heartbeat) -> Result<HeartbeatReply, FsError> {
         if !self.shared.registry.heartbeat(&hb) {
             return Err(FsError::NotFound);
         }
@@ -400,7 +435,8 @@ impl MasterService for MasterServer {
         Ok(HeartbeatReply { delete, replicate })
     }
 
-    async fn report_inventory(self, _: Context, node: NodeId, items: Vec<InventoryItem>) -> Result<(), FsError> {
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "report_inventory", peer = %self.conn.peer, trace = %ctx.trace_id(), node = %node))]
+    async fn report_inventory(self, ctx: Context, node: NodeId, items: Vec<InventoryItem>) -> Result<(), FsError> {
         if self.shared.registry.replica(node).is_none() {
             return Err(FsError::NotFound);
         }
@@ -409,17 +445,20 @@ impl MasterService for MasterServer {
         Ok(())
     }
 
-    async fn report_corrupt(self, _: Context, node: NodeId, chunk: ChunkId, version: Version) -> Result<(), FsError> {
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "report_corrupt", peer = %self.conn.peer, trace = %ctx.trace_id(), node = %node))]
+    async fn report_corrupt(self, ctx: Context, node: NodeId, chunk: ChunkId, version: Version) -> Result<(), FsError> {
         self.shared.corrupt_replica(node, chunk, version).await;
         Ok(())
     }
 
-    async fn fsck(self, _: Context, repair: bool) -> Result<FsckReport, FsError> {
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "fsck", peer = %self.conn.peer, trace = %ctx.trace_id()))]
+    async fn fsck(self, ctx: Context, repair: bool) -> Result<FsckReport, FsError> {
         tracing::info!("fsck requested by {}{}", self.conn.peer, if repair { " (repair)" } else { "" });
         crate::fsck::online(self.shared.clone(), repair).await
     }
 
-    async fn workers(self, _: Context) -> Result<Vec<WorkerStatus>, FsError> {
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "workers", peer = %self.conn.peer, trace = %ctx.trace_id()))]
+    async fn workers(self, ctx: Context) -> Result<Vec<WorkerStatus>, FsError> {
         Ok(self.shared.workers.status())
     }
 }

@@ -772,6 +772,8 @@ impl Writer {
     /// commit (then the journal is emptied) or by journaling the batch.
     fn apply_batch(&mut self, jobs: &[Job], durable: bool) -> Result<Vec<Result<Reply, FsError>>, String> {
         let seq = self.seq + 1;
+        // Inside the span of the request whose thread leads the commit.
+        let _span = tracing::debug_span!("commit", seq, batch = jobs.len(), durable).entered();
         // The open inodes each command asked about, for the journal.
         let asked = std::cell::RefCell::new(Vec::new());
         let is_open = &self.is_open;
@@ -811,11 +813,15 @@ impl Writer {
         // it) before it is durable. Should the commit then fail, the master
         // stops and the next start applies the batch from the journal.
         if !durable {
+            let started = std::time::Instant::now();
             self.journal.append(&Entry { seq, cmds: applied }).map_err(journal_err)?;
+            tracing::debug!(micros = started.elapsed().as_micros() as u64, "journal write and fdatasync");
         }
         {
             let _no_readers = self.gate.write().unwrap_or_else(|e| e.into_inner());
+            let started = std::time::Instant::now();
             txn.commit().map_err(|e| e.to_string())?;
+            tracing::debug!(micros = started.elapsed().as_micros() as u64, "database commit");
         }
         self.seq = seq;
         if durable {

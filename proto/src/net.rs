@@ -514,6 +514,12 @@ pub type TarpcContext = tarpc::context::Context;
 pub fn context_with_timeout(timeout: Duration) -> tarpc::context::Context {
     let mut ctx = tarpc::context::current();
     ctx.deadline = std::time::Instant::now() + timeout;
+    // A trace id of its own (64 random bits: short in logs, unique enough
+    // to find one call): the caller logs it, and the server's span of the
+    // call carries it, so one request can be followed across processes.
+    if ctx.trace_context.trace_id.is_none() {
+        ctx.trace_context.trace_id = tarpc::trace::TraceId::from(u128::from(rand::random::<u64>()));
+    }
     ctx
 }
 

@@ -102,7 +102,15 @@ fn serve(mut stream: TcpStream, server: &NodeServer, rt: &tokio::runtime::Handle
             write_reply(&mut stream, &Err(FsError::InvalidArgument))?;
             return Ok(());
         }
-        let answer = write(&mut stream, &header, server, rt, Instant::now() + timeout)?;
+        let span = tracing::debug_span!(
+            "write",
+            chunk = %header.chunk,
+            version = %header.version,
+            length = header.length,
+            chain = header.chain.len(),
+            forwarded = header.forwarded
+        );
+        let answer = span.in_scope(|| write(&mut stream, &header, server, rt, Instant::now() + timeout))?;
         write_reply(&mut stream, &answer)?;
     }
 }

@@ -111,9 +111,10 @@ where
 }
 
 impl NodeService for NodeServer {
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "read_blocks", trace = %ctx.trace_id(), chunk = %chunk, version = %version, first_block, count))]
     async fn read_blocks(
         self,
-        _ctx: Context,
+        ctx: Context,
         chunk: ChunkId,
         version: Version,
         first_block: u32,
@@ -135,12 +136,14 @@ impl NodeService for NodeServer {
         .await
     }
 
-    async fn delete_chunk(self, _ctx: Context, chunk: ChunkId, version: Version) -> Result<(), FsError> {
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "delete_chunk", trace = %ctx.trace_id(), chunk = %chunk, version = %version))]
+    async fn delete_chunk(self, ctx: Context, chunk: ChunkId, version: Version) -> Result<(), FsError> {
         let store = self.inner.store.clone();
         blocking(move || store.delete(chunk, version)).await
     }
 
-    async fn sync_chunks(self, _ctx: Context, chunks: Vec<(ChunkId, Version)>) -> Result<(), FsError> {
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "sync_chunks", trace = %ctx.trace_id(), replicas = chunks.len()))]
+    async fn sync_chunks(self, ctx: Context, chunks: Vec<(ChunkId, Version)>) -> Result<(), FsError> {
         if chunks.len() > MAX_SYNC_BATCH {
             tracing::warn!("refusing sync of {} replicas", chunks.len());
             return Err(FsError::InvalidArgument);

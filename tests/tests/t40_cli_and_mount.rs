@@ -838,3 +838,61 @@ impl Drop for ChildGuard {
         self.kill_now();
     }
 }
+
+/// The `trace=...` value of a log line.
+fn trace_of(line: &str) -> Option<&str> {
+    let rest = &line[line.find("trace=")? + 6..];
+    Some(rest.split([' ', '}']).next().unwrap_or(rest))
+}
+
+#[test]
+fn with_rust_log_debug_one_create_can_be_followed_from_the_kernel_to_the_master_commit() {
+    let tmp = temp_dir("stripefs-t40-trace-");
+    let data = tmp.path().join("data");
+    let mnt = tmp.path().join("mnt");
+    let _guard = UpGuard { data: data.clone(), mount: mnt.clone() };
+    let t = Instant::now();
+    let out = must_run(
+        Command::new(bin("stripefs"))
+            .arg("up")
+            .arg("--data")
+            .arg(&data)
+            .arg("--mount")
+            .arg(&mnt)
+            .args(["--nodes", "2"])
+            .env("RUST_LOG", "debug,tarpc=warn"),
+        Duration::from_secs(120),
+    );
+    eprintln!("stripefs up took {:?}:\n{}", t.elapsed(), text(&out.stdout));
+    fs::write(mnt.join("traced-file"), b"x").expect("create through the mount");
+    let mount_log = fs::read_to_string(data.join("mount.log")).expect("mount log");
+    // The kernel's create request, and the master call made inside it.
+    let call = mount_log
+        .lines()
+        .find(|l| l.contains("fuse{op=\"create\"") && l.contains("master call"))
+        .unwrap_or_else(|| panic!("no master call inside a create request in the mount's log:\n{mount_log}"));
+    let trace = trace_of(call).unwrap_or_else(|| panic!("no trace id in {call}"));
+    assert!(trace.len() >= 8 && trace.chars().any(|c| c != '0'), "not a call's own trace id: {call}");
+    // The master served that very call, and committed inside it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let master_log = fs::read_to_string(data.join("master.log")).expect("master log");
+        let served: Vec<&str> = master_log.lines().filter(|l| trace_of(l) == Some(trace)).collect();
+        assert!(
+            served.iter().all(|l| l.contains("rpc{op=\"create\"")),
+            "trace {trace} names more than the one create:\n{}",
+            served.join("\n")
+        );
+        let ended = served.iter().any(|l| l.contains("close") && l.contains("time.busy"));
+        let committed = served.iter().any(|l| l.contains("commit{"));
+        if ended && committed {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the master's log does not show create {trace} with its commit and time:\n{master_log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    must_down(&data, &mnt);
+}
