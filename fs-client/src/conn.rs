@@ -17,10 +17,13 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use std::time::Instant;
+use stripefs_daemon::lock;
 use stripefs_proto::net::{connect_channel, connect_stream, BlockingClient, ConnectError, Secret};
+use stripefs_proto::ops::*;
+use stripefs_proto::types::{Attr, ChunkCommit, NewEntry};
 use stripefs_proto::{
     FsError, MasterServiceClient, MasterServiceRequest, MasterServiceResponse, NodeServiceClient, NodeServiceRequest,
     NodeServiceResponse,
@@ -150,6 +153,81 @@ fn is_broken(e: &RpcError) -> bool {
     matches!(e, RpcError::Shutdown | RpcError::Send(_) | RpcError::Channel(_))
 }
 
+/// A namespace mutation (one `stripefs_proto::ops` type) and the RPC that
+/// carries it: [`MasterConn::mutate`] sends any of them the same way, with
+/// a request id that makes its retries safe.
+pub trait Mutation: Clone + Send + Sync + 'static {
+    /// The master's answer.
+    type Reply: Send + 'static;
+    /// Sends `req` on `c`.
+    fn send(
+        c: MasterClient,
+        ctx: tarpc::context::Context,
+        req: Request<Self>,
+    ) -> impl Future<Output = std::result::Result<std::result::Result<Self::Reply, FsError>, RpcError>> + Send;
+}
+
+macro_rules! mutation {
+    ($($op:ident => $method:ident -> $reply:ty;)*) => {$(
+        impl Mutation for $op {
+            type Reply = $reply;
+            fn send(
+                c: MasterClient,
+                ctx: tarpc::context::Context,
+                req: Request<Self>,
+            ) -> impl Future<Output = std::result::Result<std::result::Result<$reply, FsError>, RpcError>> + Send {
+                async move { c.$method(ctx, req).await }
+            }
+        }
+    )*};
+}
+
+mutation! {
+    Mknod => mknod -> Attr;
+    Create => create -> NewEntry;
+    Mkdir => mkdir -> NewEntry;
+    Symlink => symlink -> Attr;
+    Link => link -> Attr;
+    Unlink => unlink -> Option<Attr>;
+    Rmdir => rmdir -> Option<Attr>;
+    Rename => rename -> (Option<Attr>, Option<Attr>);
+    SetAttrs => setattr -> Attr;
+    SetXattr => setxattr -> ();
+    RemoveXattr => removexattr -> ();
+    SetPolicy => set_policy -> Attr;
+    ChunkCommit => commit_chunk -> Attr;
+}
+
+/// The requests of one client session: their ids, and which are still
+/// waiting for an answer (the master forgets the answers below the lowest).
+struct Session {
+    id: u64,
+    next_seq: AtomicU64,
+    pending: Mutex<std::collections::BTreeSet<u64>>,
+}
+
+impl Session {
+    fn new() -> Session {
+        Session { id: rand::random(), next_seq: AtomicU64::new(1), pending: Mutex::new(Default::default()) }
+    }
+
+    /// A new request id; pending until [`Session::answered`].
+    fn start(&self) -> RequestId {
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        lock(&self.pending).insert(seq);
+        RequestId { session: self.id, seq }
+    }
+
+    fn answered(&self, id: RequestId) {
+        lock(&self.pending).remove(&id.seq);
+    }
+
+    /// Every request below this has its answer.
+    fn answered_below(&self) -> u64 {
+        lock(&self.pending).first().copied().unwrap_or_else(|| self.next_seq.load(Ordering::Relaxed))
+    }
+}
+
 /// Called with a fresh master connection before anyone else uses it.
 pub type ReconnectHook = Box<dyn Fn(MasterClient) -> BoxFuture<'static, ()> + Send + Sync>;
 
@@ -162,6 +240,10 @@ pub struct MasterConn {
     addr: String,
     secret: Secret,
     wait: Duration,
+    /// How long one call waits for its answer.
+    call_timeout: Duration,
+    /// This client's request ids.
+    session: Session,
     /// The current client and its generation (bumped at each reconnect).
     client: tokio::sync::RwLock<(u64, Option<MasterClient>)>,
     on_reconnect: OnceLock<ReconnectHook>,
@@ -181,9 +263,17 @@ impl MasterConn {
             addr: addr.to_string(),
             secret,
             wait,
+            call_timeout: METADATA_TIMEOUT,
+            session: Session::new(),
             client: tokio::sync::RwLock::new((0, Some(client))),
             on_reconnect: OnceLock::new(),
         })
+    }
+
+    /// Sets how long one call waits for its answer (default [`METADATA_TIMEOUT`]).
+    pub fn with_call_timeout(mut self, t: Duration) -> MasterConn {
+        self.call_timeout = t;
+        self
     }
 
     /// Sets what to do on every reconnect (e.g. re-register open files).
@@ -260,7 +350,36 @@ impl MasterConn {
         F: Fn(MasterClient, tarpc::context::Context) -> Fut,
         Fut: Future<Output = std::result::Result<std::result::Result<T, FsError>, RpcError>>,
     {
-        self.call_on(wants_own(), f).await
+        // Reads: asking again after a lost answer is harmless.
+        self.call_on(wants_own(), true, f).await
+    }
+
+    /// Sends a namespace mutation with a request id of its own and waits
+    /// for its answer. A connection cut or a call that timed out is sent
+    /// again with the same id (until `master_timeout`): the master applies
+    /// it once and answers every copy the same.
+    pub async fn mutate<M: Mutation>(&self, op: M) -> Result<M::Reply> {
+        self.mutate_on(wants_own(), op).await
+    }
+
+    /// [`MasterConn::mutate`] on the shared connection (for `create`, which
+    /// takes an open reference the master counts per connection).
+    pub async fn mutate_shared<M: Mutation>(&self, op: M) -> Result<M::Reply> {
+        self.mutate_on(false, op).await
+    }
+
+    async fn mutate_on<M: Mutation>(&self, own: bool, op: M) -> Result<M::Reply> {
+        let id = self.session.start();
+        let session = &self.session;
+        let r = self
+            .call_on(own, true, |c, ctx| {
+                let req = Request { id, answered_below: session.answered_below(), op: op.clone() };
+                tracing::debug!(request = %id, "sending");
+                M::send(c, ctx, req)
+            })
+            .await;
+        self.session.answered(id);
+        r
     }
 
     /// [`MasterConn::call`] on the shared connection, wherever it is made
@@ -271,10 +390,15 @@ impl MasterConn {
         F: Fn(MasterClient, tarpc::context::Context) -> Fut,
         Fut: Future<Output = std::result::Result<std::result::Result<T, FsError>, RpcError>>,
     {
-        self.call_on(false, f).await
+        // Open references are counted: a second copy would count twice.
+        self.call_on(false, false, f).await
     }
 
-    async fn call_on<T, F, Fut>(&self, own: bool, f: F) -> Result<T>
+    /// Runs `f` until it gets an answer: again on a new connection when
+    /// the connection broke, and (`retry_timeouts`: for calls that are
+    /// safe to repeat) again when no answer came in time; until
+    /// `master_timeout` has passed.
+    async fn call_on<T, F, Fut>(&self, own: bool, retry_timeouts: bool, f: F) -> Result<T>
     where
         F: Fn(MasterClient, tarpc::context::Context) -> Fut,
         Fut: Future<Output = std::result::Result<std::result::Result<T, FsError>, RpcError>>,
@@ -297,12 +421,18 @@ impl MasterConn {
                     (g, false, c)
                 }
             };
-            let ctx = stripefs_proto::net::context_with_timeout(METADATA_TIMEOUT);
+            let ctx = stripefs_proto::net::context_with_timeout(self.call_timeout);
             // The master's span of this call carries the same trace id.
             tracing::debug!(trace = %ctx.trace_id(), own = mine, "master call");
+            // A counted call (open, release) that got no answer may or may
+            // not have been applied: rather than send it again, drop the
+            // connection, as if it broke. The master then forgets what the
+            // connection held, and the new one re-opens this client's files
+            // (the reconnect hook) before the call is made again.
+            let timed_out_counted = |e: &RpcError| matches!(e, RpcError::DeadlineExceeded) && !retry_timeouts && !mine;
             match f(c, ctx).await {
                 Ok(r) => return r.map_err(ClientError::Fs),
-                Err(e) if is_broken(&e) => {
+                Err(e) if is_broken(&e) || timed_out_counted(&e) => {
                     if backoff.is_zero() {
                         tracing::warn!("master connection lost: {e}");
                     }
@@ -320,6 +450,9 @@ impl MasterConn {
                     }
                     tokio::time::sleep(backoff.min(deadline - now)).await;
                     backoff = (backoff * 2).clamp(Duration::from_millis(20), Duration::from_secs(1));
+                }
+                Err(RpcError::DeadlineExceeded) if retry_timeouts && Instant::now() < deadline => {
+                    tracing::warn!("no answer from the master within {:?}; asking again", self.call_timeout);
                 }
                 Err(e) => return Err(e.into()),
             }

@@ -34,6 +34,9 @@ pub struct ClientConfig {
     pub dirty_limit_bytes: u64,
     /// How long operations wait for an unreachable master before failing.
     pub master_timeout: Duration,
+    /// How long one metadata call waits for its answer
+    /// ([`crate::conn::METADATA_TIMEOUT`] by default).
+    pub call_timeout: Duration,
     /// Read replicas of nodes on this host from their files (see
     /// [`crate::local`]).
     pub local_reads: bool,
@@ -50,6 +53,7 @@ impl Default for ClientConfig {
             cache_bytes: 256 << 20,
             dirty_limit_bytes: 128 << 20,
             master_timeout: Duration::from_secs(60),
+            call_timeout: crate::conn::METADATA_TIMEOUT,
             local_reads: true,
         }
     }
@@ -134,6 +138,7 @@ pub struct Looked {
 const MAX_FRESH_DIRS: usize = 4096;
 
 use stripefs_daemon::lock;
+use stripefs_proto::ops;
 
 /// Closes kept replica descriptors older than [`crate::local::MAX_AGE`]
 /// even when nothing reads: they pin the space of deleted versions. Ends
@@ -170,7 +175,9 @@ impl FsCore {
         secret: stripefs_proto::net::Secret,
         cfg: ClientConfig,
     ) -> anyhow::Result<Arc<FsCore>> {
-        let master = MasterConn::connect(master_addr, secret.clone(), cfg.master_timeout).await?;
+        let master = MasterConn::connect(master_addr, secret.clone(), cfg.master_timeout)
+            .await?
+            .with_call_timeout(cfg.call_timeout);
         let info = master.call(|c, ctx| async move { c.fs_info(ctx).await }).await?;
         let cache = BlockCache::new(cfg.cache_bytes);
         // Below two chunks, every append would upload a partial chunk.
@@ -214,7 +221,7 @@ impl FsCore {
                 let Some(core) = weak.upgrade() else { return };
                 let open: Vec<InodeId> = lock(&core.files).keys().copied().collect();
                 for ino in open {
-                    let ctx = stripefs_proto::net::context_with_timeout(crate::conn::METADATA_TIMEOUT);
+                    let ctx = stripefs_proto::net::context_with_timeout(core.cfg.call_timeout);
                     match client.open(ctx, ino).await {
                         Ok(Ok(_)) => {}
                         Ok(Err(e)) => tracing::warn!("re-opening inode {ino} after reconnecting: {e}"),
@@ -371,13 +378,7 @@ impl FsCore {
                 let mut guard = state.lock().await;
                 if let Some(st) = guard.as_mut() {
                     self.flush_state(st).await?;
-                    let attr = self
-                        .master
-                        .call(|c, ctx| {
-                            let a1 = set.clone();
-                            async move { c.setattr(ctx, ino, a1).await }
-                        })
-                        .await?;
+                    let attr = self.master.mutate(ops::SetAttrs { ino, set: set.clone() }).await?;
                     if set.size.is_some() {
                         st.truncated(attr.size, self.chunk_size);
                     }
@@ -385,12 +386,7 @@ impl FsCore {
                 }
             }
         }
-        self.master
-            .call(|c, ctx| {
-                let a1 = set.clone();
-                async move { c.setattr(ctx, ino, a1).await }
-            })
-            .await
+        self.master.mutate(ops::SetAttrs { ino, set }).await
     }
 
     /// Creates a non-directory inode.
@@ -406,13 +402,7 @@ impl FsCore {
         self.writable()?;
         self.forget_dir(parent);
         let name = name.to_string();
-        let r = self
-            .master
-            .call(|c, ctx| {
-                let a1 = name.clone();
-                async move { c.mknod(ctx, parent, a1, kind, perm, owner, rdev).await }
-            })
-            .await;
+        let r = self.master.mutate(ops::Mknod { parent, name: name.clone(), kind, perm, owner, rdev }).await;
         self.added(parent, &name, r)
     }
 
@@ -429,13 +419,7 @@ impl FsCore {
     pub async fn mkdir(&self, parent: InodeId, name: &str, perm: u32, owner: Owner) -> Result<Attr> {
         self.writable()?;
         let name = name.to_string();
-        let made = self
-            .master
-            .call(|c, ctx| {
-                let a1 = name.clone();
-                async move { c.mkdir(ctx, parent, a1, perm, owner).await }
-            })
-            .await;
+        let made = self.master.mutate(ops::Mkdir { parent, name: name.clone(), perm, owner }).await;
         self.added(parent, &name, made.map(|m| self.made(m)))
     }
 
@@ -444,14 +428,7 @@ impl FsCore {
         self.writable()?;
         self.forget_dir(parent);
         let (name, target) = (name.to_string(), target.to_string());
-        let r = self
-            .master
-            .call(|c, ctx| {
-                let a1 = name.clone();
-                let a2 = target.clone();
-                async move { c.symlink(ctx, parent, a1, a2, owner).await }
-            })
-            .await;
+        let r = self.master.mutate(ops::Symlink { parent, name: name.clone(), target, owner }).await;
         self.added(parent, &name, r)
     }
 
@@ -465,13 +442,7 @@ impl FsCore {
         self.writable()?;
         self.forget_dir(new_parent);
         let new_name = new_name.to_string();
-        let attr = self
-            .master
-            .call(|c, ctx| {
-                let a2 = new_name.clone();
-                async move { c.link(ctx, ino, new_parent, a2).await }
-            })
-            .await;
+        let attr = self.master.mutate(ops::Link { ino, new_parent, new_name: new_name.clone() }).await;
         // Every other name of the inode has a stale link count now.
         self.listings.changed(ino);
         self.listings.removed(new_parent, &new_name);
@@ -482,13 +453,7 @@ impl FsCore {
     pub async fn unlink(&self, parent: InodeId, name: &str) -> Result<()> {
         self.writable()?;
         let name = name.to_string();
-        let dir = self
-            .master
-            .call(|c, ctx| {
-                let a1 = name.clone();
-                async move { c.unlink(ctx, parent, a1).await }
-            })
-            .await;
+        let dir = self.master.mutate(ops::Unlink { parent, name: name.clone() }).await;
         self.listings.removed(parent, &name);
         self.remember_dir(dir?);
         Ok(())
@@ -498,13 +463,7 @@ impl FsCore {
     pub async fn rmdir(&self, parent: InodeId, name: &str) -> Result<()> {
         self.writable()?;
         let name = name.to_string();
-        let dir = self
-            .master
-            .call(|c, ctx| {
-                let a1 = name.clone();
-                async move { c.rmdir(ctx, parent, a1).await }
-            })
-            .await;
+        let dir = self.master.mutate(ops::Rmdir { parent, name: name.clone() }).await;
         self.listings.removed(parent, &name);
         self.remember_dir(dir?);
         Ok(())
@@ -521,14 +480,8 @@ impl FsCore {
     ) -> Result<()> {
         self.writable()?;
         let (name, new_name) = (name.to_string(), new_name.to_string());
-        let (from, to) = self
-            .master
-            .call(|c, ctx| {
-                let a1 = name.clone();
-                let a3 = new_name.clone();
-                async move { c.rename(ctx, parent, a1, new_parent, a3, flags).await }
-            })
-            .await?;
+        let op = ops::Rename { parent, name: name.clone(), new_parent, new_name: new_name.clone(), flags };
+        let (from, to) = self.master.mutate(op).await?;
         self.listings.removed(parent, &name);
         self.listings.removed(new_parent, &new_name);
         self.remember_dir(from);
@@ -614,13 +567,7 @@ impl FsCore {
     ) -> Result<(Attr, u64)> {
         self.writable()?;
         let name = name.to_string();
-        let made = self
-            .master
-            .call_shared(|c, ctx| {
-                let a1 = name.clone();
-                async move { c.create(ctx, parent, a1, perm, owner).await }
-            })
-            .await;
+        let made = self.master.mutate_shared(ops::Create { parent, name: name.clone(), perm, owner }).await;
         let attr = self.added(parent, &name, made.map(|m| self.made(m)))?;
         let (fh, _) = self.open_with(attr.ino, write, Some(attr.clone())).await?;
         Ok((attr, fh))
@@ -778,15 +725,7 @@ impl FsCore {
         if name == POLICY_XATTR || is_unsupported_xattr(name) {
             return Err(FsError::NotSupported.into());
         }
-        let (name, value) = (name.to_string(), value.to_vec());
-        let r = self
-            .master
-            .call(|c, ctx| {
-                let a1 = name.clone();
-                let a2 = value.clone();
-                async move { c.setxattr(ctx, ino, a1, a2, flags).await }
-            })
-            .await;
+        let r = self.master.mutate(ops::SetXattr { ino, name: name.to_string(), value: value.to_vec(), flags }).await;
         self.listings.changed(ino);
         r
     }
@@ -820,14 +759,7 @@ impl FsCore {
     /// Removes an xattr.
     pub async fn removexattr(&self, ino: InodeId, name: &str) -> Result<()> {
         self.writable()?;
-        let name = name.to_string();
-        let r = self
-            .master
-            .call(|c, ctx| {
-                let a1 = name.clone();
-                async move { c.removexattr(ctx, ino, a1).await }
-            })
-            .await;
+        let r = self.master.mutate(ops::RemoveXattr { ino, name: name.to_string() }).await;
         self.listings.changed(ino);
         r
     }

@@ -288,13 +288,7 @@ impl FsCore {
                 stored_bytes,
                 replicas: alloc.targets.iter().map(|r| r.node).collect(),
             };
-            let committed = self
-                .master
-                .call(|c, ctx| {
-                    let a0 = commit.clone();
-                    async move { c.commit_chunk(ctx, a0).await }
-                })
-                .await;
+            let committed = self.master.mutate(commit).await;
             // Size, times and allocated bytes moved.
             self.listings.changed(ino);
             committed?;

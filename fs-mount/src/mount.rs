@@ -45,6 +45,7 @@ pub fn mount(
         dirty_limit_bytes: opts.dirty_mb << 20,
         master_timeout: opts.master_timeout,
         local_reads: opts.local_reads,
+        ..ClientConfig::default()
     };
     let core = rt
         .block_on(FsCore::connect(master, secret.clone(), cfg))

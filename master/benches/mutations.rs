@@ -10,6 +10,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::sync::atomic::{AtomicU64, Ordering};
 use stripefs_master::namespace::Command;
 use stripefs_master::store::Store;
+use stripefs_proto::ops;
 use stripefs_proto::types::{FileKind, Owner, Timestamp};
 use stripefs_proto::InodeId;
 use tokio_util::sync::CancellationToken;
@@ -18,12 +19,14 @@ const BATCH: u64 = 256;
 
 fn mknod(n: u64) -> Command {
     Command::Mknod {
-        parent: InodeId::ROOT,
-        name: format!("f{n}"),
-        kind: FileKind::File,
-        perm: 0o644,
-        owner: Owner { uid: 0, gid: 0 },
-        rdev: 0,
+        op: ops::Mknod {
+            parent: InodeId::ROOT,
+            name: format!("f{n}"),
+            kind: FileKind::File,
+            perm: 0o644,
+            owner: Owner { uid: 0, gid: 0 },
+            rdev: 0,
+        },
         now: Timestamp::now(),
     }
 }

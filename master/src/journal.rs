@@ -181,7 +181,7 @@ fn decode_all(bytes: &[u8]) -> (Vec<Entry>, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use stripefs_proto::types::Timestamp;
+    use stripefs_proto::types::{ChunkCommit, FileKind, Owner, SetAttr, Timestamp};
 
     fn entry(seq: u64) -> Entry {
         Entry { seq, cmds: vec![Applied { cmd: Command::ReserveIds { ceiling: seq * 10 }, open: vec![InodeId(seq)] }] }
@@ -251,22 +251,112 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut j, _) = Journal::open(dir.path()).expect("open");
         let now = Timestamp::now();
-        let cmd = Command::Mkdir {
+        let op = stripefs_proto::ops::Mkdir {
             parent: InodeId::ROOT,
             name: "d".into(),
             perm: 0o755,
             owner: stripefs_proto::types::Owner { uid: 1, gid: 2 },
-            now,
         };
+        let cmd = Command::Mkdir { op, now };
         j.append(&Entry { seq: 9, cmds: vec![Applied { cmd, open: vec![] }] }).expect("append");
         drop(j);
         let got = Journal::open(dir.path()).expect("reopen").1;
         match &got[0].cmds[0].cmd {
-            Command::Mkdir { name, now: t, .. } => {
-                assert_eq!(name, "d");
+            Command::Mkdir { op, now: t } => {
+                assert_eq!(op.name, "d");
                 assert_eq!(*t, now);
             }
             other => panic!("got {other:?}"),
+        }
+    }
+
+    /// The commands as the journals of format 1 (before the `ops` types)
+    /// stored them: flat variants, in the same order.
+    #[derive(Serialize)]
+    #[allow(dead_code)]
+    enum OldCommand {
+        Mknod { parent: InodeId, name: String, kind: FileKind, perm: u32, owner: Owner, rdev: u32, now: Timestamp },
+        Mkdir { parent: InodeId, name: String, perm: u32, owner: Owner, now: Timestamp },
+        Symlink { parent: InodeId, name: String, target: String, owner: Owner, now: Timestamp },
+        Link { ino: InodeId, new_parent: InodeId, new_name: String, now: Timestamp },
+        Unlink { parent: InodeId, name: String, now: Timestamp },
+        Rmdir { parent: InodeId, name: String, now: Timestamp },
+        Rename { parent: InodeId, name: String, new_parent: InodeId, new_name: String, flags: u32, now: Timestamp },
+        SetAttr { ino: InodeId, set: SetAttr, now: Timestamp },
+        CommitChunk { commit: ChunkCommit, now: Timestamp },
+        SetXattr { ino: InodeId, name: String, value: Vec<u8>, flags: u32, now: Timestamp },
+        RemoveXattr { ino: InodeId, name: String, now: Timestamp },
+        SetPolicy { ino: InodeId, replication: Option<u8>, compression_level: Option<i8>, now: Timestamp },
+    }
+
+    #[test]
+    fn journals_written_before_the_ops_types_decode_to_the_same_commands() {
+        use stripefs_proto::ops;
+        let now = Timestamp { secs: 1_700_000_000, nanos: 7 };
+        let owner = Owner { uid: 3, gid: 4 };
+        let (p, q) = (InodeId(5), InodeId(6));
+        let s = |x: &str| x.to_string();
+        let set = SetAttr { size: Some(9), mode: Some(0o600), ..SetAttr::default() };
+        let pairs = vec![
+            (
+                OldCommand::Mknod { parent: p, name: s("a"), kind: FileKind::File, perm: 0o644, owner, rdev: 1, now },
+                Command::Mknod {
+                    op: ops::Mknod { parent: p, name: s("a"), kind: FileKind::File, perm: 0o644, owner, rdev: 1 },
+                    now,
+                },
+            ),
+            (
+                OldCommand::Mkdir { parent: p, name: s("d"), perm: 0o755, owner, now },
+                Command::Mkdir { op: ops::Mkdir { parent: p, name: s("d"), perm: 0o755, owner }, now },
+            ),
+            (
+                OldCommand::Symlink { parent: p, name: s("l"), target: s("t"), owner, now },
+                Command::Symlink { op: ops::Symlink { parent: p, name: s("l"), target: s("t"), owner }, now },
+            ),
+            (
+                OldCommand::Link { ino: q, new_parent: p, new_name: s("h"), now },
+                Command::Link { op: ops::Link { ino: q, new_parent: p, new_name: s("h") }, now },
+            ),
+            (
+                OldCommand::Unlink { parent: p, name: s("a"), now },
+                Command::Unlink { op: ops::Unlink { parent: p, name: s("a") }, now },
+            ),
+            (
+                OldCommand::Rmdir { parent: p, name: s("d"), now },
+                Command::Rmdir { op: ops::Rmdir { parent: p, name: s("d") }, now },
+            ),
+            (
+                OldCommand::Rename { parent: p, name: s("a"), new_parent: q, new_name: s("b"), flags: 1, now },
+                Command::Rename {
+                    op: ops::Rename { parent: p, name: s("a"), new_parent: q, new_name: s("b"), flags: 1 },
+                    now,
+                },
+            ),
+            (
+                OldCommand::SetAttr { ino: q, set: set.clone(), now },
+                Command::SetAttr { op: ops::SetAttrs { ino: q, set }, now },
+            ),
+            (
+                OldCommand::SetXattr { ino: q, name: s("user.x"), value: vec![1, 2], flags: 2, now },
+                Command::SetXattr { op: ops::SetXattr { ino: q, name: s("user.x"), value: vec![1, 2], flags: 2 }, now },
+            ),
+            (
+                OldCommand::RemoveXattr { ino: q, name: s("user.x"), now },
+                Command::RemoveXattr { op: ops::RemoveXattr { ino: q, name: s("user.x") }, now },
+            ),
+            (
+                OldCommand::SetPolicy { ino: q, replication: Some(3), compression_level: None, now },
+                Command::SetPolicy {
+                    op: ops::SetPolicy { ino: q, replication: Some(3), compression_level: None },
+                    now,
+                },
+            ),
+        ];
+        for (old, new) in pairs {
+            let old_bytes = bincode::serialize(&old).expect("encode old");
+            assert_eq!(old_bytes, bincode::serialize(&new).expect("encode new"), "{new:?}");
+            let back: Command = bincode::deserialize(&old_bytes).expect("an old journal's command decodes");
+            assert_eq!(format!("{back:?}"), format!("{new:?}"));
         }
     }
 }

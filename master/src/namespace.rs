@@ -12,7 +12,8 @@ use crate::records::{ChunkRecord, DecodeError, InodeRecord, NodeRecord};
 use crate::tables::{self, meta_keys};
 use redb::{ReadableTable, Table, WriteTransaction};
 use serde::{Deserialize, Serialize};
-use stripefs_proto::types::{Attr, ChunkCommit, FileKind, Owner, SetAttr, Timestamp};
+use stripefs_proto::ops::{self, RequestId};
+use stripefs_proto::types::{Attr, ChunkCommit, FileKind, Timestamp};
 use stripefs_proto::{ChunkId, FsError, InodeId, NodeId, Version};
 
 /// renameat2's `RENAME_NOREPLACE`.
@@ -25,101 +26,68 @@ pub const XATTR_CREATE: u32 = 1;
 pub const XATTR_REPLACE: u32 = 2;
 
 /// A mutation of the master's state.
+///
+/// Variants are only ever appended, and a variant's fields never change
+/// order: the journal (and later the Raft log) stores commands in bincode,
+/// which encodes the variant's index and then its fields in order. A
+/// client's mutation is its `stripefs_proto::ops` type with the time of
+/// the request; bincode does not mark where a struct begins, so these
+/// encode exactly as the flat variants of before did.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Command {
     /// Create a non-directory inode.
     Mknod {
-        /// Directory.
-        parent: InodeId,
-        /// Name.
-        name: String,
-        /// Kind.
-        kind: FileKind,
-        /// Permission bits.
-        perm: u32,
-        /// Owner.
-        owner: Owner,
-        /// Device number.
-        rdev: u32,
+        /// What.
+        op: ops::Mknod,
         /// Time of the request.
         now: Timestamp,
     },
     /// Create a directory.
     Mkdir {
-        /// Parent directory.
-        parent: InodeId,
-        /// Name.
-        name: String,
-        /// Permission bits.
-        perm: u32,
-        /// Owner.
-        owner: Owner,
+        /// What.
+        op: ops::Mkdir,
         /// Time of the request.
         now: Timestamp,
     },
     /// Create a symlink.
     Symlink {
-        /// Directory.
-        parent: InodeId,
-        /// Name.
-        name: String,
-        /// Target.
-        target: String,
-        /// Owner.
-        owner: Owner,
+        /// What.
+        op: ops::Symlink,
         /// Time of the request.
         now: Timestamp,
     },
     /// Add a hard link.
     Link {
-        /// Existing inode.
-        ino: InodeId,
-        /// Directory of the new name.
-        new_parent: InodeId,
-        /// New name.
-        new_name: String,
+        /// What.
+        op: ops::Link,
         /// Time of the request.
         now: Timestamp,
     },
     /// Remove a non-directory name.
     Unlink {
-        /// Directory.
-        parent: InodeId,
-        /// Name.
-        name: String,
+        /// What.
+        op: ops::Unlink,
         /// Time of the request.
         now: Timestamp,
     },
     /// Remove an empty directory.
     Rmdir {
-        /// Parent directory.
-        parent: InodeId,
-        /// Name.
-        name: String,
+        /// What.
+        op: ops::Rmdir,
         /// Time of the request.
         now: Timestamp,
     },
     /// Rename (renameat2 semantics).
     Rename {
-        /// Source directory.
-        parent: InodeId,
-        /// Source name.
-        name: String,
-        /// Destination directory.
-        new_parent: InodeId,
-        /// Destination name.
-        new_name: String,
-        /// `RENAME_NOREPLACE` / `RENAME_EXCHANGE`.
-        flags: u32,
+        /// What.
+        op: ops::Rename,
         /// Time of the request.
         now: Timestamp,
     },
     /// Change attributes.
     SetAttr {
-        /// Inode.
-        ino: InodeId,
-        /// Changes.
-        set: SetAttr,
+        /// What.
+        op: ops::SetAttrs,
         /// Time of the request.
         now: Timestamp,
     },
@@ -132,34 +100,22 @@ pub enum Command {
     },
     /// Set an xattr.
     SetXattr {
-        /// Inode.
-        ino: InodeId,
-        /// Name.
-        name: String,
-        /// Value.
-        value: Vec<u8>,
-        /// `XATTR_CREATE` / `XATTR_REPLACE`.
-        flags: u32,
+        /// What.
+        op: ops::SetXattr,
         /// Time of the request.
         now: Timestamp,
     },
     /// Remove an xattr.
     RemoveXattr {
-        /// Inode.
-        ino: InodeId,
-        /// Name.
-        name: String,
+        /// What.
+        op: ops::RemoveXattr,
         /// Time of the request.
         now: Timestamp,
     },
     /// Change an inode's data policy.
     SetPolicy {
-        /// Inode.
-        ino: InodeId,
-        /// New replication factor.
-        replication: Option<u8>,
-        /// New zstd level.
-        compression_level: Option<i8>,
+        /// What.
+        op: ops::SetPolicy,
         /// Time of the request.
         now: Timestamp,
     },
@@ -211,10 +167,27 @@ pub enum Command {
     },
     /// A repair made by fsck.
     Fsck(FsckOp),
+    /// A client's mutation with its request id: applied once, and its
+    /// answer remembered, so a retry gets the same answer
+    /// ([`requests`]).
+    Requested {
+        /// The request.
+        id: RequestId,
+        /// The session's requests below this are answered: forget them.
+        answered_below: u64,
+        /// The mutation.
+        cmd: Box<Command>,
+    },
+    /// Forget the answers of requests made before `before` (sessions that
+    /// went away without saying so).
+    ForgetRequests {
+        /// The cutoff.
+        before: Timestamp,
+    },
 }
 
 /// The result of a command.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
     /// Nothing to return.
     Unit,
@@ -224,6 +197,65 @@ pub enum Reply {
     Node(NodeId),
     /// Replica deletions for a node.
     Deletions(Vec<(ChunkId, Version)>),
+}
+
+/// A client's mutation (a `stripefs_proto::ops` type): the command it
+/// becomes and the answer it gets. [`crate::store::Store::run`] applies one
+/// and returns its typed answer; the one place that looks inside a
+/// [`Reply`] for it is here, next to the command it made.
+pub trait Op: Sized {
+    /// The answer.
+    type Output;
+    /// The command, at the time of the request.
+    fn command(self, now: Timestamp) -> Command;
+    /// The answer in `reply` (None: a reply of another kind, which is a bug).
+    fn output(reply: Reply) -> Option<Self::Output>;
+}
+
+macro_rules! op {
+    ($op:ident => $variant:ident, Attr) => {
+        op!(@impl $op => $variant, Attr, |r| match r { Reply::Attr(a) => Some(a), _ => None });
+    };
+    ($op:ident => $variant:ident, Unit) => {
+        op!(@impl $op => $variant, (), |r| match r { Reply::Unit => Some(()), _ => None });
+    };
+    (@impl $op:ident => $variant:ident, $out:ty, $get:expr) => {
+        impl Op for ops::$op {
+            type Output = $out;
+            fn command(self, now: Timestamp) -> Command {
+                Command::$variant { op: self, now }
+            }
+            fn output(reply: Reply) -> Option<$out> {
+                let get: fn(Reply) -> Option<$out> = $get;
+                get(reply)
+            }
+        }
+    };
+}
+
+op!(Mknod => Mknod, Attr);
+op!(Mkdir => Mkdir, Attr);
+op!(Symlink => Symlink, Attr);
+op!(Link => Link, Attr);
+op!(Unlink => Unlink, Unit);
+op!(Rmdir => Rmdir, Unit);
+op!(Rename => Rename, Unit);
+op!(SetAttrs => SetAttr, Attr);
+op!(SetXattr => SetXattr, Unit);
+op!(RemoveXattr => RemoveXattr, Unit);
+op!(SetPolicy => SetPolicy, Attr);
+
+impl Op for ChunkCommit {
+    type Output = Attr;
+    fn command(self, now: Timestamp) -> Command {
+        Command::CommitChunk { commit: self, now }
+    }
+    fn output(reply: Reply) -> Option<Attr> {
+        match reply {
+            Reply::Attr(a) => Some(a),
+            _ => None,
+        }
+    }
 }
 
 /// Why a command was not applied.
@@ -277,6 +309,8 @@ pub struct Tables<'txn> {
     pub deletions: Table<'txn, (u64, u64, u64), ()>,
     /// `nodes.v1`.
     pub nodes: Table<'txn, u64, &'static [u8]>,
+    /// `requests.v1`.
+    pub requests: Table<'txn, (u64, u64), &'static [u8]>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -291,6 +325,7 @@ impl<'txn> Tables<'txn> {
             orphans: txn.open_table(tables::ORPHANS)?,
             deletions: txn.open_table(tables::DELETIONS)?,
             nodes: txn.open_table(tables::NODES)?,
+            requests: txn.open_table(tables::REQUESTS)?,
         })
     }
 
@@ -429,30 +464,18 @@ pub fn apply(t: &mut Tables, cmd: &Command, ctx: &Context) -> Result<Reply, Appl
     use Command as C;
     let unit = |()| Reply::Unit;
     match cmd {
-        C::Mknod { parent, name, kind, perm, owner, rdev, now } => {
-            create::mknod(t, *parent, name, *kind, *perm, *owner, *rdev, *now).map(Reply::Attr)
-        }
-        C::Mkdir { parent, name, perm, owner, now } => {
-            create::mkdir(t, *parent, name, *perm, *owner, *now).map(Reply::Attr)
-        }
-        C::Symlink { parent, name, target, owner, now } => {
-            create::symlink(t, *parent, name, target, *owner, *now).map(Reply::Attr)
-        }
-        C::Link { ino, new_parent, new_name, now } => {
-            create::link(t, *ino, *new_parent, new_name, *now).map(Reply::Attr)
-        }
-        C::Unlink { parent, name, now } => remove::unlink(t, *parent, name, *now, ctx).map(unit),
-        C::Rmdir { parent, name, now } => remove::rmdir(t, *parent, name, *now).map(unit),
+        C::Mknod { op, now } => create::mknod(t, op, *now).map(Reply::Attr),
+        C::Mkdir { op, now } => create::mkdir(t, op, *now).map(Reply::Attr),
+        C::Symlink { op, now } => create::symlink(t, op, *now).map(Reply::Attr),
+        C::Link { op, now } => create::link(t, op, *now).map(Reply::Attr),
+        C::Unlink { op, now } => remove::unlink(t, op, *now, ctx).map(unit),
+        C::Rmdir { op, now } => remove::rmdir(t, op, *now).map(unit),
         C::Purge { ino } => remove::purge_orphan(t, *ino, ctx).map(unit),
-        C::Rename { parent, name, new_parent, new_name, flags, now } => {
-            rename::rename(t, *parent, name, *new_parent, new_name, *flags, *now, ctx).map(unit)
-        }
-        C::SetAttr { ino, set, now } => attrs::set_attr(t, *ino, set, *now, ctx).map(Reply::Attr),
-        C::SetXattr { ino, name, value, flags, now } => attrs::set_xattr(t, *ino, name, value, *flags, *now).map(unit),
-        C::RemoveXattr { ino, name, now } => attrs::remove_xattr(t, *ino, name, *now).map(unit),
-        C::SetPolicy { ino, replication, compression_level, now } => {
-            attrs::set_policy(t, *ino, *replication, *compression_level, *now).map(Reply::Attr)
-        }
+        C::Rename { op, now } => rename::rename(t, op, *now, ctx).map(unit),
+        C::SetAttr { op, now } => attrs::set_attr(t, op.ino, &op.set, *now, ctx).map(Reply::Attr),
+        C::SetXattr { op, now } => attrs::set_xattr(t, op, *now).map(unit),
+        C::RemoveXattr { op, now } => attrs::remove_xattr(t, op.ino, &op.name, *now).map(unit),
+        C::SetPolicy { op, now } => attrs::set_policy(t, op, *now).map(Reply::Attr),
         C::CommitChunk { commit, now } => chunks::commit_chunk(t, commit, *now, ctx).map(Reply::Attr),
         C::AddReplica { ino, index, chunk, version, node, drop } => {
             chunks::add_replica(t, *ino, *index, (*chunk, *version), *node, drop).map(unit)
@@ -462,6 +485,8 @@ pub fn apply(t: &mut Tables, cmd: &Command, ctx: &Context) -> Result<Reply, Appl
         C::RegisterNode { id, record } => cluster::register_node(t, *id, record).map(Reply::Node),
         C::ReserveIds { ceiling } => cluster::reserve_ids(t, *ceiling).map(unit),
         C::Fsck(op) => crate::fsck::ops::apply(t, op),
+        C::Requested { id, answered_below, cmd } => requests::apply(t, *id, *answered_below, cmd, ctx),
+        C::ForgetRequests { before } => requests::forget_before(t, *before).map(unit),
     }
 }
 
@@ -471,6 +496,7 @@ mod cluster;
 mod create;
 mod remove;
 mod rename;
+pub mod requests;
 
 pub use crate::fsck::ops::{lost_found_name, FsckOp, InodeField, MetaCounter, LOST_FOUND};
 pub(crate) use create::new_record;

@@ -8,8 +8,9 @@ use futures::future::join_all;
 use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use stripefs_proto::types::Policy;
+use stripefs_proto::ops;
 use stripefs_proto::types::TimeSet;
+use stripefs_proto::types::{Policy, SetAttr};
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
@@ -78,7 +79,11 @@ impl Fs {
     }
 
     async fn mkdir(&self, parent: InodeId, name: &str) -> Result<Attr, FsError> {
-        self.attr(Command::Mkdir { parent, name: name.into(), perm: 0o755, owner: OWNER, now: self.now() }).await
+        self.attr(Command::Mkdir {
+            op: ops::Mkdir { parent, name: name.into(), perm: 0o755, owner: OWNER },
+            now: self.now(),
+        })
+        .await
     }
 
     async fn create(&self, parent: InodeId, name: &str) -> Result<Attr, FsError> {
@@ -86,20 +91,23 @@ impl Fs {
     }
 
     async fn symlink(&self, parent: InodeId, name: &str, target: &str) -> Result<Attr, FsError> {
-        self.attr(Command::Symlink { parent, name: name.into(), target: target.into(), owner: OWNER, now: self.now() })
-            .await
+        self.attr(Command::Symlink {
+            op: ops::Symlink { parent, name: name.into(), target: target.into(), owner: OWNER },
+            now: self.now(),
+        })
+        .await
     }
 
     async fn link(&self, ino: InodeId, new_parent: InodeId, new_name: &str) -> Result<Attr, FsError> {
-        self.attr(Command::Link { ino, new_parent, new_name: new_name.into(), now: self.now() }).await
+        self.attr(Command::Link { op: ops::Link { ino, new_parent, new_name: new_name.into() }, now: self.now() }).await
     }
 
     async fn unlink(&self, parent: InodeId, name: &str) -> Result<(), FsError> {
-        self.unit(Command::Unlink { parent, name: name.into(), now: self.now() }).await
+        self.unit(Command::Unlink { op: ops::Unlink { parent, name: name.into() }, now: self.now() }).await
     }
 
     async fn rmdir(&self, parent: InodeId, name: &str) -> Result<(), FsError> {
-        self.unit(Command::Rmdir { parent, name: name.into(), now: self.now() }).await
+        self.unit(Command::Rmdir { op: ops::Rmdir { parent, name: name.into() }, now: self.now() }).await
     }
 
     async fn rename(
@@ -111,18 +119,14 @@ impl Fs {
         flags: u32,
     ) -> Result<(), FsError> {
         self.unit(Command::Rename {
-            parent,
-            name: name.into(),
-            new_parent,
-            new_name: new_name.into(),
-            flags,
+            op: ops::Rename { parent, name: name.into(), new_parent, new_name: new_name.into(), flags },
             now: self.now(),
         })
         .await
     }
 
     async fn set_attr(&self, ino: InodeId, set: SetAttr) -> Result<Attr, FsError> {
-        self.attr(Command::SetAttr { ino, set, now: self.now() }).await
+        self.attr(Command::SetAttr { op: ops::SetAttrs { ino, set }, now: self.now() }).await
     }
 
     async fn truncate(&self, ino: InodeId, size: u64) -> Result<Attr, FsError> {
@@ -157,11 +161,19 @@ impl Fs {
     }
 
     async fn set_xattr(&self, ino: InodeId, name: &str, value: &[u8], flags: u32) -> Result<(), FsError> {
-        self.unit(Command::SetXattr { ino, name: name.into(), value: value.to_vec(), flags, now: self.now() }).await
+        self.unit(Command::SetXattr {
+            op: ops::SetXattr { ino, name: name.into(), value: value.to_vec(), flags },
+            now: self.now(),
+        })
+        .await
     }
 
     async fn set_policy(&self, ino: InodeId, replication: Option<u8>, level: Option<i8>) -> Result<Attr, FsError> {
-        self.attr(Command::SetPolicy { ino, replication, compression_level: level, now: self.now() }).await
+        self.attr(Command::SetPolicy {
+            op: ops::SetPolicy { ino, replication, compression_level: level },
+            now: self.now(),
+        })
+        .await
     }
 
     fn ino(&self, parent: InodeId, name: &str) -> InodeId {
@@ -207,12 +219,14 @@ async fn create_file_dir_symlink_and_fifo() {
     assert_eq!(fs.rec(s.ino).target.as_deref(), Some("some/where"));
     let p = fs
         .attr(Command::Mknod {
-            parent: ROOT,
-            name: "pipe".into(),
-            kind: FileKind::CharDevice,
-            perm: 0o170_640, // file-type bits are dropped
-            owner: OWNER,
-            rdev: 0x0103,
+            op: ops::Mknod {
+                parent: ROOT,
+                name: "pipe".into(),
+                kind: FileKind::CharDevice,
+                perm: 0o170_640, // file-type bits are dropped
+                owner: OWNER,
+                rdev: 0x0103,
+            },
             now: fs.now(),
         })
         .await
@@ -235,12 +249,7 @@ async fn create_file_dir_symlink_and_fifo() {
     for kind in [FileKind::Dir, FileKind::Symlink] {
         let r = fs
             .attr(Command::Mknod {
-                parent: ROOT,
-                name: "x".into(),
-                kind,
-                perm: 0o644,
-                owner: OWNER,
-                rdev: 0,
+                op: ops::Mknod { parent: ROOT, name: "x".into(), kind, perm: 0o644, owner: OWNER, rdev: 0 },
                 now: fs.now(),
             })
             .await;
@@ -643,12 +652,14 @@ async fn parent_times_are_updated() {
     let t = at(1000);
     let f = fs
         .attr(Command::Mknod {
-            parent: a.ino,
-            name: "f".into(),
-            kind: FileKind::File,
-            perm: 0o600,
-            owner: OWNER,
-            rdev: 0,
+            op: ops::Mknod {
+                parent: a.ino,
+                name: "f".into(),
+                kind: FileKind::File,
+                perm: 0o600,
+                owner: OWNER,
+                rdev: 0,
+            },
             now: t,
         })
         .await
@@ -657,30 +668,31 @@ async fn parent_times_are_updated() {
     assert_eq!((f.atime, f.mtime, f.ctime, f.crtime), (t, t, t, t));
 
     let t = at(1001);
-    fs.attr(Command::Mkdir { parent: b.ino, name: "d".into(), perm: 0o700, owner: OWNER, now: t })
+    fs.attr(Command::Mkdir { op: ops::Mkdir { parent: b.ino, name: "d".into(), perm: 0o700, owner: OWNER }, now: t })
         .await
         .expect("mkdir");
     assert_eq!(times(b.ino), (t, t), "mkdir");
 
     let t = at(1002);
-    fs.attr(Command::Symlink { parent: a.ino, name: "s".into(), target: "f".into(), owner: OWNER, now: t })
-        .await
-        .expect("symlink");
+    fs.attr(Command::Symlink {
+        op: ops::Symlink { parent: a.ino, name: "s".into(), target: "f".into(), owner: OWNER },
+        now: t,
+    })
+    .await
+    .expect("symlink");
     assert_eq!(times(a.ino), (t, t), "symlink");
 
     let t = at(1003);
-    fs.attr(Command::Link { ino: f.ino, new_parent: b.ino, new_name: "l".into(), now: t }).await.expect("link");
+    fs.attr(Command::Link { op: ops::Link { ino: f.ino, new_parent: b.ino, new_name: "l".into() }, now: t })
+        .await
+        .expect("link");
     assert_eq!(times(b.ino), (t, t), "link: new parent");
     assert_eq!(fs.rec(f.ino).ctime, t, "link: the inode's ctime");
     assert_eq!(fs.rec(f.ino).mtime, at(1000), "link: not the inode's mtime");
 
     let t = at(1004);
     fs.unit(Command::Rename {
-        parent: a.ino,
-        name: "s".into(),
-        new_parent: b.ino,
-        new_name: "s2".into(),
-        flags: 0,
+        op: ops::Rename { parent: a.ino, name: "s".into(), new_parent: b.ino, new_name: "s2".into(), flags: 0 },
         now: t,
     })
     .await
@@ -690,17 +702,17 @@ async fn parent_times_are_updated() {
     assert_eq!(fs.rec(s).ctime, t, "rename: the moved inode's ctime");
 
     let t = at(1005);
-    fs.unit(Command::Unlink { parent: b.ino, name: "l".into(), now: t }).await.expect("unlink");
+    fs.unit(Command::Unlink { op: ops::Unlink { parent: b.ino, name: "l".into() }, now: t }).await.expect("unlink");
     assert_eq!(times(b.ino), (t, t), "unlink");
     assert_eq!(fs.rec(f.ino).ctime, t, "unlink: the remaining inode's ctime");
 
     let t = at(1006);
-    fs.unit(Command::Rmdir { parent: b.ino, name: "d".into(), now: t }).await.expect("rmdir");
+    fs.unit(Command::Rmdir { op: ops::Rmdir { parent: b.ino, name: "d".into() }, now: t }).await.expect("rmdir");
     assert_eq!(times(b.ino), (t, t), "rmdir");
 
     // A refused command touches nothing.
     let t = at(1007);
-    let r = fs.unit(Command::Rmdir { parent: ROOT, name: "a".into(), now: t }).await;
+    let r = fs.unit(Command::Rmdir { op: ops::Rmdir { parent: ROOT, name: "a".into() }, now: t }).await;
     assert_eq!(r, Err(FsError::NotEmpty));
     assert_ne!(times(ROOT).0, t);
 }
@@ -782,7 +794,7 @@ async fn set_attributes() {
         atime: Some(TimeSet::At(given)),
         mtime: Some(TimeSet::Now),
     };
-    let a = fs.attr(Command::SetAttr { ino: f.ino, set, now: t }).await.expect("setattr");
+    let a = fs.attr(Command::SetAttr { op: ops::SetAttrs { ino: f.ino, set }, now: t }).await.expect("setattr");
     assert_eq!((a.perm, a.uid, a.gid), (0o4751, 5, 6));
     assert_eq!((a.atime, a.mtime, a.ctime), (given, t, t));
     assert_eq!(fs.rec(f.ino).to_attr(f.ino), a);
@@ -1075,9 +1087,12 @@ async fn xattrs() {
     assert_eq!(fs.set_xattr(MISSING, "user.a", b"v", 0).await, Err(FsError::NotFound));
 
     let t = at(3000);
-    fs.unit(Command::RemoveXattr { ino: f.ino, name: "user.a".into(), now: t }).await.expect("remove");
+    fs.unit(Command::RemoveXattr { op: ops::RemoveXattr { ino: f.ino, name: "user.a".into() }, now: t })
+        .await
+        .expect("remove");
     assert_eq!(fs.rec(f.ino).ctime, t);
-    let remove = |name: &str| Command::RemoveXattr { ino: f.ino, name: name.into(), now: at(3001) };
+    let remove =
+        |name: &str| Command::RemoveXattr { op: ops::RemoveXattr { ino: f.ino, name: name.into() }, now: at(3001) };
     assert_eq!(fs.unit(remove("user.a")).await, Err(FsError::NoAttr));
     assert_eq!(fs.unit(remove("")).await, Err(FsError::InvalidArgument));
     assert_eq!(fs.rec(f.ino).ctime, t, "a refused removal changes nothing");
@@ -1206,14 +1221,12 @@ fn a_refused_command_writes_nothing() {
     fn s(x: &str) -> String {
         x.to_string()
     }
-    let mkdir = |parent, name: &str| Command::Mkdir { parent, name: s(name), perm: 0o755, owner: OWNER, now };
+    let mkdir = |parent, name: &str| Command::Mkdir {
+        op: ops::Mkdir { parent, name: s(name), perm: 0o755, owner: OWNER },
+        now,
+    };
     let mknod = |parent, name: &str| Command::Mknod {
-        parent,
-        name: s(name),
-        kind: FileKind::File,
-        perm: 0o644,
-        owner: OWNER,
-        rdev: 0,
+        op: ops::Mknod { parent, name: s(name), kind: FileKind::File, perm: 0o644, owner: OWNER, rdev: 0 },
         now,
     };
 
@@ -1232,18 +1245,18 @@ fn a_refused_command_writes_nothing() {
         replicas: vec![NodeId(1)],
     };
     applied(&mut t, &ctx, Command::CommitChunk { commit: commit.clone(), now });
-    applied(&mut t, &ctx, Command::SetXattr { ino: f, name: s("user.x"), value: b"v".to_vec(), flags: 0, now });
+    applied(
+        &mut t,
+        &ctx,
+        Command::SetXattr { op: ops::SetXattr { ino: f, name: s("user.x"), value: b"v".to_vec(), flags: 0 }, now },
+    );
     // An inode at the link limit.
     let mut full = t.inode(g).expect("g");
     full.nlink = MAX_LINKS;
     t.put_inode(g, &full).expect("put g");
 
     let rename = |parent, name: &str, new_parent, new_name: &str, flags| Command::Rename {
-        parent,
-        name: s(name),
-        new_parent,
-        new_name: s(new_name),
-        flags,
+        op: ops::Rename { parent, name: s(name), new_parent, new_name: s(new_name), flags },
         now,
     };
     let refused: Vec<(Command, FsError)> = vec![
@@ -1252,18 +1265,27 @@ fn a_refused_command_writes_nothing() {
         (mkdir(MISSING, "x"), FsError::NotFound),
         (mknod(ROOT, "a/b"), FsError::InvalidArgument),
         (
-            Command::Mknod { parent: ROOT, name: s("d"), kind: FileKind::Dir, perm: 0, owner: OWNER, rdev: 0, now },
+            Command::Mknod {
+                op: ops::Mknod { parent: ROOT, name: s("d"), kind: FileKind::Dir, perm: 0, owner: OWNER, rdev: 0 },
+                now,
+            },
             FsError::InvalidArgument,
         ),
-        (Command::Symlink { parent: ROOT, name: s("s"), target: s(""), owner: OWNER, now }, FsError::InvalidArgument),
-        (Command::Symlink { parent: ROOT, name: s("a"), target: s("t"), owner: OWNER, now }, FsError::Exists),
-        (Command::Link { ino: a, new_parent: ROOT, new_name: s("x"), now }, FsError::NotPermitted),
-        (Command::Link { ino: g, new_parent: ROOT, new_name: s("x"), now }, FsError::TooManyLinks),
-        (Command::Link { ino: f, new_parent: ROOT, new_name: s("g"), now }, FsError::Exists),
-        (Command::Unlink { parent: ROOT, name: s("a"), now }, FsError::IsDir),
-        (Command::Unlink { parent: ROOT, name: s("zz"), now }, FsError::NotFound),
-        (Command::Rmdir { parent: ROOT, name: s("a"), now }, FsError::NotEmpty),
-        (Command::Rmdir { parent: ROOT, name: s("g"), now }, FsError::NotDir),
+        (
+            Command::Symlink { op: ops::Symlink { parent: ROOT, name: s("s"), target: s(""), owner: OWNER }, now },
+            FsError::InvalidArgument,
+        ),
+        (
+            Command::Symlink { op: ops::Symlink { parent: ROOT, name: s("a"), target: s("t"), owner: OWNER }, now },
+            FsError::Exists,
+        ),
+        (Command::Link { op: ops::Link { ino: a, new_parent: ROOT, new_name: s("x") }, now }, FsError::NotPermitted),
+        (Command::Link { op: ops::Link { ino: g, new_parent: ROOT, new_name: s("x") }, now }, FsError::TooManyLinks),
+        (Command::Link { op: ops::Link { ino: f, new_parent: ROOT, new_name: s("g") }, now }, FsError::Exists),
+        (Command::Unlink { op: ops::Unlink { parent: ROOT, name: s("a") }, now }, FsError::IsDir),
+        (Command::Unlink { op: ops::Unlink { parent: ROOT, name: s("zz") }, now }, FsError::NotFound),
+        (Command::Rmdir { op: ops::Rmdir { parent: ROOT, name: s("a") }, now }, FsError::NotEmpty),
+        (Command::Rmdir { op: ops::Rmdir { parent: ROOT, name: s("g") }, now }, FsError::NotDir),
         (rename(ROOT, "a", b, "a", 0), FsError::InvalidArgument),
         (rename(ROOT, "a", ROOT, "empty", RENAME_EXCHANGE | RENAME_NOREPLACE), FsError::InvalidArgument),
         (rename(ROOT, "a", b, "f", RENAME_EXCHANGE), FsError::InvalidArgument),
@@ -1274,10 +1296,13 @@ fn a_refused_command_writes_nothing() {
         (rename(ROOT, "g", ROOT, "zz", RENAME_EXCHANGE), FsError::NotFound),
         (rename(ROOT, "zz", ROOT, "g", 0), FsError::NotFound),
         (
-            Command::SetAttr { ino: a, set: SetAttr { size: Some(0), mode: Some(0), ..SetAttr::default() }, now },
+            Command::SetAttr {
+                op: ops::SetAttrs { ino: a, set: SetAttr { size: Some(0), mode: Some(0), ..SetAttr::default() } },
+                now,
+            },
             FsError::IsDir,
         ),
-        (Command::SetAttr { ino: MISSING, set: SetAttr::default(), now }, FsError::NotFound),
+        (Command::SetAttr { op: ops::SetAttrs { ino: MISSING, set: SetAttr::default() }, now }, FsError::NotFound),
         (Command::CommitChunk { commit: ChunkCommit { ino: a, ..commit.clone() }, now }, FsError::InvalidArgument),
         (
             Command::CommitChunk {
@@ -1290,15 +1315,36 @@ fn a_refused_command_writes_nothing() {
             Command::CommitChunk { commit: ChunkCommit { replicas: Vec::new(), ..commit.clone() }, now },
             FsError::InvalidArgument,
         ),
-        (Command::SetXattr { ino: f, name: s("user.x"), value: vec![], flags: XATTR_CREATE, now }, FsError::Exists),
-        (Command::SetXattr { ino: f, name: s("user.y"), value: vec![], flags: XATTR_REPLACE, now }, FsError::NoAttr),
-        (Command::SetXattr { ino: f, name: s("user.y"), value: vec![0; 65537], flags: 0, now }, FsError::TooLarge),
-        (Command::RemoveXattr { ino: f, name: s("user.y"), now }, FsError::NoAttr),
         (
-            Command::SetPolicy { ino: a, replication: Some(2), compression_level: Some(-3), now },
+            Command::SetXattr {
+                op: ops::SetXattr { ino: f, name: s("user.x"), value: vec![], flags: XATTR_CREATE },
+                now,
+            },
+            FsError::Exists,
+        ),
+        (
+            Command::SetXattr {
+                op: ops::SetXattr { ino: f, name: s("user.y"), value: vec![], flags: XATTR_REPLACE },
+                now,
+            },
+            FsError::NoAttr,
+        ),
+        (
+            Command::SetXattr { op: ops::SetXattr { ino: f, name: s("user.y"), value: vec![0; 65537], flags: 0 }, now },
+            FsError::TooLarge,
+        ),
+        (Command::RemoveXattr { op: ops::RemoveXattr { ino: f, name: s("user.y") }, now }, FsError::NoAttr),
+        (
+            Command::SetPolicy {
+                op: ops::SetPolicy { ino: a, replication: Some(2), compression_level: Some(-3) },
+                now,
+            },
             FsError::InvalidArgument,
         ),
-        (Command::SetPolicy { ino: MISSING, replication: None, compression_level: None, now }, FsError::NotFound),
+        (
+            Command::SetPolicy { op: ops::SetPolicy { ino: MISSING, replication: None, compression_level: None }, now },
+            FsError::NotFound,
+        ),
     ];
     for (cmd, want) in refused {
         let before = snapshot(&t);

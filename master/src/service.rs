@@ -2,13 +2,13 @@
 //! [`MasterState`]. Reads go straight to the store; mutations become
 //! [`Command`]s for the writer; background work is left to the workers.
 
-use crate::namespace::{Command, Reply};
 use crate::records::NodeRecord;
 use crate::state::MasterState;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use stripefs_daemon::lock;
+use stripefs_proto::ops::*;
 use stripefs_proto::types::*;
 use stripefs_proto::{check_name, ChunkId, FsError, InodeId, MasterService, NodeId, Version};
 use tarpc::context::Context;
@@ -56,20 +56,6 @@ impl MasterServer {
         MasterServer { shared, conn }
     }
 
-    async fn attr(&self, cmd: Command) -> Result<Attr, FsError> {
-        match self.shared.store.execute(cmd).await? {
-            Reply::Attr(a) => Ok(a),
-            other => {
-                tracing::error!("command answered {other:?} where attributes were expected");
-                Err(FsError::Internal)
-            }
-        }
-    }
-
-    async fn unit(&self, cmd: Command) -> Result<(), FsError> {
-        self.shared.store.execute(cmd).await.map(|_| ())
-    }
-
     /// The attributes of directory `dir` now (after a change in it); none
     /// if it is gone meanwhile (the change itself stands).
     fn dir_attr(&self, dir: InodeId) -> Option<Attr> {
@@ -79,6 +65,11 @@ impl MasterServer {
     /// The reply to a create or mkdir of `attr` in `parent`.
     fn new_entry(&self, attr: Attr, parent: InodeId) -> NewEntry {
         NewEntry { attr, parent: self.dir_attr(parent) }
+    }
+
+    /// Whether this connection holds an open reference to `ino`.
+    fn holds(&self, ino: InodeId) -> bool {
+        lock(&self.conn.opens).contains_key(&ino)
     }
 
     /// Takes an open reference to `ino` for this connection.
@@ -132,66 +123,44 @@ impl MasterService for MasterServer {
         Ok(self.shared.store.inode(ino)?.to_attr(ino))
     }
 
-    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "setattr", peer = %self.conn.peer, trace = %ctx.trace_id(), ino = %ino))]
-    async fn setattr(self, ctx: Context, ino: InodeId, set: SetAttr) -> Result<Attr, FsError> {
-        if set.size.is_some_and(|s| s > MAX_FILE_BYTES) {
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "setattr", peer = %self.conn.peer, trace = %ctx.trace_id(), request = %req.id, ino = %req.op.ino))]
+    async fn setattr(self, ctx: Context, req: Request<SetAttrs>) -> Result<Attr, FsError> {
+        if req.op.set.size.is_some_and(|s| s > MAX_FILE_BYTES) {
             return Err(FsError::FileTooLarge);
         }
-        self.attr(Command::SetAttr { ino, set, now: Timestamp::now() }).await
+        self.shared.store.run(req).await
     }
 
-    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "mknod", peer = %self.conn.peer, trace = %ctx.trace_id(), ino = %parent))]
-    async fn mknod(
-        self,
-        ctx: Context,
-        parent: InodeId,
-        name: String,
-        kind: FileKind,
-        perm: u32,
-        owner: Owner,
-        rdev: u32,
-    ) -> Result<Attr, FsError> {
-        self.attr(Command::Mknod { parent, name, kind, perm, owner, rdev, now: Timestamp::now() }).await
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "mknod", peer = %self.conn.peer, trace = %ctx.trace_id(), request = %req.id, ino = %req.op.parent))]
+    async fn mknod(self, ctx: Context, req: Request<Mknod>) -> Result<Attr, FsError> {
+        self.shared.store.run(req).await
     }
 
-    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "create", peer = %self.conn.peer, trace = %ctx.trace_id(), ino = %parent))]
-    async fn create(
-        self,
-        ctx: Context,
-        parent: InodeId,
-        name: String,
-        perm: u32,
-        owner: Owner,
-    ) -> Result<NewEntry, FsError> {
-        let cmd = Command::Mknod { parent, name, kind: FileKind::File, perm, owner, rdev: 0, now: Timestamp::now() };
-        let attr = self.attr(cmd).await?;
-        self.take_open(attr.ino);
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "create", peer = %self.conn.peer, trace = %ctx.trace_id(), request = %req.id, ino = %req.op.parent))]
+    async fn create(self, ctx: Context, req: Request<Create>) -> Result<NewEntry, FsError> {
+        let parent = req.op.parent;
+        let Create { parent: _, name, perm, owner } = req.op;
+        let op = Mknod { parent, name, kind: FileKind::File, perm, owner, rdev: 0 };
+        let attr = self.shared.store.run(Request { id: req.id, answered_below: req.answered_below, op }).await?;
+        // A retry on the connection that made the file already holds its
+        // reference; one on a new connection (the old one was cut, and
+        // released what it held) takes it.
+        if !self.holds(attr.ino) {
+            self.take_open(attr.ino);
+        }
         Ok(self.new_entry(attr, parent))
     }
 
-    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "mkdir", peer = %self.conn.peer, trace = %ctx.trace_id(), ino = %parent))]
-    async fn mkdir(
-        self,
-        ctx: Context,
-        parent: InodeId,
-        name: String,
-        perm: u32,
-        owner: Owner,
-    ) -> Result<NewEntry, FsError> {
-        let attr = self.attr(Command::Mkdir { parent, name, perm, owner, now: Timestamp::now() }).await?;
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "mkdir", peer = %self.conn.peer, trace = %ctx.trace_id(), request = %req.id, ino = %req.op.parent))]
+    async fn mkdir(self, ctx: Context, req: Request<Mkdir>) -> Result<NewEntry, FsError> {
+        let parent = req.op.parent;
+        let attr = self.shared.store.run(req).await?;
         Ok(self.new_entry(attr, parent))
     }
 
-    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "symlink", peer = %self.conn.peer, trace = %ctx.trace_id(), ino = %parent))]
-    async fn symlink(
-        self,
-        ctx: Context,
-        parent: InodeId,
-        name: String,
-        target: String,
-        owner: Owner,
-    ) -> Result<Attr, FsError> {
-        self.attr(Command::Symlink { parent, name, target, owner, now: Timestamp::now() }).await
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "symlink", peer = %self.conn.peer, trace = %ctx.trace_id(), request = %req.id, ino = %req.op.parent))]
+    async fn symlink(self, ctx: Context, req: Request<Symlink>) -> Result<Attr, FsError> {
+        self.shared.store.run(req).await
     }
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "readlink", peer = %self.conn.peer, trace = %ctx.trace_id(), ino = %ino))]
@@ -199,34 +168,29 @@ impl MasterService for MasterServer {
         self.shared.store.inode(ino)?.target.ok_or(FsError::InvalidArgument)
     }
 
-    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "link", peer = %self.conn.peer, trace = %ctx.trace_id(), ino = %ino))]
-    async fn link(self, ctx: Context, ino: InodeId, new_parent: InodeId, new_name: String) -> Result<Attr, FsError> {
-        self.attr(Command::Link { ino, new_parent, new_name, now: Timestamp::now() }).await
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "link", peer = %self.conn.peer, trace = %ctx.trace_id(), request = %req.id, ino = %req.op.ino))]
+    async fn link(self, ctx: Context, req: Request<Link>) -> Result<Attr, FsError> {
+        self.shared.store.run(req).await
     }
 
-    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "unlink", peer = %self.conn.peer, trace = %ctx.trace_id(), ino = %parent))]
-    async fn unlink(self, ctx: Context, parent: InodeId, name: String) -> Result<Option<Attr>, FsError> {
-        self.unit(Command::Unlink { parent, name, now: Timestamp::now() }).await?;
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "unlink", peer = %self.conn.peer, trace = %ctx.trace_id(), request = %req.id, ino = %req.op.parent))]
+    async fn unlink(self, ctx: Context, req: Request<Unlink>) -> Result<Option<Attr>, FsError> {
+        let parent = req.op.parent;
+        self.shared.store.run(req).await?;
         Ok(self.dir_attr(parent))
     }
 
-    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "rmdir", peer = %self.conn.peer, trace = %ctx.trace_id(), ino = %parent))]
-    async fn rmdir(self, ctx: Context, parent: InodeId, name: String) -> Result<Option<Attr>, FsError> {
-        self.unit(Command::Rmdir { parent, name, now: Timestamp::now() }).await?;
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "rmdir", peer = %self.conn.peer, trace = %ctx.trace_id(), request = %req.id, ino = %req.op.parent))]
+    async fn rmdir(self, ctx: Context, req: Request<Rmdir>) -> Result<Option<Attr>, FsError> {
+        let parent = req.op.parent;
+        self.shared.store.run(req).await?;
         Ok(self.dir_attr(parent))
     }
 
-    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "rename", peer = %self.conn.peer, trace = %ctx.trace_id(), ino = %parent))]
-    async fn rename(
-        self,
-        ctx: Context,
-        parent: InodeId,
-        name: String,
-        new_parent: InodeId,
-        new_name: String,
-        flags: u32,
-    ) -> Result<(Option<Attr>, Option<Attr>), FsError> {
-        self.unit(Command::Rename { parent, name, new_parent, new_name, flags, now: Timestamp::now() }).await?;
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "rename", peer = %self.conn.peer, trace = %ctx.trace_id(), request = %req.id, ino = %req.op.parent))]
+    async fn rename(self, ctx: Context, req: Request<Rename>) -> Result<(Option<Attr>, Option<Attr>), FsError> {
+        let (parent, new_parent) = (req.op.parent, req.op.new_parent);
+        self.shared.store.run(req).await?;
         Ok((self.dir_attr(parent), self.dir_attr(new_parent)))
     }
 
@@ -322,9 +286,9 @@ impl MasterService for MasterServer {
         Ok(ChunkAlloc { chunk, version, targets, compression_level: rec.policy.compression_level })
     }
 
-    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "commit_chunk", peer = %self.conn.peer, trace = %ctx.trace_id(), ino = %commit.ino, index = commit.index))]
-    async fn commit_chunk(self, ctx: Context, commit: ChunkCommit) -> Result<Attr, FsError> {
-        self.attr(Command::CommitChunk { commit, now: Timestamp::now() }).await
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "commit_chunk", peer = %self.conn.peer, trace = %ctx.trace_id(), request = %req.id, ino = %req.op.ino, index = req.op.index))]
+    async fn commit_chunk(self, ctx: Context, req: Request<ChunkCommit>) -> Result<Attr, FsError> {
+        self.shared.store.run(req).await
     }
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "statfs", peer = %self.conn.peer, trace = %ctx.trace_id()))]
@@ -333,16 +297,9 @@ impl MasterService for MasterServer {
         Ok(StatFs { total_bytes, free_bytes, files: self.shared.store.inode_count()? })
     }
 
-    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "setxattr", peer = %self.conn.peer, trace = %ctx.trace_id(), ino = %ino))]
-    async fn setxattr(
-        self,
-        ctx: Context,
-        ino: InodeId,
-        name: String,
-        value: Vec<u8>,
-        flags: u32,
-    ) -> Result<(), FsError> {
-        self.unit(Command::SetXattr { ino, name, value, flags, now: Timestamp::now() }).await
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "setxattr", peer = %self.conn.peer, trace = %ctx.trace_id(), request = %req.id, ino = %req.op.ino))]
+    async fn setxattr(self, ctx: Context, req: Request<SetXattr>) -> Result<(), FsError> {
+        self.shared.store.run(req).await
     }
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "getxattr", peer = %self.conn.peer, trace = %ctx.trace_id(), ino = %ino))]
@@ -357,20 +314,14 @@ impl MasterService for MasterServer {
         self.shared.store.xattr_names(ino)
     }
 
-    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "removexattr", peer = %self.conn.peer, trace = %ctx.trace_id(), ino = %ino))]
-    async fn removexattr(self, ctx: Context, ino: InodeId, name: String) -> Result<(), FsError> {
-        self.unit(Command::RemoveXattr { ino, name, now: Timestamp::now() }).await
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "removexattr", peer = %self.conn.peer, trace = %ctx.trace_id(), request = %req.id, ino = %req.op.ino))]
+    async fn removexattr(self, ctx: Context, req: Request<RemoveXattr>) -> Result<(), FsError> {
+        self.shared.store.run(req).await
     }
 
-    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "set_policy", peer = %self.conn.peer, trace = %ctx.trace_id(), ino = %ino))]
-    async fn set_policy(
-        self,
-        ctx: Context,
-        ino: InodeId,
-        replication: Option<u8>,
-        compression_level: Option<i8>,
-    ) -> Result<Attr, FsError> {
-        self.attr(Command::SetPolicy { ino, replication, compression_level, now: Timestamp::now() }).await
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "set_policy", peer = %self.conn.peer, trace = %ctx.trace_id(), request = %req.id, ino = %req.op.ino))]
+    async fn set_policy(self, ctx: Context, req: Request<SetPolicy>) -> Result<Attr, FsError> {
+        self.shared.store.run(req).await
     }
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "nodes", peer = %self.conn.peer, trace = %ctx.trace_id()))]
@@ -397,12 +348,7 @@ impl MasterService for MasterServer {
             }
         }
         let record = NodeRecord { addr: hello.addr, host: hello.host, zone: hello.zone };
-        let node_id =
-            match self.shared.store.execute(Command::RegisterNode { id: hello.node_id, record: record.clone() }).await?
-            {
-                Reply::Node(id) => id,
-                _ => return Err(FsError::Internal),
-            };
+        let node_id = self.shared.store.register_node(hello.node_id, record.clone()).await?;
         tracing::info!("node {node_id} registered: {} host={} zone={}", record.addr, record.host, record.zone);
         self.shared.registry.registered(node_id, record);
         // A node (back) is a new source and target for copies.
@@ -425,10 +371,7 @@ impl MasterService for MasterServer {
         }
         let replicate = self.shared.copies.take_orders(hb.node);
         let delete = if self.shared.store.has_deletions(hb.node)? {
-            match self.shared.store.execute(Command::TakeDeletions { node: hb.node, max: 1000 }).await? {
-                Reply::Deletions(d) => d,
-                _ => return Err(FsError::Internal),
-            }
+            self.shared.store.take_deletions(hb.node, 1000).await?
         } else {
             Vec::new()
         };

@@ -14,7 +14,7 @@
 //! [`crate::namespace`], so another engine can later stand behind it.
 
 use crate::journal::{Applied, Entry, Journal, JOURNAL_FILE};
-use crate::namespace::{apply, ApplyError, Command, Context, Reply, Tables};
+use crate::namespace::{apply, ApplyError, Command, Context, Op, Reply, Tables};
 use crate::records::{ChunkRecord, InodeRecord, NodeRecord};
 use crate::tables::{self, meta_keys, FORMAT_VERSION, MAGIC_VALUE};
 use rand::RngCore;
@@ -23,6 +23,7 @@ use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, TryLockError};
+use stripefs_proto::ops::Request;
 use stripefs_proto::types::{DirEntry, FileKind, Policy, Timestamp};
 use stripefs_proto::{ChunkId, FsError, InodeId, NodeId, Version};
 use tokio::sync::oneshot;
@@ -205,6 +206,11 @@ impl Store {
                 let mut meta = txn.open_table(tables::META).map_err(|e| db_err(&path)(e.into()))?;
                 meta.insert(meta_keys::ID_CEILING, new_ceiling.to_le_bytes().as_slice())
                     .map_err(|e| db_err(&path)(e.into()))?;
+                // Upgrades an older format: its tables are all still read
+                // as they are; the new ones are created here.
+                txn.open_table(tables::REQUESTS).map_err(|e| db_err(&path)(e.into()))?;
+                meta.insert(meta_keys::FORMAT_VERSION, FORMAT_VERSION.to_le_bytes().as_slice())
+                    .map_err(|e| db_err(&path)(e.into()))?;
             }
             txn.commit().map_err(|e| db_err(&path)(e.into()))?;
         }
@@ -252,6 +258,45 @@ impl Store {
         tokio::task::yield_now().await;
         self.lead();
         rx.await.map_err(|_| FsError::Internal)?
+    }
+
+    /// Applies a client's request once (a retry gets the first answer; see
+    /// [`crate::namespace::requests`]) and returns its typed answer.
+    pub async fn run<O: Op>(&self, req: Request<O>) -> Result<O::Output, FsError> {
+        let cmd = Command::Requested {
+            id: req.id,
+            answered_below: req.answered_below,
+            cmd: Box::new(req.op.command(Timestamp::now())),
+        };
+        let reply = self.execute(cmd).await?;
+        O::output(reply.clone()).ok_or_else(|| {
+            tracing::error!("request {} answered {reply:?}, not what it asks for", req.id);
+            FsError::Internal
+        })
+    }
+
+    /// How many request answers are remembered (see
+    /// [`crate::namespace::requests`]).
+    pub fn remembered_requests(&self) -> Result<u64, FsError> {
+        let txn = self.read()?;
+        let t = txn.open_table(tables::REQUESTS).map_err(internal)?;
+        t.len().map_err(internal)
+    }
+
+    /// Records a storage node; returns its id (a new one when `id` is unknown).
+    pub async fn register_node(&self, id: Option<NodeId>, record: NodeRecord) -> Result<NodeId, FsError> {
+        match self.execute(Command::RegisterNode { id, record }).await? {
+            Reply::Node(id) => Ok(id),
+            other => Err(unexpected("register a node", other)),
+        }
+    }
+
+    /// Takes up to `max` replica deletions queued for `node`.
+    pub async fn take_deletions(&self, node: NodeId, max: u32) -> Result<Vec<(ChunkId, Version)>, FsError> {
+        match self.execute(Command::TakeDeletions { node, max }).await? {
+            Reply::Deletions(d) => Ok(d),
+            other => Err(unexpected("take deletions", other)),
+        }
     }
 
     /// Applies a command without waiting for its reply.
@@ -671,6 +716,12 @@ fn stored_seq(db: &Database) -> Result<u64, redb::Error> {
     let meta = txn.open_table(tables::META)?;
     let seq = meta.get(meta_keys::JOURNAL_SEQ)?.and_then(|v| read_u64(v.value()));
     Ok(seq.unwrap_or(0))
+}
+
+/// A reply of the wrong kind: a bug, logged, `Internal` to the caller.
+fn unexpected(what: &str, reply: Reply) -> FsError {
+    tracing::error!("{what}: the command answered {reply:?}");
+    FsError::Internal
 }
 
 /// Applies the journaled batches the database lost in a crash (those after

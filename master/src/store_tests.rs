@@ -3,6 +3,7 @@
 use super::*;
 use crate::namespace::{Command, Reply};
 use std::collections::HashSet;
+use stripefs_proto::ops;
 use stripefs_proto::types::{Attr, ChunkCommit, Owner};
 use stripefs_proto::{ChunkId, Version};
 use tempfile::TempDir;
@@ -44,17 +45,12 @@ async fn attr(store: &Store, cmd: Command) -> Attr {
 }
 
 fn mkdir(parent: InodeId, name: &str) -> Command {
-    Command::Mkdir { parent, name: name.into(), perm: 0o750, owner: OWNER, now: Timestamp::now() }
+    Command::Mkdir { op: ops::Mkdir { parent, name: name.into(), perm: 0o750, owner: OWNER }, now: Timestamp::now() }
 }
 
 fn mknod(parent: InodeId, name: &str) -> Command {
     Command::Mknod {
-        parent,
-        name: name.into(),
-        kind: FileKind::File,
-        perm: 0o640,
-        owner: OWNER,
-        rdev: 0,
+        op: ops::Mknod { parent, name: name.into(), kind: FileKind::File, perm: 0o640, owner: OWNER, rdev: 0 },
         now: Timestamp::now(),
     }
 }
@@ -117,15 +113,18 @@ async fn reopening_keeps_everything() {
         let a = attr(&store, mkdir(ROOT, "a")).await;
         let b = attr(&store, mkdir(a.ino, "b")).await;
         let f = attr(&store, mknod(b.ino, "f")).await;
-        attr(&store, Command::Link { ino: f.ino, new_parent: ROOT, new_name: "f2".into(), now: Timestamp::now() })
-            .await;
+        attr(
+            &store,
+            Command::Link {
+                op: ops::Link { ino: f.ino, new_parent: ROOT, new_name: "f2".into() },
+                now: Timestamp::now(),
+            },
+        )
+        .await;
         attr(
             &store,
             Command::Symlink {
-                parent: ROOT,
-                name: "s".into(),
-                target: "a/b/f".into(),
-                owner: OWNER,
+                op: ops::Symlink { parent: ROOT, name: "s".into(), target: "a/b/f".into(), owner: OWNER },
                 now: Timestamp::now(),
             },
         )
@@ -142,17 +141,17 @@ async fn reopening_keeps_everything() {
         attr(&store, Command::CommitChunk { commit, now: Timestamp::now() }).await;
         store
             .execute(Command::SetXattr {
-                ino: a.ino,
-                name: "user.k".into(),
-                value: b"value".to_vec(),
-                flags: 0,
+                op: ops::SetXattr { ino: a.ino, name: "user.k".into(), value: b"value".to_vec(), flags: 0 },
                 now: Timestamp::now(),
             })
             .await
             .expect("setxattr");
         attr(
             &store,
-            Command::SetPolicy { ino: a.ino, replication: Some(3), compression_level: Some(0), now: Timestamp::now() },
+            Command::SetPolicy {
+                op: ops::SetPolicy { ino: a.ino, replication: Some(3), compression_level: Some(0) },
+                now: Timestamp::now(),
+            },
         )
         .await;
         let rec = NodeRecord { addr: "10.0.0.1:9500".into(), host: "h1".into(), zone: "z1".into() };
@@ -205,7 +204,7 @@ async fn reopening_keeps_everything() {
         assert!(!used.contains(&g.ino));
         // Clean up so the next round sees the same tree.
         store
-            .execute(Command::Unlink { parent: ROOT, name: "g".into(), now: Timestamp::now() })
+            .execute(Command::Unlink { op: ops::Unlink { parent: ROOT, name: "g".into() }, now: Timestamp::now() })
             .await
             .expect("unlink g");
     }
@@ -236,7 +235,10 @@ async fn orphans_survive_a_reopen() {
     let ino = {
         let store = Store::open(tmp.path(), None, Box::new(|_| true), CancellationToken::new()).expect("open");
         let f = attr(&store, mknod(ROOT, "f")).await;
-        store.execute(Command::Unlink { parent: ROOT, name: "f".into(), now: Timestamp::now() }).await.expect("unlink");
+        store
+            .execute(Command::Unlink { op: ops::Unlink { parent: ROOT, name: "f".into() }, now: Timestamp::now() })
+            .await
+            .expect("unlink");
         assert_eq!(store.orphans(), Ok(vec![f.ino]));
         f.ino
     };
@@ -422,11 +424,115 @@ async fn replay_gives_unlink_the_open_answers_it_had() {
     // Every inode is open on some client: unlink keeps them as orphans.
     let store = Store::open(tmp.path(), None, Box::new(|_| true), CancellationToken::new()).expect("open");
     let f = attr(&store, mknod(ROOT, "f")).await;
-    store.execute(Command::Unlink { parent: ROOT, name: "f".into(), now: Timestamp::now() }).await.expect("unlink");
+    store
+        .execute(Command::Unlink { op: ops::Unlink { parent: ROOT, name: "f".into() }, now: Timestamp::now() })
+        .await
+        .expect("unlink");
     let crashed = crash_copy(tmp.path());
     drop(store);
     // Reopened with nothing open: replay must still keep the orphan.
     let store = open_ok(crashed.path(), None);
     assert_eq!(store.orphans(), Ok(vec![f.ino]));
     assert!(store.lookup(ROOT, "f").is_err());
+}
+
+fn request<O>(seq: u64, answered_below: u64, op: O) -> ops::Request<O> {
+    ops::Request { id: ops::RequestId { session: 0xabc, seq }, answered_below, op }
+}
+
+fn mkdir_op(name: &str) -> ops::Mkdir {
+    ops::Mkdir { parent: ROOT, name: name.into(), perm: 0o755, owner: OWNER }
+}
+
+/// Answers remembered in `requests.v1`.
+fn remembered(store: &Store) -> u64 {
+    let txn = store.read().expect("read");
+    txn.open_table(tables::REQUESTS).expect("requests table").len().expect("len")
+}
+
+#[tokio::test]
+async fn a_request_sent_twice_is_applied_once_and_answered_the_same() {
+    let tmp = TempDir::new().expect("temp dir");
+    let store = open_ok(tmp.path(), None);
+    let first = store.run(request(1, 1, mkdir_op("d"))).await.expect("mkdir");
+    // The answer was lost; the client sends the same request again.
+    let again = store.run(request(1, 1, mkdir_op("d"))).await.expect("a retried mkdir is not EEXIST");
+    assert_eq!(again, first);
+    assert_eq!(store.inode(ROOT).expect("root").nlink, 3, "one directory, not two");
+    // A new request for the same name is a new mkdir: EEXIST.
+    assert_eq!(store.run(request(2, 1, mkdir_op("d"))).await, Err(FsError::Exists));
+    // A refusal is remembered too: a retried unlink of a missing name stays
+    // NotFound even after the name appears.
+    let unlink = || request(3, 1, ops::Unlink { parent: ROOT, name: "f".into() });
+    assert_eq!(store.run(unlink()).await, Err(FsError::NotFound));
+    attr(&store, mknod(ROOT, "f")).await;
+    assert_eq!(store.run(unlink()).await, Err(FsError::NotFound));
+    assert!(store.lookup(ROOT, "f").is_ok(), "the retry did not unlink the new file");
+}
+
+#[tokio::test]
+async fn answers_are_forgotten_once_the_client_has_them_or_after_a_while() {
+    let tmp = TempDir::new().expect("temp dir");
+    let store = open_ok(tmp.path(), None);
+    for seq in 1..=5 {
+        store.run(request(seq, 1, mkdir_op(&format!("d{seq}")))).await.expect("mkdir");
+    }
+    assert_eq!(remembered(&store), 5);
+    // The client has the answers of 1..=4: only 5 and 6 stay.
+    store.run(request(6, 5, mkdir_op("d6"))).await.expect("mkdir");
+    assert_eq!(remembered(&store), 2);
+    // A session that went away: forgotten after the cutoff.
+    let cmd = Command::ForgetRequests { before: Timestamp::now() };
+    store.execute(cmd).await.expect("forget");
+    assert_eq!(remembered(&store), 0);
+}
+
+#[tokio::test]
+async fn remembered_answers_survive_a_crash_through_the_journal() {
+    let tmp = TempDir::new().expect("temp dir");
+    let store = open_ok(tmp.path(), None);
+    let first = store.run(request(1, 1, mkdir_op("d"))).await.expect("mkdir");
+    let crashed = crash_copy(tmp.path());
+    drop(store);
+    let store = open_ok(crashed.path(), None);
+    assert_eq!(store.run(request(1, 1, mkdir_op("d"))).await, Ok(first), "the replayed journal kept the answer");
+    assert_eq!(store.inode(ROOT).expect("root").nlink, 3);
+}
+
+/// A master data directory written by the previous format (database
+/// format 1, protocol 5: commit bb9ccea's stripefs up), left by a
+/// `kill -9` with changes still in the journal: `d/` with `a` (64 KiB),
+/// `b` renamed to `c`, and `gone` unlinked.
+const FORMAT1_FIXTURE: &[u8] = include_bytes!("../tests/fixtures/master-format1-killed.tar.gz");
+
+#[tokio::test]
+async fn a_data_directory_of_the_previous_format_still_opens() {
+    let tmp = TempDir::new().expect("temp dir");
+    let tar = tmp.path().join("fixture.tar.gz");
+    std::fs::write(&tar, FORMAT1_FIXTURE).expect("write the fixture");
+    let out = std::process::Command::new("tar").arg("xzf").arg(&tar).arg("-C").arg(tmp.path()).output().expect("tar");
+    assert!(out.status.success(), "tar: {}", String::from_utf8_lossy(&out.stderr));
+    let dir = tmp.path().join("master");
+    assert!(unapplied(&dir) > 0, "the fixture should hold journaled changes to replay");
+    {
+        let db = Database::open(dir.join(DB_FILE)).expect("open the fixture");
+        let txn = db.begin_read().expect("read");
+        let meta = txn.open_table(tables::META).expect("meta");
+        let v = meta.get(meta_keys::FORMAT_VERSION).expect("get").expect("version");
+        assert_eq!(v.value(), 1u32.to_le_bytes().as_slice(), "the fixture is of format 1");
+    }
+    let store = open_ok(&dir, None);
+    let (d, _) = store.lookup(ROOT, "d").expect("d");
+    let names: Vec<String> = store.readdir(d, None, 100).expect("readdir").into_iter().map(|e| e.name).collect();
+    assert_eq!(names, ["a", "c"]);
+    assert_eq!(store.lookup(d, "a").expect("a").1.size, 65536);
+    // Upgraded: the new table is there and requests work.
+    store.run(request(1, 1, mkdir_op("new"))).await.expect("mkdir on the upgraded database");
+    drop(store);
+    let db = Database::open(dir.join(DB_FILE)).expect("open");
+    let txn = db.begin_read().expect("read");
+    assert_eq!(tables::check_format(&txn).expect("format"), tables::Format::Ours { chunk_size: Some(4 << 20) });
+    let meta = txn.open_table(tables::META).expect("meta");
+    let v = meta.get(meta_keys::FORMAT_VERSION).expect("get").expect("version");
+    assert_eq!(v.value(), FORMAT_VERSION.to_le_bytes().as_slice());
 }

@@ -19,6 +19,9 @@ pub const ORPHANS: TableDefinition<u64, ()> = TableDefinition::new("orphans.v1")
 pub const DELETIONS: TableDefinition<(u64, u64, u64), ()> = TableDefinition::new("deletions.v1");
 /// Node id → [`crate::records::NodeRecord`].
 pub const NODES: TableDefinition<u64, &[u8]> = TableDefinition::new("nodes.v1");
+/// (client session, request seq) → the answer it got (see
+/// [`crate::namespace::requests`]). Added in format version 2.
+pub const REQUESTS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("requests.v1");
 
 /// Keys of [`META`].
 pub mod meta_keys {
@@ -45,8 +48,10 @@ pub mod meta_keys {
 /// The value of [`meta_keys::MAGIC`]: marks a stripefs master database.
 pub const MAGIC_VALUE: &[u8] = b"stripefs-master";
 
-/// The database format this master writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The database format this master writes and reads. 2: the `requests.v1`
+/// table. A version 1 database is upgraded when a master opens it (the
+/// table is created; nothing else changed).
+pub const FORMAT_VERSION: u32 = 2;
 
 /// What the `meta.v1` table of a database says about its format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,6 +4,7 @@
 use crate::namespace::{Command, Reply};
 use crate::store::Store;
 use std::path::Path;
+use stripefs_proto::ops;
 use stripefs_proto::types::{ChunkCommit, FileKind, Owner, Timestamp};
 use stripefs_proto::{ChunkId, InodeId, NodeId, Version};
 use tokio_util::sync::CancellationToken;
@@ -15,7 +16,10 @@ pub(crate) const OWNER: Owner = Owner { uid: 1000, gid: 100 };
 
 /// The command creating regular file `name` (0644, [`OWNER`]) in `parent`.
 pub(crate) fn new_file(parent: InodeId, name: &str, now: Timestamp) -> Command {
-    Command::Mknod { parent, name: name.into(), kind: FileKind::File, perm: 0o644, owner: OWNER, rdev: 0, now }
+    Command::Mknod {
+        op: ops::Mknod { parent, name: name.into(), kind: FileKind::File, perm: 0o644, owner: OWNER, rdev: 0 },
+        now,
+    }
 }
 
 pub(crate) fn open_store(dir: &Path) -> Store {
@@ -27,8 +31,14 @@ pub(crate) async fn exec(store: &Store, cmd: Command) -> Reply {
 }
 
 pub(crate) async fn mkdir(store: &Store, parent: InodeId, name: &str) -> InodeId {
-    match exec(store, Command::Mkdir { parent, name: name.into(), perm: 0o755, owner: OWNER, now: Timestamp::now() })
-        .await
+    match exec(
+        store,
+        Command::Mkdir {
+            op: ops::Mkdir { parent, name: name.into(), perm: 0o755, owner: OWNER },
+            now: Timestamp::now(),
+        },
+    )
+    .await
     {
         Reply::Attr(a) => a.ino,
         other => panic!("mkdir answered {other:?}"),

@@ -6,10 +6,13 @@
 //! - [`gc`]: garbage collection of replicas nobody references, from the
 //!   nodes' inventories;
 //! - [`orphans`]: files unlinked while open whose clients went away are
-//!   purged after a grace time.
+//!   purged after a grace time;
+//! - [`requests`]: the remembered answers of client sessions that went
+//!   away are forgotten.
 
 pub mod gc;
 pub mod orphans;
+pub mod requests;
 pub mod rereplication;
 
 use crate::state::MasterState;
@@ -20,4 +23,5 @@ pub fn start(state: &Arc<MasterState>) {
     state.workers.spawn(rereplication::Rereplicator::new(state.clone()));
     state.workers.spawn(gc::GarbageCollector::new(state.clone()));
     state.workers.spawn(orphans::OrphanPurger::new(state.clone()));
+    state.workers.spawn(requests::RequestExpiry::new(state.clone()));
 }

@@ -20,6 +20,7 @@ pub mod fsck;
 pub mod ids;
 pub mod local;
 pub mod net;
+pub mod ops;
 pub mod replica;
 pub mod service;
 pub mod types;

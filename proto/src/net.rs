@@ -36,7 +36,8 @@ const MAGIC: &[u8; 8] = b"STRIPEFS";
 /// write headers say whether a node forwarded them, and chunks are written
 /// only on data connections (no `write_chunk` RPC). 5: heartbeats and node
 /// statuses carry the node's worker statuses; the master's `workers` RPC.
-pub const PROTOCOL_VERSION: u32 = 5;
+/// 6: mutations are one `ops` type each inside a `Request` with a request id.
+pub const PROTOCOL_VERSION: u32 = 6;
 const NONCE_BYTES: usize = 32;
 const MAC_BYTES: usize = 32;
 

@@ -5,11 +5,14 @@
 
 use crate::error::FsError;
 use crate::ids::{ChunkId, InodeId, NodeId, Version};
+use crate::ops::*;
 use crate::types::*;
 
 /// The master: namespace, chunk map, node registry.
 ///
 /// Every mutation is durable in the master's database before it replies.
+/// Mutations come as a [`Request`] with an id: a retry of one the master
+/// already applied gets the answer it got the first time.
 #[tarpc::service]
 pub trait MasterService {
     /// Filesystem-wide facts (id, chunk size).
@@ -19,42 +22,28 @@ pub trait MasterService {
     /// The attributes of `ino`.
     async fn getattr(ino: InodeId) -> Result<Attr, FsError>;
     /// Change attributes; a size change truncates or extends the file.
-    async fn setattr(ino: InodeId, set: SetAttr) -> Result<Attr, FsError>;
+    async fn setattr(req: Request<SetAttrs>) -> Result<Attr, FsError>;
     /// Create a non-directory, non-symlink inode. `Exists` if the name is taken.
-    async fn mknod(
-        parent: InodeId,
-        name: String,
-        kind: FileKind,
-        perm: u32,
-        owner: Owner,
-        rdev: u32,
-    ) -> Result<Attr, FsError>;
+    async fn mknod(req: Request<Mknod>) -> Result<Attr, FsError>;
     /// Create a regular file and take an open reference to it, in one
     /// round trip (what `open(O_CREAT)` needs). `Exists` if the name is taken.
-    async fn create(parent: InodeId, name: String, perm: u32, owner: Owner) -> Result<NewEntry, FsError>;
+    async fn create(req: Request<Create>) -> Result<NewEntry, FsError>;
     /// Create a directory.
-    async fn mkdir(parent: InodeId, name: String, perm: u32, owner: Owner) -> Result<NewEntry, FsError>;
+    async fn mkdir(req: Request<Mkdir>) -> Result<NewEntry, FsError>;
     /// Create a symbolic link.
-    async fn symlink(parent: InodeId, name: String, target: String, owner: Owner) -> Result<Attr, FsError>;
+    async fn symlink(req: Request<Symlink>) -> Result<Attr, FsError>;
     /// Read a symbolic link.
     async fn readlink(ino: InodeId) -> Result<String, FsError>;
     /// Add a hard link.
-    async fn link(ino: InodeId, new_parent: InodeId, new_name: String) -> Result<Attr, FsError>;
+    async fn link(req: Request<Link>) -> Result<Attr, FsError>;
     /// Remove a non-directory entry; returns the directory's attributes
     /// after it (none if the directory is gone meanwhile).
-    async fn unlink(parent: InodeId, name: String) -> Result<Option<Attr>, FsError>;
+    async fn unlink(req: Request<Unlink>) -> Result<Option<Attr>, FsError>;
     /// Remove an empty directory; returns the parent's attributes after it.
-    async fn rmdir(parent: InodeId, name: String) -> Result<Option<Attr>, FsError>;
-    /// Rename; `flags` are renameat2's (`RENAME_NOREPLACE`, `RENAME_EXCHANGE`).
-    /// Returns the attributes of both directories after it (the same twice
-    /// for a rename within one directory).
-    async fn rename(
-        parent: InodeId,
-        name: String,
-        new_parent: InodeId,
-        new_name: String,
-        flags: u32,
-    ) -> Result<(Option<Attr>, Option<Attr>), FsError>;
+    async fn rmdir(req: Request<Rmdir>) -> Result<Option<Attr>, FsError>;
+    /// Rename. Returns the attributes of both directories after it (the
+    /// same twice for a rename within one directory).
+    async fn rename(req: Request<Rename>) -> Result<(Option<Attr>, Option<Attr>), FsError>;
     /// Up to `limit` entries of `dir` whose names sort after `after`.
     async fn readdir(dir: InodeId, after: Option<String>, limit: u32) -> Result<Vec<DirEntry>, FsError>;
     /// Take an open reference: an unlinked file lives until its last
@@ -74,19 +63,19 @@ pub trait MasterService {
         exclude: Vec<NodeId>,
     ) -> Result<ChunkAlloc, FsError>;
     /// Make a stored chunk version current and extend the file size to cover it.
-    async fn commit_chunk(commit: ChunkCommit) -> Result<Attr, FsError>;
+    async fn commit_chunk(req: Request<ChunkCommit>) -> Result<Attr, FsError>;
     /// Space and inode figures.
     async fn statfs() -> Result<StatFs, FsError>;
-    /// Set an xattr. `flags` are setxattr's (`XATTR_CREATE`, `XATTR_REPLACE`).
-    async fn setxattr(ino: InodeId, name: String, value: Vec<u8>, flags: u32) -> Result<(), FsError>;
+    /// Set an xattr.
+    async fn setxattr(req: Request<SetXattr>) -> Result<(), FsError>;
     /// Get an xattr.
     async fn getxattr(ino: InodeId, name: String) -> Result<Vec<u8>, FsError>;
     /// List xattr names.
     async fn listxattr(ino: InodeId) -> Result<Vec<String>, FsError>;
     /// Remove an xattr.
-    async fn removexattr(ino: InodeId, name: String) -> Result<(), FsError>;
+    async fn removexattr(req: Request<RemoveXattr>) -> Result<(), FsError>;
     /// Change the data policy of an inode (new children inherit a directory's).
-    async fn set_policy(ino: InodeId, replication: Option<u8>, compression_level: Option<i8>) -> Result<Attr, FsError>;
+    async fn set_policy(req: Request<SetPolicy>) -> Result<Attr, FsError>;
     /// Every node the master knows.
     async fn nodes() -> Result<Vec<NodeStatus>, FsError>;
     /// A storage node announces itself.

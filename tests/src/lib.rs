@@ -5,6 +5,8 @@
 //! Everything a [`TestCluster`] or [`TestMount`] starts is stopped and
 //! unmounted when it is dropped, also when a test panics.
 
+pub mod faults;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -465,6 +467,129 @@ impl TestCluster {
     pub fn mount_with(&self, opts: MountOptions) -> TestMount {
         must_have_fuse();
         TestMount::start(&self.master_addr, opts).expect("mount")
+    }
+}
+
+impl TestCluster {
+    /// A client core of this cluster driven directly, without FUSE (no
+    /// root, no kernel): for tests of the client where the kernel is not
+    /// the point.
+    pub fn client(&self) -> TestClient {
+        TestClient::connect(&self.master_addr, stripefs_client::ClientConfig::default())
+    }
+}
+
+/// A client core ([`stripefs_client::FsCore`]) on a runtime of its own,
+/// with sync helpers that act as a program on a mount would.
+pub struct TestClient {
+    core: std::sync::Arc<stripefs_client::FsCore>,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+/// The owner every [`TestClient`] creates files as.
+pub const TEST_OWNER: stripefs_proto::types::Owner = stripefs_proto::types::Owner { uid: 1000, gid: 1000 };
+
+impl TestClient {
+    /// A client of the master at `master` (a cluster's, or a
+    /// [`faults::FaultProxy`] in front of it) with `cfg`.
+    pub fn connect(master: &str, cfg: stripefs_client::ClientConfig) -> TestClient {
+        init_logs();
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        let core = rt
+            .block_on(stripefs_client::FsCore::connect(master, secret(), cfg))
+            .unwrap_or_else(|e| panic!("client of {master}: {e:#}"));
+        TestClient { core, rt: Some(rt) }
+    }
+
+    /// The core.
+    pub fn core(&self) -> &std::sync::Arc<stripefs_client::FsCore> {
+        &self.core
+    }
+
+    /// Runs `f` to completion on the client's runtime.
+    pub fn run<T>(&self, f: impl std::future::Future<Output = T>) -> T {
+        self.rt.as_ref().expect("runtime").block_on(f)
+    }
+
+    /// The inode at `path` ("a/b/c", relative to the root).
+    pub fn resolve(&self, path: &str) -> Result<stripefs_proto::InodeId, stripefs_client::ClientError> {
+        let mut ino = stripefs_proto::InodeId::ROOT;
+        for part in path.split('/').filter(|p| !p.is_empty()) {
+            ino = self.run(self.core.lookup(ino, part))?.attr.ino;
+        }
+        Ok(ino)
+    }
+
+    /// Creates (or truncates) the file `name` in `dir`, writes `data` and
+    /// closes it, as `open(O_CREAT|O_TRUNC)`, `write`, `close` do.
+    pub fn write_file(
+        &self,
+        dir: stripefs_proto::InodeId,
+        name: &str,
+        data: &[u8],
+    ) -> Result<stripefs_proto::InodeId, stripefs_client::ClientError> {
+        let core = self.core.clone();
+        self.run(async move {
+            let (attr, fh) = match core.lookup(dir, name).await {
+                Ok(l) => {
+                    let (fh, _) = core.open(l.attr.ino, true).await?;
+                    let set = stripefs_proto::types::SetAttr { size: Some(0), ..Default::default() };
+                    core.setattr(l.attr.ino, set).await?;
+                    (l.attr, fh)
+                }
+                Err(stripefs_client::ClientError::Fs(stripefs_proto::FsError::NotFound)) => {
+                    core.create(dir, name, 0o644, TEST_OWNER, true).await?
+                }
+                Err(e) => return Err(e),
+            };
+            let mut off = 0;
+            while off < data.len() {
+                off += core.write(fh, off as u64, &data[off..]).await? as usize;
+            }
+            let flushed = core.flush(fh).await;
+            core.release(fh).await?;
+            flushed.map(|()| attr.ino)
+        })
+    }
+
+    /// Reads the whole file `ino`.
+    pub fn read_file(&self, ino: stripefs_proto::InodeId) -> Result<Vec<u8>, stripefs_client::ClientError> {
+        let core = self.core.clone();
+        self.run(async move {
+            let (fh, _) = core.open(ino, false).await?;
+            let mut out = Vec::new();
+            loop {
+                let got = core.read(fh, out.len() as u64, 1 << 20).await?;
+                if got.is_empty() {
+                    break;
+                }
+                out.extend_from_slice(&got);
+            }
+            core.release(fh).await?;
+            Ok(out)
+        })
+    }
+
+    /// The names in directory `dir`, sorted.
+    pub fn list(&self, dir: stripefs_proto::InodeId) -> Result<Vec<String>, stripefs_client::ClientError> {
+        let core = self.core.clone();
+        self.run(async move {
+            let fh = core.opendir(dir).await?;
+            let entries = core.dir_entries(fh);
+            core.releasedir(fh);
+            let mut names: Vec<String> =
+                entries?.iter().map(|e| e.name.clone()).filter(|n| n != "." && n != "..").collect();
+            names.sort();
+            Ok(names)
+        })
+    }
+}
+
+impl Drop for TestClient {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_timeout(Duration::from_secs(2));
+        }
     }
 }
 

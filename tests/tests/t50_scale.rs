@@ -28,17 +28,15 @@ fn directory_with_100k_entries_lists_completely() {
             .map(|i| {
                 let client = client.clone();
                 async move {
-                    let r = client
-                        .mknod(
-                            tarpc_ctx(),
-                            dir,
-                            format!("entry-{i:06}"),
-                            FileKind::File,
-                            0o644,
-                            Owner { uid: 0, gid: 0 },
-                            0,
-                        )
-                        .await;
+                    let op = stripefs_proto::ops::Mknod {
+                        parent: dir,
+                        name: format!("entry-{i:06}"),
+                        kind: FileKind::File,
+                        perm: 0o644,
+                        owner: Owner { uid: 0, gid: 0 },
+                        rdev: 0,
+                    };
+                    let r = client.mknod(tarpc_ctx(), stripefs_proto::ops::Request::single(op)).await;
                     match r {
                         Ok(Ok(_)) => None,
                         Ok(Err(e)) => Some(format!("entry-{i:06}: {e}")),

@@ -86,7 +86,9 @@ fn five_nodes_replication_three_lose_two() {
     let dir_ino = fs::metadata(m.join("r3")).expect("stat").ino();
     client_rt.block_on(async {
         let client = c.master_client().await;
-        client.set_policy(tarpc_ctx(), InodeId(dir_ino), Some(3), None).await.expect("rpc").expect("policy");
+        let op =
+            stripefs_proto::ops::SetPolicy { ino: InodeId(dir_ino), replication: Some(3), compression_level: None };
+        client.set_policy(tarpc_ctx(), stripefs_proto::ops::Request::single(op)).await.expect("rpc").expect("policy");
     });
     let data = random_bytes(4_000_000);
     fs::write(m.join("r3/f"), &data).expect("write");

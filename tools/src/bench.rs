@@ -217,7 +217,10 @@ async fn scratch_policy(t: &Target, scratch: &Path, replication: Option<u8>) -> 
     let ino = InodeId(std::fs::metadata(scratch).with_context(|| format!("stat {}", scratch.display()))?.ino());
     let c = t.connect().await?;
     let attr = match replication {
-        Some(r) => c.set_policy(context::current(), ino, Some(r), None).await?,
+        Some(r) => {
+            let op = stripefs_proto::ops::SetPolicy { ino, replication: Some(r), compression_level: None };
+            c.set_policy(context::current(), stripefs_proto::ops::Request::single(op)).await?
+        }
         None => c.getattr(context::current(), ino).await?,
     }
     .map_err(|e| anyhow!("{}: {e}", scratch.display()))?;

@@ -216,7 +216,8 @@ pub async fn policy(t: &Target, path: &Path, replication: Option<u8>, level: Opt
     let attr = if replication.is_none() && level.is_none() {
         c.getattr(context::current(), ino).await?
     } else {
-        c.set_policy(context::current(), ino, replication, level).await?
+        let op = stripefs_proto::ops::SetPolicy { ino, replication, compression_level: level };
+        c.set_policy(context::current(), stripefs_proto::ops::Request::single(op)).await?
     }
     .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     println!("{}: {}", path.display(), attr.policy.describe());

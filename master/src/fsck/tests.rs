@@ -10,6 +10,7 @@ use crate::records::{ChunkRecord, InodeRecord};
 use crate::store::DB_FILE;
 use crate::tables::meta_keys;
 use redb::{Database, ReadableTable};
+use stripefs_proto::ops;
 use stripefs_proto::types::{FileKind, FsckCounts, Timestamp};
 use stripefs_proto::InodeId;
 use tempfile::TempDir;
@@ -42,7 +43,11 @@ impl Clean {
         let b = mkdir(&store, a, "b").await;
         let c = mkdir(&store, ROOT, "c").await;
         let f = mknod(&store, ROOT, "f").await;
-        exec(&store, Command::Link { ino: f, new_parent: b, new_name: "link".into(), now: Timestamp::now() }).await;
+        exec(
+            &store,
+            Command::Link { op: ops::Link { ino: f, new_parent: b, new_name: "link".into() }, now: Timestamp::now() },
+        )
+        .await;
         let g = mknod(&store, a, "g").await;
         commit(&store, f, 0, 100, 1000, 1000, &[N1, N2]).await;
         commit(&store, g, 0, 101, 1001, CHUNK, &[N1, N2]).await;

@@ -4,7 +4,7 @@ use super::{ApplyError, Context, Tables, XATTR_CREATE, XATTR_REPLACE};
 use crate::records::ChunkRecord;
 use redb::ReadableTable;
 use stripefs_proto::types::{Attr, FileKind, Policy, SetAttr, TimeSet, Timestamp};
-use stripefs_proto::{FsError, InodeId, MAX_XATTR_VALUE_BYTES};
+use stripefs_proto::{ops, FsError, InodeId, MAX_XATTR_VALUE_BYTES};
 
 /// Changes the attributes `set` names.
 pub(super) fn set_attr(
@@ -94,14 +94,8 @@ fn resolve(set: TimeSet, now: Timestamp) -> Timestamp {
 }
 
 /// Sets the xattr `name` of `ino`.
-pub(super) fn set_xattr(
-    t: &mut Tables,
-    ino: InodeId,
-    name: &str,
-    value: &[u8],
-    flags: u32,
-    now: Timestamp,
-) -> Result<(), ApplyError> {
+pub(super) fn set_xattr(t: &mut Tables, op: &ops::SetXattr, now: Timestamp) -> Result<(), ApplyError> {
+    let (ino, name, value, flags) = (op.ino, op.name.as_str(), op.value.as_slice(), op.flags);
     check_xattr_name(name)?;
     if value.len() > MAX_XATTR_VALUE_BYTES {
         return Err(FsError::TooLarge.into());
@@ -132,13 +126,8 @@ pub(super) fn remove_xattr(t: &mut Tables, ino: InodeId, name: &str, now: Timest
 }
 
 /// Changes the data policy of `ino` (inherited by what is created in it).
-pub(super) fn set_policy(
-    t: &mut Tables,
-    ino: InodeId,
-    replication: Option<u8>,
-    compression_level: Option<i8>,
-    now: Timestamp,
-) -> Result<Attr, ApplyError> {
+pub(super) fn set_policy(t: &mut Tables, op: &ops::SetPolicy, now: Timestamp) -> Result<Attr, ApplyError> {
+    let (ino, replication, compression_level) = (op.ino, op.replication, op.compression_level);
     let mut rec = t.inode(ino)?;
     if let Some(r) = replication {
         if r == 0 || r > Policy::MAX_REPLICATION {

@@ -3,23 +3,14 @@
 use super::{ApplyError, Tables};
 use crate::records::InodeRecord;
 use stripefs_proto::types::{Attr, FileKind, Owner, Policy, Timestamp};
-use stripefs_proto::{check_name, FsError, InodeId, MAX_SYMLINK_BYTES};
+use stripefs_proto::{check_name, ops, FsError, InodeId, MAX_SYMLINK_BYTES};
 
 /// Most hard links one inode may have.
 pub const MAX_LINKS: u32 = 65_000;
 
 /// A non-directory, non-symlink inode named `name` in `parent`.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn mknod(
-    t: &mut Tables,
-    parent: InodeId,
-    name: &str,
-    kind: FileKind,
-    perm: u32,
-    owner: Owner,
-    rdev: u32,
-    now: Timestamp,
-) -> Result<Attr, ApplyError> {
+pub(super) fn mknod(t: &mut Tables, op: &ops::Mknod, now: Timestamp) -> Result<Attr, ApplyError> {
+    let (parent, name, kind, perm, owner, rdev) = (op.parent, op.name.as_str(), op.kind, op.perm, op.owner, op.rdev);
     if kind == FileKind::Dir || kind == FileKind::Symlink {
         return Err(FsError::InvalidArgument.into());
     }
@@ -35,14 +26,8 @@ pub(super) fn mknod(
 }
 
 /// A directory named `name` in `parent`.
-pub(super) fn mkdir(
-    t: &mut Tables,
-    parent: InodeId,
-    name: &str,
-    perm: u32,
-    owner: Owner,
-    now: Timestamp,
-) -> Result<Attr, ApplyError> {
+pub(super) fn mkdir(t: &mut Tables, op: &ops::Mkdir, now: Timestamp) -> Result<Attr, ApplyError> {
+    let (parent, name, perm, owner) = (op.parent, op.name.as_str(), op.perm, op.owner);
     let mut rec = create_checks(t, parent, name)?;
     let mut child = new_record(FileKind::Dir, perm, owner, rec.policy, now);
     child.nlink = 2;
@@ -57,14 +42,8 @@ pub(super) fn mkdir(
 }
 
 /// A symlink named `name` in `parent` pointing at `target`.
-pub(super) fn symlink(
-    t: &mut Tables,
-    parent: InodeId,
-    name: &str,
-    target: &str,
-    owner: Owner,
-    now: Timestamp,
-) -> Result<Attr, ApplyError> {
+pub(super) fn symlink(t: &mut Tables, op: &ops::Symlink, now: Timestamp) -> Result<Attr, ApplyError> {
+    let (parent, name, target, owner) = (op.parent, op.name.as_str(), op.target.as_str(), op.owner);
     if target.is_empty() || target.contains('\0') {
         return Err(FsError::InvalidArgument.into());
     }
@@ -84,13 +63,8 @@ pub(super) fn symlink(
 }
 
 /// A new name `new_name` in `new_parent` for the non-directory `ino`.
-pub(super) fn link(
-    t: &mut Tables,
-    ino: InodeId,
-    new_parent: InodeId,
-    new_name: &str,
-    now: Timestamp,
-) -> Result<Attr, ApplyError> {
+pub(super) fn link(t: &mut Tables, op: &ops::Link, now: Timestamp) -> Result<Attr, ApplyError> {
+    let (ino, new_parent, new_name) = (op.ino, op.new_parent, op.new_name.as_str());
     let mut rec = t.inode(ino)?;
     if rec.kind == FileKind::Dir {
         return Err(FsError::NotPermitted.into());

@@ -3,17 +3,12 @@
 use super::{ApplyError, Context, Tables};
 use redb::ReadableTable;
 use stripefs_proto::types::{FileKind, Timestamp};
-use stripefs_proto::{check_name, FsError, InodeId};
+use stripefs_proto::{check_name, ops, FsError, InodeId};
 
 /// Removes the non-directory name `name` from `parent` (the inode stays
 /// as an orphan while it is open).
-pub(super) fn unlink(
-    t: &mut Tables,
-    parent: InodeId,
-    name: &str,
-    now: Timestamp,
-    ctx: &Context,
-) -> Result<(), ApplyError> {
+pub(super) fn unlink(t: &mut Tables, op: &ops::Unlink, now: Timestamp, ctx: &Context) -> Result<(), ApplyError> {
+    let (parent, name) = (op.parent, op.name.as_str());
     check_name(name)?;
     let mut dir = t.dir(parent)?;
     let child = t.entry(parent, name)?.ok_or(FsError::NotFound)?;
@@ -29,7 +24,8 @@ pub(super) fn unlink(
 }
 
 /// Removes the empty directory `name` from `parent`.
-pub(super) fn rmdir(t: &mut Tables, parent: InodeId, name: &str, now: Timestamp) -> Result<(), ApplyError> {
+pub(super) fn rmdir(t: &mut Tables, op: &ops::Rmdir, now: Timestamp) -> Result<(), ApplyError> {
+    let (parent, name) = (op.parent, op.name.as_str());
     check_name(name)?;
     let mut dir = t.dir(parent)?;
     let child = t.entry(parent, name)?.ok_or(FsError::NotFound)?;

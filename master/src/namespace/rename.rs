@@ -2,20 +2,12 @@
 
 use super::{ApplyError, Context, Tables, RENAME_EXCHANGE, RENAME_NOREPLACE};
 use stripefs_proto::types::{FileKind, Timestamp};
-use stripefs_proto::{check_name, FsError, InodeId};
+use stripefs_proto::{check_name, ops, FsError, InodeId};
 
 /// Renames `name` in `parent` to `new_name` in `new_parent`.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn rename(
-    t: &mut Tables,
-    parent: InodeId,
-    name: &str,
-    new_parent: InodeId,
-    new_name: &str,
-    flags: u32,
-    now: Timestamp,
-    ctx: &Context,
-) -> Result<(), ApplyError> {
+pub(super) fn rename(t: &mut Tables, op: &ops::Rename, now: Timestamp, ctx: &Context) -> Result<(), ApplyError> {
+    let (parent, name, new_parent, new_name, flags) =
+        (op.parent, op.name.as_str(), op.new_parent, op.new_name.as_str(), op.flags);
     check_name(name)?;
     check_name(new_name)?;
     if flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0

@@ -1,0 +1,116 @@
+//! Exactly-once mutations: the answers of client requests, remembered in
+//! `requests.v1` in the same transaction as the change they answer, so a
+//! client that lost an answer (a cut connection, a timeout, a master
+//! restart, later a failover) and sends the request again gets the same
+//! answer instead of a second application: a retried `create` returns the
+//! inode it made, not `EEXIST`; a retried `unlink` succeeds, not `ENOENT`.
+//!
+//! The table is part of the state a command changes, so the journal's
+//! replay (and later the Raft log's) rebuilds it exactly. It stays small:
+//! each request tells which of its session's earlier requests are answered
+//! (`answered_below`), and those are forgotten then; sessions that end
+//! without saying so are forgotten after [`REMEMBER_FOR`]
+//! (`Command::ForgetRequests`, sent by a worker of the master).
+
+use super::{apply as apply_command, ApplyError, Command, Context, Reply, Tables};
+use redb::ReadableTable;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use stripefs_proto::ops::RequestId;
+use stripefs_proto::types::Timestamp;
+use stripefs_proto::FsError;
+
+/// How long an answer is remembered at most: far longer than any client
+/// retries a request (its calls give up after `master_timeout`).
+pub const REMEMBER_FOR: Duration = Duration::from_secs(600);
+
+/// Most requests of one session forgotten per command (a client that
+/// reports a large gap pays for it over several requests).
+const FORGET_PER_REQUEST: usize = 64;
+
+/// What `requests.v1` stores per request.
+#[derive(Serialize, Deserialize)]
+struct Remembered {
+    /// When it was applied (the command's time).
+    at: Timestamp,
+    /// Its answer.
+    answer: Result<Reply, FsError>,
+}
+
+/// The time a command carries (the request's), if any.
+fn time_of(cmd: &Command) -> Option<Timestamp> {
+    use Command as C;
+    match cmd {
+        C::Mknod { now, .. }
+        | C::Mkdir { now, .. }
+        | C::Symlink { now, .. }
+        | C::Link { now, .. }
+        | C::Unlink { now, .. }
+        | C::Rmdir { now, .. }
+        | C::Rename { now, .. }
+        | C::SetAttr { now, .. }
+        | C::CommitChunk { now, .. }
+        | C::SetXattr { now, .. }
+        | C::RemoveXattr { now, .. }
+        | C::SetPolicy { now, .. } => Some(*now),
+        _ => None,
+    }
+}
+
+/// Applies `cmd` as request `id`, once: a request seen before gets its
+/// remembered answer and changes nothing.
+pub(super) fn apply(
+    t: &mut Tables,
+    id: RequestId,
+    answered_below: u64,
+    cmd: &Command,
+    ctx: &Context,
+) -> Result<Reply, ApplyError> {
+    forget_answered(t, id.session, answered_below.min(id.seq))?;
+    if let Some(v) = t.requests.get((id.session, id.seq))? {
+        let r: Remembered = bincode::deserialize(v.value()).map_err(|_| FsError::Internal)?;
+        tracing::debug!(request = %id, "answered again from the request table");
+        return r.answer.map_err(ApplyError::Fs);
+    }
+    let answer = match apply_command(t, cmd, ctx) {
+        Ok(r) => Ok(r),
+        Err(ApplyError::Fs(e)) => Err(e),
+        // The transaction is abandoned: nothing to remember.
+        Err(e) => return Err(e),
+    };
+    let at = time_of(cmd).unwrap_or_default();
+    let bytes = bincode::serialize(&Remembered { at, answer: answer.clone() }).map_err(|_| FsError::Internal)?;
+    t.requests.insert((id.session, id.seq), bytes.as_slice())?;
+    answer.map_err(ApplyError::Fs)
+}
+
+/// Forgets the answers of `session`'s requests numbered below `below`.
+fn forget_answered(t: &mut Tables, session: u64, below: u64) -> Result<(), ApplyError> {
+    let done: Vec<(u64, u64)> = t
+        .requests
+        .range((session, 0)..(session, below))?
+        .take(FORGET_PER_REQUEST)
+        .map(|r| r.map(|(k, _)| k.value()))
+        .collect::<Result<_, _>>()?;
+    for k in done {
+        t.requests.remove(k)?;
+    }
+    Ok(())
+}
+
+/// Forgets every answer given before `before`.
+pub(super) fn forget_before(t: &mut Tables, before: Timestamp) -> Result<(), ApplyError> {
+    let mut old = Vec::new();
+    for item in t.requests.iter()? {
+        let (k, v) = item?;
+        // An unreadable entry is of no use to anyone: forget it too.
+        let at = bincode::deserialize::<Remembered>(v.value()).map(|r| r.at).unwrap_or_default();
+        if at < before {
+            old.push(k.value());
+        }
+    }
+    for k in old {
+        t.requests.remove(k)?;
+    }
+    Ok(())
+}

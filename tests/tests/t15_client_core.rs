@@ -1,0 +1,135 @@
+//! The client core ([`stripefs_client::FsCore`]) driven directly, without
+//! FUSE, against a real cluster: namespace and data scenarios where the
+//! kernel is not the point, and the same under faults injected between
+//! the client and the master (a [`FaultProxy`]): replies dropped, delayed,
+//! duplicated or reordered, connections cut before or after a request
+//! reached the master, nodes that fail. A program must not see any of it.
+
+use std::time::Duration;
+use stripefs_client::{ClientConfig, ClientError};
+use stripefs_proto::{FsError, InodeId};
+use stripefs_tests::faults::{Fault, FaultProxy};
+use stripefs_tests::{random_bytes, sha256, TestClient, TestCluster, TEST_OWNER};
+
+const ROOT: InodeId = InodeId::ROOT;
+
+/// A client through a fault proxy, with short call deadlines so a dropped
+/// reply costs a second, not thirty.
+fn faulty_client(c: &TestCluster) -> (FaultProxy, TestClient) {
+    let proxy = FaultProxy::start(&c.master_addr);
+    let cfg = ClientConfig {
+        call_timeout: Duration::from_secs(1),
+        master_timeout: Duration::from_secs(20),
+        ..ClientConfig::default()
+    };
+    let client = TestClient::connect(proxy.addr(), cfg);
+    (proxy, client)
+}
+
+#[test]
+fn namespace_and_data_through_the_core_without_fuse() {
+    let c = TestCluster::builder().chunk_size(256 * 1024).start();
+    let cl = c.client();
+    let core = cl.core().clone();
+    let d = cl.run(core.mkdir(ROOT, "d", 0o755, TEST_OWNER)).expect("mkdir").ino;
+    let data = random_bytes(700_000);
+    let f = cl.write_file(d, "f", &data).expect("write f");
+    assert_eq!(sha256(&cl.read_file(f).expect("read f")), sha256(&data));
+    // Another client sees it (close-to-open).
+    let other = c.client();
+    assert_eq!(sha256(&other.read_file(other.resolve("d/f").expect("resolve")).expect("read")), sha256(&data));
+    // Rename over an existing name replaces it; the old name is gone.
+    cl.write_file(d, "g", b"old").expect("write g");
+    cl.run(core.rename(d, "f", d, "g", 0)).expect("rename f over g");
+    assert_eq!(cl.list(d).expect("list"), ["g"]);
+    assert_eq!(sha256(&cl.read_file(cl.resolve("d/g").expect("g")).expect("read g")), sha256(&data));
+    let e = cl.run(core.rmdir(ROOT, "d")).expect_err("not empty");
+    assert!(matches!(e, ClientError::Fs(FsError::NotEmpty)), "{e:?}");
+    cl.run(core.unlink(d, "g")).expect("unlink");
+    cl.run(core.rmdir(ROOT, "d")).expect("rmdir");
+    assert!(cl.list(ROOT).expect("list root").is_empty());
+}
+
+#[test]
+fn a_file_unlinked_while_open_stays_readable_until_closed() {
+    let c = TestCluster::builder().start();
+    let cl = c.client();
+    let core = cl.core().clone();
+    let data = random_bytes(100_000);
+    let f = cl.write_file(ROOT, "f", &data).expect("write");
+    let (fh, _) = cl.run(core.open(f, false)).expect("open");
+    cl.run(core.unlink(ROOT, "f")).expect("unlink");
+    assert_eq!(cl.run(core.read(fh, 0, 200_000)).expect("read after unlink"), data);
+    cl.run(core.release(fh)).expect("release");
+}
+
+/// Runs `op` with `fault` armed and checks it succeeds as if nothing happened.
+fn must_survive<T: std::fmt::Debug>(
+    proxy: &FaultProxy,
+    fault: Fault,
+    what: &str,
+    op: impl FnOnce() -> Result<T, ClientError>,
+) -> T {
+    proxy.inject(fault);
+    let r = op();
+    let left = proxy.clear();
+    let r = r.unwrap_or_else(|e| panic!("{what} under {fault:?} failed: {e}"));
+    assert!(left.is_empty(), "{what}: the fault {fault:?} was never applied");
+    r
+}
+
+#[test]
+fn every_mutation_survives_a_connection_cut_after_the_master_got_it() {
+    let c = TestCluster::builder().start();
+    let (proxy, cl) = faulty_client(&c);
+    let core = cl.core().clone();
+    let cut = Fault::CutAfterRequest;
+    let d = must_survive(&proxy, cut, "mkdir", || cl.run(core.mkdir(ROOT, "d", 0o755, TEST_OWNER))).ino;
+    let (attr, fh) = must_survive(&proxy, cut, "create", || cl.run(core.create(d, "f", 0o644, TEST_OWNER, true)));
+    cl.run(core.release(fh)).expect("release");
+    must_survive(&proxy, cut, "rename", || cl.run(core.rename(d, "f", d, "g", 0)));
+    must_survive(&proxy, cut, "link", || cl.run(core.link(attr.ino, d, "h")));
+    must_survive(&proxy, cut, "unlink", || cl.run(core.unlink(d, "g")));
+    must_survive(&proxy, cut, "unlink", || cl.run(core.unlink(d, "h")));
+    must_survive(&proxy, cut, "rmdir", || cl.run(core.rmdir(ROOT, "d")));
+    assert!(cl.list(ROOT).expect("list").is_empty());
+}
+
+#[test]
+fn replies_dropped_delayed_duplicated_or_swapped_are_not_seen() {
+    let c = TestCluster::builder().start();
+    let (proxy, cl) = faulty_client(&c);
+    let core = cl.core().clone();
+    for (i, fault) in [
+        Fault::DelayReply(Duration::from_millis(300)),
+        Fault::DuplicateReply,
+        Fault::SwapReplies,
+        Fault::CutBeforeRequest,
+        Fault::DropReply,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let name = format!("d{i}");
+        must_survive(&proxy, fault, "mkdir", || cl.run(core.mkdir(ROOT, &name, 0o755, TEST_OWNER)));
+        let data = random_bytes(10_000);
+        let f = must_survive(&proxy, fault, "write a file", || cl.write_file(ROOT, &format!("f{i}"), &data));
+        assert_eq!(cl.read_file(f).expect("read back"), data, "{fault:?}");
+    }
+    let mut names = cl.list(ROOT).expect("list");
+    names.sort();
+    assert_eq!(names, ["d0", "d1", "d2", "d3", "d4", "f0", "f1", "f2", "f3", "f4"]);
+}
+
+#[test]
+fn a_write_goes_on_when_a_node_fails() {
+    let mut c = TestCluster::builder().nodes(3).chunk_size(256 * 1024).start();
+    let cl = c.client();
+    let first = random_bytes(600_000);
+    let f = cl.write_file(ROOT, "before", &first).expect("write");
+    c.stop_node(0);
+    let second = random_bytes(600_000);
+    let g = cl.write_file(ROOT, "after", &second).expect("write with a node down");
+    assert_eq!(sha256(&cl.read_file(f).expect("read before")), sha256(&first));
+    assert_eq!(sha256(&cl.read_file(g).expect("read after")), sha256(&second));
+}
