@@ -5,7 +5,7 @@ use crate::cache::BlockCache;
 use crate::conn::{MasterConn, NodePool};
 use crate::error::{ClientError, Result};
 use crate::file::{DirtyBudget, FileState};
-use crate::local::LocalReads;
+use crate::local_reads::LocalReads;
 use crate::names::{Known, Listings};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,7 +38,7 @@ pub struct ClientConfig {
     /// ([`crate::conn::METADATA_TIMEOUT`] by default).
     pub call_timeout: Duration,
     /// Read replicas of nodes on this host from their files (see
-    /// [`crate::local`]).
+    /// [`crate::local_reads`]).
     pub local_reads: bool,
 }
 
@@ -80,7 +80,7 @@ pub struct FsCore {
     pub(crate) master: MasterConn,
     pub(crate) nodes: NodePool,
     /// Data connections to nodes, for chunk uploads.
-    pub(crate) data: Arc<stripefs_proto::data::DataPool>,
+    pub(crate) data: Arc<stripefs_proto::data_conn::DataPool>,
     pub(crate) cfg: ClientConfig,
     pub(crate) chunk_size: u64,
     fs_id: String,
@@ -140,7 +140,7 @@ const MAX_FRESH_DIRS: usize = 4096;
 use stripefs_daemon::lock;
 use stripefs_proto::ops;
 
-/// Closes kept replica descriptors older than [`crate::local::MAX_AGE`]
+/// Closes kept replica descriptors older than [`crate::local_reads::MAX_AGE`]
 /// even when nothing reads: they pin the space of deleted versions. Ends
 /// with the client.
 struct LocalReadExpiry {
@@ -160,7 +160,7 @@ impl stripefs_daemon::Worker for LocalReadExpiry {
     }
 
     async fn wait_for_work(&mut self) {
-        tokio::time::sleep(crate::local::MAX_AGE / 3).await
+        tokio::time::sleep(crate::local_reads::MAX_AGE / 3).await
     }
 
     fn detail(&self) -> String {
@@ -193,7 +193,7 @@ impl FsCore {
         let core = Arc::new(FsCore {
             master,
             nodes: NodePool::new(secret.clone()),
-            data: Arc::new(stripefs_proto::data::DataPool::new(secret.clone())),
+            data: Arc::new(stripefs_proto::data_conn::DataPool::new(secret.clone())),
             local: LocalReads::new(secret),
             dirty: DirtyBudget::new(dirty_limit),
             page_stamps: Mutex::new(lru::LruCache::new(

@@ -7,10 +7,10 @@
 pub mod cache;
 pub mod conn;
 pub mod core;
-mod data;
 pub mod error;
 pub mod file;
-pub mod local;
+mod file_io;
+pub mod local_reads;
 pub mod names;
 pub mod options;
 pub mod records;

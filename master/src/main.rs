@@ -28,9 +28,10 @@ struct Args {
     /// Chunk size of a new filesystem, in bytes (power of two, 64 KiB to 64 MiB).
     #[arg(long, value_name = "BYTES")]
     chunk_size: Option<u32>,
-    /// Seconds without heartbeat after which a storage node is dead.
-    #[arg(long, value_name = "SECS", default_value_t = 10)]
-    node_dead_after: u64,
+    /// Seconds without heartbeat after which a storage node is dead
+    /// (`--node-dead-after`, the older name, is accepted too).
+    #[arg(long, value_name = "SECS", default_value_t = 10, alias = "node-dead-after")]
+    node_dead_after_secs: u64,
     /// Seconds an unreferenced replica on a node is kept before it is
     /// deleted (it may belong to an upload still in progress).
     #[arg(long, value_name = "SECS", default_value_t = 600)]
@@ -65,7 +66,7 @@ fn real_main() -> anyhow::Result<()> {
         let cfg = stripefs_master::Config {
             data_dir: args.data.clone(),
             chunk_size: args.chunk_size,
-            node_dead_after: Duration::from_secs(args.node_dead_after),
+            node_dead_after: Duration::from_secs(args.node_dead_after_secs),
             secret,
             gc_grace: Duration::from_secs(args.gc_grace_secs),
         };

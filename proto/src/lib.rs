@@ -14,11 +14,11 @@
 //! crates speak.
 
 pub mod block;
-pub mod data;
+pub mod data_conn;
 pub mod error;
 pub mod fsck;
 pub mod ids;
-pub mod local;
+pub mod local_socket;
 pub mod net;
 pub mod ops;
 pub mod replica;

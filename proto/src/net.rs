@@ -32,7 +32,7 @@ const MAGIC: &[u8; 8] = b"STRIPEFS";
 /// of failing on the first message they cannot decode.
 /// 2: open returns chunk locations; create, mkdir, unlink, rmdir and
 /// rename return directory attributes. 3: chunk writes on data
-/// connections ([`crate::data`]). 4: heartbeats name the node's disk,
+/// connections ([`crate::data_conn`]). 4: heartbeats name the node's disk,
 /// write headers say whether a node forwarded them, and chunks are written
 /// only on data connections (no `write_chunk` RPC). 5: heartbeats and node
 /// statuses carry the node's worker statuses; the master's `workers` RPC.

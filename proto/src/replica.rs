@@ -12,14 +12,14 @@
 //!
 //! The node writes these files and reads them for remote readers; a client
 //! on the node's own host reads them too, through a file descriptor the
-//! node hands it ([`crate::local`]). Both parse them here, so the two can
+//! node hands it ([`crate::local_socket`]). Both parse them here, so the two can
 //! never disagree on the format. The readers take an open file and do
 //! blocking positional reads.
 
 #[cfg(doc)]
 use crate::block;
 use crate::block::{Codec, BLOCK_SIZE};
-use crate::data::BlockMeta;
+use crate::data_conn::BlockMeta;
 use crate::types::EncodedBlock;
 use crate::{ChunkId, Version};
 use std::fs::File;

@@ -4,7 +4,7 @@
 //! `DIR/chunks/<low byte of the chunk id, 2 hex digits>/<chunk:016x>-<version:016x>.chunk`,
 //! in the format of [`stripefs_proto::replica`] (header, block table,
 //! blocks), which a client on this host also reads directly through a
-//! descriptor this node hands it ([`stripefs_proto::local`]).
+//! descriptor this node hands it ([`stripefs_proto::local_socket`]).
 //!
 //! Replicas are written to a temporary file and renamed into place, so a
 //! reader sees a whole replica or none. All methods are blocking; async
@@ -297,7 +297,7 @@ impl ChunkStore {
     }
 
     /// The replica file itself, open read-only, for a client on this host
-    /// that reads it directly (see [`stripefs_proto::local`]).
+    /// that reads it directly (see [`stripefs_proto::local_socket`]).
     pub fn open_replica(&self, chunk: ChunkId, version: Version) -> Result<File, StoreError> {
         let path = self.replica_path(chunk, version);
         match File::open(&path) {

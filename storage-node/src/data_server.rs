@@ -1,4 +1,4 @@
-//! Serving data connections ([`stripefs_proto::data`]): chunk writes whose
+//! Serving data connections ([`stripefs_proto::data_conn`]): chunk writes whose
 //! blocks arrive as raw bytes.
 //!
 //! Each data connection gets a thread of its own that reads one write at a
@@ -16,7 +16,7 @@ use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use stripefs_proto::data::{read_header, write_reply, WriteHeader, SERVER_IDLE};
+use stripefs_proto::data_conn::{read_header, write_reply, WriteHeader, SERVER_IDLE};
 use stripefs_proto::replica;
 use stripefs_proto::FsError;
 

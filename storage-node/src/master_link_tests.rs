@@ -41,7 +41,7 @@ use crate::node::tests::{data_write, refused_addr, secret, start_node, start_nod
 use futures::StreamExt;
 use std::sync::Mutex;
 use stripefs_proto::block::BlockEncoder;
-use stripefs_proto::data::{DataPool, WriteHeader};
+use stripefs_proto::data_conn::{DataPool, WriteHeader};
 use stripefs_proto::net::{accept_loop, connect_node, transport};
 use stripefs_proto::ops::*;
 use stripefs_proto::types::*;

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use stripefs_daemon::Workers;
-use stripefs_proto::data::DATA_MAGIC;
+use stripefs_proto::data_conn::DATA_MAGIC;
 use stripefs_proto::net::{accept_loop, transport, Secret};
 use stripefs_proto::NodeService;
 use tarpc::server::{BaseChannel, Channel};
@@ -134,7 +134,7 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken
     link_result.context("the master link task failed")?
 }
 
-/// Starts the local-read socket ([`stripefs_proto::local`]): clients on
+/// Starts the local-read socket ([`stripefs_proto::local_socket`]): clients on
 /// this host get replica files themselves instead of reading them over TCP.
 /// A node that cannot bind it (another node on this host advertises the
 /// same address) still serves everything over TCP.
@@ -143,13 +143,13 @@ fn serve_local_reads(
     store: &Arc<ChunkStore>,
     token: &CancellationToken,
 ) -> Option<tokio::task::JoinHandle<()>> {
-    let name = stripefs_proto::local::socket_name(&cfg.advertise_addr);
-    match stripefs_proto::local::bind(&cfg.advertise_addr) {
+    let name = stripefs_proto::local_socket::socket_name(&cfg.advertise_addr);
+    match stripefs_proto::local_socket::bind(&cfg.advertise_addr) {
         Ok(listener) => {
             tracing::info!("local reads for clients on this host at @{name}");
             let store = store.clone();
             let open = move |chunk, version| store.open_replica(chunk, version).map_err(|e| e.to_wire());
-            Some(tokio::spawn(stripefs_proto::local::serve(listener, cfg.secret.clone(), token.clone(), open)))
+            Some(tokio::spawn(stripefs_proto::local_socket::serve(listener, cfg.secret.clone(), token.clone(), open)))
         }
         Err(e) => {
             tracing::warn!("no local reads for clients on this host: cannot bind @{name}: {e}");
@@ -159,7 +159,7 @@ fn serve_local_reads(
 }
 
 /// Serves one authenticated connection until it closes or `token` is
-/// cancelled: a data connection ([`stripefs_proto::data`]) on a thread of
+/// cancelled: a data connection ([`stripefs_proto::data_conn`]) on a thread of
 /// its own, anything else as tarpc, each request in its own task.
 fn serve_connection(
     stream: TcpStream,

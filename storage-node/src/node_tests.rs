@@ -95,7 +95,7 @@ async fn replicas_written_down_a_chain_are_read_and_deleted() {
     let a = start_node(&master, &shutdown).await;
     let b = start_node(&master, &shutdown).await;
     let c = start_node(&master, &shutdown).await;
-    let pool = Arc::new(stripefs_proto::data::DataPool::new(secret()));
+    let pool = Arc::new(stripefs_proto::data_conn::DataPool::new(secret()));
     let (data, blocks) = chunk_data();
     let (chunk, version) = (ChunkId(77), Version(1));
     let mut h = header(chunk.0, data.len(), &blocks, vec![b.addr.clone(), c.addr.clone()]);
@@ -119,7 +119,7 @@ async fn replicas_written_down_a_chain_are_read_and_deleted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn invalid_requests_get_error_replies() {
-    use stripefs_proto::data::{DataError, DataPool};
+    use stripefs_proto::data_conn::{DataError, DataPool};
     let master = refused_addr().await;
     let shutdown = CancellationToken::new();
     let a = start_node(&master, &shutdown).await;
@@ -172,11 +172,11 @@ async fn an_unusable_data_dir_fails_run() {
 /// Writes over the data path from the blocking pool, as the client does.
 /// Writes `blocks` to `addr` over the data path, from the blocking pool.
 pub(crate) async fn data_write(
-    pool: &Arc<stripefs_proto::data::DataPool>,
+    pool: &Arc<stripefs_proto::data_conn::DataPool>,
     addr: &str,
-    header: stripefs_proto::data::WriteHeader,
+    header: stripefs_proto::data_conn::WriteHeader,
     blocks: Vec<EncodedBlock>,
-) -> Result<u64, stripefs_proto::data::DataError> {
+) -> Result<u64, stripefs_proto::data_conn::DataError> {
     let (pool, addr, rt) = (pool.clone(), addr.to_string(), tokio::runtime::Handle::current());
     tokio::task::spawn_blocking(move || {
         let payload: Vec<&[u8]> = blocks.iter().map(|b| &b.data[..]).collect();
@@ -186,8 +186,13 @@ pub(crate) async fn data_write(
     .expect("join")
 }
 
-fn header(chunk: u64, length: usize, blocks: &[EncodedBlock], chain: Vec<String>) -> stripefs_proto::data::WriteHeader {
-    stripefs_proto::data::WriteHeader::new(
+fn header(
+    chunk: u64,
+    length: usize,
+    blocks: &[EncodedBlock],
+    chain: Vec<String>,
+) -> stripefs_proto::data_conn::WriteHeader {
+    stripefs_proto::data_conn::WriteHeader::new(
         ChunkId(chunk),
         Version(1),
         length as u32,
@@ -200,7 +205,7 @@ fn header(chunk: u64, length: usize, blocks: &[EncodedBlock], chain: Vec<String>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn chain_writes_over_the_data_path_land_on_every_node() {
-    use stripefs_proto::data::{DataError, DataPool};
+    use stripefs_proto::data_conn::{DataError, DataPool};
     let master = refused_addr().await;
     let shutdown = CancellationToken::new();
     let a = start_node(&master, &shutdown).await;
@@ -269,7 +274,7 @@ async fn chain_writes_over_the_data_path_land_on_every_node() {
 /// as Unavailable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn write_memory_bounds_writes_without_blocking_chains() {
-    use stripefs_proto::data::{DataError, DataPool};
+    use stripefs_proto::data_conn::{DataError, DataPool};
     let master = refused_addr().await;
     let shutdown = CancellationToken::new();
     let tiny = 1; // every writer's write runs alone

@@ -9,7 +9,7 @@ use crate::write_memory::WriteMemory;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use stripefs_proto::data::DataPool;
+use stripefs_proto::data_conn::DataPool;
 use stripefs_proto::net::Secret;
 use stripefs_proto::types::EncodedBlock;
 use stripefs_proto::{ChunkId, FsError, NodeService, Version};

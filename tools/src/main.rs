@@ -3,7 +3,7 @@
 mod bench;
 mod fsck;
 mod inspect;
-mod local;
+mod local_cluster;
 mod target;
 
 use clap::{Parser, Subcommand};
@@ -32,9 +32,9 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Start a master and N storage nodes on loopback and mount the filesystem.
-    Up(local::UpArgs),
+    Up(local_cluster::UpArgs),
     /// Unmount and stop the local cluster started by `stripefs up`.
-    Down(local::DownArgs),
+    Down(local_cluster::DownArgs),
     /// Show every storage node (address, host, zone, state, space, chunks) and totals.
     Status {
         /// Any path inside a stripefs mount (selects its cluster).
@@ -130,8 +130,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         target::Target::resolve(cli.master.as_deref(), cli.secret_file.as_deref(), path, local)
     };
     match cli.command {
-        Command::Up(args) => local::up(args).await.map(|_| 0),
-        Command::Down(args) => local::down(args).map(|_| 0),
+        Command::Up(args) => local_cluster::up(args).await.map(|_| 0),
+        Command::Down(args) => local_cluster::down(args).map(|_| 0),
         Command::Status { path, json, data } => {
             inspect::status(&resolve(path.as_deref(), data.as_deref().unwrap_or(&local))?, json).await.map(|_| 0)
         }

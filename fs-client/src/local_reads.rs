@@ -1,6 +1,6 @@
 //! Local reads: replicas held by a storage node on this host are read
 //! straight from their files, through descriptors the node hands over
-//! ([`stripefs_proto::local`]), instead of over TCP.
+//! ([`stripefs_proto::local_socket`]), instead of over TCP.
 //!
 //! A node is local when its local-read socket can be reached from here; a
 //! node that cannot be reached that way is asked again only after
@@ -16,7 +16,7 @@ use std::fs::File;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use stripefs_proto::local::LocalConn;
+use stripefs_proto::local_socket::LocalConn;
 use stripefs_proto::net::Secret;
 use stripefs_proto::replica::{Layout, ReplicaError};
 use stripefs_proto::types::EncodedBlock;

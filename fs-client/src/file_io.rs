@@ -8,7 +8,7 @@ use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use stripefs_proto::block::{self, BlockEncoder, BLOCK_SIZE};
-use stripefs_proto::data::{DataError, WriteHeader};
+use stripefs_proto::data_conn::{DataError, WriteHeader};
 use stripefs_proto::types::{ChunkCommit, ChunkLoc, EncodedBlock, Replica};
 use stripefs_proto::{ChunkId, FsError, InodeId, NodeId, Version};
 
