@@ -474,13 +474,14 @@ async fn a_request_sent_twice_is_applied_once_and_answered_the_same() {
 async fn answers_are_forgotten_once_the_client_has_them_or_after_a_while() {
     let tmp = TempDir::new().expect("temp dir");
     let store = open_ok(tmp.path(), None);
-    for seq in 1..=5 {
+    for seq in 1..=31 {
         store.run(request(seq, 1, mkdir_op(&format!("d{seq}")))).await.expect("mkdir");
     }
-    assert_eq!(remembered(&store), 5);
-    // The client has the answers of 1..=4: only 5 and 6 stay.
-    store.run(request(6, 5, mkdir_op("d6"))).await.expect("mkdir");
-    assert_eq!(remembered(&store), 2);
+    assert_eq!(remembered(&store), 31);
+    // The client has the answers of 1..=29: at the 32nd request (they are
+    // forgotten in batches) only 30, 31 and 32 stay.
+    store.run(request(32, 30, mkdir_op("d32"))).await.expect("mkdir");
+    assert_eq!(remembered(&store), 3);
     // A session that went away: forgotten after the cutoff.
     let cmd = Command::ForgetRequests { before: Timestamp::now() };
     store.execute(cmd).await.expect("forget");
