@@ -6,24 +6,6 @@ use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use stripefs_tests::{cpath, errno, random_bytes, sha256, xattr_get, xattr_set, TestCluster};
 
 #[test]
-fn create_write_read_across_chunks() {
-    let c = TestCluster::builder().chunk_size(256 * 1024).start();
-    let m = c.mount();
-    let data = random_bytes(1_000_000 + 123);
-    fs::write(m.join("f"), &data).expect("write");
-    assert_eq!(fs::metadata(m.join("f")).expect("stat").len(), data.len() as u64);
-    assert_eq!(sha256(&fs::read(m.join("f")).expect("read")), sha256(&data));
-    // Read at odd offsets, across chunk and block boundaries.
-    let f = File::open(m.join("f")).expect("open");
-    for &(off, len) in &[(0usize, 10usize), (65535, 2), (262_143, 5), (262_144, 70_000), (999_990, 200)] {
-        let mut buf = vec![0u8; len];
-        let n = f.read_at(&mut buf, off as u64).expect("read_at");
-        let end = (off + len).min(data.len());
-        assert_eq!(&buf[..n], &data[off..end], "offset {off}");
-    }
-}
-
-#[test]
 fn open_flags_excl_trunc_append() {
     let c = TestCluster::builder().start();
     let m = c.mount();
@@ -39,35 +21,6 @@ fn open_flags_excl_trunc_append() {
     assert_eq!(fs::read(&p).expect("read"), b"new");
     let e = File::open(m.join("missing")).expect_err("ENOENT");
     assert_eq!(errno(&e), libc::ENOENT);
-}
-
-#[test]
-fn overwrite_in_the_middle_keeps_the_rest() {
-    let c = TestCluster::builder().chunk_size(128 * 1024).start();
-    let m = c.mount();
-    let mut data = random_bytes(500_000);
-    fs::write(m.join("f"), &data).expect("write");
-    let f = OpenOptions::new().write(true).open(m.join("f")).expect("open");
-    let patch = random_bytes(1000);
-    f.write_at(&patch, 131_000).expect("write_at");
-    drop(f);
-    data[131_000..132_000].copy_from_slice(&patch);
-    assert_eq!(sha256(&fs::read(m.join("f")).expect("read")), sha256(&data));
-}
-
-#[test]
-fn sparse_files_read_zeros_in_holes() {
-    let c = TestCluster::builder().chunk_size(64 * 1024).start();
-    let m = c.mount();
-    let f = OpenOptions::new().write(true).create(true).truncate(true).read(true).open(m.join("s")).expect("open");
-    f.write_at(b"end", 1_000_000).expect("write far");
-    f.write_at(b"start", 0).expect("write start");
-    drop(f);
-    let d = fs::read(m.join("s")).expect("read");
-    assert_eq!(d.len(), 1_000_003);
-    assert_eq!(&d[..5], b"start");
-    assert!(d[5..1_000_000].iter().all(|&b| b == 0));
-    assert_eq!(&d[1_000_000..], b"end");
 }
 
 #[test]

@@ -50,6 +50,74 @@ fn namespace_and_data_through_the_core_without_fuse() {
     assert!(cl.list(ROOT).expect("list root").is_empty());
 }
 
+/// Writes `data` at `offset` through a handle of `ino` opened for writing.
+fn write_at(cl: &TestClient, ino: InodeId, offset: u64, data: &[u8]) {
+    let core = cl.core().clone();
+    cl.run(async move {
+        let (fh, _) = core.open(ino, true).await?;
+        let mut off = 0;
+        while off < data.len() {
+            off += core.write(fh, offset + off as u64, &data[off..]).await? as usize;
+        }
+        core.flush(fh).await?;
+        core.release(fh).await
+    })
+    .expect("write at an offset");
+}
+
+/// Reads `len` bytes at `offset` of `ino`.
+fn read_at(cl: &TestClient, ino: InodeId, offset: u64, len: u32) -> Vec<u8> {
+    let core = cl.core().clone();
+    cl.run(async move {
+        let (fh, _) = core.open(ino, false).await?;
+        let got = core.read(fh, offset, len).await;
+        core.release(fh).await?;
+        got
+    })
+    .expect("read at an offset")
+}
+
+#[test]
+fn reads_at_odd_offsets_across_chunk_and_block_boundaries() {
+    let c = TestCluster::builder().chunk_size(256 * 1024).start();
+    let cl = c.client();
+    let data = random_bytes(1_000_000 + 123);
+    let f = cl.write_file(ROOT, "f", &data).expect("write");
+    assert_eq!(cl.run(cl.core().getattr(f)).expect("getattr").size, data.len() as u64);
+    for &(off, len) in &[(0usize, 10usize), (65535, 2), (262_143, 5), (262_144, 70_000), (999_990, 200)] {
+        let end = (off + len).min(data.len());
+        assert_eq!(read_at(&cl, f, off as u64, len as u32), &data[off..end], "offset {off}");
+    }
+}
+
+#[test]
+fn an_overwrite_in_the_middle_keeps_the_rest() {
+    let c = TestCluster::builder().chunk_size(128 * 1024).start();
+    let cl = c.client();
+    let mut data = random_bytes(500_000);
+    let f = cl.write_file(ROOT, "f", &data).expect("write");
+    let patch = random_bytes(1000);
+    write_at(&cl, f, 131_000, &patch);
+    data[131_000..132_000].copy_from_slice(&patch);
+    // Another client (close-to-open) reads the patched chunk and the rest.
+    let other = c.client();
+    assert_eq!(sha256(&other.read_file(f).expect("read")), sha256(&data));
+}
+
+#[test]
+fn holes_in_a_sparse_file_read_as_zeros() {
+    let c = TestCluster::builder().chunk_size(64 * 1024).start();
+    let cl = c.client();
+    let f = cl.write_file(ROOT, "s", b"").expect("create");
+    write_at(&cl, f, 1_000_000, b"end");
+    write_at(&cl, f, 0, b"start");
+    let d = c.client().read_file(f).expect("read");
+    assert_eq!(d.len(), 1_000_003);
+    assert_eq!(&d[..5], b"start");
+    assert!(d[5..1_000_000].iter().all(|&b| b == 0));
+    assert_eq!(&d[1_000_000..], b"end");
+}
+
 #[test]
 fn a_file_unlinked_while_open_stays_readable_until_closed() {
     let c = TestCluster::builder().start();

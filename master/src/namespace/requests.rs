@@ -11,7 +11,7 @@
 //! (`answered_below`), and those are forgotten then; sessions that end
 //! without saying so are forgotten after [`REMEMBER_FOR`]
 //! (`Command::ForgetRequests`, sent by a worker of the master). A session's
-//! answered requests are forgotten in batches, at every [`FORGET_EVERY`]th
+//! answered requests are forgotten in batches, at every `FORGET_EVERY`th
 //! of its requests.
 
 use super::{apply as apply_command, ApplyError, Command, Context, Reply, Tables};
