@@ -4,6 +4,7 @@
 //! ([`sync`]) and background workers with one shape ([`worker`]).
 
 pub mod logs;
+pub mod metrics;
 pub mod signals;
 pub mod sync;
 pub mod worker;

@@ -244,6 +244,10 @@ pub struct MasterConn {
     call_timeout: Duration,
     /// This client's request ids.
     session: Session,
+    /// Calls sent again (after a broken connection or a timeout).
+    retries: AtomicU64,
+    /// Connections made again to the master.
+    reconnects: AtomicU64,
     /// The current client and its generation (bumped at each reconnect).
     client: tokio::sync::RwLock<(u64, Option<MasterClient>)>,
     on_reconnect: OnceLock<ReconnectHook>,
@@ -265,6 +269,8 @@ impl MasterConn {
             wait,
             call_timeout: METADATA_TIMEOUT,
             session: Session::new(),
+            retries: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
             client: tokio::sync::RwLock::new((0, Some(client))),
             on_reconnect: OnceLock::new(),
         })
@@ -274,6 +280,11 @@ impl MasterConn {
     pub fn with_call_timeout(mut self, t: Duration) -> MasterConn {
         self.call_timeout = t;
         self
+    }
+
+    /// Calls sent again so far, and reconnections to the master.
+    pub fn retries_and_reconnects(&self) -> (u64, u64) {
+        (self.retries.load(Ordering::Relaxed), self.reconnects.load(Ordering::Relaxed))
     }
 
     /// Sets what to do on every reconnect (e.g. re-register open files).
@@ -305,6 +316,7 @@ impl MasterConn {
                         hook(c.clone()).await;
                     }
                     tracing::info!("reconnected to the master at {}", self.addr);
+                    self.reconnects.fetch_add(1, Ordering::Relaxed);
                     slot.0 += 1;
                     slot.1 = Some(c.clone());
                     return Ok((slot.0, c));
@@ -436,6 +448,7 @@ impl MasterConn {
                     if backoff.is_zero() {
                         tracing::warn!("master connection lost: {e}");
                     }
+                    self.retries.fetch_add(1, Ordering::Relaxed);
                     // The master probably restarted: the shared connection
                     // is broken too, and must come back now (its reconnect
                     // re-opens this client's open files), not at its next use.
@@ -453,6 +466,7 @@ impl MasterConn {
                 }
                 Err(RpcError::DeadlineExceeded) if retry_timeouts && Instant::now() < deadline => {
                     tracing::warn!("no answer from the master within {:?}; asking again", self.call_timeout);
+                    self.retries.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(e) => return Err(e.into()),
             }

@@ -123,6 +123,27 @@ fn stamp(a: &Attr) -> Stamp {
 /// Most files whose page-cache stamp is remembered.
 const MAX_PAGE_STAMPS: usize = 65536;
 
+/// What a client has done and holds, for its metrics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClientStats {
+    /// Block cache lookups that found the block.
+    pub cache_hits: u64,
+    /// Block cache lookups that did not.
+    pub cache_misses: u64,
+    /// Blocks in the cache.
+    pub cached_blocks: u64,
+    /// Unwritten bytes held (buffers and uploads under way).
+    pub dirty_bytes: u64,
+    /// Of those, the bytes of uploads under way.
+    pub uploading_bytes: u64,
+    /// Master calls sent again after a broken connection or a timeout.
+    pub master_retries: u64,
+    /// Connections made again to the master.
+    pub master_reconnects: u64,
+    /// Files open on this client.
+    pub open_files: u64,
+}
+
 /// A name's attributes and how long the kernel may keep them.
 #[derive(Debug, Clone)]
 pub struct Looked {
@@ -232,6 +253,22 @@ impl FsCore {
         }));
         core.workers.spawn(LocalReadExpiry { core: Arc::downgrade(&core), closed: 0 });
         Ok(core)
+    }
+
+    /// Figures for the mount's metrics.
+    pub fn stats(&self) -> ClientStats {
+        let (cache_hits, cache_misses) = self.cache.hits_and_misses();
+        let (master_retries, master_reconnects) = self.master.retries_and_reconnects();
+        ClientStats {
+            cache_hits,
+            cache_misses,
+            cached_blocks: self.cache.len() as u64,
+            dirty_bytes: self.dirty.used(),
+            uploading_bytes: self.dirty.uploading_bytes(),
+            master_retries,
+            master_reconnects,
+            open_files: lock(&self.files).len() as u64,
+        }
     }
 
     /// What the client's background workers are doing.

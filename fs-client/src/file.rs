@@ -41,7 +41,12 @@ impl DirtyBudget {
         self.used().saturating_sub(self.uploading.load(Ordering::Relaxed))
     }
 
-    /// The most bytes ever held at once.
+    /// Of the bytes held, those of uploads under way.
+    pub fn uploading_bytes(&self) -> u64 {
+        self.uploading.load(Ordering::Relaxed)
+    }
+
+    /// The most bytes held at once so far.
     pub fn peak(&self) -> u64 {
         self.peak.load(Ordering::Relaxed)
     }

@@ -43,6 +43,8 @@ pub struct MountOptions {
     /// `local_reads=on|off`: read replicas of nodes on this host from
     /// their files (default on).
     pub local_reads: bool,
+    /// `metrics=ADDR`: serve Prometheus metrics and health checks there.
+    pub metrics: Option<String>,
 }
 
 impl Default for MountOptions {
@@ -63,6 +65,7 @@ impl Default for MountOptions {
             read_ahead_kb: DEFAULT_READ_AHEAD_KB,
             master_timeout: Duration::from_secs(60),
             local_reads: true,
+            metrics: None,
         }
     }
 }
@@ -180,6 +183,7 @@ pub fn parse_options<S: AsRef<str>>(lists: &[S]) -> Result<MountOptions, String>
                     o.threads = Some(n);
                 }
                 ("log", Some(v)) => o.log = Some(PathBuf::from(v)),
+                ("metrics", Some(v)) if !v.is_empty() => o.metrics = Some(v.to_string()),
                 ("cache_mb", Some(v)) => o.cache_mb = number(key, v)?,
                 ("read_ahead_kb", Some(v)) => {
                     o.read_ahead_kb = number(key, v)?;

@@ -38,6 +38,14 @@ pub struct StripeFs {
     /// Set once the session exists: tells the kernel to drop cached
     /// attributes.
     notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
+    /// The mount's metrics (`metrics=ADDR`), if served.
+    metrics: Option<Arc<crate::metrics::MountMetrics>>,
+}
+
+/// One kernel request: its span (entered) and its timer.
+struct InRequest {
+    _timer: Option<crate::metrics::RequestTimer>,
+    _span: tracing::span::EnteredSpan,
 }
 
 fn kind(k: FileKind) -> FileType {
@@ -112,7 +120,19 @@ fn request_span(op: &'static str, ino: u64, fh: Option<u64>) -> tracing::span::E
 impl StripeFs {
     /// An adapter running `core`'s calls on `rt`.
     pub fn new(core: Arc<FsCore>, rt: tokio::runtime::Handle) -> StripeFs {
-        StripeFs { core, rt, notifier: Arc::new(std::sync::OnceLock::new()) }
+        StripeFs { core, rt, notifier: Arc::new(std::sync::OnceLock::new()), metrics: None }
+    }
+
+    /// Counts every request in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::MountMetrics>) -> StripeFs {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Starts serving one kernel request: its span, and its timer when
+    /// metrics are served.
+    fn request(&self, op: &'static str, ino: u64, fh: Option<u64>) -> InRequest {
+        InRequest { _timer: self.metrics.as_ref().map(|m| m.start(op)), _span: request_span(op, ino, fh) }
     }
 
     /// Where the session's notifier goes once the session exists.
@@ -196,7 +216,7 @@ impl Filesystem for StripeFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let _span = request_span("lookup", parent.0, None);
+        let _span = self.request("lookup", parent.0, None);
         let name = match name_of(name) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
@@ -208,7 +228,7 @@ impl Filesystem for StripeFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let _span = request_span("getattr", ino.0, _fh.map(|f| f.0));
+        let _span = self.request("getattr", ino.0, _fh.map(|f| f.0));
         match self.run(self.core.getattr(InodeId(ino.0))) {
             Ok(a) => reply.attr(&self.core.config().attr_ttl, &file_attr(&a)),
             Err(e) => reply.error(errno("getattr", &e)),
@@ -233,7 +253,7 @@ impl Filesystem for StripeFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let _span = request_span("setattr", ino.0, _fh.map(|f| f.0));
+        let _span = self.request("setattr", ino.0, _fh.map(|f| f.0));
         let set = SetAttr { mode, uid, gid, size, atime: atime.map(time_set), mtime: mtime.map(time_set) };
         match self.run(self.core.setattr(InodeId(ino.0), set)) {
             Ok(a) => reply.attr(&self.core.config().attr_ttl, &file_attr(&a)),
@@ -242,7 +262,7 @@ impl Filesystem for StripeFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let _span = request_span("readlink", ino.0, None);
+        let _span = self.request("readlink", ino.0, None);
         match self.run(self.core.readlink(InodeId(ino.0))) {
             Ok(t) => reply.data(t.as_bytes()),
             Err(e) => reply.error(errno("readlink", &e)),
@@ -250,7 +270,7 @@ impl Filesystem for StripeFs {
     }
 
     fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
-        let _span = request_span("mknod", parent.0, None);
+        let _span = self.request("mknod", parent.0, None);
         let name = match name_of(name) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
@@ -261,7 +281,7 @@ impl Filesystem for StripeFs {
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        let _span = request_span("mkdir", parent.0, None);
+        let _span = self.request("mkdir", parent.0, None);
         let name = match name_of(name) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
@@ -271,7 +291,7 @@ impl Filesystem for StripeFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _span = request_span("unlink", parent.0, None);
+        let _span = self.request("unlink", parent.0, None);
         let name = match name_of(name) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
@@ -280,7 +300,7 @@ impl Filesystem for StripeFs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _span = request_span("rmdir", parent.0, None);
+        let _span = self.request("rmdir", parent.0, None);
         let name = match name_of(name) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
@@ -289,7 +309,7 @@ impl Filesystem for StripeFs {
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
-        let _span = request_span("symlink", parent.0, None);
+        let _span = self.request("symlink", parent.0, None);
         let (name, target) = match (name_of(link_name), name_of(target.as_os_str())) {
             (Ok(n), Ok(t)) => (n, t),
             _ => return reply.error(Errno::EINVAL),
@@ -308,7 +328,7 @@ impl Filesystem for StripeFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let _span = request_span("rename", parent.0, None);
+        let _span = self.request("rename", parent.0, None);
         let (name, newname) = match (name_of(name), name_of(newname)) {
             (Ok(a), Ok(b)) => (a, b),
             _ => return reply.error(Errno::EINVAL),
@@ -318,7 +338,7 @@ impl Filesystem for StripeFs {
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
-        let _span = request_span("link", ino.0, None);
+        let _span = self.request("link", ino.0, None);
         let name = match name_of(newname) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
@@ -327,7 +347,7 @@ impl Filesystem for StripeFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let _span = request_span("open", ino.0, None);
+        let _span = self.request("open", ino.0, None);
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
         match self.run(self.core.open(InodeId(ino.0), write)) {
             Ok((fh, keep_pages)) => {
@@ -350,9 +370,14 @@ impl Filesystem for StripeFs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
-        let _span = request_span("read", _ino.0, Some(fh.0));
+        let _span = self.request("read", _ino.0, Some(fh.0));
         match self.run(self.core.read(fh.0, offset, size)) {
-            Ok(d) => reply.data(&d),
+            Ok(d) => {
+                if let Some(m) = &self.metrics {
+                    m.read_bytes.inc_by(d.len() as u64);
+                }
+                reply.data(&d)
+            }
             Err(e) => reply.error(errno("read", &e)),
         }
     }
@@ -369,9 +394,14 @@ impl Filesystem for StripeFs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyWrite,
     ) {
-        let _span = request_span("write", _ino.0, Some(fh.0));
+        let _span = self.request("write", _ino.0, Some(fh.0));
         match self.run(self.core.write(fh.0, offset, data)) {
-            Ok(n) => reply.written(n),
+            Ok(n) => {
+                if let Some(m) = &self.metrics {
+                    m.written_bytes.inc_by(u64::from(n));
+                }
+                reply.written(n)
+            }
             Err(e) => reply.error(errno("write", &e)),
         }
     }
@@ -391,12 +421,12 @@ impl Filesystem for StripeFs {
         _out_size: u32,
         reply: fuser::ReplyIoctl,
     ) {
-        let _span = request_span("ioctl", _ino.0, Some(_fh.0));
+        let _span = self.request("ioctl", _ino.0, Some(_fh.0));
         reply.error(Errno::ENOTTY);
     }
 
     fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: fuser::LockOwner, reply: ReplyEmpty) {
-        let _span = request_span("flush", _ino.0, Some(fh.0));
+        let _span = self.request("flush", _ino.0, Some(fh.0));
         self.reply_empty("flush", self.run(self.core.flush(fh.0)), reply);
     }
 
@@ -410,17 +440,17 @@ impl Filesystem for StripeFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let _span = request_span("release", _ino.0, Some(fh.0));
+        let _span = self.request("release", _ino.0, Some(fh.0));
         self.reply_empty("release", self.run(self.core.release(fh.0)), reply);
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        let _span = request_span("fsync", _ino.0, Some(fh.0));
+        let _span = self.request("fsync", _ino.0, Some(fh.0));
         self.reply_empty("fsync", self.run(self.core.fsync(fh.0)), reply);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let _span = request_span("opendir", ino.0, None);
+        let _span = self.request("opendir", ino.0, None);
         match self.run(self.core.opendir(InodeId(ino.0))) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno("opendir", &e)),
@@ -428,7 +458,7 @@ impl Filesystem for StripeFs {
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let _span = request_span("readdir", ino.0, Some(fh.0));
+        let _span = self.request("readdir", ino.0, Some(fh.0));
         let entries = match self.core.dir_entries(fh.0) {
             Ok(e) => e,
             Err(e) => return reply.error(errno("readdir", &e)),
@@ -445,7 +475,7 @@ impl Filesystem for StripeFs {
     }
 
     fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
-        let _span = request_span("readdirplus", ino.0, Some(fh.0));
+        let _span = self.request("readdirplus", ino.0, Some(fh.0));
         let (dir, entries) = match self.readdir_entries(ino, fh) {
             Ok(x) => x,
             Err(e) => return reply.error(errno("readdirplus", &e)),
@@ -476,19 +506,19 @@ impl Filesystem for StripeFs {
     }
 
     fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
-        let _span = request_span("releasedir", _ino.0, Some(fh.0));
+        let _span = self.request("releasedir", _ino.0, Some(fh.0));
         self.core.releasedir(fh.0);
         reply.ok();
     }
 
     fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        let _span = request_span("fsyncdir", _ino.0, Some(_fh.0));
+        let _span = self.request("fsyncdir", _ino.0, Some(_fh.0));
         // Every metadata change is durable on the master when acknowledged.
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let _span = request_span("statfs", _ino.0, None);
+        let _span = self.request("statfs", _ino.0, None);
         match self.run(self.core.statfs()) {
             Ok(s) => {
                 let blocks = s.total_bytes / STATFS_BLOCK_BYTES;
@@ -520,7 +550,7 @@ impl Filesystem for StripeFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let _span = request_span("setxattr", ino.0, None);
+        let _span = self.request("setxattr", ino.0, None);
         let name = match name_of(name) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
@@ -530,7 +560,7 @@ impl Filesystem for StripeFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let _span = request_span("getxattr", ino.0, None);
+        let _span = self.request("getxattr", ino.0, None);
         let name = match name_of(name) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
@@ -539,7 +569,7 @@ impl Filesystem for StripeFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let _span = request_span("listxattr", ino.0, None);
+        let _span = self.request("listxattr", ino.0, None);
         let r = self.run(self.core.listxattr(InodeId(ino.0))).map(|names| {
             let mut out = Vec::new();
             for n in names {
@@ -552,7 +582,7 @@ impl Filesystem for StripeFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _span = request_span("removexattr", ino.0, None);
+        let _span = self.request("removexattr", ino.0, None);
         let name = match name_of(name) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
@@ -570,7 +600,7 @@ impl Filesystem for StripeFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let _span = request_span("create", parent.0, None);
+        let _span = self.request("create", parent.0, None);
         let name = match name_of(name) {
             Ok(n) => n,
             Err(e) => return reply.error(e),

@@ -3,6 +3,7 @@
 //! records it for admin commands and unmounts it.
 
 pub mod fuse_adapter;
+pub mod metrics;
 pub mod mount;
 
 pub use crate::mount::BackgroundMount;

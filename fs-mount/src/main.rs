@@ -37,7 +37,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// read_ahead_kb=N (kernel read-ahead, default 4096; 0 keeps the kernel's
 /// 128; needs root), local_reads=on|off (read the replicas of storage nodes
 /// on this host straight from their files, default on), log=PATH (log of a
-/// background client). fstab options such as _netdev, defaults, noauto and
+/// background client), metrics=ADDR (serve Prometheus metrics on
+/// http://ADDR/metrics, with /healthz and /readyz). fstab options such as _netdev, defaults, noauto and
 /// nofail are accepted and ignored.
 ///
 /// As a mount(8) helper: link this binary as /sbin/mount.fuse.stripefs, then
@@ -168,7 +169,11 @@ fn run_here(args: &Args, child: bool) -> anyhow::Result<()> {
         let _ = writeln!(out, "ready");
         let _ = out.flush();
     }
+    if let Some(metrics) = &m.metrics {
+        metrics.serving.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     let r = m.session.run();
+    m.metrics_stop.cancel();
     remove_record(m.record.take().as_deref());
     tracing::info!("unmounted {}", args.mountpoint.display());
     rt.shutdown_timeout(Duration::from_secs(5));

@@ -19,6 +19,11 @@ pub struct Mount {
     pub core: Arc<FsCore>,
     /// Where the mount's record was written.
     pub record: Option<PathBuf>,
+    /// The mount's metrics, when `metrics=ADDR` serves them (set
+    /// `serving` once the session runs: `/readyz` answers from it).
+    pub metrics: Option<Arc<crate::metrics::MountMetrics>>,
+    /// Stops the metrics listener.
+    pub metrics_stop: tokio_util::sync::CancellationToken,
 }
 
 /// Connects to `master` and mounts at `mountpoint`. The mount is live when
@@ -72,7 +77,16 @@ pub fn mount(
     };
     config.n_threads = Some(opts.threads.unwrap_or_else(stripefs_client::options::default_threads));
     config.clone_fd = true;
-    let fs = StripeFs::new(core.clone(), rt.clone());
+    let mut fs = StripeFs::new(core.clone(), rt.clone());
+    let metrics_stop = tokio_util::sync::CancellationToken::new();
+    let mut metrics = None;
+    if let Some(addr) = &opts.metrics {
+        let (m, endpoint) = crate::metrics::build(core.clone());
+        rt.block_on(stripefs_daemon::metrics::start(addr, endpoint, metrics_stop.clone()))
+            .with_context(|| format!("serve metrics on {addr}"))?;
+        fs = fs.with_metrics(m.clone());
+        metrics = Some(m);
+    }
     let notifier = fs.notifier_slot();
     let session = fuser::Session::new(fs, mountpoint, &config)
         .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
@@ -80,13 +94,13 @@ pub fn mount(
     // Not stat(2): the session does not serve requests yet, a stat would hang.
     let Some(dev) = mount_dev(mountpoint) else {
         tracing::warn!("cannot find the new mount {} in /proc/self/mountinfo", mountpoint.display());
-        return Ok(Mount { session, core, record: None });
+        return Ok(Mount { session, core, record: None, metrics, metrics_stop });
     };
     if opts.read_ahead_kb > 0 {
         set_read_ahead(dev, opts.read_ahead_kb);
     }
     let record = write_record(dev, mountpoint, master, &secret);
-    Ok(Mount { session, core, record })
+    Ok(Mount { session, core, record, metrics, metrics_stop })
 }
 
 /// Sets the kernel's read-ahead for the mount with device number `dev`
@@ -109,6 +123,7 @@ pub struct BackgroundMount {
     /// The client core.
     pub core: Arc<FsCore>,
     mountpoint: PathBuf,
+    metrics_stop: tokio_util::sync::CancellationToken,
 }
 
 impl BackgroundMount {
@@ -122,11 +137,15 @@ impl BackgroundMount {
     ) -> anyhow::Result<BackgroundMount> {
         let m = mount(master, mountpoint, opts, secret, rt)?;
         let session = m.session.spawn().context("start the FUSE session")?;
+        if let Some(metrics) = &m.metrics {
+            metrics.serving.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok(BackgroundMount {
             session: Some(session),
             record: m.record,
             core: m.core,
             mountpoint: mountpoint.to_path_buf(),
+            metrics_stop: m.metrics_stop,
         })
     }
 
@@ -141,6 +160,7 @@ impl BackgroundMount {
     }
 
     fn stop(&mut self) -> anyhow::Result<()> {
+        self.metrics_stop.cancel();
         remove_record(self.record.take().as_deref());
         if let Some(s) = self.session.take() {
             s.umount_and_join().context("unmount")?;

@@ -6,6 +6,7 @@
 
 pub mod fsck;
 pub mod journal;
+pub mod metrics;
 pub mod namespace;
 pub mod records;
 pub mod registry;
@@ -41,6 +42,9 @@ pub struct Config {
     pub secret: Secret,
     /// Replicas nobody references are deleted once older than this.
     pub gc_grace: Duration,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz` (port 0: any;
+    /// the bound address goes to `DIR/metrics.addr`); none: not served.
+    pub metrics_addr: Option<String>,
 }
 
 /// Opens the database and serves on `listener` until `shutdown`.
@@ -68,18 +72,36 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken
     }
     tracing::info!("serving on {}", listener.local_addr()?);
     workers::start(&shared);
+    let mut registry = prometheus_client::registry::Registry::with_prefix("stripefs_master");
+    let rpc_metrics = metrics::rpc(&mut registry);
+    if let Some(addr) = &cfg.metrics_addr {
+        let endpoint = metrics::endpoint(&shared, registry);
+        let bound = stripefs_daemon::metrics::start(addr, endpoint, conns.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("serve metrics on {addr}: {e}"))?;
+        std::fs::write(cfg.data_dir.join("metrics.addr"), bound.to_string())?;
+    }
     let tracker = TaskTracker::new();
     let accept = {
         let shared = shared.clone();
         let (conns, tracker) = (conns.clone(), tracker.clone());
         tokio::spawn(accept_loop(listener, cfg.secret.clone(), conns.clone(), move |stream, peer| {
-            let server = service::MasterServer::new(shared.clone(), peer);
-            let (conns, requests) = (conns.clone(), tracker.clone());
+            let server = service::MasterServer::new(shared.clone(), peer).serve();
+            let (conns, requests, rpc_metrics) = (conns.clone(), tracker.clone(), rpc_metrics.clone());
             tracker.spawn(async move {
                 let serve = BaseChannel::with_defaults(stripefs_proto::net::transport(stream))
-                    .execute(server.serve())
-                    .for_each(|f| {
-                        requests.spawn(conns.clone().run_until_cancelled_owned(f));
+                    .requests()
+                    .take_while(|r| futures::future::ready(r.is_ok()))
+                    .filter_map(|r| futures::future::ready(r.ok()))
+                    .for_each(|request| {
+                        let op = tarpc::RequestName::name(&request.get().message).to_string();
+                        let (server, rpc_metrics) = (server.clone(), rpc_metrics.clone());
+                        let started = std::time::Instant::now();
+                        let served = async move {
+                            request.execute(server).await;
+                            rpc_metrics.observe(&op, started.elapsed());
+                        };
+                        requests.spawn(conns.clone().run_until_cancelled_owned(served));
                         async {}
                     });
                 conns.run_until_cancelled(serve).await;

@@ -36,6 +36,10 @@ struct Args {
     /// deleted (it may belong to an upload still in progress).
     #[arg(long, value_name = "SECS", default_value_t = 600)]
     gc_grace_secs: u64,
+    /// Serve Prometheus metrics (/metrics) and health checks (/healthz,
+    /// /readyz) over HTTP on this address, e.g. 0.0.0.0:9401.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
 }
 
 fn main() {
@@ -69,6 +73,7 @@ fn real_main() -> anyhow::Result<()> {
             node_dead_after: Duration::from_secs(args.node_dead_after_secs),
             secret,
             gc_grace: Duration::from_secs(args.gc_grace_secs),
+            metrics_addr: args.metrics.clone(),
         };
         stripefs_master::run(cfg, listener, shutdown).await
     })

@@ -88,6 +88,9 @@ pub struct MasterState {
     pub corrupt: Mutex<HashSet<(NodeId, ChunkId, Version)>>,
     /// The background workers (for their status).
     pub workers: Workers,
+    /// Chunks under their replication factor at the last re-replication
+    /// scan (for metrics).
+    pub under_replicated: std::sync::atomic::AtomicU64,
 }
 
 impl MasterState {
@@ -111,6 +114,7 @@ impl MasterState {
             gc_grace,
             corrupt: Default::default(),
             workers,
+            under_replicated: Default::default(),
         }
     }
 

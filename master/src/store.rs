@@ -91,6 +91,27 @@ pub struct Store {
     /// Read transactions share it, commits take it alone (see [`Store::read`]).
     gate: Arc<std::sync::RwLock<()>>,
     ids: tokio::sync::Mutex<(u64, u64)>,
+    metrics: Arc<StoreMetrics>,
+}
+
+/// What the writer measures, for the master's `/metrics`.
+pub struct StoreMetrics {
+    /// Commands per batch (group commit).
+    pub batch_commands: prometheus_client::metrics::histogram::Histogram,
+    /// Time of a batch's journal write and fdatasync.
+    pub journal_sync_seconds: prometheus_client::metrics::histogram::Histogram,
+    /// Time of a batch's database commit (a checkpoint's includes its fsync).
+    pub commit_seconds: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for StoreMetrics {
+    fn default() -> StoreMetrics {
+        StoreMetrics {
+            batch_commands: stripefs_daemon::metrics::size_histogram(),
+            journal_sync_seconds: stripefs_daemon::metrics::latency_histogram(),
+            commit_seconds: stripefs_daemon::metrics::latency_histogram(),
+        }
+    }
 }
 
 /// A read transaction holding the commit gate (see [`Store::read`]). Never
@@ -216,7 +237,9 @@ impl Store {
         }
         let db = Arc::new(db);
         let gate = Arc::new(std::sync::RwLock::new(()));
+        let metrics = Arc::new(StoreMetrics::default());
         let writer = Writer {
+            metrics: metrics.clone(),
             db: db.clone(),
             gate: gate.clone(),
             journal,
@@ -234,6 +257,7 @@ impl Store {
             writer: Mutex::new(Some(writer)),
             gate,
             ids: tokio::sync::Mutex::new((ceiling, new_ceiling)),
+            metrics,
         })
     }
 
@@ -273,6 +297,18 @@ impl Store {
             tracing::error!("request {} answered {reply:?}, not what it asks for", req.id);
             FsError::Internal
         })
+    }
+
+    /// What the writer measured.
+    pub fn metrics(&self) -> &StoreMetrics {
+        &self.metrics
+    }
+
+    /// Number of chunk records.
+    pub fn chunk_count(&self) -> Result<u64, FsError> {
+        let txn = self.read()?;
+        let t = txn.open_table(tables::CHUNKS).map_err(internal)?;
+        t.len().map_err(internal)
     }
 
     /// How many request answers are remembered (see
@@ -780,6 +816,7 @@ struct Writer {
     /// Cancelled when a commit fails: the master stops.
     fatal: CancellationToken,
     last_checkpoint: std::time::Instant,
+    metrics: Arc<StoreMetrics>,
 }
 
 impl Writer {
@@ -867,12 +904,15 @@ impl Writer {
             let started = std::time::Instant::now();
             self.journal.append(&Entry { seq, cmds: applied }).map_err(journal_err)?;
             tracing::debug!(micros = started.elapsed().as_micros() as u64, "journal write and fdatasync");
+            self.metrics.journal_sync_seconds.observe(started.elapsed().as_secs_f64());
         }
         {
             let _no_readers = self.gate.write().unwrap_or_else(|e| e.into_inner());
             let started = std::time::Instant::now();
             txn.commit().map_err(|e| e.to_string())?;
             tracing::debug!(micros = started.elapsed().as_micros() as u64, "database commit");
+            self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+            self.metrics.batch_commands.observe(jobs.len() as f64);
         }
         self.seq = seq;
         if durable {

@@ -110,7 +110,11 @@ fn serve(mut stream: TcpStream, server: &NodeServer, rt: &tokio::runtime::Handle
             chain = header.chain.len(),
             forwarded = header.forwarded
         );
+        let started = Instant::now();
         let answer = span.in_scope(|| write(&mut stream, &header, server, rt, Instant::now() + timeout))?;
+        if let Ok(stored) = &answer {
+            server.metrics().wrote(*stored, started.elapsed());
+        }
         write_reply(&mut stream, &answer)?;
     }
 }

@@ -14,6 +14,7 @@ mod data_server;
 mod direct;
 mod fsutil;
 mod master_link;
+pub mod metrics;
 mod node;
 mod reports;
 mod scrub;

@@ -87,6 +87,12 @@ struct Args {
     #[arg(long, value_name = "MIB", default_value_t = stripefs_node::DEFAULT_WRITE_MEMORY_BYTES >> 20,
           value_parser = clap::value_parser!(u64).range(1..))]
     write_memory_mb: u64,
+
+    /// Serve Prometheus metrics (/metrics) and health checks (/healthz,
+    /// /readyz: ready once registered with the master) over HTTP on this
+    /// address, e.g. 0.0.0.0:9501.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
 }
 
 fn main() {
@@ -137,6 +143,7 @@ async fn async_main(args: Args, secret: Secret) -> anyhow::Result<()> {
         scrub_pause: Duration::from_secs(args.scrub_pause_secs),
         buffered_writes: args.buffered_writes,
         write_memory_bytes: args.write_memory_mb << 20,
+        metrics_addr: args.metrics,
     };
 
     let shutdown = CancellationToken::new();

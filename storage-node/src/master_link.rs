@@ -169,7 +169,7 @@ pub(crate) async fn run(
     store: Arc<ChunkStore>,
     reports: Arc<Reports>,
     copies: Arc<CopyQueue>,
-    workers: Workers,
+    (workers, metrics): (Workers, Arc<crate::metrics::NodeMetrics>),
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut link = Link { cfg, store, shutdown, saved: identity.clone(), identity, copies, workers, reports };
@@ -198,9 +198,12 @@ pub(crate) async fn run(
         };
         attempt = 0;
         tracing::info!("registered with master {} as node {node}", link.cfg.master_addr);
+        metrics.registered.store(true, std::sync::atomic::Ordering::Relaxed);
         link.report_inventory(&client, node);
         link.reports.report_known_again();
-        match link.heartbeats(&client, node, &mut backoff).await {
+        let ended = link.heartbeats(&client, node, &mut backoff).await;
+        metrics.registered.store(false, std::sync::atomic::Ordering::Relaxed);
+        match ended {
             HeartbeatEnd::Shutdown => return Ok(()),
             HeartbeatEnd::Reregister => {}
             HeartbeatEnd::Reconnect => {

@@ -54,6 +54,9 @@ pub struct Config {
     /// Memory for chunk writes in progress (see [`crate::write_memory`];
     /// default [`crate::DEFAULT_WRITE_MEMORY_BYTES`]).
     pub write_memory_bytes: u64,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz` (port 0: any;
+    /// the bound address goes to `DIR/metrics.addr`); none: not served.
+    pub metrics_addr: Option<String>,
 }
 
 /// Runs a storage node serving on `listener` until `shutdown` is
@@ -84,6 +87,7 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken
     let token = shutdown.child_token();
     let tracker = TaskTracker::new();
     let reports = Arc::new(crate::reports::Reports::default());
+    let metrics = crate::metrics::NodeMetrics::new();
     let server = NodeServer::with_reports(
         store.clone(),
         cfg.secret.clone(),
@@ -91,9 +95,19 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken
         dir.clone(),
         cfg.reserve_bytes,
         cfg.write_memory_bytes,
+        metrics.clone(),
     );
+    if let Some(addr) = &cfg.metrics_addr {
+        let s = server.clone();
+        let endpoint = metrics.endpoint(store.clone(), move || (s.write_memory().used(), s.write_memory().limit()));
+        let bound = stripefs_daemon::metrics::start(addr, endpoint, token.clone())
+            .await
+            .with_context(|| format!("serve metrics on {addr}"))?;
+        crate::write_file_atomic(&dir.join("metrics.addr"), bound.to_string().as_bytes())?;
+    }
     let workers = Workers::new(token.clone());
-    workers.spawn(Scrubber::new(store.clone(), reports.clone(), cfg.scrub_bytes_per_sec, cfg.scrub_pause));
+    let scrubber = Scrubber::new(store.clone(), reports.clone(), cfg.scrub_bytes_per_sec, cfg.scrub_pause);
+    workers.spawn(scrubber.with_metrics(metrics.clone()));
     let copies = Arc::new(CopyQueue::default());
     for copier in Copier::workers(&copies, &store, &cfg.secret, &reports) {
         workers.spawn(copier);
@@ -111,8 +125,15 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken
     let local_reads = serve_local_reads(&cfg, &store, &token);
 
     tracing::info!("starting the link to master {}", cfg.master_addr);
-    let mut link =
-        tokio::spawn(master_link::run(cfg, identity, store, reports, copies, workers.clone(), token.clone()));
+    let mut link = tokio::spawn(master_link::run(
+        cfg,
+        identity,
+        store,
+        reports,
+        copies,
+        (workers.clone(), metrics),
+        token.clone(),
+    ));
     let link_result = tokio::select! {
         r = &mut link => r,
         _ = token.cancelled() => link.await,
@@ -194,10 +215,23 @@ fn serve_connection(
             }
         }
         tracing::debug!("connection from {peer}");
-        let requests = BaseChannel::with_defaults(transport(stream)).execute(server.serve()).for_each(|request| {
-            requests_tracker.spawn(token.clone().run_until_cancelled_owned(request));
-            async {}
-        });
+        let metrics = server.metrics().clone();
+        let serve = server.serve();
+        let requests = BaseChannel::with_defaults(transport(stream))
+            .requests()
+            .take_while(|r| futures::future::ready(r.is_ok()))
+            .filter_map(|r| futures::future::ready(r.ok()))
+            .for_each(|request| {
+                let op = tarpc::RequestName::name(&request.get().message).to_string();
+                let (serve, metrics) = (serve.clone(), metrics.clone());
+                let started = std::time::Instant::now();
+                let served = async move {
+                    request.execute(serve).await;
+                    metrics.rpc.observe(&op, started.elapsed());
+                };
+                requests_tracker.spawn(token.clone().run_until_cancelled_owned(served));
+                async {}
+            });
         token.run_until_cancelled(requests).await;
         tracing::debug!("connection from {peer} closed");
     });

@@ -58,6 +58,7 @@ async fn start_node_with(
         scrub_pause: Duration::from_secs(3600),
         buffered_writes: false,
         write_memory_bytes,
+        metrics_addr: None,
     };
     let task = tokio::spawn(run(cfg, listener, shutdown.clone()));
     TestNode { addr, dir, task }
@@ -164,6 +165,7 @@ async fn an_unusable_data_dir_fails_run() {
         scrub_pause: Duration::from_secs(3600),
         buffered_writes: false,
         write_memory_bytes: crate::DEFAULT_WRITE_MEMORY_BYTES,
+        metrics_addr: None,
     };
     let e = run(cfg, listener, CancellationToken::new()).await.expect_err("must fail");
     assert!(format!("{e:#}").contains("data directory"), "{e:#}");

@@ -23,6 +23,7 @@ pub(crate) struct Scrubber {
     pass: Option<Pass>,
     passes: u64,
     last_pass: Option<String>,
+    metrics: Option<std::sync::Arc<crate::metrics::NodeMetrics>>,
 }
 
 struct Pass {
@@ -38,7 +39,13 @@ impl Scrubber {
     /// A scrubber of `store` at `bytes_per_sec` (0: off), resting `pause`
     /// between passes.
     pub(crate) fn new(store: Arc<ChunkStore>, reports: Arc<Reports>, bytes_per_sec: u64, pause: Duration) -> Scrubber {
-        Scrubber { store, reports, bytes_per_sec, pause, pass: None, passes: 0, last_pass: None }
+        Scrubber { store, reports, bytes_per_sec, pause, pass: None, passes: 0, last_pass: None, metrics: None }
+    }
+
+    /// Counts scrubbed bytes and corrupt replicas in `metrics`.
+    pub(crate) fn with_metrics(mut self, metrics: std::sync::Arc<crate::metrics::NodeMetrics>) -> Scrubber {
+        self.metrics = Some(metrics);
+        self
     }
 
     async fn start_pass(&self) -> Result<Pass, String> {
@@ -105,10 +112,17 @@ impl Worker for Scrubber {
                 Some(format!("last pass: {} replicas, {} bytes, {} corrupt", pass.replicas, pass.bytes, pass.corrupt));
             return Ok(Step::Idle);
         };
-        if self.check(chunk, version).await {
+        let corrupt = self.check(chunk, version).await;
+        if corrupt {
             pass.corrupt += 1;
         }
         pass.bytes += len;
+        if let Some(m) = &self.metrics {
+            m.scrubbed_bytes.inc_by(len);
+            if corrupt {
+                m.checksum_errors.inc();
+            }
+        }
         // Pace: this replica's bytes at the allowed rate (a cancelled sleep
         // at shutdown loses nothing).
         let due = Duration::from_secs_f64(len as f64 / self.bytes_per_sec as f64);

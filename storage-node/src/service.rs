@@ -39,6 +39,8 @@ struct Inner {
     data: DataPool,
     /// Memory for writes in progress on the data path.
     writes: WriteMemory,
+    /// What the node counts.
+    metrics: Arc<crate::metrics::NodeMetrics>,
 }
 
 impl NodeServer {
@@ -52,6 +54,7 @@ impl NodeServer {
         data_dir: PathBuf,
         reserve_bytes: u64,
         write_memory_bytes: u64,
+        metrics: Arc<crate::metrics::NodeMetrics>,
     ) -> NodeServer {
         NodeServer {
             inner: Arc::new(Inner {
@@ -60,6 +63,7 @@ impl NodeServer {
                 reports,
                 space: Some((data_dir, reserve_bytes)),
                 writes: WriteMemory::new(write_memory_bytes),
+                metrics,
             }),
         }
     }
@@ -90,6 +94,11 @@ impl NodeServer {
     }
 
     /// Memory for writes in progress on the data path.
+    /// What the node counts.
+    pub(crate) fn metrics(&self) -> &Arc<crate::metrics::NodeMetrics> {
+        &self.inner.metrics
+    }
+
     pub(crate) fn write_memory(&self) -> &WriteMemory {
         &self.inner.writes
     }
@@ -126,10 +135,18 @@ impl NodeService for NodeServer {
         }
         let store = self.inner.store.clone();
         let reports = self.inner.reports.clone();
+        let metrics = self.inner.metrics.clone();
         blocking(move || {
             let r = store.read_blocks(chunk, version, first_block, count);
-            if let Err(StoreError::Corrupt { .. }) = &r {
-                reports.corrupt((chunk, version));
+            match &r {
+                Ok(blocks) => {
+                    metrics.read_bytes.inc_by(blocks.iter().map(|b| b.data.len() as u64).sum());
+                }
+                Err(StoreError::Corrupt { .. }) => {
+                    metrics.checksum_errors.inc();
+                    reports.corrupt((chunk, version));
+                }
+                Err(_) => {}
             }
             r
         })

@@ -242,6 +242,7 @@ impl TestCluster {
             node_dead_after: self.node_dead_after,
             secret: secret(),
             gc_grace: self.gc_grace,
+            metrics_addr: Some("127.0.0.1:0".into()),
         };
         self.master = Some(Server::start("master", listener, move |l, t| stripefs_master::run(cfg, l, t)));
     }
@@ -261,6 +262,7 @@ impl TestCluster {
             scrub_pause: Duration::from_secs(1),
             buffered_writes: false,
             write_memory_bytes: stripefs_node::DEFAULT_WRITE_MEMORY_BYTES,
+            metrics_addr: Some(format!("{}:0", addr.ip())),
         };
         let server = Server::start(&format!("node{i}"), listener, move |l, t| stripefs_node::run(cfg, l, t));
         if self.nodes.len() <= i {
@@ -269,6 +271,16 @@ impl TestCluster {
         }
         self.nodes[i] = Some(server);
         self.node_addrs[i] = addr.to_string();
+    }
+
+    /// Where the master serves `/metrics` (from `DIR/master/metrics.addr`).
+    pub fn master_metrics_addr(&self) -> String {
+        read_addr(&self.dir.path().join("master").join("metrics.addr"))
+    }
+
+    /// Where node `i` serves `/metrics`.
+    pub fn node_metrics_addr(&self, i: usize) -> String {
+        read_addr(&self.node_dir(i).join("metrics.addr"))
     }
 
     /// Sets the disk space node `i` keeps free (effective from its next start).
@@ -622,6 +634,41 @@ impl Drop for Tmpfs {
             eprintln!("cannot unmount the test disk {}: {e}", self.path.display());
         }
     }
+}
+
+/// An address a server wrote to `path` once it listened (waits up to 10 s).
+fn read_addr(path: &Path) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(a) = std::fs::read_to_string(path) {
+            if !a.trim().is_empty() {
+                return a.trim().to_string();
+            }
+        }
+        assert!(Instant::now() < deadline, "{} was not written within 10 s", path.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `GET path` on the HTTP server at `addr`: (status code, body).
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").expect("send");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read the answer");
+    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// The value of the sample `name` (with its labels, as exposed) in a
+/// Prometheus text exposition; 0 when absent.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
 }
 
 fn bind_retry(addr: &str) -> std::net::TcpListener {

@@ -108,6 +108,7 @@ fn a_node_with_a_wrong_secret_is_refused() {
             scrub_pause: Duration::from_secs(60),
             buffered_writes: false,
             write_memory_bytes: stripefs_node::DEFAULT_WRITE_MEMORY_BYTES,
+            metrics_addr: None,
         };
         stripefs_node::run(cfg, listener, t).await
     });

@@ -229,6 +229,7 @@ impl Worker for Rereplicator {
             .map_err(|e| format!("re-replication round: {e}"))??;
         self.ordered += round.ordered as u64;
         self.last = round;
+        self.state.under_replicated.store(round.degraded as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(Step::Idle)
     }
 

@@ -1,0 +1,99 @@
+//! The master's `/metrics`, `/healthz` and `/readyz` (see
+//! [`stripefs_daemon::metrics`]): RPCs by operation, group commits, and
+//! the state of the filesystem and its nodes, read at each scrape.
+
+use crate::state::MasterState;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use stripefs_daemon::lock;
+use stripefs_daemon::metrics::{Endpoint, OpMetrics};
+
+/// A label set of one storage node.
+type NodeLabel = [(&'static str, String); 1];
+
+/// Registers the RPC counters and latencies (`stripefs_master_rpc_requests_total{op}`,
+/// `..._seconds{op}`) in `registry`; the serving loop records each RPC.
+pub fn rpc(registry: &mut Registry) -> OpMetrics {
+    OpMetrics::register(registry, "rpc_requests", "RPCs served")
+}
+
+/// Builds the endpoint over `registry` (the RPC metrics already in it):
+/// the store's commit histograms, and gauges refreshed from `state` at
+/// each scrape.
+pub fn endpoint(state: &Arc<MasterState>, mut registry: Registry) -> Endpoint {
+    let store = state.store.metrics();
+    registry.register("commit_batch_commands", "Commands applied per group commit", store.batch_commands.clone());
+    registry.register(
+        "journal_sync_seconds",
+        "Time of a group commit's journal write and fdatasync",
+        store.journal_sync_seconds.clone(),
+    );
+    registry.register("commit_seconds", "Time of a group commit's database commit", store.commit_seconds.clone());
+    let gauge = |registry: &mut Registry, name: &str, help: &str| {
+        let g: Gauge<i64, AtomicI64> = Gauge::default();
+        registry.register(name, help, g.clone());
+        g
+    };
+    let inodes = gauge(&mut registry, "inodes", "Inodes in the filesystem");
+    let chunks = gauge(&mut registry, "chunks", "Chunk records (each with its replicas)");
+    let nodes_up = gauge(&mut registry, "nodes_up", "Storage nodes alive");
+    let nodes_down = gauge(&mut registry, "nodes_down", "Storage nodes known but silent");
+    let under = gauge(
+        &mut registry,
+        "under_replicated_chunks",
+        "Chunks with fewer live replicas than wanted, at the last re-replication scan (at most 128 counted)",
+    );
+    let in_flight = gauge(&mut registry, "rereplication_copies_in_flight", "Copies ordered and not yet reported done");
+    let corrupt = gauge(&mut registry, "corrupt_replicas", "Replicas found corrupt and not yet replaced");
+    let garbage =
+        gauge(&mut registry, "replica_deletions_pending", "Replica deletions waiting for their nodes (garbage)");
+    let orphans =
+        gauge(&mut registry, "orphans_waiting", "Unlinked open files waiting for their clients before they are purged");
+    let answers = gauge(&mut registry, "request_answers_remembered", "Answers kept to answer retried requests");
+    let node_family = |registry: &mut Registry, name: &str, help: &str| {
+        let f: Family<NodeLabel, Gauge<i64, AtomicI64>> = Family::default();
+        registry.register(name, help, f.clone());
+        f
+    };
+    let capacity = node_family(&mut registry, "node_capacity_bytes", "Capacity of each node's disk");
+    let free = node_family(&mut registry, "node_free_bytes", "Free space of each node's disk (less its reserve)");
+    let used = node_family(&mut registry, "node_used_bytes", "Bytes of replicas on each node");
+    let up = node_family(&mut registry, "node_up", "1 when the node heartbeats, 0 when it is silent");
+    let refresh_state = state.clone();
+    let refresh = Box::new(move || {
+        let s = &refresh_state;
+        let set = |g: &Gauge<i64, AtomicI64>, v: Result<u64, stripefs_proto::FsError>| {
+            if let Ok(v) = v {
+                g.set(v as i64);
+            }
+        };
+        set(&inodes, s.store.inode_count());
+        set(&chunks, s.store.chunk_count());
+        set(&garbage, s.store.pending_deletions());
+        set(&answers, s.store.remembered_requests());
+        let nodes = s.registry.status();
+        nodes_up.set(nodes.iter().filter(|n| n.alive).count() as i64);
+        nodes_down.set(nodes.iter().filter(|n| !n.alive).count() as i64);
+        for n in &nodes {
+            let label = [("node", n.id.0.to_string())];
+            capacity.get_or_create(&label).set(n.capacity_bytes as i64);
+            free.get_or_create(&label).set(n.free_bytes as i64);
+            used.get_or_create(&label).set(n.used_bytes as i64);
+            up.get_or_create(&label).set(i64::from(n.alive));
+        }
+        under.set(s.under_replicated.load(std::sync::atomic::Ordering::Relaxed) as i64);
+        in_flight.set(s.copies.in_flight() as i64);
+        corrupt.set(lock(&s.corrupt).len() as i64);
+        orphans.set(s.orphans.len() as i64);
+    });
+    let ready_state = state.clone();
+    let ready = Box::new(move || match ready_state.store.inode_count() {
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("the database does not answer: {e}")),
+    });
+    Endpoint { registry, refresh, ready }
+}
+
+use std::sync::atomic::AtomicI64;
