@@ -35,6 +35,15 @@ pub fn mount(
     secret: Secret,
     rt: &tokio::runtime::Handle,
 ) -> anyhow::Result<Mount> {
+    // A stripefs mount whose client died (kill -9, a crash): detach it and
+    // mount again, so that the client restarted by its own command line
+    // brings the mount back. statfs always reaches the client (the kernel
+    // caches attributes, not statfs): ENOTCONN means nobody serves it.
+    if stripefs_mount_at(mountpoint) && nix::sys::statfs::statfs(mountpoint).err() == Some(nix::errno::Errno::ENOTCONN)
+    {
+        tracing::warn!("{} is a stripefs mount whose client is gone: detaching it", mountpoint.display());
+        detach(mountpoint)?;
+    }
     let meta =
         std::fs::metadata(mountpoint).with_context(|| format!("mount point {} is unusable", mountpoint.display()))?;
     if !meta.is_dir() {
@@ -101,6 +110,37 @@ pub fn mount(
     }
     let record = write_record(dev, mountpoint, master, &secret);
     Ok(Mount { session, core, record, metrics, metrics_stop })
+}
+
+/// Whether a stripefs filesystem is mounted on `path` (from mountinfo, so
+/// a dead mount is found without touching it).
+fn stripefs_mount_at(path: &Path) -> bool {
+    let abs = match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) => parent.canonicalize().map(|p| p.join(name)).unwrap_or_else(|_| path.into()),
+        _ => path.to_path_buf(),
+    };
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines().any(|line| {
+        let f: Vec<&str> = line.split(' ').collect();
+        let sep = f.iter().position(|x| *x == "-");
+        f.get(4).map(|p| stripefs_client::records::unescape_mount_path(p)) == Some(abs.display().to_string())
+            && sep.and_then(|s| f.get(s + 1)) == Some(&"fuse.stripefs")
+    })
+}
+
+/// Lazily unmounts the dead mount on `path`: umount2(MNT_DETACH) as root,
+/// `fusermount3 -uz` otherwise.
+fn detach(path: &Path) -> anyhow::Result<()> {
+    if nix::unistd::geteuid().is_root() {
+        nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH)
+            .with_context(|| format!("detach the dead mount on {}", path.display()))
+    } else {
+        let out = std::process::Command::new("fusermount3").arg("-uz").arg(path).output()?;
+        if !out.status.success() {
+            bail!("fusermount3 -uz {}: {}", path.display(), String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(())
+    }
 }
 
 /// Sets the kernel's read-ahead for the mount with device number `dev`

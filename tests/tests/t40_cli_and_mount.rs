@@ -795,6 +795,22 @@ fn a_stripefs_up_cluster_survives_kill_9_and_restarts_by_command_line_and_down_s
     }
     must_create_through(&mnt, "after-node-restart", Duration::from_secs(25));
 
+    // The client dies: its mount is dead (ENOTCONN) until the client,
+    // restarted by its own command line, replaces it.
+    let client = must_find(&data, "stripefs-mount", &mnt.display().to_string());
+    let args = cmdline(client);
+    must_kill9(client);
+    let e = nix::sys::statfs::statfs(&mnt).expect_err("statfs of a mount whose client died");
+    assert_eq!(e, nix::errno::Errno::ENOTCONN);
+    let mut again = restart_by_command_line(&args, &tmp.path().join("mount-again.log"));
+    let status = again.0.wait().expect("the restarted mount command");
+    assert!(
+        status.success(),
+        "stripefs-mount did not remount: {:?}",
+        fs::read_to_string(tmp.path().join("mount-again.log"))
+    );
+    must_create_through(&mnt, "after-client-restart", Duration::from_secs(25));
+
     // The client and a node die: `stripefs up` again starts just those.
     let client = must_find(&data, "stripefs-mount", &mnt.display().to_string());
     let node2 = must_find(&data, "stripefs-node", "/node2");
