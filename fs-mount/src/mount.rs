@@ -38,9 +38,11 @@ pub fn mount(
     // A stripefs mount whose client died (kill -9, a crash): detach it and
     // mount again, so that the client restarted by its own command line
     // brings the mount back. statfs always reaches the client (the kernel
-    // caches attributes, not statfs): ENOTCONN means nobody serves it.
-    if stripefs_mount_at(mountpoint) && nix::sys::statfs::statfs(mountpoint).err() == Some(nix::errno::Errno::ENOTCONN)
-    {
+    // caches attributes, not statfs): ENOTCONN (or ECONNABORTED, for a call
+    // that was under way when the client died) means nobody serves it.
+    let dead =
+        |e: Option<nix::errno::Errno>| matches!(e, Some(nix::errno::Errno::ENOTCONN | nix::errno::Errno::ECONNABORTED));
+    if stripefs_mount_at(mountpoint) && dead(nix::sys::statfs::statfs(mountpoint).err()) {
         tracing::warn!("{} is a stripefs mount whose client is gone: detaching it", mountpoint.display());
         detach(mountpoint)?;
     }

@@ -801,7 +801,7 @@ fn a_stripefs_up_cluster_survives_kill_9_and_restarts_by_command_line_and_down_s
     let args = cmdline(client);
     must_kill9(client);
     let e = nix::sys::statfs::statfs(&mnt).expect_err("statfs of a mount whose client died");
-    assert_eq!(e, nix::errno::Errno::ENOTCONN);
+    assert!(matches!(e, nix::errno::Errno::ENOTCONN | nix::errno::Errno::ECONNABORTED), "{e}");
     let mut again = restart_by_command_line(&args, &tmp.path().join("mount-again.log"));
     let status = again.0.wait().expect("the restarted mount command");
     assert!(
