@@ -1,7 +1,8 @@
 //! What the three stripefs daemons (`stripefs-master`, `stripefs-node`,
 //! `stripefs-mount`) share instead of copying: log setup ([`logs`]),
 //! stopping on SIGTERM or Ctrl-C ([`signals`]), poison-tolerant locks
-//! ([`sync`]) and background workers with one shape ([`worker`]).
+//! ([`sync`]), background workers with one shape ([`worker`]) and the
+//! Prometheus metrics and health-check listener ([`metrics`]).
 
 pub mod logs;
 pub mod metrics;

@@ -211,10 +211,13 @@ impl Session {
         Session { id: rand::random(), next_seq: AtomicU64::new(1), pending: Mutex::new(Default::default()) }
     }
 
-    /// A new request id; pending until [`Session::answered`].
+    /// A new request id; pending until [`Session::answered`]. Taken and
+    /// marked pending under one lock: `answered_below` must never pass a
+    /// number handed out and not yet marked.
     fn start(&self) -> RequestId {
+        let mut pending = lock(&self.pending);
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-        lock(&self.pending).insert(seq);
+        pending.insert(seq);
         RequestId { session: self.id, seq }
     }
 
@@ -224,7 +227,8 @@ impl Session {
 
     /// Every request below this has its answer.
     fn answered_below(&self) -> u64 {
-        lock(&self.pending).first().copied().unwrap_or_else(|| self.next_seq.load(Ordering::Relaxed))
+        let pending = lock(&self.pending);
+        pending.first().copied().unwrap_or_else(|| self.next_seq.load(Ordering::Relaxed))
     }
 }
 

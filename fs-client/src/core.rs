@@ -67,6 +67,11 @@ const READDIR_BATCH: u32 = 4096;
 struct OpenEntry {
     refs: usize,
     state: Arc<tokio::sync::Mutex<Option<FileState>>>,
+    /// Whether the master holds this client's open reference (its `open`
+    /// or `create` answered): only those are re-opened after a reconnect,
+    /// not one whose `open` is still being sent, which would otherwise
+    /// take a second reference when it is sent again.
+    claimed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(Clone, Copy)]
@@ -240,7 +245,11 @@ impl FsCore {
             let weak = weak.clone();
             Box::pin(async move {
                 let Some(core) = weak.upgrade() else { return };
-                let open: Vec<InodeId> = lock(&core.files).keys().copied().collect();
+                let open: Vec<InodeId> = lock(&core.files)
+                    .iter()
+                    .filter(|(_, e)| e.claimed.load(Ordering::Relaxed))
+                    .map(|(ino, _)| *ino)
+                    .collect();
                 for ino in open {
                     let ctx = stripefs_proto::net::context_with_timeout(core.cfg.call_timeout);
                     match client.open(ctx, ino).await {
@@ -613,13 +622,15 @@ impl FsCore {
     /// Opens `ino` here; `opened` is the master's answer when the master
     /// already took the open reference (a create), otherwise this asks it.
     async fn open_with(&self, ino: InodeId, write: bool, opened: Option<Attr>) -> Result<(u64, bool)> {
-        let state = {
+        let (state, claimed) = {
             let mut files = lock(&self.files);
-            let e = files
-                .entry(ino)
-                .or_insert_with(|| OpenEntry { refs: 0, state: Arc::new(tokio::sync::Mutex::new(None)) });
+            let e = files.entry(ino).or_insert_with(|| OpenEntry {
+                refs: 0,
+                state: Arc::new(tokio::sync::Mutex::new(None)),
+                claimed: Default::default(),
+            });
             e.refs += 1;
-            e.state.clone()
+            (e.state.clone(), e.claimed.clone())
         };
         let mut guard = state.lock().await;
         let opened = match (guard.as_mut(), opened) {
@@ -653,6 +664,7 @@ impl FsCore {
                 return Err(e);
             }
         };
+        claimed.store(true, Ordering::Relaxed);
         let keep_pages = self.same_pages(&attr);
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
         lock(&self.handles).insert(fh, Handle { ino, write });

@@ -89,6 +89,12 @@ pub fn default_threads() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).max(MIN_DEFAULT_THREADS)
 }
 
+/// Largest `master_timeout`: a call retries for at most about twice it
+/// (plus one call's deadline), which must stay below the 600 s the master
+/// remembers a request's answer (`master::namespace::requests`), or a late
+/// retry could be applied twice.
+pub const MAX_MASTER_TIMEOUT: Duration = Duration::from_secs(240);
+
 /// Largest `read_ahead_kb`.
 const MAX_READ_AHEAD_KB: u64 = 1 << 20;
 
@@ -171,7 +177,16 @@ pub fn parse_options<S: AsRef<str>>(lists: &[S]) -> Result<MountOptions, String>
                 ("allow_root", None) => o.allow_root = true,
                 ("attr_timeout", Some(v)) => o.attr_ttl = secs(key, v)?,
                 ("entry_timeout", Some(v)) => o.entry_ttl = secs(key, v)?,
-                ("master_timeout", Some(v)) => o.master_timeout = secs(key, v)?,
+                ("master_timeout", Some(v)) => {
+                    o.master_timeout = secs(key, v)?;
+                    if o.master_timeout > MAX_MASTER_TIMEOUT {
+                        return Err(format!(
+                            "mount option master_timeout={v}: at most {} seconds (a retried change must reach \
+                             the master while it still remembers the answer)",
+                            MAX_MASTER_TIMEOUT.as_secs()
+                        ));
+                    }
+                }
                 ("host", Some(v)) if !v.is_empty() => o.host = Some(v.to_string()),
                 ("zone", Some(v)) if !v.is_empty() => o.zone = Some(v.to_string()),
                 ("secret_file", Some(v)) => o.secret_file = Some(PathBuf::from(v)),
@@ -232,6 +247,8 @@ mod tests {
         assert!(parse_options(&["ro"]).expect("ro").read_only);
         assert!(parse_options(&["read_ahead_kb=2000000"]).expect_err("too big").contains("read_ahead_kb"));
         assert!(parse_options(&["local_reads=maybe"]).expect_err("not a switch").contains("on or off"));
+        assert!(parse_options(&["master_timeout=241"]).expect_err("too long").contains("at most 240"));
+        assert_eq!(parse_options(&["master_timeout=240"]).expect("the most").master_timeout, MAX_MASTER_TIMEOUT);
     }
 
     #[test]

@@ -28,7 +28,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// allow_other=off keeps it to root), allow_root,
 /// attr_timeout=SECS, entry_timeout=SECS (kernel caches, default 1),
 /// master_timeout=SECS (how long calls wait for an unreachable master,
-/// e.g. during its restart, before failing with EIO; default 60),
+/// e.g. during its restart, before failing with EIO; default 60, at most 240),
 /// host=NAME (this host, for read-local; default: hostname), zone=NAME,
 /// secret_file=PATH (default: $STRIPEFS_SECRET, $STRIPEFS_SECRET_FILE or
 /// /etc/stripefs/secret), threads=N (FUSE threads, default: cores,

@@ -76,7 +76,10 @@ pub fn build(core: Arc<FsCore>) -> (Arc<MountMetrics>, Endpoint) {
     let dirty = gauge(&mut registry, "dirty_bytes", "Unwritten bytes held (buffers and uploads under way)");
     let uploading = gauge(&mut registry, "uploading_bytes", "Bytes of uploads under way");
     let open = gauge(&mut registry, "open_files", "Files open on this client");
+    // Two scrapes at once must not both add the same difference.
+    let scraping = std::sync::Mutex::new(());
     let refresh = Box::new(move || {
+        let _one_at_a_time = stripefs_daemon::lock(&scraping);
         let s = core.stats();
         // Counters only go up: add what was counted since the last scrape.
         let catch_up = |c: &Counter, now: u64| {

@@ -118,7 +118,10 @@ pub fn mount(
 /// a dead mount is found without touching it).
 fn stripefs_mount_at(path: &Path) -> bool {
     let abs = match (path.parent(), path.file_name()) {
-        (Some(parent), Some(name)) => parent.canonicalize().map(|p| p.join(name)).unwrap_or_else(|_| path.into()),
+        (Some(parent), Some(name)) => {
+            let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+            parent.canonicalize().map(|p| p.join(name)).unwrap_or_else(|_| path.into())
+        }
         _ => path.to_path_buf(),
     };
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();

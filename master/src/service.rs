@@ -67,9 +67,16 @@ impl MasterServer {
         NewEntry { attr, parent: self.dir_attr(parent) }
     }
 
-    /// Whether this connection holds an open reference to `ino`.
-    fn holds(&self, ino: InodeId) -> bool {
-        lock(&self.conn.opens).contains_key(&ino)
+    /// Takes an open reference to `ino` for this connection unless it holds
+    /// one already (checked and taken under one lock: two copies of one
+    /// retried create take one reference).
+    fn take_open_once(&self, ino: InodeId) {
+        let mut mine = lock(&self.conn.opens);
+        if mine.contains_key(&ino) {
+            return;
+        }
+        mine.insert(ino, 1);
+        self.shared.opens.acquire(ino);
     }
 
     /// Takes an open reference to `ino` for this connection.
@@ -145,9 +152,7 @@ impl MasterService for MasterServer {
         // A retry on the connection that made the file already holds its
         // reference; one on a new connection (the old one was cut, and
         // released what it held) takes it.
-        if !self.holds(attr.ino) {
-            self.take_open(attr.ino);
-        }
+        self.take_open_once(attr.ino);
         Ok(self.new_entry(attr, parent))
     }
 

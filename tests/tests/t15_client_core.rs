@@ -201,3 +201,27 @@ fn a_write_goes_on_when_a_node_fails() {
     assert_eq!(sha256(&cl.read_file(f).expect("read before")), sha256(&first));
     assert_eq!(sha256(&cl.read_file(g).expect("read after")), sha256(&second));
 }
+
+#[test]
+fn an_open_whose_answer_was_lost_takes_one_reference_so_an_unlinked_file_is_freed() {
+    let c = TestCluster::builder().start();
+    let (proxy, cl) = faulty_client(&c);
+    let core = cl.core().clone();
+    let f = cl.write_file(ROOT, "f", b"data").expect("write");
+    let files = || cl.run(core.statfs()).expect("statfs").files;
+    let before = files();
+    // The write's close sends its release in the background: let it pass
+    // before the fault is armed for the open.
+    std::thread::sleep(Duration::from_millis(500));
+    // The open's answer is lost: the client reconnects and opens again.
+    let fh = must_survive(&proxy, Fault::DropReply, "open", || cl.run(core.open(f, false))).0;
+    cl.run(core.release(fh)).expect("release");
+    cl.run(core.unlink(ROOT, "f")).expect("unlink");
+    // With one reference, released, the unlinked file is freed at once; a
+    // stray second reference would keep it as an orphan.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while files() != before - 1 {
+        assert!(std::time::Instant::now() < deadline, "the unlinked file is still kept ({} inodes)", files());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -251,11 +251,17 @@ fn cluster_processes(dir: &Path) -> Vec<Proc> {
                 .filter(|a| !a.is_empty())
                 .map(|a| String::from_utf8_lossy(a).into_owned())
                 .collect();
-            args.iter().skip(1).any(|a| a.contains(&under)).then_some(Proc { pid, program, args })
+            args.iter().skip(1).any(|a| names_path_under(a, &under)).then_some(Proc { pid, program, args })
         })
         .collect();
     out.sort_by_key(|p| p.pid);
     out
+}
+
+/// Whether a command-line argument names a path under `under` (which ends
+/// in `/`): as the argument itself or inside an option list (`-o log=DIR/...`).
+fn names_path_under(arg: &str, under: &str) -> bool {
+    arg.split([',', '=']).any(|part| part.starts_with(under))
 }
 
 /// Whether a stripefs filesystem is mounted on `dir` (from mountinfo: the
@@ -323,6 +329,8 @@ fn unmount(mnt: &Path) -> anyhow::Result<()> {
 enum Started {
     Now(u32),
     Already(i32),
+    /// Mounted by a client that is not this cluster's.
+    Elsewhere,
 }
 
 impl std::fmt::Display for Started {
@@ -330,6 +338,7 @@ impl std::fmt::Display for Started {
         match self {
             Started::Now(pid) => write!(f, "started, pid {pid}"),
             Started::Already(pid) => write!(f, "already running, pid {pid}"),
+            Started::Elsewhere => write!(f, "already mounted by another client"),
         }
     }
 }
@@ -399,7 +408,8 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         layout.nodes.push(free_addr(&node_ip(i))?);
     }
     if let Some(m) = &args.mount {
-        layout.mount = m.clone();
+        // Absolute: it is compared with the kernel's mount table.
+        layout.mount = std::path::absolute(m).with_context(|| format!("--mount {}", m.display()))?;
     } else if layout.mount.as_os_str().is_empty() {
         layout.mount = PathBuf::from("/mnt/stripefs");
     }
@@ -461,13 +471,13 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
 
     let mnt = &layout.mount;
     let serving = running.iter().find(|p| p.program == "stripefs-mount" && p.args.iter().any(|a| Path::new(a) == mnt));
+    // A mount whose client died is replaced by stripefs-mount itself; a
+    // live one (statfs answers) is left alone, whoever started it.
+    let live = stripefs_mount_on(mnt) && nix::sys::statfs::statfs(mnt).is_ok();
     let mount_state = match serving {
-        Some(p) if stripefs_mount_on(mnt) => Started::Already(p.pid),
+        Some(p) if live => Started::Already(p.pid),
+        None if live => Started::Elsewhere,
         _ => {
-            if stripefs_mount_on(mnt) {
-                // Its client is gone: every call on it fails with ENOTCONN.
-                unmount(mnt)?;
-            }
             std::fs::create_dir_all(mnt).with_context(|| format!("create mount point {}", mnt.display()))?;
             let status = Command::new(sibling("stripefs-mount")?)
                 .arg(&layout.master)
@@ -579,6 +589,16 @@ mod tests {
         assert_eq!(old.master, "127.0.0.1:39000");
         assert!(old.nodes.is_empty());
         assert_eq!(Layout::read(&dir.path().join("none")).expect("missing is no error"), None);
+    }
+
+    #[test]
+    fn only_paths_under_the_cluster_directory_make_a_process_its_own() {
+        let under = "/tmp/c/";
+        assert!(names_path_under("/tmp/c/master", under));
+        assert!(names_path_under("secret_file=/tmp/c/secret,host=node1,log=/tmp/c/mount.log", under));
+        assert!(!names_path_under("/x/tmp/c/master", under), "another cluster's nested path");
+        assert!(!names_path_under("/tmp/cc/master", under));
+        assert!(!names_path_under("/tmp/c", under), "the directory itself is not under it");
     }
 
     #[test]

@@ -88,7 +88,7 @@ impl Worker for OrphanPurger {
     }
 
     fn detail(&self) -> String {
-        format!("{} orphans waiting for their clients; {} purged", self.state.orphans.len(), self.purged)
+        format!("{} orphans waiting for their clients; {} purges submitted", self.state.orphans.len(), self.purged)
     }
 }
 

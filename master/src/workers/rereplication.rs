@@ -49,6 +49,8 @@ pub struct Round {
     pub degraded: usize,
     /// Copies ordered this round.
     pub ordered: usize,
+    /// No room for more copies: nothing was scanned (`degraded` is unknown).
+    pub full: bool,
 }
 
 impl Round {
@@ -142,12 +144,12 @@ impl Copies {
         lock(&self.outbox).retain(|n, _| alive(*n));
         let room = MAX_IN_FLIGHT.saturating_sub(self.in_flight());
         if room == 0 {
-            return Ok(Round::default());
+            return Ok(Round { full: true, ..Round::default() });
         }
         let usable = |n: NodeId, c: ChunkId, v: Version| shared.registry.is_alive(n) && !shared.is_corrupt(n, c, v);
         let degraded =
             shared.store.under_replicated(usable, room * 4).map_err(|e| format!("re-replication scan failed: {e}"))?;
-        let mut round = Round { degraded: degraded.len(), ordered: 0 };
+        let mut round = Round { degraded: degraded.len(), ordered: 0, full: false };
         for d in degraded {
             if round.ordered >= room {
                 break;
@@ -228,6 +230,10 @@ impl Worker for Rereplicator {
             .await
             .map_err(|e| format!("re-replication round: {e}"))??;
         self.ordered += round.ordered as u64;
+        if round.full {
+            // Nothing scanned: the last count still stands.
+            return Ok(Step::Idle);
+        }
         self.last = round;
         self.state.under_replicated.store(round.degraded as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(Step::Idle)
