@@ -69,3 +69,35 @@ async fn an_order_to_a_node_that_died_is_given_to_another() {
     assert!(shared.copies.round(&shared).expect("round").work_left(&shared.copies));
     assert_eq!(ordered_to(&shared, other), vec![ChunkId(100)], "the order stays with dead node {first}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_under_replicated_count_stands_while_copies_are_at_their_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_store(dir.path());
+    // 40 chunks on nodes 1 and 2; node 2 will die. Nodes 3 to 10 take
+    // MAX_PER_NODE copies each: 32 in flight, the limit.
+    for i in 0..40u64 {
+        let f = mknod(&store, InodeId::ROOT, &format!("f{i}")).await;
+        commit(&store, f, 0, 1000 + i, 2000 + i, CHUNK, &[NodeId(1), NodeId(2)]).await;
+    }
+    let registry = Registry::new(vec![], DEAD_AFTER);
+    for i in 1..=10 {
+        let (id, rec) = node(i);
+        registry.registered(id, rec);
+    }
+    let workers = stripefs_daemon::Workers::new(tokio_util::sync::CancellationToken::new());
+    let shared =
+        Arc::new(MasterState::new(store, registry, Arc::new(OpenFiles::default()), Duration::from_secs(600), workers));
+    let alive: Vec<u64> = std::iter::once(1).chain(3..=10).collect();
+    let_die(&shared, &alive);
+    let mut worker = Rereplicator::new(shared.clone());
+    worker.work().await.expect("first round");
+    assert_eq!(shared.copies.in_flight(), MAX_IN_FLIGHT, "the first round fills the copies in flight");
+    let counted = shared.under_replicated.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(counted, 40);
+    // A round with no room scans nothing: the count must not drop to 0.
+    beat(&shared, &alive);
+    worker.work().await.expect("second round");
+    assert_eq!(shared.under_replicated.load(std::sync::atomic::Ordering::Relaxed), 40);
+    assert!(worker.detail().contains("40 chunks under-replicated"), "{}", worker.detail());
+}
