@@ -301,7 +301,10 @@ impl MasterConn {
         &self.addr
     }
 
-    async fn client(&self) -> Result<(u64, MasterClient)> {
+    /// The current connection, or a new one made by `deadline` (the
+    /// caller's: a call's retries and reconnects together take about
+    /// `master_timeout`, not a `master_timeout` each).
+    async fn client(&self, deadline: Instant) -> Result<(u64, MasterClient)> {
         if let (g, Some(c)) = &*self.client.read().await {
             return Ok((*g, c.clone()));
         }
@@ -309,7 +312,6 @@ impl MasterConn {
         if let (g, Some(c)) = &*slot {
             return Ok((*g, c.clone()));
         }
-        let deadline = Instant::now() + self.wait;
         let mut backoff = Duration::from_millis(50);
         let mut warned = false;
         loop {
@@ -433,7 +435,7 @@ impl MasterConn {
             let (generation, mine, c) = match mine {
                 Some(c) => (self.client.read().await.0, true, c),
                 None => {
-                    let (g, c) = self.client().await?;
+                    let (g, c) = self.client(deadline).await?;
                     (g, false, c)
                 }
             };
@@ -458,7 +460,7 @@ impl MasterConn {
                     // re-opens this client's open files), not at its next use.
                     self.drop_client(generation).await;
                     if mine {
-                        self.client().await?;
+                        self.client(deadline).await?;
                     }
                     let now = Instant::now();
                     if now >= deadline {

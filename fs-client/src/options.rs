@@ -89,8 +89,8 @@ pub fn default_threads() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).max(MIN_DEFAULT_THREADS)
 }
 
-/// Largest `master_timeout`: a call retries for at most about twice it
-/// (plus one call's deadline), which must stay below the 600 s the master
+/// Largest `master_timeout`: a call retries for that long (plus one call's
+/// deadline, 30 s), which must stay well below the 600 s the master
 /// remembers a request's answer (`master::namespace::requests`), or a late
 /// retry could be applied twice.
 pub const MAX_MASTER_TIMEOUT: Duration = Duration::from_secs(240);

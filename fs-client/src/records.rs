@@ -65,22 +65,43 @@ pub fn write_record(dev: u64, mountpoint: &Path, master: &str, secret: &Secret) 
     }
 }
 
+/// Every stripefs mount of this process's mount namespace, as (mount
+/// point, device number), in mountinfo's order (later mounts last).
+fn stripefs_mounts() -> Vec<(PathBuf, u64)> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split(' ').collect();
+            let sep = f.iter().position(|x| *x == "-")?;
+            if *f.get(sep + 1)? != "fuse.stripefs" {
+                return None;
+            }
+            let (major, minor) = f.get(2)?.split_once(':')?;
+            let dev = libc::makedev(major.parse().ok()?, minor.parse().ok()?);
+            Some((PathBuf::from(unescape_mount_path(f.get(4)?)), dev))
+        })
+        .collect()
+}
+
 /// The device number of the stripefs mount at `mountpoint`, from
 /// /proc/self/mountinfo (the last such mount wins, as in path lookup).
 pub fn mount_dev(mountpoint: &Path) -> Option<u64> {
     let want = mountpoint.canonicalize().ok()?;
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines().rev().find_map(|line| {
-        let f: Vec<&str> = line.split(' ').collect();
-        let sep = f.iter().position(|x| *x == "-")?;
-        let fstype = f.get(sep + 1)?;
-        let path = unescape_mount_path(f.get(4)?);
-        if *fstype != "fuse.stripefs" || Path::new(&path) != want {
-            return None;
+    stripefs_mounts().into_iter().rev().find(|(p, _)| *p == want).map(|(_, dev)| dev)
+}
+
+/// Whether a stripefs filesystem is mounted on `path`. Only the parent is
+/// resolved, never the mount itself, so a mount whose client died (every
+/// call on it fails) is found too.
+pub fn stripefs_mount_on(path: &Path) -> bool {
+    let abs = match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) => {
+            let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+            parent.canonicalize().map(|p| p.join(name)).unwrap_or_else(|_| path.into())
         }
-        let (major, minor) = f.get(2)?.split_once(':')?;
-        Some(libc::makedev(major.parse().ok()?, minor.parse().ok()?))
-    })
+        _ => path.to_path_buf(),
+    };
+    stripefs_mounts().iter().any(|(p, _)| *p == abs)
 }
 
 /// Undoes mountinfo's octal escapes (`\040` for a space).

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use stripefs_client::core::{ClientConfig, FsCore};
 use stripefs_client::options::MountOptions;
-use stripefs_client::records::{hostname, mount_dev, read_ahead_path, remove_record, write_record};
+use stripefs_client::records::{hostname, mount_dev, read_ahead_path, remove_record, stripefs_mount_on, write_record};
 use stripefs_proto::net::Secret;
 
 /// A mounted (not yet running) session.
@@ -42,7 +42,7 @@ pub fn mount(
     // that was under way when the client died) means nobody serves it.
     let dead =
         |e: Option<nix::errno::Errno>| matches!(e, Some(nix::errno::Errno::ENOTCONN | nix::errno::Errno::ECONNABORTED));
-    if stripefs_mount_at(mountpoint) && dead(nix::sys::statfs::statfs(mountpoint).err()) {
+    if stripefs_mount_on(mountpoint) && dead(nix::sys::statfs::statfs(mountpoint).err()) {
         tracing::warn!("{} is a stripefs mount whose client is gone: detaching it", mountpoint.display());
         detach(mountpoint)?;
     }
@@ -112,25 +112,6 @@ pub fn mount(
     }
     let record = write_record(dev, mountpoint, master, &secret);
     Ok(Mount { session, core, record, metrics, metrics_stop })
-}
-
-/// Whether a stripefs filesystem is mounted on `path` (from mountinfo, so
-/// a dead mount is found without touching it).
-fn stripefs_mount_at(path: &Path) -> bool {
-    let abs = match (path.parent(), path.file_name()) {
-        (Some(parent), Some(name)) => {
-            let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
-            parent.canonicalize().map(|p| p.join(name)).unwrap_or_else(|_| path.into())
-        }
-        _ => path.to_path_buf(),
-    };
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    info.lines().any(|line| {
-        let f: Vec<&str> = line.split(' ').collect();
-        let sep = f.iter().position(|x| *x == "-");
-        f.get(4).map(|p| stripefs_client::records::unescape_mount_path(p)) == Some(abs.display().to_string())
-            && sep.and_then(|s| f.get(s + 1)) == Some(&"fuse.stripefs")
-    })
 }
 
 /// Lazily unmounts the dead mount on `path`: umount2(MNT_DETACH) as root,

@@ -24,7 +24,7 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, TryLockError};
 use stripefs_proto::ops::Request;
-use stripefs_proto::types::{DirEntry, FileKind, Policy, Timestamp};
+use stripefs_proto::types::{DirEntry, FileKind, Owner, Policy, Timestamp};
 use stripefs_proto::{ChunkId, FsError, InodeId, NodeId, Version};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -678,23 +678,10 @@ fn create_fs(db: &Database, chunk_size: u32) -> Result<(), redb::Error> {
             t.meta.insert(k, v.as_slice())?;
         }
         let now = Timestamp::now();
-        let root = InodeRecord {
-            kind: FileKind::Dir,
-            perm: 0o755,
-            nlink: 2,
-            uid: 0,
-            gid: 0,
-            size: 0,
-            atime: now,
-            mtime: now,
-            ctime: now,
-            crtime: now,
-            rdev: 0,
-            policy: Policy::default(),
-            parent: InodeId::ROOT.0,
-            target: None,
-            allocated: 0,
-        };
+        let mut root =
+            crate::namespace::new_record(FileKind::Dir, 0o755, Owner { uid: 0, gid: 0 }, Policy::default(), now);
+        root.nlink = 2;
+        root.parent = InodeId::ROOT.0;
         t.inodes.insert(InodeId::ROOT.0, root.encode().as_slice())?;
     }
     txn.commit()?;

@@ -264,18 +264,6 @@ fn names_path_under(arg: &str, under: &str) -> bool {
     arg.split([',', '=']).any(|part| part.starts_with(under))
 }
 
-/// Whether a stripefs filesystem is mounted on `dir` (from mountinfo: the
-/// mount itself is never touched, so a dead one cannot hang this).
-fn stripefs_mount_on(dir: &Path) -> bool {
-    let want = dir.display().to_string();
-    std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().lines().any(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        let sep = f.iter().position(|x| *x == "-");
-        f.get(4).map(|p| stripefs_client::records::unescape_mount_path(p)) == Some(want.clone())
-            && sep.and_then(|s| f.get(s + 1)) == Some(&"fuse.stripefs")
-    })
-}
-
 /// Processes with their working directory or an open file under `mnt`,
 /// as "PID (NAME)". Reads only /proc's links, never the mount.
 fn mount_users(mnt: &Path) -> Vec<String> {
@@ -473,7 +461,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let serving = running.iter().find(|p| p.program == "stripefs-mount" && p.args.iter().any(|a| Path::new(a) == mnt));
     // A mount whose client died is replaced by stripefs-mount itself; a
     // live one (statfs answers) is left alone, whoever started it.
-    let live = stripefs_mount_on(mnt) && nix::sys::statfs::statfs(mnt).is_ok();
+    let live = stripefs_client::records::stripefs_mount_on(mnt) && nix::sys::statfs::statfs(mnt).is_ok();
     let mount_state = match serving {
         Some(p) if live => Started::Already(p.pid),
         None if live => Started::Elsewhere,
@@ -534,7 +522,7 @@ pub fn down(args: DownArgs) -> anyhow::Result<()> {
         }
         bail!("{} has no {} file, yet processes use it: {procs:?}", dir.display(), LAYOUT_FILE);
     };
-    if stripefs_mount_on(&layout.mount) {
+    if stripefs_client::records::stripefs_mount_on(&layout.mount) {
         unmount(&layout.mount)?;
     }
     // Every process at once: the master's changes are on disk before it

@@ -14,31 +14,20 @@ pub(super) fn mknod(t: &mut Tables, op: &ops::Mknod, now: Timestamp) -> Result<A
     if kind == FileKind::Dir || kind == FileKind::Symlink {
         return Err(FsError::InvalidArgument.into());
     }
-    let mut rec = create_checks(t, parent, name)?;
+    let rec = create_checks(t, parent, name)?;
     let mut child = new_record(kind, perm, owner, rec.policy, now);
     child.rdev = rdev;
-    let ino = t.new_inode(&child)?;
-    t.dir_entries.insert((parent.0, name), ino.0)?;
-    rec.mtime = now;
-    rec.ctime = now;
-    t.put_inode(parent, &rec)?;
-    Ok(child.to_attr(ino))
+    add_child(t, parent, rec, name, child, now)
 }
 
 /// A directory named `name` in `parent`.
 pub(super) fn mkdir(t: &mut Tables, op: &ops::Mkdir, now: Timestamp) -> Result<Attr, ApplyError> {
     let (parent, name, perm, owner) = (op.parent, op.name.as_str(), op.perm, op.owner);
-    let mut rec = create_checks(t, parent, name)?;
+    let rec = create_checks(t, parent, name)?;
     let mut child = new_record(FileKind::Dir, perm, owner, rec.policy, now);
     child.nlink = 2;
     child.parent = parent.0;
-    let ino = t.new_inode(&child)?;
-    t.dir_entries.insert((parent.0, name), ino.0)?;
-    rec.nlink += 1;
-    rec.mtime = now;
-    rec.ctime = now;
-    t.put_inode(parent, &rec)?;
-    Ok(child.to_attr(ino))
+    add_child(t, parent, rec, name, child, now)
 }
 
 /// A symlink named `name` in `parent` pointing at `target`.
@@ -50,15 +39,32 @@ pub(super) fn symlink(t: &mut Tables, op: &ops::Symlink, now: Timestamp) -> Resu
     if target.len() > MAX_SYMLINK_BYTES {
         return Err(FsError::NameTooLong.into());
     }
-    let mut rec = create_checks(t, parent, name)?;
+    let rec = create_checks(t, parent, name)?;
     let mut child = new_record(FileKind::Symlink, 0o777, owner, rec.policy, now);
     child.size = target.len() as u64;
     child.target = Some(target.to_string());
+    add_child(t, parent, rec, name, child, now)
+}
+
+/// Writes the new inode `child` and its name `name` in `parent` (whose
+/// record is `dir`, checked by [`create_checks`]), and updates the
+/// directory: its times, and its link count for a subdirectory.
+fn add_child(
+    t: &mut Tables,
+    parent: InodeId,
+    mut dir: InodeRecord,
+    name: &str,
+    child: InodeRecord,
+    now: Timestamp,
+) -> Result<Attr, ApplyError> {
     let ino = t.new_inode(&child)?;
     t.dir_entries.insert((parent.0, name), ino.0)?;
-    rec.mtime = now;
-    rec.ctime = now;
-    t.put_inode(parent, &rec)?;
+    if child.kind == FileKind::Dir {
+        dir.nlink += 1;
+    }
+    dir.mtime = now;
+    dir.ctime = now;
+    t.put_inode(parent, &dir)?;
     Ok(child.to_attr(ino))
 }
 
