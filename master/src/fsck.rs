@@ -151,16 +151,21 @@ pub fn offline(path: &Path, progress: &dyn Fn(u64, u64)) -> Result<FsckReport, O
     let txn = db.begin_read().map_err(|e| OfflineError::Read { path: p(), source: e.into() })?;
     check_identity(&txn, path)?;
     let read_err = |e: redb::Error| OfflineError::Read { path: p(), source: e };
-    let meta = txn.open_table(tables::META).map_err(|e| read_err(e.into()))?;
-    let stored = meta
-        .get(tables::meta_keys::JOURNAL_SEQ)
-        .map_err(|e| read_err(e.into()))?
-        .and_then(|v| Some(u64::from_le_bytes(v.value().try_into().ok()?)))
-        .unwrap_or(0);
-    let pending =
-        crate::journal::pending(dir, stored).map_err(|e| unclean(format!("its journal is unreadable: {e}")))?;
-    if !pending.is_empty() {
-        return Err(unclean(format!("its journal holds {} batches of changes the database lacks", pending.len())));
+    // Entries of the group's log the database has not applied: the master
+    // was killed (or its group is in the middle of something).
+    let (applied, _) = crate::raft::state_machine::applied_in(&txn).map_err(|e| read_err(redb::Error::Corrupted(e)))?;
+    let raft_dir = dir.join(crate::store::RAFT_DIR);
+    let last = crate::raft::log::last_index_in(&raft_dir)
+        .map_err(|e| unclean(format!("its log in {} is unreadable: {e}", raft_dir.display())))?;
+    let applied = applied.map(|a| a.index);
+    if last > applied {
+        let behind = last.unwrap_or(0) - applied.unwrap_or(0);
+        return Err(unclean(format!("its log holds {behind} entries the database has not applied")));
+    }
+    let _ = read_err;
+    let journal = crate::journal::pending(dir, 0).map_err(|e| unclean(format!("its journal is unreadable: {e}")))?;
+    if !journal.is_empty() {
+        return Err(unclean(format!("its journal (of an older stripefs-master) holds {} batches", journal.len())));
     }
     let scan = scan::scan(&txn, None, progress).map_err(|e| OfflineError::Read { path: p(), source: e })?;
     Ok(report(scan, false, false, &[]))

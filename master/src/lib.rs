@@ -8,6 +8,7 @@ pub mod fsck;
 pub mod journal;
 pub mod metrics;
 pub mod namespace;
+pub mod raft;
 pub mod records;
 pub mod registry;
 pub mod service;
@@ -45,6 +46,8 @@ pub struct Config {
     /// Where to serve `/metrics`, `/healthz` and `/readyz` (port 0: any;
     /// the bound address goes to `DIR/metrics.addr`); none: not served.
     pub metrics_addr: Option<String>,
+    /// Log entries between two snapshots of the master group's state.
+    pub snapshot_every: u64,
 }
 
 /// Opens the database and serves on `listener` until `shutdown`.
@@ -55,8 +58,10 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken
         let dir = cfg.data_dir.clone();
         let opens = opens.clone();
         let fatal = fatal.clone();
+        let group =
+            store::GroupOptions { addr: listener.local_addr()?.to_string(), snapshot_every: cfg.snapshot_every };
         tokio::task::spawn_blocking(move || {
-            store::Store::open(&dir, cfg.chunk_size, Box::new(move |ino| opens.is_open(ino)), fatal)
+            store::Store::open_group(&dir, cfg.chunk_size, Box::new(move |ino| opens.is_open(ino)), fatal, group)
         })
         .await??
     };

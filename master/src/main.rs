@@ -40,6 +40,11 @@ struct Args {
     /// /readyz) over HTTP on this address, e.g. 0.0.0.0:9401.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
+    /// Log entries of the master group between two snapshots of its state
+    /// (a snapshot bounds the log on disk and lets a master that was away
+    /// catch up without replaying history).
+    #[arg(long, value_name = "N", default_value_t = stripefs_master::raft::SNAPSHOT_EVERY)]
+    snapshot_every: u64,
 }
 
 fn main() {
@@ -74,6 +79,7 @@ fn real_main() -> anyhow::Result<()> {
             secret,
             gc_grace: Duration::from_secs(args.gc_grace_secs),
             metrics_addr: args.metrics.clone(),
+            snapshot_every: args.snapshot_every.max(1),
         };
         stripefs_master::run(cfg, listener, shutdown).await
     })

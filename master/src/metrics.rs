@@ -24,13 +24,21 @@ pub fn rpc(registry: &mut Registry) -> OpMetrics {
 /// each scrape.
 pub fn endpoint(state: &Arc<MasterState>, mut registry: Registry) -> Endpoint {
     let store = state.store.metrics();
-    registry.register("commit_batch_commands", "Commands applied per group commit", store.batch_commands.clone());
     registry.register(
-        "journal_sync_seconds",
-        "Time of a group commit's journal write and fdatasync",
-        store.journal_sync_seconds.clone(),
+        "commit_batch_commands",
+        "Log appends flushed per fdatasync of the log",
+        store.batch_commands.clone(),
     );
-    registry.register("commit_seconds", "Time of a group commit's database commit", store.commit_seconds.clone());
+    registry.register(
+        "log_sync_seconds",
+        "Time of one fdatasync of the master group's log",
+        store.log_sync_seconds.clone(),
+    );
+    registry.register(
+        "commit_seconds",
+        "Time of applying a batch of log entries to the database",
+        store.commit_seconds.clone(),
+    );
     let gauge = |registry: &mut Registry, name: &str, help: &str| {
         let g: Gauge<i64, AtomicI64> = Gauge::default();
         registry.register(name, help, g.clone());

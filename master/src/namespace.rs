@@ -184,6 +184,13 @@ pub enum Command {
         /// The cutoff.
         before: Timestamp,
     },
+    /// Reserve `count` chunk ids and versions above every range reserved
+    /// before; answers [`Reply::Ids`]. (A leader of the group reserves
+    /// through the log, so a new leader never hands out an id again.)
+    ReserveIdRange {
+        /// How many.
+        count: u64,
+    },
 }
 
 /// The result of a command.
@@ -197,6 +204,13 @@ pub enum Reply {
     Node(NodeId),
     /// Replica deletions for a node.
     Deletions(Vec<(ChunkId, Version)>),
+    /// A range of reserved ids: `first` up to `end`, not included.
+    Ids {
+        /// First id of the range.
+        first: u64,
+        /// First id after it.
+        end: u64,
+    },
 }
 
 /// A client's mutation (a `stripefs_proto::ops` type): the command it
@@ -487,6 +501,7 @@ pub fn apply(t: &mut Tables, cmd: &Command, ctx: &Context) -> Result<Reply, Appl
         C::Fsck(op) => crate::fsck::ops::apply(t, op),
         C::Requested { id, answered_below, cmd } => requests::apply(t, *id, *answered_below, cmd, ctx),
         C::ForgetRequests { before } => requests::forget_before(t, *before).map(unit),
+        C::ReserveIdRange { count } => cluster::reserve_range(t, *count).map(|(first, end)| Reply::Ids { first, end }),
     }
 }
 

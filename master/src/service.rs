@@ -79,6 +79,28 @@ impl MasterServer {
         self.shared.opens.acquire(ino);
     }
 
+    /// Drops one of this connection's open references to `ino`, if it
+    /// holds one.
+    fn drop_open(&self, ino: InodeId) {
+        let held = {
+            let mut m = lock(&self.conn.opens);
+            match m.get_mut(&ino) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    true
+                }
+                Some(_) => {
+                    m.remove(&ino);
+                    true
+                }
+                None => false,
+            }
+        };
+        if held {
+            self.shared.release(ino, 1);
+        }
+    }
+
     /// Takes an open reference to `ino` for this connection.
     fn take_open(&self, ino: InodeId) {
         self.shared.opens.acquire(ino);
@@ -213,40 +235,33 @@ impl MasterService for MasterServer {
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "open", peer = %self.conn.peer, trace = %ctx.trace_id(), ino = %ino))]
     async fn open(self, ctx: Context, ino: InodeId) -> Result<Opened, FsError> {
-        let attr = self.shared.store.inode(ino)?.to_attr(ino);
-        let chunk_size = u64::from(self.shared.store.chunk_size());
-        let covered = match attr.kind {
-            FileKind::File => attr.size.div_ceil(chunk_size).min(OPEN_CHUNKS),
-            _ => 0,
-        };
-        let chunks = match covered {
-            0 => Vec::new(),
-            n => self.shared.store.chunks(ino, 0, n)?.into_iter().map(|(i, r)| self.locate(i, r)).collect(),
-        };
-        // Last: nothing above may fail with the reference taken.
+        // The reference first: a command in flight that frees the inode
+        // (proposed while nobody held it) is applied before we look, so
+        // the file is either gone or kept open for us.
         self.take_open(ino);
-        Ok(Opened { attr, covered, chunks })
+        self.shared.store.settled(ino).await;
+        let opened = (|| {
+            let attr = self.shared.store.inode(ino)?.to_attr(ino);
+            let chunk_size = u64::from(self.shared.store.chunk_size());
+            let covered = match attr.kind {
+                FileKind::File => attr.size.div_ceil(chunk_size).min(OPEN_CHUNKS),
+                _ => 0,
+            };
+            let chunks = match covered {
+                0 => Vec::new(),
+                n => self.shared.store.chunks(ino, 0, n)?.into_iter().map(|(i, r)| self.locate(i, r)).collect(),
+            };
+            Ok(Opened { attr, covered, chunks })
+        })();
+        if opened.is_err() {
+            self.drop_open(ino);
+        }
+        opened
     }
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "release", peer = %self.conn.peer, trace = %ctx.trace_id(), ino = %ino))]
     async fn release(self, ctx: Context, ino: InodeId) -> Result<(), FsError> {
-        let held = {
-            let mut m = lock(&self.conn.opens);
-            match m.get_mut(&ino) {
-                Some(n) if *n > 1 => {
-                    *n -= 1;
-                    true
-                }
-                Some(_) => {
-                    m.remove(&ino);
-                    true
-                }
-                None => false,
-            }
-        };
-        if held {
-            self.shared.release(ino, 1);
-        }
+        self.drop_open(ino);
         Ok(())
     }
 

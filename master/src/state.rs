@@ -120,17 +120,37 @@ impl MasterState {
 
     /// Releases `n` references to `ino` that a client gave back, freeing
     /// the file if it was an orphan.
-    pub fn release(&self, ino: InodeId, n: u64) {
-        if self.opens.release(ino, n) && self.store.is_orphan(ino).unwrap_or(false) {
-            self.store.submit(Command::Purge { ino });
+    pub fn release(self: &Arc<Self>, ino: InodeId, n: u64) {
+        if self.opens.release(ino, n) {
+            self.when_settled(ino, move |state| state.store.submit(Command::Purge { ino }));
         }
     }
 
     /// Releases references held by a connection that ended: an orphan is
     /// freed only after [`ORPHAN_GRACE`], if nobody opened it again.
-    pub fn release_lost(&self, ino: InodeId, n: u64) {
-        if self.opens.release(ino, n) && self.store.is_orphan(ino).unwrap_or(false) {
-            self.orphans.purge_after(ino, ORPHAN_GRACE);
+    pub fn release_lost(self: &Arc<Self>, ino: InodeId, n: u64) {
+        if self.opens.release(ino, n) {
+            self.when_settled(ino, move |state| state.orphans.purge_after(ino, ORPHAN_GRACE));
+        }
+    }
+
+    /// Runs `then` if `ino` is an orphan nobody holds, once no command in
+    /// flight can still make it one (an unlink proposed while the file was
+    /// open, applied after its last release, keeps it as an orphan).
+    fn when_settled(self: &Arc<Self>, ino: InodeId, then: impl FnOnce(&MasterState) + Send + 'static) {
+        let check = move |state: &MasterState| {
+            if !state.opens.is_open(ino) && state.store.is_orphan(ino).unwrap_or(false) {
+                then(state);
+            }
+        };
+        if self.store.is_settled(ino) {
+            check(self);
+        } else {
+            let state = self.clone();
+            tokio::spawn(async move {
+                state.store.settled(ino).await;
+                check(&state);
+            });
         }
     }
 

@@ -1,53 +1,57 @@
 //! The master's redb database: creation and format checks, read queries on
-//! concurrent read transactions, and the single writer that applies
-//! [`Command`]s with group commit (many commands, one fsync) and makes them
-//! durable through the [`crate::journal`].
-//!
-//! The writer is not a thread of its own: whoever queues a command and
-//! finds the writer free applies everything queued, on its own thread, and
-//! answers the others; who finds it busy leaves the command to the thread
-//! holding it. A lone client's mutation thus costs no hand-off to another
-//! thread and back (two wake-ups of a sleeping CPU, tens of µs each on a
-//! VM), while concurrent mutations still share one commit.
+//! concurrent read transactions, and [`Store::execute`], which proposes a
+//! [`Command`] to the master group ([`crate::raft`]) and returns its answer
+//! once the command is in the durable log and applied (concurrent commands
+//! share one log flush).
 //!
 //! This is the only module that touches redb directly besides
 //! [`crate::namespace`], so another engine can later stand behind it.
 
-use crate::journal::{Applied, Entry, Journal, JOURNAL_FILE};
+use crate::journal::{Entry, Journal, JOURNAL_FILE};
 use crate::namespace::{apply, ApplyError, Command, Context, Op, Reply, Tables};
+use crate::raft::log::LogStore;
+use crate::raft::state_machine::{checkpoint, StateMachine};
+use crate::raft::{Member, Proposal, Raft};
 use crate::records::{ChunkRecord, InodeRecord, NodeRecord};
 use crate::tables::{self, meta_keys, FORMAT_VERSION, MAGIC_VALUE};
 use rand::RngCore;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use std::collections::HashMap;
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, TryLockError};
+use std::sync::{Arc, Mutex};
 use stripefs_proto::ops::Request;
 use stripefs_proto::types::{DirEntry, FileKind, Owner, Policy, Timestamp};
 use stripefs_proto::{ChunkId, FsError, InodeId, NodeId, Version};
-use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 /// File name of the database inside the master's data directory.
 pub const DB_FILE: &str = "master.redb";
 
 /// Files the master itself may leave in its data directory.
-const OWN_FILES: &[&str] = &[DB_FILE, JOURNAL_FILE, "listen.addr", "listen.tmp", "master.log", "secret"];
+const OWN_FILES: &[&str] =
+    &[DB_FILE, JOURNAL_FILE, RAFT_DIR, "listen.addr", "listen.tmp", "master.log", "secret", "metrics.addr"];
 
-/// Longest time between durable redb commits (checkpoints); the journal
-/// covers the commits in between.
-const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Journal size that forces a checkpoint: half the journal's preallocated
-/// size, so records are written over existing blocks (see [`crate::journal`]).
-const CHECKPOINT_BYTES: u64 = crate::journal::PREALLOC_BYTES / 2;
-
-/// Most commands applied in one transaction.
-const MAX_BATCH: usize = 512;
+/// Directory of the master group's log, vote and snapshot, inside the
+/// data directory.
+pub const RAFT_DIR: &str = "raft";
 
 /// Ids handed out per reservation of the id ceiling.
 const ID_BATCH: u64 = 1 << 20;
+
+/// How a master takes part in its group.
+#[derive(Debug, Clone)]
+pub struct GroupOptions {
+    /// The address other masters and clients reach this one at.
+    pub addr: String,
+    /// Log entries between snapshots.
+    pub snapshot_every: u64,
+}
+
+impl Default for GroupOptions {
+    fn default() -> GroupOptions {
+        GroupOptions { addr: String::new(), snapshot_every: crate::raft::SNAPSHOT_EVERY }
+    }
+}
 
 /// Why the database could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -73,33 +77,76 @@ pub enum OpenError {
     },
 }
 
-struct Job {
-    cmd: Command,
-    reply: oneshot::Sender<Result<Reply, FsError>>,
-}
+/// Read transactions share it, commits take it alone (see [`Store::read`]).
+pub type Gate = Arc<std::sync::RwLock<()>>;
 
 /// The master's database.
 pub struct Store {
     db: Arc<Database>,
     fs_id: String,
     chunk_size: u32,
-    /// Commands waiting for the writer.
-    queue: Mutex<VecDeque<Job>>,
-    /// The writer; whoever holds it applies what is queued. `None` once a
-    /// commit failed: the master is stopping.
-    writer: Mutex<Option<Writer>>,
-    /// Read transactions share it, commits take it alone (see [`Store::read`]).
-    gate: Arc<std::sync::RwLock<()>>,
+    gate: Gate,
+    /// Chunk ids and versions reserved and not yet handed out.
     ids: tokio::sync::Mutex<(u64, u64)>,
     metrics: Arc<StoreMetrics>,
+    group: Group,
+    is_open: Box<dyn Fn(InodeId) -> bool + Send + Sync>,
+    /// Inodes proposed as closed whose commands are not applied yet.
+    pending: Arc<Pending>,
+    /// Commands of [`Store::submit`] not yet answered.
+    submitted: tokio_util::task::TaskTracker,
+    fatal: CancellationToken,
+}
+
+/// The master group as the store runs it.
+struct Group {
+    raft: Raft,
+    /// The group's own runtime (taken at drop).
+    rt: Option<tokio::runtime::Runtime>,
+    id: u64,
+    log: LogStore,
+}
+
+/// Inodes a command in flight may free or keep as an orphan, depending on
+/// whether they were open when it was proposed: opens and last releases
+/// of one wait until the command is applied (see [`Store::settled`]).
+#[derive(Default)]
+struct Pending {
+    inodes: Mutex<HashMap<InodeId, u32>>,
+    applied: tokio::sync::Notify,
+}
+
+/// Removes its inodes from [`Pending`] when the command is done.
+struct PendingGuard {
+    pending: Arc<Pending>,
+    inodes: Vec<InodeId>,
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        if self.inodes.is_empty() {
+            return;
+        }
+        let mut m = lock(&self.pending.inodes);
+        for ino in &self.inodes {
+            if let Some(n) = m.get_mut(ino) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(ino);
+                }
+            }
+        }
+        drop(m);
+        self.pending.applied.notify_waiters();
+    }
 }
 
 /// What the writer measures, for the master's `/metrics`.
 pub struct StoreMetrics {
     /// Commands per batch (group commit).
     pub batch_commands: prometheus_client::metrics::histogram::Histogram,
-    /// Time of a batch's journal write and fdatasync.
-    pub journal_sync_seconds: prometheus_client::metrics::histogram::Histogram,
+    /// Time of a batch's log flush (fdatasync).
+    pub log_sync_seconds: prometheus_client::metrics::histogram::Histogram,
     /// Time of a batch's database commit (a checkpoint's includes its fsync).
     pub commit_seconds: prometheus_client::metrics::histogram::Histogram,
 }
@@ -108,7 +155,7 @@ impl Default for StoreMetrics {
     fn default() -> StoreMetrics {
         StoreMetrics {
             batch_commands: stripefs_daemon::metrics::size_histogram(),
-            journal_sync_seconds: stripefs_daemon::metrics::latency_histogram(),
+            log_sync_seconds: stripefs_daemon::metrics::latency_histogram(),
             commit_seconds: stripefs_daemon::metrics::latency_histogram(),
         }
     }
@@ -171,6 +218,17 @@ impl Store {
         is_open: Box<dyn Fn(InodeId) -> bool + Send + Sync>,
         fatal: CancellationToken,
     ) -> Result<Store, OpenError> {
+        Store::open_group(dir, chunk_size, is_open, fatal, GroupOptions::default())
+    }
+
+    /// [`Store::open`] with the master's place in its group.
+    pub fn open_group(
+        dir: &Path,
+        chunk_size: Option<u32>,
+        is_open: Box<dyn Fn(InodeId) -> bool + Send + Sync>,
+        fatal: CancellationToken,
+        group: GroupOptions,
+    ) -> Result<Store, OpenError> {
         let path = dir.join(DB_FILE);
         let io = |p: &Path| {
             let p = p.to_path_buf();
@@ -212,21 +270,22 @@ impl Store {
             tracing::info!("created a new filesystem in {} (chunk size {chunk_size})", path.display());
             db
         };
-        let (journal, entries) = Journal::open(dir).map_err(io(&dir.join(JOURNAL_FILE)))?;
-        let (seq, journal) = replay(&db, journal, entries).map_err(|e| match e {
-            ReplayError::Db(e) => db_err(&path)(e),
-            ReplayError::Io(e) => io(&dir.join(JOURNAL_FILE))(e),
-        })?;
-        let (fs_id, chunk_size, ceiling) = read_identity(&db).map_err(db_err(&path))?;
-        // Ids below the stored ceiling may have been handed out before a
-        // crash: start above it and reserve a new range now.
-        let new_ceiling = ceiling + ID_BATCH;
+        // A data directory of a master from before the group: apply what
+        // its journal holds, then the journal is gone for good.
+        let journal_path = dir.join(JOURNAL_FILE);
+        if journal_path.exists() {
+            let (journal, entries) = Journal::open(dir).map_err(io(&journal_path))?;
+            replay(&db, journal, entries).map_err(|e| match e {
+                ReplayError::Db(e) => db_err(&path)(e),
+                ReplayError::Io(e) => io(&journal_path)(e),
+            })?;
+            std::fs::remove_file(&journal_path).map_err(io(&journal_path))?;
+        }
+        let (fs_id, chunk_size, _) = read_identity(&db).map_err(db_err(&path))?;
         {
             let txn = db.begin_write().map_err(|e| db_err(&path)(e.into()))?;
             {
                 let mut meta = txn.open_table(tables::META).map_err(|e| db_err(&path)(e.into()))?;
-                meta.insert(meta_keys::ID_CEILING, new_ceiling.to_le_bytes().as_slice())
-                    .map_err(|e| db_err(&path)(e.into()))?;
                 // Upgrades an older format: its tables are all still read
                 // as they are; the new ones are created here.
                 txn.open_table(tables::REQUESTS).map_err(|e| db_err(&path)(e.into()))?;
@@ -236,28 +295,21 @@ impl Store {
             txn.commit().map_err(|e| db_err(&path)(e.into()))?;
         }
         let db = Arc::new(db);
-        let gate = Arc::new(std::sync::RwLock::new(()));
+        let gate: Gate = Arc::new(std::sync::RwLock::new(()));
         let metrics = Arc::new(StoreMetrics::default());
-        let writer = Writer {
-            metrics: metrics.clone(),
-            db: db.clone(),
-            gate: gate.clone(),
-            journal,
-            seq,
-            chunk_size: chunk_size as u64,
-            is_open,
-            fatal,
-            last_checkpoint: std::time::Instant::now(),
-        };
+        let group = start_group(dir, &db, &gate, chunk_size, &metrics, &fatal, &group)?;
         Ok(Store {
             db,
             fs_id,
             chunk_size,
-            queue: Mutex::new(VecDeque::new()),
-            writer: Mutex::new(Some(writer)),
             gate,
-            ids: tokio::sync::Mutex::new((ceiling, new_ceiling)),
+            ids: tokio::sync::Mutex::new((0, 0)),
             metrics,
+            group,
+            is_open,
+            pending: Arc::default(),
+            submitted: tokio_util::task::TaskTracker::new(),
+            fatal,
         })
     }
 
@@ -271,17 +323,113 @@ impl Store {
         self.chunk_size
     }
 
-    /// Applies a command durably (group commit) and returns its reply.
-    /// It may block the calling thread while it commits (see the module
-    /// documentation).
+    /// Applies a command durably (in the group's log, flushed with the
+    /// commands proposed meanwhile) and returns its reply.
     pub async fn execute(&self, cmd: Command) -> Result<Reply, FsError> {
-        let (tx, rx) = oneshot::channel();
-        lock(&self.queue).push_back(Job { cmd, reply: tx });
-        // Let the other requests this thread has ready queue theirs first:
-        // they then share this commit instead of each making its own.
-        tokio::task::yield_now().await;
-        self.lead();
-        rx.await.map_err(|_| FsError::Internal)?
+        use tracing::Instrument as _;
+        let (proposal, _pending) = self.propose(cmd)?;
+        let raft = self.group.raft.clone();
+        // Inside the span of the request: its log shows where it went.
+        let written = raft.client_write(proposal).instrument(tracing::debug_span!("commit", member = self.group.id)).await;
+        match written {
+            Ok(r) => {
+                tracing::debug!(log_index = r.log_id.index, "committed and applied");
+                r.data
+            }
+            Err(e) => Err(self.write_failed(e)),
+        }
+    }
+
+    /// The proposal for `cmd`: which inodes it may free are not open.
+    fn propose(&self, cmd: Command) -> Result<(Proposal, PendingGuard), FsError> {
+        let mut targets = Vec::new();
+        {
+            let txn = self.read()?;
+            let entries = txn.open_table(tables::DIR_ENTRIES).map_err(internal)?;
+            let mut name = |parent: InodeId, n: &str| -> Result<(), FsError> {
+                if let Some(v) = entries.get((parent.0, n)).map_err(internal)? {
+                    targets.push(InodeId(v.value()));
+                }
+                Ok(())
+            };
+            let mut c = &cmd;
+            loop {
+                match c {
+                    Command::Requested { cmd, .. } => c = cmd,
+                    Command::Unlink { op, .. } => break name(op.parent, &op.name)?,
+                    Command::Rename { op, .. } => break name(op.new_parent, &op.new_name)?,
+                    Command::Purge { ino } => break targets.push(*ino),
+                    _ => break,
+                }
+            }
+        }
+        let closed: Vec<InodeId> = {
+            let mut m = lock(&self.pending.inodes);
+            for ino in &targets {
+                *m.entry(*ino).or_insert(0) += 1;
+            }
+            targets.iter().copied().filter(|i| !(self.is_open)(*i)).collect()
+        };
+        let guard = PendingGuard { pending: self.pending.clone(), inodes: targets };
+        Ok((Proposal { cmd, closed }, guard))
+    }
+
+    /// Whether no command in flight may free `ino` or keep it as an orphan.
+    pub fn is_settled(&self, ino: InodeId) -> bool {
+        !lock(&self.pending.inodes).contains_key(&ino)
+    }
+
+    /// Waits until no command in flight may free `ino` or keep it as an
+    /// orphan. After taking a reference: the inode is then either gone or
+    /// kept for it. After dropping the last one: an orphan made meanwhile
+    /// is then visible (and must be freed).
+    pub async fn settled(&self, ino: InodeId) {
+        loop {
+            let applied = self.pending.applied.notified();
+            if !lock(&self.pending.inodes).contains_key(&ino) {
+                return;
+            }
+            applied.await;
+        }
+    }
+
+    fn write_failed(
+        &self,
+        e: openraft::error::RaftError<u64, openraft::error::ClientWriteError<u64, Member>>,
+    ) -> FsError {
+        use openraft::error::{ClientWriteError, RaftError};
+        match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                tracing::warn!("this master is no longer the leader (leader: {:?})", f.leader_id);
+                FsError::Unavailable
+            }
+            RaftError::APIError(e) => internal(e),
+            RaftError::Fatal(e) => {
+                tracing::error!("the master group stopped, stopping the master: {e}");
+                self.fatal.cancel();
+                FsError::Internal
+            }
+        }
+    }
+
+    /// This master's id in its group.
+    pub fn member_id(&self) -> u64 {
+        self.group.id
+    }
+
+    /// The group's Raft handle.
+    pub fn raft(&self) -> &Raft {
+        &self.group.raft
+    }
+
+    /// Index of the last entry of this master's log.
+    pub fn last_log_index(&self) -> Option<u64> {
+        self.group.log.last_index()
+    }
+
+    /// Bytes this master's log takes on disk.
+    pub fn log_disk_bytes(&self) -> u64 {
+        self.group.log.disk_bytes()
     }
 
     /// Applies a client's request once (a retry gets the first answer; see
@@ -337,62 +485,16 @@ impl Store {
 
     /// Applies a command without waiting for its reply.
     pub fn submit(&self, cmd: Command) {
-        let (tx, _rx) = oneshot::channel();
-        lock(&self.queue).push_back(Job { cmd, reply: tx });
-        self.lead();
-    }
-
-    /// Unless another thread holds the writer (it takes what is queued
-    /// before letting go), applies everything queued right here.
-    fn lead(&self) {
-        loop {
-            let mut writer = match self.writer.try_lock() {
-                Ok(w) => w,
-                Err(TryLockError::WouldBlock) => return,
-                // A panic while applying: stop writing, as a failed commit does.
-                Err(TryLockError::Poisoned(p)) => {
-                    let mut w = p.into_inner();
-                    if let Some(dead) = w.take() {
-                        tracing::error!("the metadata writer panicked, stopping the master");
-                        dead.fatal.cancel();
-                    }
-                    self.writer.clear_poison();
-                    w
+        let Ok((proposal, pending)) = self.propose(cmd) else { return };
+        let raft = self.group.raft.clone();
+        if let Some(rt) = &self.group.rt {
+            let _entered = rt.enter();
+            self.submitted.spawn(async move {
+                if let Err(e) = raft.client_write(proposal).await {
+                    tracing::warn!("a background metadata command failed: {e}");
                 }
-            };
-            self.drain(&mut writer);
-            drop(writer);
-            // A job queued while we held the writer, by a thread that then
-            // found it busy, is ours to apply.
-            if lock(&self.queue).is_empty() {
-                return;
-            }
-        }
-    }
-
-    /// Applies queued jobs, a batch at a time, until none is left.
-    fn drain(&self, writer: &mut Option<Writer>) {
-        loop {
-            let jobs: Vec<Job> = {
-                let mut q = lock(&self.queue);
-                let n = q.len().min(MAX_BATCH);
-                q.drain(..n).collect()
-            };
-            if jobs.is_empty() {
-                return;
-            }
-            match writer.as_mut() {
-                Some(w) => {
-                    if !w.process(jobs) {
-                        *writer = None;
-                    }
-                }
-                None => {
-                    for job in jobs {
-                        let _ = job.reply.send(Err(FsError::Internal));
-                    }
-                }
-            }
+                drop(pending);
+            });
         }
     }
 
@@ -400,9 +502,10 @@ impl Store {
     pub async fn next_id(&self) -> Result<u64, FsError> {
         let mut ids = self.ids.lock().await;
         if ids.0 >= ids.1 {
-            let ceiling = ids.1 + ID_BATCH;
-            self.execute(Command::ReserveIds { ceiling }).await?;
-            ids.1 = ceiling;
+            match self.execute(Command::ReserveIdRange { count: ID_BATCH }).await? {
+                Reply::Ids { first, end } => *ids = (first, end),
+                other => return Err(unexpected("reserve ids", other)),
+            }
         }
         let id = ids.0;
         ids.0 += 1;
@@ -643,16 +746,117 @@ impl Store {
 }
 
 impl Drop for Store {
-    /// Applies what is still queued and checkpoints, so the database holds
-    /// everything and its file is closed (and can be opened again) when
-    /// this returns.
+    /// Stops the group (what was proposed is applied or not answered) and
+    /// makes the database durable, so that its file is closed (and can be
+    /// opened again) when this returns.
     fn drop(&mut self) {
-        let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        self.drain(&mut writer);
-        if let Some(w) = writer.take() {
-            w.close();
+        if let Some(rt) = self.group.rt.take() {
+            // What was submitted is applied first.
+            self.submitted.close();
+            let submitted = self.submitted.clone();
+            if let Err(e) = block_on(&rt, async move { submitted.wait().await }) {
+                tracing::error!("waiting for submitted commands: {e}");
+            }
+            let raft = self.group.raft.clone();
+            if let Err(e) = block_on(&rt, async move { raft.shutdown().await }) {
+                tracing::error!("stopping the master group: {e}");
+            }
+            rt.shutdown_background();
+        }
+        if let Err(e) = checkpoint(&self.db, &self.gate) {
+            tracing::error!("final metadata checkpoint failed (the log will be applied again at the next start): {e}");
         }
     }
+}
+
+/// Runs `fut` on `rt` and waits for it from a thread that may itself be
+/// inside another runtime (a test, or `spawn_blocking`).
+fn block_on<T: Send + 'static>(
+    rt: &tokio::runtime::Runtime,
+    fut: impl std::future::Future<Output = T> + Send + 'static,
+) -> Result<T, String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    rt.spawn(async move {
+        let _ = tx.send(fut.await);
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(60)).map_err(|e| format!("the master group did not answer: {e}"))
+}
+
+/// This master's id in its group: random at the first start, kept in
+/// `raft/id`.
+fn member_id(raft_dir: &Path) -> std::io::Result<u64> {
+    let path = raft_dir.join("id");
+    match std::fs::read_to_string(&path) {
+        Ok(s) => s.trim().parse().map_err(|e| std::io::Error::other(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // Small enough to type, never 0.
+            let id = rand::random::<u32>() as u64 + 1;
+            crate::raft::log::write_file_atomic(raft_dir, "id", format!("{id}\n").as_bytes())?;
+            Ok(id)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Opens the log and state machine and starts this master's group; a new
+/// group of one when it has none yet. Returns once this master leads it.
+fn start_group(
+    dir: &Path,
+    db: &Arc<Database>,
+    gate: &Gate,
+    chunk_size: u32,
+    metrics: &Arc<StoreMetrics>,
+    fatal: &CancellationToken,
+    opts: &GroupOptions,
+) -> Result<Group, OpenError> {
+    let raft_dir = dir.join(RAFT_DIR);
+    let io = |source| OpenError::Io { path: raft_dir.clone(), source };
+    std::fs::create_dir_all(&raft_dir).map_err(io)?;
+    let id = member_id(&raft_dir).map_err(io)?;
+    let log = LogStore::open(&raft_dir, metrics.clone()).map_err(io)?;
+    let sm = StateMachine::open(db.clone(), gate.clone(), u64::from(chunk_size), &raft_dir, metrics.clone())
+        .map_err(|e| OpenError::Refused(format!("the master group's state in {}: {e}", raft_dir.display())))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("stripefs-raft")
+        .enable_all()
+        .build()
+        .map_err(io)?;
+    let config = crate::raft::config(opts.snapshot_every)
+        .validate()
+        .map_err(|e| OpenError::Refused(format!("master group configuration: {e}")))?;
+    let addr = opts.addr.clone();
+    let (log2, fatal) = (log.clone(), fatal.clone());
+    let started = block_on(&rt, async move {
+        let raft = Raft::new(id, Arc::new(config), crate::raft::Network, log2, sm).await.map_err(|e| e.to_string())?;
+        if !raft.is_initialized().await.map_err(|e| e.to_string())? {
+            tracing::info!("starting a new master group of one (member {id})");
+            let members = std::collections::BTreeMap::from([(id, Member::new(addr))]);
+            raft.initialize(members).await.map_err(|e| e.to_string())?;
+        }
+        raft.wait(Some(std::time::Duration::from_secs(30)))
+            .metrics(
+                |m| m.current_leader == Some(id) && m.last_applied.map(|l| l.index) == m.last_log_index,
+                "lead the group and apply its log",
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        // A failed storage call stops the group: stop the master too.
+        let mut metrics = raft.metrics();
+        tokio::spawn(async move {
+            while metrics.changed().await.is_ok() {
+                if let Err(e) = &metrics.borrow().running_state {
+                    tracing::error!("the master group stopped: {e}; stopping the master");
+                    fatal.cancel();
+                    return;
+                }
+            }
+        });
+        Ok::<_, String>(raft)
+    })
+    .and_then(|r| r)
+    .map_err(|e| OpenError::Refused(format!("starting the master group in {}: {e}", raft_dir.display())))?;
+    Ok(Group { raft: started, rt: Some(rt), id, log })
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -778,135 +982,11 @@ fn replay(db: &Database, mut journal: Journal, entries: Vec<Entry>) -> Result<(u
     if replayed > 0 {
         tracing::info!("replayed {replayed} metadata commands from the journal {}", journal.path().display());
     }
-    checkpoint(db)?;
-    journal.clear().map_err(ReplayError::Io)?;
-    Ok((seq, journal))
-}
-
-/// A durable commit: everything committed before is on disk once it returns.
-fn checkpoint(db: &Database) -> Result<(), redb::Error> {
     let mut txn = db.begin_write()?;
     txn.set_durability(redb::Durability::Immediate).map_err(|e| redb::Error::Corrupted(e.to_string()))?;
     txn.commit()?;
-    Ok(())
-}
-
-/// The writer's state.
-struct Writer {
-    db: Arc<Database>,
-    gate: Arc<std::sync::RwLock<()>>,
-    journal: Journal,
-    /// Sequence number of the last batch.
-    seq: u64,
-    chunk_size: u64,
-    is_open: Box<dyn Fn(InodeId) -> bool + Send + Sync>,
-    /// Cancelled when a commit fails: the master stops.
-    fatal: CancellationToken,
-    last_checkpoint: std::time::Instant,
-    metrics: Arc<StoreMetrics>,
-}
-
-impl Writer {
-    /// Applies one batch and answers its jobs; `false` when the commit
-    /// failed (every job got `Internal`, the master is stopping).
-    fn process(&mut self, jobs: Vec<Job>) -> bool {
-        let durable = self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL || self.journal.len() >= CHECKPOINT_BYTES;
-        match self.apply_batch(&jobs, durable) {
-            Ok(results) => {
-                if durable {
-                    self.last_checkpoint = std::time::Instant::now();
-                }
-                for (job, r) in jobs.into_iter().zip(results) {
-                    let _ = job.reply.send(r);
-                }
-                true
-            }
-            Err(e) => {
-                tracing::error!("metadata commit failed, stopping the master: {e}");
-                for job in jobs {
-                    let _ = job.reply.send(Err(FsError::Internal));
-                }
-                self.fatal.cancel();
-                false
-            }
-        }
-    }
-
-    /// Clean shutdown: leaves everything in the database, nothing to replay.
-    fn close(mut self) {
-        let _no_readers = self.gate.write().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = checkpoint(&self.db)
-            .map_err(|e| e.to_string())
-            .and_then(|()| self.journal.clear().map_err(|e| e.to_string()))
-        {
-            tracing::error!("final metadata checkpoint failed (the journal will be replayed at the next start): {e}");
-        }
-    }
-
-    /// Applies `jobs` in one transaction and makes it durable: by a durable
-    /// commit (then the journal is emptied) or by journaling the batch.
-    fn apply_batch(&mut self, jobs: &[Job], durable: bool) -> Result<Vec<Result<Reply, FsError>>, String> {
-        let seq = self.seq + 1;
-        // Inside the span of the request whose thread leads the commit.
-        let _span = tracing::debug_span!("commit", seq, batch = jobs.len(), durable).entered();
-        // The open inodes each command asked about, for the journal.
-        let asked = std::cell::RefCell::new(Vec::new());
-        let is_open = &self.is_open;
-        let recording = |ino: InodeId| {
-            let open = is_open(ino);
-            if open {
-                asked.borrow_mut().push(ino);
-            }
-            open
-        };
-        let ctx = Context { chunk_size: self.chunk_size, is_open: &recording };
-        let mut txn = self.db.begin_write().map_err(|e| e.to_string())?;
-        let durability = if durable { redb::Durability::Immediate } else { redb::Durability::None };
-        txn.set_durability(durability).map_err(|e| e.to_string())?;
-        let mut results = Vec::with_capacity(jobs.len());
-        let mut applied = Vec::with_capacity(jobs.len());
-        {
-            let mut t = Tables::open(&txn).map_err(|e| e.to_string())?;
-            for job in jobs {
-                results.push(match apply(&mut t, &job.cmd, &ctx) {
-                    Ok(r) => Ok(r),
-                    Err(ApplyError::Fs(e)) => Err(e),
-                    Err(ApplyError::Store(e)) => return Err(e.to_string()),
-                    Err(ApplyError::Decode(e)) => return Err(e.to_string()),
-                });
-                // A durable batch is not journaled: nothing to keep.
-                let open = asked.take();
-                if !durable {
-                    applied.push(Applied { cmd: job.cmd.clone(), open });
-                }
-            }
-            t.meta.insert(meta_keys::JOURNAL_SEQ, seq.to_le_bytes().as_slice()).map_err(|e| e.to_string())?;
-        }
-        let path = self.journal.path().to_path_buf();
-        let journal_err = |e: std::io::Error| format!("metadata journal {}: {e}", path.display());
-        // Journaled before the commit: nobody can read a change (and act on
-        // it) before it is durable. Should the commit then fail, the master
-        // stops and the next start applies the batch from the journal.
-        if !durable {
-            let started = std::time::Instant::now();
-            self.journal.append(&Entry { seq, cmds: applied }).map_err(journal_err)?;
-            tracing::debug!(micros = started.elapsed().as_micros() as u64, "journal write and fdatasync");
-            self.metrics.journal_sync_seconds.observe(started.elapsed().as_secs_f64());
-        }
-        {
-            let _no_readers = self.gate.write().unwrap_or_else(|e| e.into_inner());
-            let started = std::time::Instant::now();
-            txn.commit().map_err(|e| e.to_string())?;
-            tracing::debug!(micros = started.elapsed().as_micros() as u64, "database commit");
-            self.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
-            self.metrics.batch_commands.observe(jobs.len() as f64);
-        }
-        self.seq = seq;
-        if durable {
-            self.journal.clear().map_err(journal_err)?;
-        }
-        Ok(results)
-    }
+    journal.clear().map_err(ReplayError::Io)?;
+    Ok((seq, journal))
 }
 
 #[cfg(test)]

@@ -80,7 +80,7 @@ fn creates_a_new_filesystem_in_an_empty_dir() {
     assert!(store.nodes().expect("nodes").is_empty());
     assert!(store.orphans().expect("orphans").is_empty());
     assert_eq!(store.pending_deletions(), Ok(0));
-    assert_eq!(dir_entries(tmp.path()), [JOURNAL_FILE, DB_FILE]);
+    assert_eq!(dir_entries(tmp.path()), [DB_FILE, RAFT_DIR]);
 
     // Two filesystems get different ids.
     let other = TempDir::new().expect("temp dir");
@@ -374,33 +374,29 @@ fn refuses_a_database_open_elsewhere() {
     assert!(!msg.contains("not a stripefs master database"), "a database in use is ours: {msg}");
 }
 
-/// Journal entries the (closed) database in `dir` lacks.
-fn unapplied(dir: &Path) -> usize {
+/// Log entries the (closed) database in `dir` has not applied.
+fn unapplied(dir: &Path) -> u64 {
     let db = Database::open(dir.join(DB_FILE)).expect("open the database");
-    let seq = stored_seq(&db).expect("stored sequence number");
-    crate::journal::pending(dir, seq).expect("journal").len()
+    let txn = db.begin_read().expect("read");
+    let applied = crate::raft::state_machine::applied_in(&txn).expect("applied").0.map(|a| a.index).unwrap_or(0);
+    let last = crate::raft::log::last_index_in(&dir.join(RAFT_DIR)).expect("log").unwrap_or(0);
+    last.saturating_sub(applied)
 }
 
-/// What a killed master leaves: its files as they are now (a process crash
-/// keeps everything it wrote; only its memory is lost). Copied while the
-/// store is still running, so nothing is checkpointed on the way out.
+/// What a killed master leaves (see [`crate::test_util::copy_live`]).
 fn crash_copy(from: &Path) -> TempDir {
     let to = TempDir::new().expect("temp dir");
-    for name in [DB_FILE, JOURNAL_FILE] {
-        std::fs::copy(from.join(name), to.path().join(name)).expect("copy");
-    }
+    crate::test_util::copy_live(from, to.path());
     to
 }
 
 #[tokio::test]
-async fn acknowledged_commands_survive_a_crash_through_the_journal() {
+async fn acknowledged_commands_survive_a_crash_through_the_log() {
     let tmp = TempDir::new().expect("temp dir");
     let store = open_ok(tmp.path(), None);
     for i in 0..50 {
         attr(&store, mkdir(ROOT, &format!("d{i:02}"))).await;
     }
-    // Well within the checkpoint interval: they are in the journal.
-    assert!(!crate::journal::pending(tmp.path(), 0).expect("journal").is_empty(), "nothing was journaled");
     let crashed = crash_copy(tmp.path());
     drop(store);
     // A clean stop leaves nothing to replay.
@@ -489,14 +485,14 @@ async fn answers_are_forgotten_once_the_client_has_them_or_after_a_while() {
 }
 
 #[tokio::test]
-async fn remembered_answers_survive_a_crash_through_the_journal() {
+async fn remembered_answers_survive_a_crash_through_the_log() {
     let tmp = TempDir::new().expect("temp dir");
     let store = open_ok(tmp.path(), None);
     let first = store.run(request(1, 1, mkdir_op("d"))).await.expect("mkdir");
     let crashed = crash_copy(tmp.path());
     drop(store);
     let store = open_ok(crashed.path(), None);
-    assert_eq!(store.run(request(1, 1, mkdir_op("d"))).await, Ok(first), "the replayed journal kept the answer");
+    assert_eq!(store.run(request(1, 1, mkdir_op("d"))).await, Ok(first), "the log kept the answer");
     assert_eq!(store.inode(ROOT).expect("root").nlink, 3);
 }
 
@@ -514,7 +510,12 @@ async fn a_data_directory_of_the_previous_format_still_opens() {
     let out = std::process::Command::new("tar").arg("xzf").arg(&tar).arg("-C").arg(tmp.path()).output().expect("tar");
     assert!(out.status.success(), "tar: {}", String::from_utf8_lossy(&out.stderr));
     let dir = tmp.path().join("master");
-    assert!(unapplied(&dir) > 0, "the fixture should hold journaled changes to replay");
+    {
+        let db = Database::open(dir.join(DB_FILE)).expect("open the fixture");
+        let seq = stored_seq(&db).expect("stored sequence number");
+        let pending = crate::journal::pending(&dir, seq).expect("journal");
+        assert!(!pending.is_empty(), "the fixture should hold journaled changes to replay");
+    }
     {
         let db = Database::open(dir.join(DB_FILE)).expect("open the fixture");
         let txn = db.begin_read().expect("read");
@@ -527,8 +528,14 @@ async fn a_data_directory_of_the_previous_format_still_opens() {
     let names: Vec<String> = store.readdir(d, None, 100).expect("readdir").into_iter().map(|e| e.name).collect();
     assert_eq!(names, ["a", "c"]);
     assert_eq!(store.lookup(d, "a").expect("a").1.size, 65536);
-    // Upgraded: the new table is there and requests work.
+    // Upgraded: the new table is there and requests work; the journal
+    // was applied and is gone (the group's log replaced it).
     store.run(request(1, 1, mkdir_op("new"))).await.expect("mkdir on the upgraded database");
+    assert!(!dir.join(JOURNAL_FILE).exists(), "the journal is gone");
+    drop(store);
+    assert_eq!(unapplied(&dir), 0);
+    let store = open_ok(&dir, None);
+    assert!(store.lookup(ROOT, "new").is_ok() && store.lookup(d, "c").is_ok(), "kept across a restart");
     drop(store);
     let db = Database::open(dir.join(DB_FILE)).expect("open");
     let txn = db.begin_read().expect("read");
@@ -536,4 +543,19 @@ async fn a_data_directory_of_the_previous_format_still_opens() {
     let meta = txn.open_table(tables::META).expect("meta");
     let v = meta.get(meta_keys::FORMAT_VERSION).expect("get").expect("version");
     assert_eq!(v.value(), FORMAT_VERSION.to_le_bytes().as_slice());
+}
+
+#[tokio::test]
+async fn an_unlinked_file_nobody_holds_is_freed_at_once() {
+    let tmp = TempDir::new().expect("temp dir");
+    let store = open_ok(tmp.path(), None);
+    let f = attr(&store, mknod(ROOT, "f")).await;
+    assert_eq!(store.inode_count(), Ok(2));
+    store
+        .execute(Command::Unlink { op: ops::Unlink { parent: ROOT, name: "f".into() }, now: Timestamp::now() })
+        .await
+        .expect("unlink");
+    assert_eq!(store.inode_count(), Ok(1));
+    assert!(store.inode(f.ino).is_err());
+    assert_eq!(store.orphans(), Ok(vec![]));
 }

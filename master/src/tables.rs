@@ -41,6 +41,12 @@ pub mod meta_keys {
     /// Sequence number of the last journaled batch this database holds
     /// (u64 LE; absent: 0). See [`crate::journal`].
     pub const JOURNAL_SEQ: &str = "journal_seq";
+    /// Id of the last log entry of the master group applied (bincode
+    /// `Option<openraft::LogId>`; absent: none). Added in format 3.
+    pub const RAFT_APPLIED: &str = "raft_applied";
+    /// The group's membership as last applied (bincode
+    /// `openraft::StoredMembership`). Added in format 3.
+    pub const RAFT_MEMBERSHIP: &str = "raft_membership";
     /// Marks a stripefs master database (value [`super::MAGIC_VALUE`]).
     pub const MAGIC: &str = "magic";
 }
@@ -49,9 +55,12 @@ pub mod meta_keys {
 pub const MAGIC_VALUE: &[u8] = b"stripefs-master";
 
 /// The database format this master writes and reads. 2: the `requests.v1`
-/// table. A version 1 database is upgraded when a master opens it (the
-/// table is created; nothing else changed).
-pub const FORMAT_VERSION: u32 = 2;
+/// table. 3: the state machine of a master group (the Raft log replaced
+/// the journal; `raft_applied` and `raft_membership` in `meta.v1`). Older
+/// databases are upgraded when a master opens them (their journal is
+/// applied, the new table created); an older master refuses a newer one,
+/// which keeps it from ignoring the Raft log.
+pub const FORMAT_VERSION: u32 = 3;
 
 /// What the `meta.v1` table of a database says about its format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -73,3 +73,13 @@ pub(crate) async fn commit(
     };
     exec(store, Command::CommitChunk { commit, now: Timestamp::now() }).await;
 }
+
+/// What a killed master leaves: the files of the data directory `from` as
+/// they are now (a process crash keeps everything it wrote; only its
+/// memory is lost), copied to `to` while the master still runs, so nothing
+/// is checkpointed on the way out.
+pub(crate) fn copy_live(from: &Path, to: &Path) {
+    let out =
+        std::process::Command::new("cp").arg("-a").arg(format!("{}/.", from.display())).arg(to).output().expect("cp");
+    assert!(out.status.success(), "cp: {}", String::from_utf8_lossy(&out.stderr));
+}

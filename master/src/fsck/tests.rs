@@ -559,18 +559,16 @@ async fn repair_commands_check_before_they_write() {
 }
 
 #[tokio::test]
-async fn offline_fsck_refuses_a_database_whose_journal_was_not_applied() {
+async fn offline_fsck_refuses_a_database_whose_log_was_not_applied() {
     let fs = Clean::new().await;
-    // A master that died: its last changes are only in the journal.
+    // A master that died: its last changes are only in the log.
     let crashed = TempDir::new().expect("temp dir");
     {
         let store = open_store(fs.dir.path());
         mkdir(&store, ROOT, "late").await;
-        for name in [DB_FILE, crate::journal::JOURNAL_FILE] {
-            std::fs::copy(fs.dir.path().join(name), crashed.path().join(name)).expect("copy");
-        }
+        crate::test_util::copy_live(fs.dir.path(), crashed.path());
     }
-    let e = offline(&crashed.path().join(DB_FILE), &|_, _| {}).expect_err("unapplied journal");
+    let e = offline(&crashed.path().join(DB_FILE), &|_, _| {}).expect_err("unapplied log");
     assert!(matches!(e, OfflineError::NotStoppedCleanly { .. }), "{e}");
     assert!(e.to_string().contains("start stripefs-master"), "{e}");
     // Starting the master applies it; then the offline check runs, and

@@ -28,3 +28,11 @@ pub(super) fn reserve_ids(t: &mut Tables, ceiling: u64) -> Result<(), ApplyError
     let current = t.meta_u64(meta_keys::ID_CEILING)?;
     t.set_meta_u64(meta_keys::ID_CEILING, current.max(ceiling))
 }
+
+/// Reserves `count` ids above the ceiling: the range `[first, end)`.
+pub(super) fn reserve_range(t: &mut Tables, count: u64) -> Result<(u64, u64), ApplyError> {
+    let first = t.meta_u64(meta_keys::ID_CEILING)?;
+    let end = first.checked_add(count).ok_or(stripefs_proto::FsError::NoSpace)?;
+    t.set_meta_u64(meta_keys::ID_CEILING, end)?;
+    Ok((first, end))
+}
