@@ -240,8 +240,11 @@ pub type ReconnectHook = Box<dyn Fn(MasterClient) -> BoxFuture<'static, ()> + Se
 /// failing at once: a master restart is invisible to applications.
 pub struct MasterConn {
     /// Names this master's per-thread connections.
-    own_key: OwnKey,
-    addr: String,
+    pool: u64,
+    /// The masters, as given (`m1:9400,m2:9400`).
+    addrs: String,
+    /// The leader's address, as last found.
+    addr: std::sync::Mutex<String>,
     secret: Secret,
     wait: Duration,
     /// How long one call waits for its answer.
@@ -261,14 +264,16 @@ impl MasterConn {
     /// Connects to the master (fails fast if it is unreachable or refuses
     /// us); later reconnects wait up to `wait`.
     pub async fn connect(
-        addr: &str,
+        addrs: &str,
         secret: Secret,
         wait: Duration,
     ) -> Result<MasterConn, stripefs_proto::net::ConnectError> {
-        let client = MasterClient::from(CallStub::Shared(connect_channel(addr, &secret, CONNECT_TIMEOUT).await?));
+        let addr = stripefs_proto::net::find_leader(addrs, &secret, CONNECT_TIMEOUT).await?;
+        let client = MasterClient::from(CallStub::Shared(connect_channel(&addr, &secret, CONNECT_TIMEOUT).await?));
         Ok(MasterConn {
-            own_key: OwnKey { pool: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed), addr: addr.into() },
-            addr: addr.to_string(),
+            pool: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed),
+            addrs: addrs.to_string(),
+            addr: std::sync::Mutex::new(addr),
             secret,
             wait,
             call_timeout: METADATA_TIMEOUT,
@@ -296,9 +301,20 @@ impl MasterConn {
         let _ = self.on_reconnect.set(hook);
     }
 
-    /// The master's address.
-    pub fn addr(&self) -> &str {
-        &self.addr
+    /// The address of the master the calls go to (the leader of the
+    /// group, as last found).
+    pub fn addr(&self) -> String {
+        lock(&self.addr).clone()
+    }
+
+    /// The masters this connection may use, as given.
+    pub fn addrs(&self) -> &str {
+        &self.addrs
+    }
+
+    /// The key of this thread's own connection to the current leader.
+    fn own_key(&self) -> OwnKey {
+        OwnKey { pool: self.pool, addr: self.addr().into() }
     }
 
     /// The current connection, or a new one made by `deadline` (the
@@ -315,13 +331,19 @@ impl MasterConn {
         let mut backoff = Duration::from_millis(50);
         let mut warned = false;
         loop {
-            match connect_channel(&self.addr, &self.secret, CONNECT_TIMEOUT).await {
-                Ok(c) => {
+            let found = stripefs_proto::net::find_leader(&self.addrs, &self.secret, CONNECT_TIMEOUT).await;
+            let connected = match found {
+                Ok(addr) => connect_channel(&addr, &self.secret, CONNECT_TIMEOUT).await.map(|c| (addr, c)),
+                Err(e) => Err(e),
+            };
+            match connected {
+                Ok((addr, c)) => {
                     let c = MasterClient::from(CallStub::Shared(c));
                     if let Some(hook) = self.on_reconnect.get() {
                         hook(c.clone()).await;
                     }
-                    tracing::info!("reconnected to the master at {}", self.addr);
+                    tracing::info!("reconnected to the master at {addr}");
+                    *lock(&self.addr) = addr;
                     self.reconnects.fetch_add(1, Ordering::Relaxed);
                     slot.0 += 1;
                     slot.1 = Some(c.clone());
@@ -329,19 +351,19 @@ impl MasterConn {
                 }
                 // The master is there but refuses us: waiting will not help.
                 Err(e @ (ConnectError::Refused { .. } | ConnectError::ServerNotAuthentic { .. })) => {
-                    return Err(TransportError::connect(&self.addr, &e).into())
+                    return Err(TransportError::connect(&self.addrs, &e).into())
                 }
                 Err(e) => {
                     if Instant::now() + backoff > deadline {
                         return Err(TransportError::MasterUnreachable {
-                            addr: self.addr.clone(),
+                            addr: self.addrs.clone(),
                             waited: self.wait,
                             detail: e.to_string(),
                         }
                         .into());
                     }
                     if !warned {
-                        tracing::warn!("waiting up to {:?} for the master at {}: {e}", self.wait, self.addr);
+                        tracing::warn!("waiting up to {:?} for the master at {}: {e}", self.wait, self.addrs);
                         warned = true;
                     }
                     tokio::time::sleep(backoff).await;
@@ -429,7 +451,7 @@ impl MasterConn {
             // When the master cannot be reached, the shared connection
             // knows how to wait for it.
             let mine = match own {
-                true => own_stub(self.own_key.clone(), &self.secret).await.ok().map(MasterClient::from),
+                true => own_stub(self.own_key(), &self.secret).await.ok().map(MasterClient::from),
                 false => None,
             };
             let (generation, mine, c) = match mine {
@@ -449,6 +471,22 @@ impl MasterConn {
             // (the reconnect hook) before the call is made again.
             let timed_out_counted = |e: &RpcError| matches!(e, RpcError::DeadlineExceeded) && !retry_timeouts && !mine;
             match f(c, ctx).await {
+                // That master no longer leads (or never did): find the
+                // leader and ask it (a mutation keeps its request id, so
+                // one that was applied after all is not applied twice).
+                Ok(Err(FsError::NotLeader)) if Instant::now() < deadline => {
+                    if backoff.is_zero() {
+                        tracing::warn!("the master at {} does not lead its group; finding the leader", self.addr());
+                    }
+                    self.retries.fetch_add(1, Ordering::Relaxed);
+                    self.drop_client(generation).await;
+                    if mine {
+                        self.client(deadline).await?;
+                    }
+                    let now = Instant::now();
+                    tokio::time::sleep(backoff.min(deadline.saturating_duration_since(now))).await;
+                    backoff = (backoff * 2).clamp(Duration::from_millis(20), Duration::from_millis(500));
+                }
                 Ok(r) => return r.map_err(ClientError::Fs),
                 Err(e) if is_broken(&e) || timed_out_counted(&e) => {
                     if backoff.is_zero() {

@@ -290,8 +290,9 @@ impl FsCore {
         &self.fs_id
     }
 
-    /// The master's address.
-    pub fn master_addr(&self) -> &str {
+    /// The address of the master the calls go to (the leader of its
+    /// group, as last found).
+    pub fn master_addr(&self) -> String {
         self.master.addr()
     }
 

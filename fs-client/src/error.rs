@@ -48,6 +48,9 @@ impl ClientError {
                 FsError::FileTooLarge => libc::EFBIG,
                 FsError::TooManyLinks => libc::EMLINK,
                 FsError::NotPermitted => libc::EPERM,
+                // Followed by the connection; seen only when no master
+                // led the group within master_timeout.
+                FsError::NotLeader => libc::EIO,
             },
             // Transport trouble is an I/O error to the application; the cause is logged.
             ClientError::Transport(_) => libc::EIO,
@@ -138,7 +141,9 @@ pub enum ConnectKind {
 impl From<&ConnectError> for ConnectKind {
     fn from(e: &ConnectError) -> ConnectKind {
         match e {
-            ConnectError::Connect { .. } | ConnectError::Io { .. } => ConnectKind::Unreachable,
+            ConnectError::Connect { .. } | ConnectError::Io { .. } | ConnectError::NoLeader { .. } => {
+                ConnectKind::Unreachable
+            }
             ConnectError::Timeout { .. } => ConnectKind::Timeout,
             ConnectError::Refused { .. } | ConnectError::ServerNotAuthentic { .. } => ConnectKind::Refused,
             ConnectError::NotStripefs { .. } | ConnectError::Version { .. } => ConnectKind::Incompatible,

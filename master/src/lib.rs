@@ -48,6 +48,28 @@ pub struct Config {
     pub metrics_addr: Option<String>,
     /// Log entries between two snapshots of the master group's state.
     pub snapshot_every: u64,
+    /// The address other masters, nodes and clients reach this one at
+    /// (None: the address it listens on).
+    pub advertise: Option<String>,
+    /// Wait to be made a member of a master group instead of starting a
+    /// group of one with a new filesystem.
+    pub join: bool,
+}
+
+/// Follows this master's leadership: on taking the lead, the soft state
+/// is rebuilt (see [`state::MasterState::took_the_lead`]).
+async fn watch_leadership(shared: Arc<state::MasterState>) {
+    let mut led = false;
+    loop {
+        let leads = shared.store.is_leader();
+        if leads && !led {
+            shared.took_the_lead();
+        } else if !leads && led {
+            shared.lost_the_lead();
+        }
+        led = leads;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Opens the database and serves on `listener` until `shutdown`.
@@ -58,25 +80,28 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken
         let dir = cfg.data_dir.clone();
         let opens = opens.clone();
         let fatal = fatal.clone();
-        let group =
-            store::GroupOptions { addr: listener.local_addr()?.to_string(), snapshot_every: cfg.snapshot_every };
+        let addr = match &cfg.advertise {
+            Some(a) => a.clone(),
+            None => listener.local_addr()?.to_string(),
+        };
+        let group = store::GroupOptions {
+            addr,
+            snapshot_every: cfg.snapshot_every,
+            join: cfg.join,
+            secret: Some(cfg.secret.clone()),
+        };
         tokio::task::spawn_blocking(move || {
             store::Store::open_group(&dir, cfg.chunk_size, Box::new(move |ino| opens.is_open(ino)), fatal, group)
         })
         .await??
     };
-    tracing::info!("opened filesystem {} in {}", store.fs_id(), cfg.data_dir.display());
     let registry = registry::Registry::new(store.nodes()?, cfg.node_dead_after);
-    let orphans = store.orphans()?;
     let conns = CancellationToken::new();
     let workers = stripefs_daemon::Workers::new(conns.child_token());
     let shared = Arc::new(state::MasterState::new(store, registry, opens, cfg.gc_grace, workers));
-    // Orphans from before a restart: give their clients time to reopen them.
-    for ino in orphans {
-        shared.orphans.purge_after(ino, state::ORPHAN_GRACE);
-    }
     tracing::info!("serving on {}", listener.local_addr()?);
     workers::start(&shared);
+    tokio::spawn(conns.child_token().run_until_cancelled_owned(watch_leadership(shared.clone())));
     let mut registry = prometheus_client::registry::Registry::with_prefix("stripefs_master");
     let rpc_metrics = metrics::rpc(&mut registry);
     if let Some(addr) = &cfg.metrics_addr {

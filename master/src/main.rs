@@ -21,6 +21,17 @@ struct Args {
     /// the bound address is written to DIR/listen.addr).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9400")]
     listen: String,
+    /// Address the other masters, the nodes and the clients reach this
+    /// master at, e.g. m1.example:9400 (default: the --listen address,
+    /// which must then not be 0.0.0.0 in a group of several masters).
+    #[arg(long, value_name = "ADDR")]
+    advertise: Option<String>,
+    /// Start without a filesystem and wait to be made a member of a master
+    /// group: by `stripefs masters init` (a new group) or `stripefs masters
+    /// add` (a group that runs). Without it, a master with an empty data
+    /// directory creates a new filesystem in a group of one.
+    #[arg(long)]
+    join: bool,
     /// File holding the cluster secret (else $STRIPEFS_SECRET,
     /// $STRIPEFS_SECRET_FILE or /etc/stripefs/secret).
     #[arg(long, value_name = "FILE")]
@@ -80,6 +91,8 @@ fn real_main() -> anyhow::Result<()> {
             gc_grace: Duration::from_secs(args.gc_grace_secs),
             metrics_addr: args.metrics.clone(),
             snapshot_every: args.snapshot_every.max(1),
+            advertise: args.advertise.clone(),
+            join: args.join,
         };
         stripefs_master::run(cfg, listener, shutdown).await
     })

@@ -184,6 +184,17 @@ pub enum Command {
         /// The cutoff.
         before: Timestamp,
     },
+    /// Create the filesystem: its identity, counters and root directory
+    /// (the first command of a new master group; refused with `Exists`
+    /// once there is one).
+    CreateFs {
+        /// Its id (hex).
+        fs_id: String,
+        /// Its chunk size.
+        chunk_size: u32,
+        /// Time of creation.
+        now: Timestamp,
+    },
     /// Reserve `count` chunk ids and versions above every range reserved
     /// before; answers [`Reply::Ids`]. (A leader of the group reserves
     /// through the log, so a new leader never hands out an id again.)
@@ -501,6 +512,7 @@ pub fn apply(t: &mut Tables, cmd: &Command, ctx: &Context) -> Result<Reply, Appl
         C::Fsck(op) => crate::fsck::ops::apply(t, op),
         C::Requested { id, answered_below, cmd } => requests::apply(t, *id, *answered_below, cmd, ctx),
         C::ForgetRequests { before } => requests::forget_before(t, *before).map(unit),
+        C::CreateFs { fs_id, chunk_size, now } => cluster::create_fs(t, fs_id, *chunk_size, *now).map(unit),
         C::ReserveIdRange { count } => cluster::reserve_range(t, *count).map(|(first, end)| Reply::Ids { first, end }),
     }
 }

@@ -56,6 +56,11 @@ impl Registry {
         Registry { nodes: Mutex::new(nodes), dead_after }
     }
 
+    /// How long a silent node is still alive.
+    pub fn dead_after(&self) -> Duration {
+        self.dead_after
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Entry>> {
         // A panic while holding this lock leaves plain data behind: keep going.
         self.nodes.lock().unwrap_or_else(|e| e.into_inner())

@@ -137,11 +137,13 @@ impl MasterServer {
 impl MasterService for MasterServer {
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "fs_info", peer = %self.conn.peer, trace = %ctx.trace_id()))]
     async fn fs_info(self, ctx: Context) -> Result<FsInfo, FsError> {
+        self.shared.store.ensure_leader().await?;
         Ok(FsInfo { fs_id: self.shared.store.fs_id().to_string(), chunk_size: self.shared.store.chunk_size() })
     }
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "lookup", peer = %self.conn.peer, trace = %ctx.trace_id(), ino = %parent))]
     async fn lookup(self, ctx: Context, parent: InodeId, name: String) -> Result<Attr, FsError> {
+        self.shared.store.ensure_leader().await?;
         check_name(&name)?;
         let (ino, rec) = self.shared.store.lookup(parent, &name)?;
         Ok(rec.to_attr(ino))
@@ -149,11 +151,13 @@ impl MasterService for MasterServer {
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "getattr", peer = %self.conn.peer, trace = %ctx.trace_id(), ino = %ino))]
     async fn getattr(self, ctx: Context, ino: InodeId) -> Result<Attr, FsError> {
+        self.shared.store.ensure_leader().await?;
         Ok(self.shared.store.inode(ino)?.to_attr(ino))
     }
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "setattr", peer = %self.conn.peer, trace = %ctx.trace_id(), request = %req.id, ino = %req.op.ino))]
     async fn setattr(self, ctx: Context, req: Request<SetAttrs>) -> Result<Attr, FsError> {
+        self.shared.store.ensure_leader().await?;
         if req.op.set.size.is_some_and(|s| s > MAX_FILE_BYTES) {
             return Err(FsError::FileTooLarge);
         }
@@ -162,11 +166,13 @@ impl MasterService for MasterServer {
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "mknod", peer = %self.conn.peer, trace = %ctx.trace_id(), request = %req.id, ino = %req.op.parent))]
     async fn mknod(self, ctx: Context, req: Request<Mknod>) -> Result<Attr, FsError> {
+        self.shared.store.ensure_leader().await?;
         self.shared.store.run(req).await
     }
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "create", peer = %self.conn.peer, trace = %ctx.trace_id(), request = %req.id, ino = %req.op.parent))]
     async fn create(self, ctx: Context, req: Request<Create>) -> Result<NewEntry, FsError> {
+        self.shared.store.ensure_leader().await?;
         let parent = req.op.parent;
         let Create { parent: _, name, perm, owner } = req.op;
         let op = Mknod { parent, name, kind: FileKind::File, perm, owner, rdev: 0 };
@@ -180,6 +186,7 @@ impl MasterService for MasterServer {
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "mkdir", peer = %self.conn.peer, trace = %ctx.trace_id(), request = %req.id, ino = %req.op.parent))]
     async fn mkdir(self, ctx: Context, req: Request<Mkdir>) -> Result<NewEntry, FsError> {
+        self.shared.store.ensure_leader().await?;
         let parent = req.op.parent;
         let attr = self.shared.store.run(req).await?;
         Ok(self.new_entry(attr, parent))
@@ -187,21 +194,25 @@ impl MasterService for MasterServer {
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "symlink", peer = %self.conn.peer, trace = %ctx.trace_id(), request = %req.id, ino = %req.op.parent))]
     async fn symlink(self, ctx: Context, req: Request<Symlink>) -> Result<Attr, FsError> {
+        self.shared.store.ensure_leader().await?;
         self.shared.store.run(req).await
     }
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "readlink", peer = %self.conn.peer, trace = %ctx.trace_id(), ino = %ino))]
     async fn readlink(self, ctx: Context, ino: InodeId) -> Result<String, FsError> {
+        self.shared.store.ensure_leader().await?;
         self.shared.store.inode(ino)?.target.ok_or(FsError::InvalidArgument)
     }
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "link", peer = %self.conn.peer, trace = %ctx.trace_id(), request = %req.id, ino = %req.op.ino))]
     async fn link(self, ctx: Context, req: Request<Link>) -> Result<Attr, FsError> {
+        self.shared.store.ensure_leader().await?;
         self.shared.store.run(req).await
     }
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "unlink", peer = %self.conn.peer, trace = %ctx.trace_id(), request = %req.id, ino = %req.op.parent))]
     async fn unlink(self, ctx: Context, req: Request<Unlink>) -> Result<Option<Attr>, FsError> {
+        self.shared.store.ensure_leader().await?;
         let parent = req.op.parent;
         self.shared.store.run(req).await?;
         Ok(self.dir_attr(parent))
@@ -209,6 +220,7 @@ impl MasterService for MasterServer {
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "rmdir", peer = %self.conn.peer, trace = %ctx.trace_id(), request = %req.id, ino = %req.op.parent))]
     async fn rmdir(self, ctx: Context, req: Request<Rmdir>) -> Result<Option<Attr>, FsError> {
+        self.shared.store.ensure_leader().await?;
         let parent = req.op.parent;
         self.shared.store.run(req).await?;
         Ok(self.dir_attr(parent))
@@ -216,6 +228,7 @@ impl MasterService for MasterServer {
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "rename", peer = %self.conn.peer, trace = %ctx.trace_id(), request = %req.id, ino = %req.op.parent))]
     async fn rename(self, ctx: Context, req: Request<Rename>) -> Result<(Option<Attr>, Option<Attr>), FsError> {
+        self.shared.store.ensure_leader().await?;
         let (parent, new_parent) = (req.op.parent, req.op.new_parent);
         self.shared.store.run(req).await?;
         Ok((self.dir_attr(parent), self.dir_attr(new_parent)))
@@ -229,12 +242,14 @@ impl MasterService for MasterServer {
         after: Option<String>,
         limit: u32,
     ) -> Result<Vec<DirEntry>, FsError> {
+        self.shared.store.ensure_leader().await?;
         let limit = limit.clamp(1, MAX_READDIR) as usize;
         self.shared.store.readdir(dir, after.as_deref(), limit)
     }
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "open", peer = %self.conn.peer, trace = %ctx.trace_id(), ino = %ino))]
     async fn open(self, ctx: Context, ino: InodeId) -> Result<Opened, FsError> {
+        self.shared.store.ensure_leader().await?;
         // The reference first: a command in flight that frees the inode
         // (proposed while nobody held it) is applied before we look, so
         // the file is either gone or kept open for us.
@@ -261,12 +276,14 @@ impl MasterService for MasterServer {
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "release", peer = %self.conn.peer, trace = %ctx.trace_id(), ino = %ino))]
     async fn release(self, ctx: Context, ino: InodeId) -> Result<(), FsError> {
+        self.shared.store.ensure_leader().await?;
         self.drop_open(ino);
         Ok(())
     }
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "chunks", peer = %self.conn.peer, trace = %ctx.trace_id(), ino = %ino))]
     async fn chunks(self, ctx: Context, ino: InodeId, first: u64, count: u64) -> Result<Vec<ChunkLoc>, FsError> {
+        self.shared.store.ensure_leader().await?;
         let count = count.min(MAX_CHUNKS);
         let recs = self.shared.store.chunks(ino, first, count)?;
         Ok(recs.into_iter().map(|(i, r)| self.locate(i, r)).collect())
@@ -281,6 +298,7 @@ impl MasterService for MasterServer {
         client_host: String,
         exclude: Vec<stripefs_proto::NodeId>,
     ) -> Result<ChunkAlloc, FsError> {
+        self.shared.store.ensure_leader().await?;
         let chunk_size = self.shared.store.chunk_size() as u64;
         if index.checked_mul(chunk_size).is_none_or(|o| o >= MAX_FILE_BYTES) {
             return Err(FsError::FileTooLarge);
@@ -308,44 +326,52 @@ impl MasterService for MasterServer {
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "commit_chunk", peer = %self.conn.peer, trace = %ctx.trace_id(), request = %req.id, ino = %req.op.ino, index = req.op.index))]
     async fn commit_chunk(self, ctx: Context, req: Request<ChunkCommit>) -> Result<Attr, FsError> {
+        self.shared.store.ensure_leader().await?;
         self.shared.store.run(req).await
     }
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "statfs", peer = %self.conn.peer, trace = %ctx.trace_id()))]
     async fn statfs(self, ctx: Context) -> Result<StatFs, FsError> {
+        self.shared.store.ensure_leader().await?;
         let (total_bytes, free_bytes) = self.shared.registry.space();
         Ok(StatFs { total_bytes, free_bytes, files: self.shared.store.inode_count()? })
     }
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "setxattr", peer = %self.conn.peer, trace = %ctx.trace_id(), request = %req.id, ino = %req.op.ino))]
     async fn setxattr(self, ctx: Context, req: Request<SetXattr>) -> Result<(), FsError> {
+        self.shared.store.ensure_leader().await?;
         self.shared.store.run(req).await
     }
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "getxattr", peer = %self.conn.peer, trace = %ctx.trace_id(), ino = %ino))]
     async fn getxattr(self, ctx: Context, ino: InodeId, name: String) -> Result<Vec<u8>, FsError> {
+        self.shared.store.ensure_leader().await?;
         self.shared.store.inode(ino)?;
         self.shared.store.xattr(ino, &name)
     }
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "listxattr", peer = %self.conn.peer, trace = %ctx.trace_id(), ino = %ino))]
     async fn listxattr(self, ctx: Context, ino: InodeId) -> Result<Vec<String>, FsError> {
+        self.shared.store.ensure_leader().await?;
         self.shared.store.inode(ino)?;
         self.shared.store.xattr_names(ino)
     }
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "removexattr", peer = %self.conn.peer, trace = %ctx.trace_id(), request = %req.id, ino = %req.op.ino))]
     async fn removexattr(self, ctx: Context, req: Request<RemoveXattr>) -> Result<(), FsError> {
+        self.shared.store.ensure_leader().await?;
         self.shared.store.run(req).await
     }
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "set_policy", peer = %self.conn.peer, trace = %ctx.trace_id(), request = %req.id, ino = %req.op.ino))]
     async fn set_policy(self, ctx: Context, req: Request<SetPolicy>) -> Result<Attr, FsError> {
+        self.shared.store.ensure_leader().await?;
         self.shared.store.run(req).await
     }
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "nodes", peer = %self.conn.peer, trace = %ctx.trace_id()))]
     async fn nodes(self, ctx: Context) -> Result<Vec<NodeStatus>, FsError> {
+        self.shared.store.ensure_leader().await?;
         let pending = self.shared.store.pending_deletions_by_node()?;
         let mut nodes = self.shared.registry.status();
         for n in &mut nodes {
@@ -356,6 +382,7 @@ impl MasterService for MasterServer {
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "register_node", peer = %self.conn.peer, trace = %ctx.trace_id(), host = %hello.host))]
     async fn register_node(self, ctx: Context, hello: NodeHello) -> Result<Registered, FsError> {
+        self.shared.store.ensure_leader().await?;
         let fs_id = self.shared.store.fs_id().to_string();
         if let Some(theirs) = &hello.fs_id {
             if *theirs != fs_id {
@@ -378,6 +405,7 @@ impl MasterService for MasterServer {
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "heartbeat", peer = %self.conn.peer, trace = %ctx.trace_id(), node = %hb.node))]
     async fn heartbeat(self, ctx: Context, hb: Heartbeat) -> Result<HeartbeatReply, FsError> {
+        self.shared.store.ensure_leader().await?;
         if !self.shared.registry.heartbeat(&hb) {
             return Err(FsError::NotFound);
         }
@@ -400,6 +428,7 @@ impl MasterService for MasterServer {
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "report_inventory", peer = %self.conn.peer, trace = %ctx.trace_id(), node = %node))]
     async fn report_inventory(self, ctx: Context, node: NodeId, items: Vec<InventoryItem>) -> Result<(), FsError> {
+        self.shared.store.ensure_leader().await?;
         if self.shared.registry.replica(node).is_none() {
             return Err(FsError::NotFound);
         }
@@ -410,18 +439,38 @@ impl MasterService for MasterServer {
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "report_corrupt", peer = %self.conn.peer, trace = %ctx.trace_id(), node = %node))]
     async fn report_corrupt(self, ctx: Context, node: NodeId, chunk: ChunkId, version: Version) -> Result<(), FsError> {
+        self.shared.store.ensure_leader().await?;
         self.shared.corrupt_replica(node, chunk, version).await;
         Ok(())
     }
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "fsck", peer = %self.conn.peer, trace = %ctx.trace_id()))]
     async fn fsck(self, ctx: Context, repair: bool) -> Result<FsckReport, FsError> {
+        self.shared.store.ensure_leader().await?;
         tracing::info!("fsck requested by {}{}", self.conn.peer, if repair { " (repair)" } else { "" });
         crate::fsck::online(self.shared.clone(), repair).await
     }
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "workers", peer = %self.conn.peer, trace = %ctx.trace_id()))]
     async fn workers(self, ctx: Context) -> Result<Vec<WorkerStatus>, FsError> {
+        self.shared.store.ensure_leader().await?;
         Ok(self.shared.workers.status())
+    }
+
+    async fn leader(self, _: Context) -> Result<Option<String>, FsError> {
+        Ok(self.shared.store.leader_addr())
+    }
+
+    async fn raft(self, _: Context, msg: Vec<u8>) -> Result<Vec<u8>, FsError> {
+        crate::raft::network::serve(self.shared.store.raft(), &msg).await
+    }
+
+    async fn group(self, _: Context) -> Result<GroupStatus, FsError> {
+        Ok(self.shared.store.group_status())
+    }
+
+    async fn group_change(self, _: Context, change: GroupChange) -> Result<GroupStatus, String> {
+        tracing::info!("master group change asked: {change:?}");
+        self.shared.store.group_change(change).await
     }
 }

@@ -78,6 +78,8 @@ pub struct MasterState {
     pub inventories: Mutex<HashMap<NodeId, Inventory>>,
     /// Inventories waiting for garbage collection.
     pub gc_queue: InventoryQueue,
+    /// Since when this master leads its group.
+    leader_since: Mutex<Option<Instant>>,
     /// Unlinked files waiting for their grace time before they are purged.
     pub orphans: OrphanQueue,
     /// Unreferenced replicas younger than this are spared by garbage
@@ -110,12 +112,53 @@ impl MasterState {
             copies: Copies::default(),
             inventories: Default::default(),
             gc_queue: InventoryQueue::default(),
+            leader_since: Mutex::new(None),
             orphans: OrphanQueue::default(),
             gc_grace,
             corrupt: Default::default(),
             workers,
             under_replicated: Default::default(),
         }
+    }
+
+    /// This master became the leader of its group: what other masters
+    /// kept in memory is rebuilt here. Nodes report in with their next
+    /// heartbeat (nothing is re-replicated before they had the time:
+    /// [`MasterState::leading_for`]); clients re-open their files when
+    /// they reconnect, so every orphan gets [`ORPHAN_GRACE`] before it is
+    /// freed.
+    pub fn took_the_lead(&self) {
+        *lock(&self.leader_since) = Some(Instant::now());
+        match self.store.orphans() {
+            Ok(orphans) => {
+                for ino in &orphans {
+                    self.orphans.purge_after(*ino, ORPHAN_GRACE);
+                }
+                tracing::info!("leading the master group; {} orphans wait for their clients", orphans.len());
+            }
+            Err(e) => tracing::error!("listing orphans: {e}"),
+        }
+    }
+
+    /// This master no longer leads its group.
+    pub fn lost_the_lead(&self) {
+        *lock(&self.leader_since) = None;
+        tracing::info!("no longer leading the master group");
+    }
+
+    /// How long this master has led its group (None: it does not).
+    pub fn leading_for(&self) -> Option<Duration> {
+        if !self.store.is_leader() {
+            return None;
+        }
+        lock(&self.leader_since).map(|t| t.elapsed())
+    }
+
+    /// Whether this master has led its group long enough for every live
+    /// node to have reported to it: until then nothing is re-replicated
+    /// (a node not heard from yet is not dead).
+    pub fn settled_leader(&self) -> bool {
+        self.leading_for().is_some_and(|d| d >= self.registry.dead_after())
     }
 
     /// Releases `n` references to `ino` that a client gave back, freeing

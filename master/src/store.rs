@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use stripefs_proto::ops::Request;
-use stripefs_proto::types::{DirEntry, FileKind, Owner, Policy, Timestamp};
+use stripefs_proto::types::{DirEntry, FileKind, Timestamp};
 use stripefs_proto::{ChunkId, FsError, InodeId, NodeId, Version};
 use tokio_util::sync::CancellationToken;
 
@@ -38,6 +38,9 @@ pub const RAFT_DIR: &str = "raft";
 /// Ids handed out per reservation of the id ceiling.
 const ID_BATCH: u64 = 1 << 20;
 
+/// Chunk size of a new filesystem unless told otherwise.
+pub const DEFAULT_CHUNK_SIZE: u32 = 4 << 20;
+
 /// How a master takes part in its group.
 #[derive(Debug, Clone)]
 pub struct GroupOptions {
@@ -45,11 +48,17 @@ pub struct GroupOptions {
     pub addr: String,
     /// Log entries between snapshots.
     pub snapshot_every: u64,
+    /// Wait to be made a member of a group (by `stripefs masters init` or
+    /// `add`) instead of starting a group of one with a new filesystem.
+    pub join: bool,
+    /// The cluster secret (masters of a group talk to each other with it;
+    /// None: a group of one that never grows, in tests).
+    pub secret: Option<stripefs_proto::net::Secret>,
 }
 
 impl Default for GroupOptions {
     fn default() -> GroupOptions {
-        GroupOptions { addr: String::new(), snapshot_every: crate::raft::SNAPSHOT_EVERY }
+        GroupOptions { addr: String::new(), snapshot_every: crate::raft::SNAPSHOT_EVERY, join: false, secret: None }
     }
 }
 
@@ -83,8 +92,8 @@ pub type Gate = Arc<std::sync::RwLock<()>>;
 /// The master's database.
 pub struct Store {
     db: Arc<Database>,
-    fs_id: String,
-    chunk_size: u32,
+    /// The filesystem's id and chunk size, once it exists.
+    identity: std::sync::OnceLock<(String, u32)>,
     gate: Gate,
     /// Chunk ids and versions reserved and not yet handed out.
     ids: tokio::sync::Mutex<(u64, u64)>,
@@ -105,6 +114,13 @@ struct Group {
     rt: Option<tokio::runtime::Runtime>,
     id: u64,
     log: LogStore,
+    /// Until when this master may answer reads as the leader.
+    lease: Arc<crate::raft::Lease>,
+    /// Set while this master hands its leadership to another.
+    stepping_down: Arc<std::sync::atomic::AtomicBool>,
+    secret: Option<stripefs_proto::net::Secret>,
+    /// When the leader last heard from each other master.
+    contacts: crate::raft::network::Contacts,
 }
 
 /// Inodes a command in flight may free or keep as an orphan, depending on
@@ -264,10 +280,8 @@ impl Store {
                     )));
                 }
             }
-            let chunk_size = chunk_size.unwrap_or(4 << 20);
             let db = Database::create(&path).map_err(|e| db_err(&path)(e.into()))?;
-            create_fs(&db, chunk_size).map_err(db_err(&path))?;
-            tracing::info!("created a new filesystem in {} (chunk size {chunk_size})", path.display());
+            new_member_db(&db).map_err(db_err(&path))?;
             db
         };
         // A data directory of a master from before the group: apply what
@@ -281,7 +295,10 @@ impl Store {
             })?;
             std::fs::remove_file(&journal_path).map_err(io(&journal_path))?;
         }
-        let (fs_id, chunk_size, _) = read_identity(&db).map_err(db_err(&path))?;
+        let identity = std::sync::OnceLock::new();
+        if let Some((fs_id, size, _)) = read_identity(&db).map_err(db_err(&path))? {
+            let _ = identity.set((fs_id, size));
+        }
         {
             let txn = db.begin_write().map_err(|e| db_err(&path)(e.into()))?;
             {
@@ -297,11 +314,11 @@ impl Store {
         let db = Arc::new(db);
         let gate: Gate = Arc::new(std::sync::RwLock::new(()));
         let metrics = Arc::new(StoreMetrics::default());
-        let group = start_group(dir, &db, &gate, chunk_size, &metrics, &fatal, &group)?;
-        Ok(Store {
+        let join = group.join;
+        let group = start_group(dir, &db, &gate, &metrics, &fatal, &group)?;
+        let store = Store {
             db,
-            fs_id,
-            chunk_size,
+            identity,
             gate,
             ids: tokio::sync::Mutex::new((0, 0)),
             metrics,
@@ -310,27 +327,56 @@ impl Store {
             pending: Arc::default(),
             submitted: tokio_util::task::TaskTracker::new(),
             fatal,
-        })
+        };
+        // A new group of one (or one that stopped before its filesystem
+        // was created) creates it now, through its log.
+        if store.identity().is_none() && !join && store.is_leader() {
+            let raft = store.group.raft.clone();
+            let proposal = Proposal { cmd: create_fs_command(chunk_size), closed: Vec::new() };
+            let rt = store.group.rt.as_ref().ok_or_else(|| OpenError::Refused("no runtime".into()))?;
+            match block_on(rt, async move { raft.client_write(proposal).await.map(|r| r.data) }) {
+                Ok(Ok(Ok(_))) => tracing::info!("created a new filesystem in {}", dir.display()),
+                other => return Err(OpenError::Refused(format!("creating the filesystem: {other:?}"))),
+            }
+        }
+        if let Some((fs_id, size)) = store.identity() {
+            tracing::info!("filesystem {fs_id} (chunk size {size}) in {}", dir.display());
+        }
+        Ok(store)
     }
 
-    /// The filesystem id.
-    pub fn fs_id(&self) -> &str {
-        &self.fs_id
+    /// The filesystem's id and chunk size (None: a master waiting to join
+    /// a group, or a group whose filesystem is not created yet).
+    pub fn identity(&self) -> Option<(String, u32)> {
+        if let Some(i) = self.identity.get() {
+            return Some(i.clone());
+        }
+        let (fs_id, size, _) = read_identity(&self.db).ok()??;
+        Some(self.identity.get_or_init(|| (fs_id, size)).clone())
     }
 
-    /// The chunk size.
+    /// The filesystem id ("" before it exists: see [`Store::identity`]).
+    pub fn fs_id(&self) -> String {
+        self.identity().map(|i| i.0).unwrap_or_default()
+    }
+
+    /// The chunk size (the default before the filesystem exists).
     pub fn chunk_size(&self) -> u32 {
-        self.chunk_size
+        self.identity().map(|i| i.1).unwrap_or(DEFAULT_CHUNK_SIZE)
     }
 
     /// Applies a command durably (in the group's log, flushed with the
     /// commands proposed meanwhile) and returns its reply.
     pub async fn execute(&self, cmd: Command) -> Result<Reply, FsError> {
         use tracing::Instrument as _;
+        if self.group.stepping_down.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(FsError::NotLeader);
+        }
         let (proposal, _pending) = self.propose(cmd)?;
         let raft = self.group.raft.clone();
         // Inside the span of the request: its log shows where it went.
-        let written = raft.client_write(proposal).instrument(tracing::debug_span!("commit", member = self.group.id)).await;
+        let written =
+            raft.client_write(proposal).instrument(tracing::debug_span!("commit", member = self.group.id)).await;
         match written {
             Ok(r) => {
                 tracing::debug!(log_index = r.log_id.index, "committed and applied");
@@ -399,9 +445,12 @@ impl Store {
     ) -> FsError {
         use openraft::error::{ClientWriteError, RaftError};
         match e {
+            // Not proposed, or proposed and then lost with the leadership:
+            // either way the caller asks the leader again, with the same
+            // request id (applied once if it was committed after all).
             RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
-                tracing::warn!("this master is no longer the leader (leader: {:?})", f.leader_id);
-                FsError::Unavailable
+                tracing::debug!("not the leader (the leader is {:?})", f.leader_id);
+                FsError::NotLeader
             }
             RaftError::APIError(e) => internal(e),
             RaftError::Fatal(e) => {
@@ -430,6 +479,63 @@ impl Store {
     /// Bytes this master's log takes on disk.
     pub fn log_disk_bytes(&self) -> u64 {
         self.group.log.disk_bytes()
+    }
+
+    /// Whether this master leads its group (as far as it knows: see
+    /// [`Store::ensure_leader`] for a confirmed answer).
+    pub fn is_leader(&self) -> bool {
+        let m = self.group.raft.metrics();
+        let m = m.borrow();
+        m.current_leader == Some(self.group.id) && m.state == openraft::ServerState::Leader
+    }
+
+    /// The leader's address, as far as this master knows.
+    pub fn leader_addr(&self) -> Option<String> {
+        let m = self.group.raft.metrics();
+        let m = m.borrow();
+        let leader = m.current_leader?;
+        m.membership_config.membership().get_node(&leader).map(|n| n.addr.clone())
+    }
+
+    /// Ok when this master leads its group and may answer reads from its
+    /// state: within its lease, or after confirming with a quorum (see
+    /// [`crate::raft::LEASE`]). `NotLeader` otherwise: the caller asks
+    /// [`Store::leader_addr`]'s master.
+    pub async fn ensure_leader(&self) -> Result<(), FsError> {
+        if self.group.stepping_down.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(FsError::NotLeader);
+        }
+        if let Some(until) = *lock(&self.group.lease) {
+            if std::time::Instant::now() < until {
+                return Ok(());
+            }
+        }
+        crate::raft::confirm_leadership(&self.group.raft, &self.group.lease).await?;
+        if self.identity().is_none() {
+            // A group whose filesystem is still being created.
+            return Err(FsError::NotLeader);
+        }
+        Ok(())
+    }
+
+    /// The group as this master sees it.
+    pub fn group_status(&self) -> stripefs_proto::types::GroupStatus {
+        crate::raft::status(&self.group.raft.metrics().borrow(), &self.group.contacts)
+    }
+
+    /// Changes the group (see [`stripefs_proto::types::GroupChange`]).
+    pub async fn group_change(
+        &self,
+        change: stripefs_proto::types::GroupChange,
+    ) -> Result<stripefs_proto::types::GroupStatus, String> {
+        let raft = self.group.raft.clone();
+        let (secret, stepping) = (self.group.secret.clone(), self.group.stepping_down.clone());
+        let rt = self.group.rt.as_ref().ok_or("the master is stopping")?.handle().clone();
+        // On the group's runtime: a change outlives a client that gives up.
+        rt.spawn(async move { crate::raft::change(&raft, secret, &stepping, change).await })
+            .await
+            .map_err(|e| e.to_string())??;
+        Ok(self.group_status())
     }
 
     /// Applies a client's request once (a retry gets the first answer; see
@@ -798,13 +904,15 @@ fn member_id(raft_dir: &Path) -> std::io::Result<u64> {
     }
 }
 
-/// Opens the log and state machine and starts this master's group; a new
-/// group of one when it has none yet. Returns once this master leads it.
+/// Opens the log and state machine and starts this master's group. A
+/// master not told to join starts a group of one (creating the filesystem
+/// through the log) when it has none, and returns once it leads its group
+/// of one; a member of a larger group returns at once (it may have to
+/// wait for the others).
 fn start_group(
     dir: &Path,
     db: &Arc<Database>,
     gate: &Gate,
-    chunk_size: u32,
     metrics: &Arc<StoreMetrics>,
     fatal: &CancellationToken,
     opts: &GroupOptions,
@@ -814,7 +922,7 @@ fn start_group(
     std::fs::create_dir_all(&raft_dir).map_err(io)?;
     let id = member_id(&raft_dir).map_err(io)?;
     let log = LogStore::open(&raft_dir, metrics.clone()).map_err(io)?;
-    let sm = StateMachine::open(db.clone(), gate.clone(), u64::from(chunk_size), &raft_dir, metrics.clone())
+    let sm = StateMachine::open(db.clone(), gate.clone(), &raft_dir, metrics.clone())
         .map_err(|e| OpenError::Refused(format!("the master group's state in {}: {e}", raft_dir.display())))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -825,71 +933,81 @@ fn start_group(
     let config = crate::raft::config(opts.snapshot_every)
         .validate()
         .map_err(|e| OpenError::Refused(format!("master group configuration: {e}")))?;
-    let addr = opts.addr.clone();
+    let contacts = crate::raft::network::Contacts::default();
+    let network = crate::raft::Network::new(opts.secret.clone(), contacts.clone());
+    let (addr, join) = (opts.addr.clone(), opts.join);
     let (log2, fatal) = (log.clone(), fatal.clone());
+    let lease = Arc::new(Mutex::new(None));
+    let stepping_down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (lease2, stepping2) = (lease.clone(), stepping_down.clone());
     let started = block_on(&rt, async move {
-        let raft = Raft::new(id, Arc::new(config), crate::raft::Network, log2, sm).await.map_err(|e| e.to_string())?;
-        if !raft.is_initialized().await.map_err(|e| e.to_string())? {
-            tracing::info!("starting a new master group of one (member {id})");
+        let raft = Raft::new(id, Arc::new(config), network, log2, sm).await.map_err(|e| e.to_string())?;
+        let initialized = raft.is_initialized().await.map_err(|e| e.to_string())?;
+        if !initialized && !join {
+            tracing::info!("starting a new master group of one (member {id} at {addr})");
             let members = std::collections::BTreeMap::from([(id, Member::new(addr))]);
             raft.initialize(members).await.map_err(|e| e.to_string())?;
+        } else if !initialized {
+            tracing::info!("member {id} waits to be added to a master group (stripefs masters init or add)");
         }
-        raft.wait(Some(std::time::Duration::from_secs(30)))
-            .metrics(
-                |m| m.current_leader == Some(id) && m.last_applied.map(|l| l.index) == m.last_log_index,
-                "lead the group and apply its log",
-            )
+        let voters: Vec<u64> = raft
+            .with_raft_state(|st| st.membership_state.effective().membership().voter_ids().collect())
             .await
             .map_err(|e| e.to_string())?;
-        // A failed storage call stops the group: stop the master too.
-        let mut metrics = raft.metrics();
-        tokio::spawn(async move {
-            while metrics.changed().await.is_ok() {
-                if let Err(e) = &metrics.borrow().running_state {
-                    tracing::error!("the master group stopped: {e}; stopping the master");
-                    fatal.cancel();
-                    return;
-                }
-            }
-        });
+        let alone = voters == [id];
+        if alone {
+            raft.wait(Some(std::time::Duration::from_secs(30)))
+                .metrics(
+                    // Leader, with the first entry of its term applied:
+                    // everything before it is applied too.
+                    |m| {
+                        m.state == openraft::ServerState::Leader
+                            && m.current_leader == Some(id)
+                            && m.last_applied.map(|l| l.leader_id.term) == Some(m.current_term)
+                            && m.last_applied.map(|l| l.index) == m.last_log_index
+                    },
+                    "lead the group of one and apply its log",
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        crate::raft::spawn_watchers(raft.clone(), id, lease2, stepping2, fatal);
         Ok::<_, String>(raft)
     })
     .and_then(|r| r)
     .map_err(|e| OpenError::Refused(format!("starting the master group in {}: {e}", raft_dir.display())))?;
-    Ok(Group { raft: started, rt: Some(rt), id, log })
+    let group =
+        Group { raft: started, rt: Some(rt), id, log, lease, stepping_down, secret: opts.secret.clone(), contacts };
+    Ok(group)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn create_fs(db: &Database, chunk_size: u32) -> Result<(), redb::Error> {
+/// Prepares the database of a new member: the tables and the marks of a
+/// stripefs database, but no filesystem yet (it comes through the log, or
+/// with a snapshot, the same on every member: [`Command::CreateFs`]).
+fn new_member_db(db: &Database) -> Result<(), redb::Error> {
     let txn = db.begin_write()?;
     {
         let mut t = Tables::open(&txn)?;
-        let mut id = [0u8; 16];
-        rand::rng().fill_bytes(&mut id);
-        let meta: [(&str, Vec<u8>); 7] = [
-            (meta_keys::MAGIC, MAGIC_VALUE.to_vec()),
-            (meta_keys::FORMAT_VERSION, FORMAT_VERSION.to_le_bytes().to_vec()),
-            (meta_keys::FS_ID, hex::encode(id).into_bytes()),
-            (meta_keys::CHUNK_SIZE, chunk_size.to_le_bytes().to_vec()),
-            (meta_keys::NEXT_INODE, 2u64.to_le_bytes().to_vec()),
-            (meta_keys::ID_CEILING, 1u64.to_le_bytes().to_vec()),
-            (meta_keys::INODE_COUNT, 1u64.to_le_bytes().to_vec()),
-        ];
-        for (k, v) in meta {
-            t.meta.insert(k, v.as_slice())?;
-        }
-        let now = Timestamp::now();
-        let mut root =
-            crate::namespace::new_record(FileKind::Dir, 0o755, Owner { uid: 0, gid: 0 }, Policy::default(), now);
-        root.nlink = 2;
-        root.parent = InodeId::ROOT.0;
-        t.inodes.insert(InodeId::ROOT.0, root.encode().as_slice())?;
+        t.meta.insert(meta_keys::MAGIC, MAGIC_VALUE)?;
+        t.meta.insert(meta_keys::FORMAT_VERSION, FORMAT_VERSION.to_le_bytes().as_slice())?;
     }
     txn.commit()?;
     Ok(())
+}
+
+/// The command creating a new filesystem (a random id, `chunk_size`).
+pub fn create_fs_command(chunk_size: Option<u32>) -> Command {
+    let mut id = [0u8; 16];
+    rand::rng().fill_bytes(&mut id);
+    Command::CreateFs {
+        fs_id: hex::encode(id),
+        chunk_size: chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE),
+        now: Timestamp::now(),
+    }
 }
 
 fn check_existing(db: &Database, path: &Path, chunk_size: Option<u32>) -> Result<(), OpenError> {
@@ -906,13 +1024,14 @@ fn check_existing(db: &Database, path: &Path, chunk_size: Option<u32>) -> Result
             (Some(want), Some(have)) if want != have => Err(OpenError::Refused(format!(
                 "this filesystem was created with chunk size {have}; --chunk-size {want} cannot change it"
             ))),
-            (Some(_), None) => Err(not_ours()),
+            // A member whose filesystem is not created yet.
             _ => Ok(()),
         },
     }
 }
 
-fn read_identity(db: &Database) -> Result<(String, u32, u64), redb::Error> {
+/// The filesystem's id, chunk size and id ceiling (None: no filesystem yet).
+fn read_identity(db: &Database) -> Result<Option<(String, u32, u64)>, redb::Error> {
     let txn = db.begin_read()?;
     let meta = txn.open_table(tables::META)?;
     let corrupt = || redb::Error::Corrupted("meta table lacks a required key".into());
@@ -920,7 +1039,8 @@ fn read_identity(db: &Database) -> Result<(String, u32, u64), redb::Error> {
     let chunk = meta.get(meta_keys::CHUNK_SIZE)?.and_then(|v| Some(u32::from_le_bytes(v.value().try_into().ok()?)));
     let ceiling = meta.get(meta_keys::ID_CEILING)?.and_then(|v| read_u64(v.value()));
     match (fs_id, chunk, ceiling) {
-        (Some(f), Some(c), Some(i)) => Ok((f, c, i)),
+        (Some(f), Some(c), Some(i)) => Ok(Some((f, c, i))),
+        (None, _, _) => Ok(None),
         _ => Err(corrupt()),
     }
 }
@@ -958,7 +1078,9 @@ fn replay(db: &Database, mut journal: Journal, entries: Vec<Entry>) -> Result<(u
     let mut seq = stored_seq(db)?;
     let lost = seq;
     let mut replayed = 0usize;
-    let (_, chunk_size, _) = read_identity(db)?;
+    let Some((_, chunk_size, _)) = read_identity(db)? else {
+        return Err(redb::Error::Corrupted("a journal without a filesystem".into()).into());
+    };
     for entry in entries.into_iter().filter(|e| e.seq > lost) {
         let txn = db.begin_write()?;
         {

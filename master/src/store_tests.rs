@@ -4,7 +4,7 @@ use super::*;
 use crate::namespace::{Command, Reply};
 use std::collections::HashSet;
 use stripefs_proto::ops;
-use stripefs_proto::types::{Attr, ChunkCommit, Owner};
+use stripefs_proto::types::{Attr, ChunkCommit, Owner, Policy};
 use stripefs_proto::{ChunkId, Version};
 use tempfile::TempDir;
 

@@ -64,4 +64,7 @@ pub enum FsError {
     /// The operation is not permitted (e.g. a hard link to a directory).
     #[error("operation not permitted")]
     NotPermitted,
+    /// This master does not lead its group (ask `leader` who does).
+    #[error("this master is not the leader of its group")]
+    NotLeader,
 }

@@ -37,7 +37,9 @@ const MAGIC: &[u8; 8] = b"STRIPEFS";
 /// only on data connections (no `write_chunk` RPC). 5: heartbeats and node
 /// statuses carry the node's worker statuses; the master's `workers` RPC.
 /// 6: mutations are one `ops` type each inside a `Request` with a request id.
-pub const PROTOCOL_VERSION: u32 = 6;
+/// 7: master groups: `NotLeader`, the `leader`, `raft`, `group` and
+/// `group_change` RPCs.
+pub const PROTOCOL_VERSION: u32 = 7;
 const NONCE_BYTES: usize = 32;
 const MAC_BYTES: usize = 32;
 
@@ -187,6 +189,12 @@ pub enum ConnectError {
         /// The peer's protocol version.
         theirs: u32,
     },
+    /// None of the masters leads a group right now.
+    #[error("none of the masters {addrs} leads its group right now (an election may be under way)")]
+    NoLeader {
+        /// The masters asked.
+        addrs: String,
+    },
     /// The server refused our proof: the secrets differ.
     #[error("{addr} refused the connection: wrong cluster secret")]
     Refused {
@@ -330,6 +338,66 @@ pub async fn connect_master(
     timeout: Duration,
 ) -> Result<crate::MasterServiceClient, ConnectError> {
     Ok(crate::MasterServiceClient::from(connect_channel(addr, secret, timeout).await?))
+}
+
+/// The addresses of a list of masters (`m1:9400,m2:9400,m3:9400`).
+pub fn master_addrs(list: &str) -> Vec<String> {
+    list.split(',').map(str::trim).filter(|a| !a.is_empty()).map(String::from).collect()
+}
+
+/// A client for the master leading the group, from a list of masters
+/// (`m1:9400,m2:9400`): each is asked in turn who leads, and the leader
+/// it names is tried next. Returns the client and the leader's address.
+/// A wrong secret or protocol version fails at once; masters that cannot
+/// be reached, or a group without a leader, give the last error seen.
+pub async fn connect_leader(
+    list: &str,
+    secret: &Secret,
+    timeout: Duration,
+) -> Result<(crate::MasterServiceClient, String), ConnectError> {
+    let mut queue: std::collections::VecDeque<String> = master_addrs(list).into();
+    let single = queue.len() == 1;
+    let mut tried: Vec<String> = Vec::new();
+    let mut last = ConnectError::NoLeader { addrs: list.to_string() };
+    while let Some(addr) = queue.pop_front() {
+        if tried.contains(&addr) {
+            continue;
+        }
+        tried.push(addr.clone());
+        let c = match connect_master(&addr, secret, timeout).await {
+            Ok(c) => c,
+            Err(
+                e @ (ConnectError::Refused { .. }
+                | ConnectError::ServerNotAuthentic { .. }
+                | ConnectError::Version { .. }),
+            ) => return Err(e),
+            Err(e) => {
+                last = e;
+                continue;
+            }
+        };
+        match c.group(context_with_timeout(timeout)).await {
+            Ok(Ok(st)) => {
+                if st.leader.is_some() && st.leader == Some(st.this) {
+                    return Ok((c, addr));
+                }
+                if let Some(leader) = st.leader.and_then(|l| st.members.into_iter().find(|m| m.id == l)) {
+                    queue.push_front(leader.addr);
+                }
+                last = ConnectError::NoLeader { addrs: list.to_string() };
+            }
+            // A lone master that does not say who leads is the master:
+            // its calls tell the rest.
+            _ if single => return Ok((c, addr)),
+            _ => {}
+        }
+    }
+    Err(last)
+}
+
+/// The address of the master leading the group (see [`connect_leader`]).
+pub async fn find_leader(list: &str, secret: &Secret, timeout: Duration) -> Result<String, ConnectError> {
+    connect_leader(list, secret, timeout).await.map(|(_, addr)| addr)
 }
 
 /// A multiplexed tarpc channel to the master or node at `addr` (what

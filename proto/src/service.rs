@@ -93,6 +93,17 @@ pub trait MasterService {
     async fn fsck(repair: bool) -> Result<FsckReport, FsError>;
     /// What the master's background workers are doing.
     async fn workers() -> Result<Vec<WorkerStatus>, FsError>;
+    /// The address of the master leading the group, as far as this one
+    /// knows (None: no leader right now, e.g. during an election).
+    async fn leader() -> Result<Option<String>, FsError>;
+    /// A message between masters of the group (an encoded Raft request;
+    /// the answer is the encoded Raft answer).
+    async fn raft(msg: Vec<u8>) -> Result<Vec<u8>, FsError>;
+    /// The master group as this master sees it.
+    async fn group() -> Result<GroupStatus, FsError>;
+    /// Changes the master group (on its leader; `Init` on any master of a
+    /// group not yet initialized). A refusal says why, in words.
+    async fn group_change(change: GroupChange) -> Result<GroupStatus, String>;
 }
 
 /// A storage node: stores chunk replicas, knows nothing of inodes.

@@ -461,3 +461,74 @@ impl std::fmt::Display for WorkerState {
 }
 
 pub use crate::fsck::{FsckCounts, FsckOutcome, FsckProblem, FsckProblemKind, FsckReport};
+
+/// One master of a group, as the master answering sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MasterStatus {
+    /// Its id in the group.
+    pub id: u64,
+    /// Its address.
+    pub addr: String,
+    /// `leader`, `follower`, `learner` (catching up, not voting yet),
+    /// `candidate`, or `unknown` (seen only in the membership).
+    pub role: String,
+    /// Whether it votes.
+    pub voter: bool,
+    /// Index of the last log entry it is known to hold.
+    pub last_log_index: Option<u64>,
+    /// Entries it is behind the leader (known on the leader only).
+    pub lag: Option<u64>,
+    /// Milliseconds since the leader last heard from it (leader only; 0
+    /// for the leader itself).
+    pub millis_since_contact: Option<u64>,
+}
+
+/// A master group as the master answering sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupStatus {
+    /// The answering master's id.
+    pub this: u64,
+    /// Whether the group exists (a master started with `--join` waits to be
+    /// made a member).
+    pub initialized: bool,
+    /// The current term.
+    pub term: u64,
+    /// The leader's id, if there is one.
+    pub leader: Option<u64>,
+    /// Index of the last entry applied on this master.
+    pub applied: Option<u64>,
+    /// Index of the last entry in this master's log.
+    pub last_log_index: Option<u64>,
+    /// Index of the last snapshot of this master.
+    pub snapshot: Option<u64>,
+    /// Every member (and learner), by id.
+    pub members: Vec<MasterStatus>,
+    /// Whether a membership change is under way (joint consensus).
+    pub changing: bool,
+}
+
+/// A change of the master group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GroupChange {
+    /// Make the masters at these addresses a new group (they were started
+    /// with `--join` and hold nothing yet) and create the filesystem.
+    Init {
+        /// Addresses of every member, the answering master's included.
+        members: Vec<String>,
+        /// Chunk size of the new filesystem (None: the default).
+        chunk_size: Option<u32>,
+    },
+    /// Add the master at this address (started with `--join`): it catches
+    /// up as a learner, then votes.
+    Add {
+        /// Its address.
+        addr: String,
+    },
+    /// Remove a member (dead or alive) by id.
+    Remove {
+        /// Its id.
+        id: u64,
+    },
+    /// Make another member the leader (before maintenance of this one).
+    StepDown,
+}

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use stripefs_daemon::Workers;
-use stripefs_proto::net::{connect_master, context_with_timeout};
+use stripefs_proto::net::{connect_leader, context_with_timeout};
 use stripefs_proto::types::{Heartbeat, InventoryItem, NodeHello};
 use stripefs_proto::{FsError, MasterServiceClient, NodeId};
 use tokio_util::sync::CancellationToken;
@@ -218,7 +218,8 @@ pub(crate) async fn run(
 impl Link {
     /// Connects to the master and registers; records a new identity.
     async fn register(&mut self) -> Result<(MasterServiceClient, NodeId), Failure> {
-        let client = connect_master(&self.cfg.master_addr, &self.cfg.secret, CONNECT_TIMEOUT)
+        // The leader of the master group (one master: that one).
+        let (client, _) = connect_leader(&self.cfg.master_addr, &self.cfg.secret, CONNECT_TIMEOUT)
             .await
             .map_err(|e| Failure::Retry(e.to_string()))?;
         let hello = NodeHello {
@@ -310,6 +311,10 @@ impl Link {
                 }
                 Ok(Err(FsError::NotFound)) => {
                     tracing::warn!("the master does not know node {node}; registering again");
+                    return HeartbeatEnd::Reregister;
+                }
+                Ok(Err(FsError::NotLeader)) => {
+                    tracing::info!("the master no longer leads its group; registering with the new leader");
                     return HeartbeatEnd::Reregister;
                 }
                 Ok(Err(e)) => tracing::warn!("the master refused a heartbeat: {e}"),

@@ -83,6 +83,10 @@ macro_rules! unsupported {
 }
 
 impl MasterService for FakeMaster {
+    async fn group_change(self, _: Context, _: GroupChange) -> Result<GroupStatus, String> {
+        Err("not a master".into())
+    }
+
     unsupported! {
         fs_info() -> FsInfo;
         lookup(parent: InodeId, name: String) -> Attr;
@@ -114,6 +118,9 @@ impl MasterService for FakeMaster {
         report_corrupt(node: NodeId, chunk: ChunkId, version: Version) -> ();
         fsck(repair: bool) -> FsckReport;
         workers() -> Vec<WorkerStatus>;
+        leader() -> Option<String>;
+        raft(msg: Vec<u8>) -> Vec<u8>;
+        group() -> GroupStatus;
     }
 
     async fn register_node(self, _: Context, hello: NodeHello) -> Result<Registered, FsError> {

@@ -244,6 +244,8 @@ impl TestCluster {
             gc_grace: self.gc_grace,
             metrics_addr: Some("127.0.0.1:0".into()),
             snapshot_every: stripefs_master::raft::SNAPSHOT_EVERY,
+            advertise: None,
+            join: false,
         };
         self.master = Some(Server::start("master", listener, move |l, t| stripefs_master::run(cfg, l, t)));
     }

@@ -42,6 +42,7 @@ pub async fn status(t: &Target, json: bool) -> anyhow::Result<()> {
     let nodes = c.nodes(context::current()).await?.map_err(|e| anyhow::anyhow!("master: {e}"))?;
     let fs = c.statfs(context::current()).await?.map_err(|e| anyhow::anyhow!("master: {e}"))?;
     let workers = c.workers(context::current()).await?.map_err(|e| anyhow::anyhow!("master: {e}"))?;
+    let group = c.group(context::current()).await?.map_err(|e| anyhow::anyhow!("master: {e}"))?;
     if json {
         let list: Vec<serde_json::Value> = nodes
             .iter()
@@ -60,11 +61,13 @@ pub async fn status(t: &Target, json: bool) -> anyhow::Result<()> {
             "master": t.master, "nodes": list,
             "workers": workers.iter().map(worker_json).collect::<Vec<_>>(),
             "total_bytes": fs.total_bytes, "free_bytes": fs.free_bytes, "files": fs.files,
+            "masters": crate::masters::health_line(&group),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
     println!("master {}", t.master);
+    println!("{}", crate::masters::health_line(&group));
     println!(
         "{:>4}  {:<22} {:<12} {:<10} {:<5} {:>10} {:>10} {:>10} {:>8} {:>9}",
         "ID", "ADDRESS", "HOST", "ZONE", "STATE", "CAPACITY", "USED", "FREE", "CHUNKS", "DELETING"

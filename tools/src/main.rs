@@ -4,6 +4,7 @@ mod bench;
 mod fsck;
 mod inspect;
 mod local_cluster;
+mod masters;
 mod target;
 
 use clap::{Parser, Subcommand};
@@ -92,7 +93,32 @@ enum Command {
     /// report, and exits as fsck(8) does.
     #[command(after_help = fsck::EXAMPLES)]
     Fsck(fsck::FsckArgs),
+    /// The master group: list its members (the default), or change it.
+    ///
+    /// Give the masters with --master m1:9400,m2:9400,m3:9400 (any of them will do: the leader is found), or a
+    /// path inside a stripefs mount.
+    #[command(after_help = MASTERS_EXAMPLES)]
+    Masters {
+        #[command(subcommand)]
+        action: Option<masters::MastersCmd>,
+        /// Any path inside a stripefs mount (selects its cluster).
+        #[arg(long)]
+        path: Option<PathBuf>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Data directory of a local cluster (default /var/tmp/stripefs).
+        #[arg(long, value_name = "DIR")]
+        data: Option<PathBuf>,
+    },
 }
+
+const MASTERS_EXAMPLES: &str = "Examples:
+  stripefs masters --master m1:9400,m2:9400,m3:9400
+  stripefs masters --master m1:9400 init m1:9400,m2:9400,m3:9400   # masters started with --join
+  stripefs masters --master m1:9400 add m4:9400                      # started with --join
+  stripefs masters --master m1:9400 remove 2803512731
+  stripefs masters --master m1:9400 step-down";
 
 fn main() {
     let cli = match Cli::try_parse() {
@@ -142,5 +168,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Bench(args) => bench::run(args, cli.master.as_deref(), cli.secret_file.as_deref()).await.map(|_| 0),
         Command::Fsck(args) => fsck::run(args, cli.master.as_deref(), cli.secret_file.as_deref()).await,
+        Command::Masters { action, path, json, data } => {
+            let t = resolve(path.as_deref(), data.as_deref().unwrap_or(&local))?;
+            masters::run(&t, action, json).await.map(|_| 0)
+        }
     }
 }

@@ -82,11 +82,20 @@ impl Target {
         )
     }
 
-    /// A connected master client.
+    /// A client of the master leading the group (`--master` may list
+    /// several: `m1:9400,m2:9400,m3:9400`).
     pub async fn connect(&self) -> anyhow::Result<MasterServiceClient> {
-        connect_master(&self.master, &self.secret, Duration::from_secs(5))
+        stripefs_proto::net::connect_leader(&self.master, &self.secret, Duration::from_secs(5))
             .await
+            .map(|(c, _)| c)
             .with_context(|| format!("cannot reach the stripefs master at {}", self.master))
+    }
+
+    /// A client of one master, leader or not (`stripefs masters`).
+    pub async fn connect_one(&self, addr: &str) -> anyhow::Result<MasterServiceClient> {
+        connect_master(addr, &self.secret, Duration::from_secs(5))
+            .await
+            .with_context(|| format!("cannot reach the stripefs master at {addr}"))
     }
 }
 

@@ -13,18 +13,16 @@
 //! the leader now decides it when it proposes the command and writes the
 //! answer into the entry ([`Proposal::closed`]).
 
+mod admin;
 pub mod log;
+pub mod network;
 pub mod state_machine;
 
 use crate::namespace::{Command, Reply};
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
-};
 use serde::{Deserialize, Serialize};
+use std::time::{Duration, Instant};
 use stripefs_proto::{FsError, InodeId};
+use tokio_util::sync::CancellationToken;
 
 /// A master as the group knows it: its address.
 pub type Member = openraft::BasicNode;
@@ -83,48 +81,85 @@ pub fn config(snapshot_every: u64) -> openraft::Config {
 /// Entries between snapshots by default.
 pub const SNAPSHOT_EVERY: u64 = 100_000;
 
-/// The connections to the other masters of the group.
-#[derive(Clone, Default)]
-pub struct Network;
+pub use admin::{change, status};
+pub use network::Network;
 
-/// A connection to one other master.
-pub struct Peer {
-    target: u64,
-}
+/// How long a confirmation of leadership by a quorum lets the leader
+/// answer reads from its own state. A follower that acknowledged the
+/// confirmation refuses to vote for anyone else for `election_timeout_max`
+/// (1.5 s) after it; 700 ms leaves room for clocks running at different
+/// speeds. A leader paused longer (SIGSTOP, a frozen VM) finds its lease
+/// expired on waking and confirms again, which fails once another leads.
+pub const LEASE: Duration = Duration::from_millis(700);
 
-#[derive(Debug, thiserror::Error)]
-#[error("master {0} is not reachable: this master has no connections to other masters yet")]
-struct NoPeers(u64);
+/// How often the leader renews its lease while it leads.
+const LEASE_RENEWAL: Duration = Duration::from_millis(200);
 
-impl RaftNetworkFactory<TypeConfig> for Network {
-    type Network = Peer;
-    async fn new_client(&mut self, target: u64, _node: &Member) -> Peer {
-        Peer { target }
+/// Until when this master may answer reads as the leader.
+pub type Lease = std::sync::Mutex<Option<Instant>>;
+
+/// Confirms with a quorum that this master still leads and that its state
+/// machine holds everything committed (openraft's read index), and renews
+/// the lease from the time the confirmation began.
+pub async fn confirm_leadership(raft: &Raft, lease: &Lease) -> Result<(), FsError> {
+    use openraft::error::RaftError;
+    let started = Instant::now();
+    match tokio::time::timeout(Duration::from_secs(2), raft.ensure_linearizable()).await {
+        Ok(Ok(_)) => {
+            *lease.lock().unwrap_or_else(|e| e.into_inner()) = Some(started + LEASE);
+            Ok(())
+        }
+        Ok(Err(RaftError::APIError(_))) | Err(_) => Err(FsError::NotLeader),
+        Ok(Err(RaftError::Fatal(e))) => {
+            tracing::error!("the master group stopped: {e}");
+            Err(FsError::Internal)
+        }
     }
 }
 
-impl RaftNetwork<TypeConfig> for Peer {
-    async fn append_entries(
-        &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
-        Err(RPCError::Unreachable(Unreachable::new(&NoPeers(self.target))))
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<u64>, RPCError<u64, Member, RaftError<u64, InstallSnapshotError>>> {
-        Err(RPCError::Unreachable(Unreachable::new(&NoPeers(self.target))))
-    }
-
-    async fn vote(
-        &mut self,
-        _rpc: VoteRequest<u64>,
-        _option: RPCOption,
-    ) -> Result<VoteResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
-        Err(RPCError::Unreachable(Unreachable::new(&NoPeers(self.target))))
-    }
+/// Starts the group's background tasks on the current (the group's)
+/// runtime: the lease renewal, and the watch that stops the master when
+/// the group stopped on a storage failure.
+pub fn spawn_watchers(
+    raft: Raft,
+    id: u64,
+    lease: std::sync::Arc<Lease>,
+    stepping: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    fatal: CancellationToken,
+) {
+    let mut metrics = raft.metrics();
+    tokio::spawn(async move {
+        while metrics.changed().await.is_ok() {
+            if let Err(e) = &metrics.borrow().running_state {
+                tracing::error!("the master group stopped: {e}; stopping the master");
+                fatal.cancel();
+                return;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let mut led = false;
+        loop {
+            tokio::time::sleep(LEASE_RENEWAL).await;
+            let m = raft.metrics().borrow().clone();
+            if m.running_state.is_err() {
+                return;
+            }
+            let leads = m.current_leader == Some(id) && m.state == openraft::ServerState::Leader;
+            // Confirming sends heartbeats: not while handing over.
+            if leads && !stepping.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = confirm_leadership(&raft, &lease).await;
+            } else {
+                *lease.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            }
+            if leads != led {
+                tracing::info!(
+                    "master {id} {} (term {})",
+                    if leads { "leads the group" } else { "no longer leads the group" },
+                    m.current_term
+                );
+                led = leads;
+            }
+        }
+    });
 }

@@ -63,6 +63,7 @@ enum Row {
 pub struct StateMachine {
     db: Arc<Database>,
     gate: Gate,
+    /// The filesystem's chunk size (0: not known yet; read when needed).
     chunk_size: u64,
     dir: PathBuf,
     metrics: Arc<StoreMetrics>,
@@ -108,19 +109,13 @@ fn record_applied(
 impl StateMachine {
     /// The state machine over `db`, with snapshots in `dir`. Brings the
     /// database up to the snapshot when it is behind it.
-    pub fn open(
-        db: Arc<Database>,
-        gate: Gate,
-        chunk_size: u64,
-        dir: &Path,
-        metrics: Arc<StoreMetrics>,
-    ) -> Result<StateMachine, String> {
+    pub fn open(db: Arc<Database>, gate: Gate, dir: &Path, metrics: Arc<StoreMetrics>) -> Result<StateMachine, String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let (applied, membership) = applied_in(&db.begin_read().map_err(|e| e.to_string())?)?;
         let mut sm = StateMachine {
             db,
             gate,
-            chunk_size,
+            chunk_size: 0,
             dir: dir.to_path_buf(),
             metrics,
             applied,
@@ -185,6 +180,7 @@ impl StateMachine {
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         self.last_checkpoint = Instant::now();
+        self.chunk_size = 0;
         Ok(())
     }
 }
@@ -382,6 +378,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         {
             let mut t = Tables::open(&txn).map_err(sm_err)?;
             for entry in &entries {
+                if self.chunk_size == 0 {
+                    // Known once the filesystem exists (CreateFs or a snapshot).
+                    self.chunk_size = match t.meta.get(meta_keys::CHUNK_SIZE).map_err(sm_err)? {
+                        Some(v) => v.value().try_into().map(u32::from_le_bytes).map(u64::from).unwrap_or(0),
+                        None => 0,
+                    };
+                }
                 self.applied = Some(entry.log_id);
                 answers.push(match &entry.payload {
                     EntryPayload::Blank => Ok(crate::namespace::Reply::Unit),

@@ -35,6 +35,9 @@ impl Worker for RequestExpiry {
     }
 
     async fn work(&mut self) -> Result<Step, String> {
+        if self.state.leading_for().is_none() {
+            return Ok(Step::Idle);
+        }
         let before = Timestamp::from(SystemTime::now() - REMEMBER_FOR);
         self.state.store.execute(Command::ForgetRequests { before }).await.map_err(|e| format!("{e}"))?;
         self.rounds += 1;

@@ -223,6 +223,10 @@ impl Worker for Rereplicator {
     }
 
     async fn work(&mut self) -> Result<Step, String> {
+        if !self.state.settled_leader() {
+            // A follower, or a new leader the nodes have not all reached.
+            return Ok(Step::Idle);
+        }
         self.last_scan = Some(Instant::now());
         let s = self.state.clone();
         // The scan reads the whole chunk table: off the async threads.
