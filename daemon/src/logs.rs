@@ -5,9 +5,9 @@
 /// logs the group's own events: elections, snapshots, members).
 pub const DEFAULT_FILTER: &str = "info,tarpc=warn,openraft=warn";
 
-/// What is added to a `RUST_LOG` that does not name openraft: its debug
+/// What is added to a `RUST_LOG` for each crate it does not name: their
 /// lines (several per request) would drown the requests' own.
-const OPENRAFT_UNLESS_NAMED: &str = "openraft=info";
+const QUIET_UNLESS_NAMED: &[(&str, &str)] = &[("openraft", "openraft=info"), ("tarpc", "tarpc=warn")];
 
 /// Sends this process's logs to stderr (with colours only on a terminal),
 /// filtered by `RUST_LOG`, else by [`DEFAULT_FILTER`]. Every request runs
@@ -35,8 +35,15 @@ pub fn init() {
 fn filter(rust_log: Option<&str>) -> tracing_subscriber::EnvFilter {
     let spec = match rust_log {
         None | Some("") => DEFAULT_FILTER.to_string(),
-        Some(s) if s.contains("openraft") => s.to_string(),
-        Some(s) => format!("{s},{OPENRAFT_UNLESS_NAMED}"),
+        Some(s) => {
+            let mut spec = s.to_string();
+            for (name, quiet) in QUIET_UNLESS_NAMED {
+                if !s.contains(name) {
+                    spec = format!("{spec},{quiet}");
+                }
+            }
+            spec
+        }
     };
     tracing_subscriber::EnvFilter::try_new(&spec).unwrap_or_else(|e| {
         eprintln!("RUST_LOG={spec:?} is not a valid filter ({e}); logging at {DEFAULT_FILTER}");
@@ -54,7 +61,7 @@ mod tests {
             assert_eq!(got.to_string(), tracing_subscriber::EnvFilter::new(want).to_string());
         };
         same(filter(None), DEFAULT_FILTER);
-        same(filter(Some("debug")), "debug,openraft=info");
-        same(filter(Some("debug,openraft=trace")), "debug,openraft=trace");
+        same(filter(Some("debug")), "debug,openraft=info,tarpc=warn");
+        same(filter(Some("debug,openraft=trace")), "debug,openraft=trace,tarpc=warn");
     }
 }

@@ -62,12 +62,17 @@ async fn watch_leadership(shared: Arc<state::MasterState>) {
     let mut led = false;
     loop {
         let leads = shared.store.is_leader();
-        if leads && !led {
+        // Confirmed, with every committed entry applied, before the soft
+        // state is rebuilt from the tables.
+        if leads && !led && shared.store.confirm_leader().await.is_ok() {
             shared.took_the_lead();
+            shared.store.set_serving(true);
+            led = true;
         } else if !leads && led {
+            shared.store.set_serving(false);
             shared.lost_the_lead();
+            led = false;
         }
-        led = leads;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -56,6 +56,16 @@ impl Registry {
         Registry { nodes: Mutex::new(nodes), dead_after }
     }
 
+    /// Adds the nodes of `known` this registry does not know yet, unseen
+    /// (a master that takes the lead learns the nodes registered while it
+    /// followed).
+    pub fn learn(&self, known: Vec<(NodeId, NodeRecord)>) {
+        let mut nodes = self.lock();
+        for (id, record) in known {
+            nodes.entry(id).or_insert_with(|| Entry::unseen(record));
+        }
+    }
+
     /// How long a silent node is still alive.
     pub fn dead_after(&self) -> Duration {
         self.dead_after

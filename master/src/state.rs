@@ -129,6 +129,10 @@ impl MasterState {
     /// freed.
     pub fn took_the_lead(&self) {
         *lock(&self.leader_since) = Some(Instant::now());
+        match self.store.nodes() {
+            Ok(nodes) => self.registry.learn(nodes),
+            Err(e) => tracing::error!("listing nodes: {e}"),
+        }
         match self.store.orphans() {
             Ok(orphans) => {
                 for ino in &orphans {

@@ -118,6 +118,8 @@ struct Group {
     lease: Arc<crate::raft::Lease>,
     /// Set while this master hands its leadership to another.
     stepping_down: Arc<std::sync::atomic::AtomicBool>,
+    /// See [`Store::set_serving`].
+    serving: std::sync::atomic::AtomicBool,
     secret: Option<stripefs_proto::net::Secret>,
     /// When the leader last heard from each other master.
     contacts: crate::raft::network::Contacts,
@@ -502,6 +504,14 @@ impl Store {
     /// [`crate::raft::LEASE`]). `NotLeader` otherwise: the caller asks
     /// [`Store::leader_addr`]'s master.
     pub async fn ensure_leader(&self) -> Result<(), FsError> {
+        if !self.group.serving.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(FsError::NotLeader);
+        }
+        self.confirm_leader().await
+    }
+
+    /// [`Store::ensure_leader`] before the soft state is rebuilt.
+    pub async fn confirm_leader(&self) -> Result<(), FsError> {
         if self.group.stepping_down.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(FsError::NotLeader);
         }
@@ -516,6 +526,13 @@ impl Store {
             return Err(FsError::NotLeader);
         }
         Ok(())
+    }
+
+    /// Whether this master serves clients and nodes as the leader: set
+    /// once it has rebuilt its soft state after taking the lead (see
+    /// `MasterState::took_the_lead`), cleared when it loses the lead.
+    pub fn set_serving(&self, serving: bool) {
+        self.group.serving.store(serving, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The group as this master sees it.
@@ -976,8 +993,17 @@ fn start_group(
     })
     .and_then(|r| r)
     .map_err(|e| OpenError::Refused(format!("starting the master group in {}: {e}", raft_dir.display())))?;
-    let group =
-        Group { raft: started, rt: Some(rt), id, log, lease, stepping_down, secret: opts.secret.clone(), contacts };
+    let group = Group {
+        raft: started,
+        rt: Some(rt),
+        id,
+        log,
+        lease,
+        stepping_down,
+        serving: std::sync::atomic::AtomicBool::new(false),
+        secret: opts.secret.clone(),
+        contacts,
+    };
     Ok(group)
 }
 

@@ -6,6 +6,7 @@
 //! unmounted when it is dropped, also when a test panics.
 
 pub mod faults;
+pub mod group;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -20,7 +20,8 @@ use std::path::PathBuf;
 #[derive(Parser, Debug)]
 #[command(name = "stripefs", version)]
 struct Cli {
-    /// Master address, HOST:PORT.
+    /// Master address, HOST:PORT; the masters of a group comma-separated
+    /// (m1:9400,m2:9400,m3:9400: the leader is found).
     #[arg(long, global = true, value_name = "ADDR")]
     master: Option<String>,
     /// File holding the cluster secret.

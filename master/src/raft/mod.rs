@@ -73,7 +73,8 @@ pub fn config(snapshot_every: u64) -> openraft::Config {
         election_timeout_max: 1500,
         install_snapshot_timeout: 10_000,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_every),
-        max_in_snapshot_log_to_keep: 1000,
+        // Entries kept behind a snapshot, for followers a little behind.
+        max_in_snapshot_log_to_keep: (snapshot_every / 10).min(1000),
         ..Default::default()
     }
 }
