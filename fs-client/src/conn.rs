@@ -241,8 +241,11 @@ pub type ReconnectHook = Box<dyn Fn(MasterClient) -> BoxFuture<'static, ()> + Se
 pub struct MasterConn {
     /// Names this master's per-thread connections.
     pool: u64,
-    /// The masters, as given (`m1:9400,m2:9400`).
-    addrs: String,
+    /// The masters, as given (`m1:9400,m2:9400`), and those learned from
+    /// the group since.
+    addrs: std::sync::Mutex<String>,
+    /// When the group's members were last asked for.
+    learned: std::sync::Mutex<Instant>,
     /// The leader's address, as last found.
     addr: std::sync::Mutex<String>,
     secret: Secret,
@@ -272,7 +275,8 @@ impl MasterConn {
         let client = MasterClient::from(CallStub::Shared(connect_channel(&addr, &secret, CONNECT_TIMEOUT).await?));
         Ok(MasterConn {
             pool: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed),
-            addrs: addrs.to_string(),
+            addrs: std::sync::Mutex::new(addrs.to_string()),
+            learned: std::sync::Mutex::new(Instant::now().checked_sub(LEARN_EVERY).unwrap_or_else(Instant::now)),
             addr: std::sync::Mutex::new(addr),
             secret,
             wait,
@@ -307,9 +311,32 @@ impl MasterConn {
         lock(&self.addr).clone()
     }
 
-    /// The masters this connection may use, as given.
-    pub fn addrs(&self) -> &str {
-        &self.addrs
+    /// The masters this connection may use: as given, and those learned
+    /// from the group.
+    pub fn addrs(&self) -> String {
+        lock(&self.addrs).clone()
+    }
+
+    /// Asks the group for its members now and then (at most every
+    /// [`LEARN_EVERY`]), so that a client given one master finds the
+    /// others once that one is gone.
+    async fn learn_members(&self, c: &MasterClient) {
+        {
+            let mut at = lock(&self.learned);
+            if at.elapsed() < LEARN_EVERY {
+                return;
+            }
+            *at = Instant::now();
+        }
+        let ctx = stripefs_proto::net::context_with_timeout(Duration::from_secs(2));
+        if let Ok(Ok(st)) = c.group(ctx).await {
+            let mut addrs = lock(&self.addrs);
+            let merged = stripefs_proto::net::with_members(&addrs, &st);
+            if *addrs != merged {
+                tracing::info!("masters of the group: {merged}");
+                *addrs = merged;
+            }
+        }
     }
 
     /// The key of this thread's own connection to the current leader.
@@ -331,7 +358,7 @@ impl MasterConn {
         let mut backoff = Duration::from_millis(50);
         let mut warned = false;
         loop {
-            let found = stripefs_proto::net::find_leader(&self.addrs, &self.secret, CONNECT_TIMEOUT).await;
+            let found = stripefs_proto::net::find_leader(&self.addrs(), &self.secret, CONNECT_TIMEOUT).await;
             let connected = match found {
                 Ok(addr) => connect_channel(&addr, &self.secret, CONNECT_TIMEOUT).await.map(|c| (addr, c)),
                 Err(e) => Err(e),
@@ -351,19 +378,19 @@ impl MasterConn {
                 }
                 // The master is there but refuses us: waiting will not help.
                 Err(e @ (ConnectError::Refused { .. } | ConnectError::ServerNotAuthentic { .. })) => {
-                    return Err(TransportError::connect(&self.addrs, &e).into())
+                    return Err(TransportError::connect(&self.addrs(), &e).into())
                 }
                 Err(e) => {
                     if Instant::now() + backoff > deadline {
                         return Err(TransportError::MasterUnreachable {
-                            addr: self.addrs.clone(),
+                            addr: self.addrs(),
                             waited: self.wait,
                             detail: e.to_string(),
                         }
                         .into());
                     }
                     if !warned {
-                        tracing::warn!("waiting up to {:?} for the master at {}: {e}", self.wait, self.addrs);
+                        tracing::warn!("waiting up to {:?} for the master at {}: {e}", self.wait, self.addrs());
                         warned = true;
                     }
                     tokio::time::sleep(backoff).await;
@@ -487,7 +514,14 @@ impl MasterConn {
                     tokio::time::sleep(backoff.min(deadline.saturating_duration_since(now))).await;
                     backoff = (backoff * 2).clamp(Duration::from_millis(20), Duration::from_millis(500));
                 }
-                Ok(r) => return r.map_err(ClientError::Fs),
+                Ok(r) => {
+                    if !mine {
+                        if let Some((_, Some(c))) = self.client.try_read().ok().map(|g| g.clone()) {
+                            self.learn_members(&c).await;
+                        }
+                    }
+                    return r.map_err(ClientError::Fs);
+                }
                 Err(e) if is_broken(&e) || timed_out_counted(&e) => {
                     if backoff.is_zero() {
                         tracing::warn!("master connection lost: {e}");
@@ -517,6 +551,9 @@ impl MasterConn {
         }
     }
 }
+
+/// How often a connection asks the master group for its members.
+const LEARN_EVERY: Duration = Duration::from_secs(2);
 
 /// Connections to storage nodes, by address.
 pub struct NodePool {

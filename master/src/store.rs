@@ -317,7 +317,7 @@ impl Store {
         let gate: Gate = Arc::new(std::sync::RwLock::new(()));
         let metrics = Arc::new(StoreMetrics::default());
         let join = group.join;
-        let group = start_group(dir, &db, &gate, &metrics, &fatal, &group)?;
+        let (group, alone) = start_group(dir, &db, &gate, &metrics, &fatal, &group)?;
         let store = Store {
             db,
             identity,
@@ -331,8 +331,9 @@ impl Store {
             fatal,
         };
         // A new group of one (or one that stopped before its filesystem
-        // was created) creates it now, through its log.
-        if store.identity().is_none() && !join && store.is_leader() {
+        // was created) creates it now, through its log. (A larger group's
+        // is created by `stripefs masters init`.)
+        if store.identity().is_none() && !join && alone && store.is_leader() {
             let raft = store.group.raft.clone();
             let proposal = Proposal { cmd: create_fs_command(chunk_size), closed: Vec::new() };
             let rt = store.group.rt.as_ref().ok_or_else(|| OpenError::Refused("no runtime".into()))?;
@@ -933,7 +934,7 @@ fn start_group(
     metrics: &Arc<StoreMetrics>,
     fatal: &CancellationToken,
     opts: &GroupOptions,
-) -> Result<Group, OpenError> {
+) -> Result<(Group, bool), OpenError> {
     let raft_dir = dir.join(RAFT_DIR);
     let io = |source| OpenError::Io { path: raft_dir.clone(), source };
     std::fs::create_dir_all(&raft_dir).map_err(io)?;
@@ -957,7 +958,7 @@ fn start_group(
     let lease = Arc::new(Mutex::new(None));
     let stepping_down = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (lease2, stepping2) = (lease.clone(), stepping_down.clone());
-    let started = block_on(&rt, async move {
+    let (started, alone) = block_on(&rt, async move {
         let raft = Raft::new(id, Arc::new(config), network, log2, sm).await.map_err(|e| e.to_string())?;
         let initialized = raft.is_initialized().await.map_err(|e| e.to_string())?;
         if !initialized && !join {
@@ -989,7 +990,7 @@ fn start_group(
                 .map_err(|e| e.to_string())?;
         }
         crate::raft::spawn_watchers(raft.clone(), id, lease2, stepping2, fatal);
-        Ok::<_, String>(raft)
+        Ok::<_, String>((raft, alone))
     })
     .and_then(|r| r)
     .map_err(|e| OpenError::Refused(format!("starting the master group in {}: {e}", raft_dir.display())))?;
@@ -1004,7 +1005,7 @@ fn start_group(
         secret: opts.secret.clone(),
         contacts,
     };
-    Ok(group)
+    Ok((group, alone))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -395,6 +395,19 @@ pub async fn connect_leader(
     Err(last)
 }
 
+/// `list` with the addresses of every member of the group `st` added (a
+/// caller given one master learns the others, and can still find the
+/// leader when that one is gone).
+pub fn with_members(list: &str, st: &crate::types::GroupStatus) -> String {
+    let mut addrs = master_addrs(list);
+    for m in &st.members {
+        if !addrs.contains(&m.addr) && !m.addr.is_empty() && !m.addr.starts_with("0.0.0.0") {
+            addrs.push(m.addr.clone());
+        }
+    }
+    addrs.join(",")
+}
+
 /// The address of the master leading the group (see [`connect_leader`]).
 pub async fn find_leader(list: &str, secret: &Secret, timeout: Duration) -> Result<String, ConnectError> {
     connect_leader(list, secret, timeout).await.map(|(_, addr)| addr)

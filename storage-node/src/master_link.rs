@@ -147,6 +147,8 @@ enum HeartbeatEnd {
 /// The link task's state.
 struct Link {
     cfg: Config,
+    /// The masters to ask: `--master`, and the group's members learned since.
+    masters: std::sync::Mutex<String>,
     store: Arc<ChunkStore>,
     shutdown: CancellationToken,
     /// What this node claims to be (updated by the master's answers).
@@ -172,7 +174,8 @@ pub(crate) async fn run(
     (workers, metrics): (Workers, Arc<crate::metrics::NodeMetrics>),
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut link = Link { cfg, store, shutdown, saved: identity.clone(), identity, copies, workers, reports };
+    let masters = std::sync::Mutex::new(cfg.master_addr.clone());
+    let mut link = Link { masters, cfg, store, shutdown, saved: identity.clone(), identity, copies, workers, reports };
     let mut backoff = Backoff::new();
     let mut attempt = 0u64;
     loop {
@@ -219,9 +222,11 @@ impl Link {
     /// Connects to the master and registers; records a new identity.
     async fn register(&mut self) -> Result<(MasterServiceClient, NodeId), Failure> {
         // The leader of the master group (one master: that one).
-        let (client, _) = connect_leader(&self.cfg.master_addr, &self.cfg.secret, CONNECT_TIMEOUT)
+        let masters = self.masters.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let (client, _) = connect_leader(&masters, &self.cfg.secret, CONNECT_TIMEOUT)
             .await
             .map_err(|e| Failure::Retry(e.to_string()))?;
+        self.learn_members(&client).await;
         let hello = NodeHello {
             node_id: self.identity.node_id,
             fs_id: self.identity.fs_id.clone(),
@@ -273,6 +278,7 @@ impl Link {
     async fn heartbeats(&self, client: &MasterServiceClient, node: NodeId, backoff: &mut Backoff) -> HeartbeatEnd {
         let mut ticker = tokio::time::interval(self.cfg.heartbeat_interval);
         let mut last_inventory = tokio::time::Instant::now();
+        let mut last_learned = tokio::time::Instant::now();
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -282,6 +288,10 @@ impl Link {
             if last_inventory.elapsed() >= INVENTORY_INTERVAL {
                 last_inventory = tokio::time::Instant::now();
                 self.report_inventory(client, node);
+            }
+            if last_learned.elapsed() >= Duration::from_secs(2) {
+                last_learned = tokio::time::Instant::now();
+                self.learn_members(client).await;
             }
             let hb = self.heartbeat(node).await;
             let reports = crate::reports::Pending {
@@ -322,6 +332,19 @@ impl Link {
                     tracing::warn!("heartbeat to master {} failed: {e}; reconnecting", self.cfg.master_addr);
                     return HeartbeatEnd::Reconnect;
                 }
+            }
+        }
+    }
+
+    /// Adds the group's members to the masters to ask (a node given one
+    /// master finds the others once that one is gone).
+    async fn learn_members(&self, client: &MasterServiceClient) {
+        if let Ok(Ok(st)) = client.group(context_with_timeout(RPC_TIMEOUT)).await {
+            let mut masters = self.masters.lock().unwrap_or_else(|e| e.into_inner());
+            let merged = stripefs_proto::net::with_members(&masters, &st);
+            if *masters != merged {
+                tracing::info!("masters of the group: {merged}");
+                *masters = merged;
             }
         }
     }

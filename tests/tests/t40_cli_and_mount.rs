@@ -912,3 +912,46 @@ fn with_rust_log_debug_one_create_can_be_followed_from_the_kernel_to_the_master_
     }
     must_down(&data, &mnt);
 }
+
+/// A single-master `stripefs up` cluster grown to a group of three with
+/// `stripefs up --masters 3`: the mount carries on when the first master
+/// (the one that made the filesystem, started without --join) is killed,
+/// and that master, restarted by its own command line, rejoins as a
+/// follower (it once stayed stuck proposing on its own).
+#[test]
+fn a_stripefs_up_cluster_grows_to_three_masters_and_outlives_its_first() {
+    let tmp = temp_dir("stripefs-t40-masters-");
+    let data = tmp.path().join("data");
+    let mnt = tmp.path().join("mnt");
+    let _guard = UpGuard { data: data.clone(), mount: mnt.clone() };
+    must_up(&data, &mnt, &["-o", "master_timeout=60"]);
+    must_create_through(&mnt, "alone", LIMIT);
+    let out = must_up(&data, &mnt, &["--masters", "3"]);
+    assert!(out.contains("master3"), "{out}");
+    let out = stripefs(&["masters".as_ref(), "--data".as_ref(), data.as_os_str()]);
+    assert!(text(&out.stdout).contains("3 voting") && text(&out.stdout).contains("all in contact"), "{}", show(&out));
+    // The mount and the nodes, given the first master only, learn the
+    // others from the group (within a few seconds).
+    std::thread::sleep(Duration::from_secs(3));
+    must_create_through(&mnt, "learning", LIMIT);
+
+    let first = must_find(&data, "stripefs-master", "/master");
+    let args = cmdline(first);
+    assert!(!args.iter().any(|a| a == "--join"), "{args:?}");
+    must_kill9(first);
+    must_create_through(&mnt, "without-the-first", Duration::from_secs(30));
+    let _again = restart_by_command_line(&args, &tmp.path().join("master-again.log"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = stripefs(&["masters".as_ref(), "--data".as_ref(), data.as_os_str()]);
+        if text(&out.stdout).contains("all in contact") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the first master did not rejoin: {}", show(&out));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    for name in ["alone", "without-the-first"] {
+        assert_eq!(fs::read(mnt.join(name)).expect("read").len(), 200_000, "{name}");
+    }
+    must_down(&data, &mnt);
+}

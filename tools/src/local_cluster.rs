@@ -15,7 +15,7 @@ use nix::unistd::Pid;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use stripefs_proto::net::{connect_master, Secret};
+use stripefs_proto::net::{connect_leader, connect_master, context_with_timeout, Secret};
 
 /// Options of `stripefs up`.
 #[derive(clap::Args, Debug)]
@@ -41,6 +41,11 @@ pub struct UpArgs {
     /// TCP, `cache_mb=512`).
     #[arg(short = 'o', long, value_name = "OPTIONS")]
     options: Option<String>,
+    /// Number of masters: 1, 3 or 5 (a master group; each on its own
+    /// 127.0.2.N address) [default: 1, or as many as the cluster in DIR
+    /// has; a larger number adds masters to its group].
+    #[arg(long, value_name = "N")]
+    masters: Option<u32>,
 }
 
 /// Options of `stripefs down`.
@@ -138,15 +143,28 @@ fn wait_listening(file: &Path, pid: u32, log: &Path) -> anyhow::Result<()> {
 
 /// Where the cluster's processes listen and where it is mounted: chosen at
 /// its first start, kept in DIR/cluster for every later one.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 struct Layout {
+    /// The first master's address.
     master: String,
+    /// The other masters' addresses (master 2, 3, ...).
+    more_masters: Vec<String>,
     mount: PathBuf,
     /// The address of node i+1.
     nodes: Vec<String>,
 }
 
 impl Layout {
+    /// Every master's address.
+    fn masters(&self) -> Vec<String> {
+        std::iter::once(self.master.clone()).chain(self.more_masters.iter().cloned()).collect()
+    }
+
+    /// The masters as clients, nodes and the CLI are given them.
+    fn master_list(&self) -> String {
+        self.masters().join(",")
+    }
+
     fn read(dir: &Path) -> anyhow::Result<Option<Layout>> {
         let path = dir.join(LAYOUT_FILE);
         let text = match std::fs::read_to_string(&path) {
@@ -160,8 +178,9 @@ impl Layout {
     /// Reads the file's `key=value` lines (lines it does not know, such as
     /// the `pid.*` lines of older versions, are skipped).
     fn parse(text: &str) -> Layout {
-        let mut l = Layout { master: String::new(), mount: PathBuf::new(), nodes: Vec::new() };
+        let mut l = Layout::default();
         let mut nodes = std::collections::BTreeMap::new();
+        let mut masters = std::collections::BTreeMap::new();
         for line in text.lines() {
             match line.split_once('=') {
                 Some(("master", v)) => l.master = v.to_string(),
@@ -170,12 +189,16 @@ impl Layout {
                     if let Some(i) = k.strip_prefix("node.").and_then(|i| i.parse::<u32>().ok()) {
                         nodes.insert(i, v.to_string());
                     }
+                    if let Some(i) = k.strip_prefix("master.").and_then(|i| i.parse::<u32>().ok()) {
+                        masters.insert(i, v.to_string());
+                    }
                 }
                 None => {}
             }
         }
         // Nodes are numbered from 1 without gaps; a gap ends the list.
         l.nodes = (1..).map_while(|i| nodes.remove(&i)).collect();
+        l.more_masters = (2..).map_while(|i| masters.remove(&i)).collect();
         l
     }
 
@@ -185,6 +208,9 @@ impl Layout {
             self.master,
             self.mount.display()
         );
+        for (i, a) in self.more_masters.iter().enumerate() {
+            text.push_str(&format!("master.{}={a}\n", i + 2));
+        }
         for (i, a) in self.nodes.iter().enumerate() {
             text.push_str(&format!("node.{}={a}\n", i + 1));
         }
@@ -375,8 +401,25 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let secret = Secret::from_file(&secret_file)?;
     let secret_arg = secret_file.display().to_string();
 
+    if let Some(m) = args.masters {
+        if ![1, 3, 5].contains(&m) {
+            bail!("--masters must be 1, 3 or 5 (a group needs a majority: an even number adds no safety)");
+        }
+    }
     let old = Layout::read(&dir)?;
-    let mut layout = old.clone().unwrap_or(Layout { master: String::new(), mount: PathBuf::new(), nodes: Vec::new() });
+    let mut layout = old.clone().unwrap_or_default();
+    let new_cluster = !dir.join("master").join("master.redb").exists();
+    let masters = args.masters.map(|m| m as usize).unwrap_or(1 + layout.more_masters.len());
+    if masters < 1 + layout.more_masters.len() {
+        bail!(
+            "the cluster in {} has {} masters; remove masters with `stripefs masters remove`, not with `stripefs up`",
+            dir.display(),
+            1 + layout.more_masters.len()
+        );
+    }
+    for i in layout.more_masters.len() + 2..=masters {
+        layout.more_masters.push(free_addr(&format!("127.0.2.{i}"))?);
+    }
     let nodes = args.nodes.map(|n| n as usize).unwrap_or(if layout.nodes.is_empty() {
         DEFAULT_NODES as usize
     } else {
@@ -407,21 +450,33 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
 
     let running = cluster_processes(&dir);
     let master_dir = dir.join("master");
-    let mut margs = vec![
-        "--data".into(),
-        master_dir.display().to_string(),
-        "--listen".into(),
-        layout.master.clone(),
-        "--secret-file".into(),
-        secret_arg.clone(),
-    ];
-    if let Some(c) = args.chunk_size {
-        margs.extend(["--chunk-size".into(), c.to_string()]);
+    let mut master_state = Vec::new();
+    for (i, addr) in layout.masters().iter().enumerate().map(|(i, a)| (i + 1, a)) {
+        let mdir = if i == 1 { master_dir.clone() } else { dir.join(format!("master{i}")) };
+        let mut margs = vec![
+            "--data".into(),
+            mdir.display().to_string(),
+            "--listen".into(),
+            addr.clone(),
+            "--secret-file".into(),
+            secret_arg.clone(),
+        ];
+        if let Some(c) = args.chunk_size {
+            margs.extend(["--chunk-size".into(), c.to_string()]);
+        }
+        // Every master of a new group, and a master added to a group,
+        // waits to be made a member (below).
+        if i > 1 || (new_cluster && masters > 1) {
+            margs.push("--join".into());
+        }
+        let log = if i == 1 { dir.join("master.log") } else { dir.join(format!("master{i}.log")) };
+        let started = ensure_server(&running, "stripefs-master", &mdir, margs, &log)
+            .with_context(|| format!("start master {i} on {addr} (recorded in {})", dir.join(LAYOUT_FILE).display()))?;
+        master_state.push((started, mdir));
     }
-    let master =
-        ensure_server(&running, "stripefs-master", &master_dir, margs, &dir.join("master.log")).with_context(|| {
-            format!("start the master on {} (recorded in {})", layout.master, dir.join(LAYOUT_FILE).display())
-        })?;
+    if masters > 1 {
+        form_group(&layout, &secret, args.chunk_size).await?;
+    }
     let mut node_state = Vec::new();
     for (i, addr) in layout.nodes.iter().enumerate().map(|(i, a)| (i + 1, a)) {
         let ndir = dir.join(format!("node{i}"));
@@ -431,7 +486,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             "--listen".into(),
             addr.clone(),
             "--master".into(),
-            layout.master.clone(),
+            layout.master_list(),
             "--host".into(),
             format!("node{i}"),
             "--secret-file".into(),
@@ -443,11 +498,16 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     }
 
     // Wait until every node has registered and reported its space.
-    let client = connect_master(&layout.master, &secret, Duration::from_secs(5)).await?;
     let start = Instant::now();
     loop {
-        let listed = client.nodes(tarpc::context::current()).await?.map_err(|e| anyhow::anyhow!("master: {e}"))?;
-        let up = listed.iter().filter(|n| n.alive && n.capacity_bytes > 0).count();
+        // A new leader answers NotLeader until it serves: ask again.
+        let listed = match connect_leader(&layout.master_list(), &secret, Duration::from_secs(5)).await {
+            Ok((client, _)) => {
+                client.nodes(context_with_timeout(Duration::from_secs(5))).await.ok().and_then(|r| r.ok())
+            }
+            Err(_) => None,
+        };
+        let up = listed.unwrap_or_default().iter().filter(|n| n.alive && n.capacity_bytes > 0).count();
         if up >= nodes {
             break;
         }
@@ -468,7 +528,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         _ => {
             std::fs::create_dir_all(mnt).with_context(|| format!("create mount point {}", mnt.display()))?;
             let status = Command::new(sibling("stripefs-mount")?)
-                .arg(&layout.master)
+                .arg(layout.master_list())
                 .arg(mnt)
                 .arg("-o")
                 .arg(format!(
@@ -493,7 +553,10 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         }
     };
     println!("stripefs is up:");
-    println!("  master   {} ({master}; database in {})", layout.master, master_dir.display());
+    for (i, (addr, (started, mdir))) in layout.masters().iter().zip(&master_state).enumerate() {
+        let name = if masters > 1 { format!("master{}", i + 1) } else { "master".into() };
+        println!("  {name:<8} {addr} ({started}; database in {})", mdir.display());
+    }
     for (i, (addr, started)) in layout.nodes.iter().zip(&node_state).enumerate() {
         println!("  node{}    {addr} ({started}; chunks in {})", i + 1, dir.join(format!("node{}", i + 1)).display());
     }
@@ -505,6 +568,43 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         dir.display()
     );
     println!("Try `stripefs status {}`; stop everything with `stripefs down --data {}`.", mnt.display(), dir.display());
+    Ok(())
+}
+
+/// Makes the masters of `layout` one group: a new group of them all, or
+/// the masters not yet members added to the group that runs.
+async fn form_group(layout: &Layout, secret: &Secret, chunk_size: Option<u32>) -> anyhow::Result<()> {
+    let ask = |addr: String| async move {
+        let c = connect_master(&addr, secret, Duration::from_secs(5)).await?;
+        let st = c
+            .group(context_with_timeout(Duration::from_secs(10)))
+            .await?
+            .map_err(|e| anyhow::anyhow!("{addr}: {e}"))?;
+        anyhow::Ok((c, st))
+    };
+    let (first, st) = ask(layout.master.clone()).await?;
+    let change_timeout = Duration::from_secs(300);
+    if !st.initialized {
+        let members = layout.masters();
+        let change = stripefs_proto::types::GroupChange::Init { members, chunk_size };
+        first
+            .group_change(context_with_timeout(change_timeout), change)
+            .await?
+            .map_err(|e| anyhow::anyhow!("making the master group: {e}"))?;
+        return Ok(());
+    }
+    for addr in &layout.more_masters {
+        let (_, st) = ask(addr.clone()).await?;
+        if st.initialized {
+            continue;
+        }
+        let (leader, _) = connect_leader(&layout.master_list(), secret, Duration::from_secs(5)).await?;
+        let change = stripefs_proto::types::GroupChange::Add { addr: addr.clone() };
+        leader
+            .group_change(context_with_timeout(change_timeout), change)
+            .await?
+            .map_err(|e| anyhow::anyhow!("adding the master at {addr} to the group: {e}"))?;
+    }
     Ok(())
 }
 
@@ -567,15 +667,17 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let l = Layout {
             master: "127.0.0.1:4000".into(),
+            more_masters: vec!["127.0.2.2:4100".into(), "127.0.2.3:4101".into()],
             mount: PathBuf::from("/mnt/x y"),
             nodes: vec!["127.0.1.1:4001".into(), "127.0.1.2:4002".into()],
         };
         l.write(dir.path()).expect("write");
-        assert_eq!(Layout::read(dir.path()).expect("read"), Some(l));
+        assert_eq!(Layout::read(dir.path()).expect("read"), Some(l.clone()));
+        assert_eq!(l.master_list(), "127.0.0.1:4000,127.0.2.2:4100,127.0.2.3:4101");
         // The state file of earlier versions: its master address is kept, its pids ignored.
         let old = Layout::parse("master=127.0.0.1:39000\nmount=/mnt/stripefs\npid.master=12\npid.node1=13\n");
         assert_eq!(old.master, "127.0.0.1:39000");
-        assert!(old.nodes.is_empty());
+        assert!(old.nodes.is_empty() && old.more_masters.is_empty());
         assert_eq!(Layout::read(&dir.path().join("none")).expect("missing is no error"), None);
     }
 

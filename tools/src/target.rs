@@ -75,7 +75,14 @@ impl Target {
                 Some(f) => Secret::from_file(f)?,
                 None => Secret::from_file(&local.join("secret"))?,
             };
-            return Ok(Target { master: addr.trim().to_string(), secret });
+            // The other masters of a `stripefs up --masters N` group.
+            let mut masters = vec![addr.trim().to_string()];
+            for i in 2..=5 {
+                if let Ok(a) = std::fs::read_to_string(local.join(format!("master{i}")).join("listen.addr")) {
+                    masters.push(a.trim().to_string());
+                }
+            }
+            return Ok(Target { master: masters.join(","), secret });
         }
         bail!(
             "no cluster given: pass --master ADDR, or a path inside a stripefs mount, or start one with `stripefs up`"
@@ -85,10 +92,22 @@ impl Target {
     /// A client of the master leading the group (`--master` may list
     /// several: `m1:9400,m2:9400,m3:9400`).
     pub async fn connect(&self) -> anyhow::Result<MasterServiceClient> {
-        stripefs_proto::net::connect_leader(&self.master, &self.secret, Duration::from_secs(5))
-            .await
-            .map(|(c, _)| c)
-            .with_context(|| format!("cannot reach the stripefs master at {}", self.master))
+        // A leader just elected serves once it has rebuilt what it keeps
+        // in memory (a fraction of a second): wait for that, briefly.
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let c = stripefs_proto::net::connect_leader(&self.master, &self.secret, Duration::from_secs(5))
+                .await
+                .map(|(c, _)| c)
+                .with_context(|| format!("cannot reach the stripefs master at {}", self.master))?;
+            let ctx = stripefs_proto::net::context_with_timeout(Duration::from_secs(10));
+            match c.fs_info(ctx).await {
+                Ok(Err(stripefs_proto::FsError::NotLeader)) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                _ => return Ok(c),
+            }
+        }
     }
 
     /// A client of one master, leader or not (`stripefs masters`).
