@@ -392,7 +392,12 @@ impl Store {
     /// The proposal for `cmd`: which inodes it may free are not open.
     fn propose(&self, cmd: Command) -> Result<(Proposal, PendingGuard), FsError> {
         let mut targets = Vec::new();
-        {
+        let mut c = &cmd;
+        while let Command::Requested { cmd, .. } = c {
+            c = cmd;
+        }
+        // Only these may free an inode: the others need no read.
+        if matches!(c, Command::Unlink { .. } | Command::Rename { .. } | Command::Purge { .. }) {
             let txn = self.read()?;
             let entries = txn.open_table(tables::DIR_ENTRIES).map_err(internal)?;
             let mut name = |parent: InodeId, n: &str| -> Result<(), FsError> {
@@ -954,7 +959,7 @@ fn start_group(
     let contacts = crate::raft::network::Contacts::default();
     let network = crate::raft::Network::new(opts.secret.clone(), contacts.clone());
     let (addr, join) = (opts.addr.clone(), opts.join);
-    let (log2, fatal) = (log.clone(), fatal.clone());
+    let (log2, log3, fatal) = (log.clone(), log.clone(), fatal.clone());
     let lease = Arc::new(Mutex::new(None));
     let stepping_down = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (lease2, stepping2) = (lease.clone(), stepping_down.clone());
@@ -989,7 +994,7 @@ fn start_group(
                 .await
                 .map_err(|e| e.to_string())?;
         }
-        crate::raft::spawn_watchers(raft.clone(), id, lease2, stepping2, fatal);
+        crate::raft::spawn_watchers(raft.clone(), id, lease2, stepping2, fatal, log3);
         Ok::<_, String>((raft, alone))
     })
     .and_then(|r| r)

@@ -127,13 +127,24 @@ pub fn spawn_watchers(
     lease: std::sync::Arc<Lease>,
     stepping: std::sync::Arc<std::sync::atomic::AtomicBool>,
     fatal: CancellationToken,
+    log: log::LogStore,
 ) {
     let mut metrics = raft.metrics();
     tokio::spawn(async move {
-        while metrics.changed().await.is_ok() {
-            if let Err(e) = &metrics.borrow().running_state {
-                tracing::error!("the master group stopped: {e}; stopping the master");
-                fatal.cancel();
+        loop {
+            {
+                let m = metrics.borrow();
+                if let Err(e) = &m.running_state {
+                    tracing::error!("the master group stopped: {e}; stopping the master");
+                    fatal.cancel();
+                    return;
+                }
+                // Alone in its group: flush the log inline (see LogStore).
+                let membership = m.membership_config.membership();
+                let alone = membership.voter_ids().eq([id]) && membership.learner_ids().next().is_none();
+                log.set_inline_flush(alone);
+            }
+            if metrics.changed().await.is_err() {
                 return;
             }
         }
