@@ -26,7 +26,7 @@ pub fn endpoint(state: &Arc<MasterState>, mut registry: Registry) -> Endpoint {
     let store = state.store.metrics();
     registry.register(
         "commit_batch_commands",
-        "Log appends flushed per fdatasync of the log",
+        "Log entries flushed per fdatasync of the log (group commit)",
         store.batch_commands.clone(),
     );
     registry.register(

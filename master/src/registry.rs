@@ -66,6 +66,11 @@ impl Registry {
         }
     }
 
+    /// Whether a known node has not reported to this master yet.
+    pub fn any_unseen(&self) -> bool {
+        self.lock().values().any(|e| e.last_seen.is_none())
+    }
+
     /// How long a silent node is still alive.
     pub fn dead_after(&self) -> Duration {
         self.dead_after

@@ -313,7 +313,19 @@ impl MasterService for MasterServer {
             None => stripefs_proto::ChunkId(self.shared.store.next_id().await?),
         };
         let version = stripefs_proto::Version(self.shared.store.next_id().await?);
-        let targets = self.shared.registry.place(rec.policy.replication as usize, &client_host, &exclude)?;
+        let want = rec.policy.replication as usize;
+        // A master that has just taken the lead has not heard from every
+        // node yet: wait for them (up to the time a node has to report)
+        // rather than fail the write or place it on too few nodes.
+        let mut targets = self.shared.registry.place(want, &client_host, &exclude);
+        while targets.as_ref().map_or(true, |t| t.len() < want)
+            && self.shared.registry.any_unseen()
+            && self.shared.leading_for().is_some_and(|d| d < self.shared.registry.dead_after())
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            targets = self.shared.registry.place(want, &client_host, &exclude);
+        }
+        let targets = targets?;
         if targets.len() < rec.policy.replication as usize {
             tracing::warn!(
                 "chunk {chunk} of inode {ino}: only {} of {} replicas can be placed",
@@ -423,7 +435,7 @@ impl MasterService for MasterServer {
         } else {
             Vec::new()
         };
-        Ok(HeartbeatReply { delete, replicate })
+        Ok(HeartbeatReply { delete, replicate, term: self.shared.store.term() })
     }
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "report_inventory", peer = %self.conn.peer, trace = %ctx.trace_id(), node = %node))]

@@ -54,11 +54,23 @@ pub struct GroupOptions {
     /// The cluster secret (masters of a group talk to each other with it;
     /// None: a group of one that never grows, in tests).
     pub secret: Option<stripefs_proto::net::Secret>,
+    /// Run the group on the caller's (multi-threaded) runtime rather than
+    /// on one of its own; the store must then be opened and dropped off
+    /// that runtime's worker threads (in `spawn_blocking`). A mutation's
+    /// proposal and answer then stay on the RPC's worker thread instead of
+    /// waking another thread twice (measured: docs/PERFORMANCE.md, stop 12).
+    pub shared_runtime: bool,
 }
 
 impl Default for GroupOptions {
     fn default() -> GroupOptions {
-        GroupOptions { addr: String::new(), snapshot_every: crate::raft::SNAPSHOT_EVERY, join: false, secret: None }
+        GroupOptions {
+            addr: String::new(),
+            snapshot_every: crate::raft::SNAPSHOT_EVERY,
+            join: false,
+            secret: None,
+            shared_runtime: false,
+        }
     }
 }
 
@@ -110,7 +122,10 @@ pub struct Store {
 /// The master group as the store runs it.
 struct Group {
     raft: Raft,
-    /// The group's own runtime (taken at drop).
+    /// The runtime the group runs on (None once stopped).
+    handle: Option<tokio::runtime::Handle>,
+    /// The group's own runtime, when it has one (see
+    /// [`GroupOptions::shared_runtime`]).
     rt: Option<tokio::runtime::Runtime>,
     id: u64,
     log: LogStore,
@@ -161,7 +176,7 @@ impl Drop for PendingGuard {
 
 /// What the writer measures, for the master's `/metrics`.
 pub struct StoreMetrics {
-    /// Commands per batch (group commit).
+    /// Log entries per flush of the log (group commit).
     pub batch_commands: prometheus_client::metrics::histogram::Histogram,
     /// Time of a batch's log flush (fdatasync).
     pub log_sync_seconds: prometheus_client::metrics::histogram::Histogram,
@@ -336,7 +351,7 @@ impl Store {
         if store.identity().is_none() && !join && alone && store.is_leader() {
             let raft = store.group.raft.clone();
             let proposal = Proposal { cmd: create_fs_command(chunk_size), closed: Vec::new() };
-            let rt = store.group.rt.as_ref().ok_or_else(|| OpenError::Refused("no runtime".into()))?;
+            let rt = store.group.handle.as_ref().ok_or_else(|| OpenError::Refused("no runtime".into()))?;
             match block_on(rt, async move { raft.client_write(proposal).await.map(|r| r.data) }) {
                 Ok(Ok(Ok(_))) => tracing::info!("created a new filesystem in {}", dir.display()),
                 other => return Err(OpenError::Refused(format!("creating the filesystem: {other:?}"))),
@@ -497,6 +512,11 @@ impl Store {
         m.current_leader == Some(self.group.id) && m.state == openraft::ServerState::Leader
     }
 
+    /// This master's current term in its group.
+    pub fn term(&self) -> u64 {
+        self.group.raft.metrics().borrow().current_term
+    }
+
     /// The leader's address, as far as this master knows.
     pub fn leader_addr(&self) -> Option<String> {
         let m = self.group.raft.metrics();
@@ -553,7 +573,7 @@ impl Store {
     ) -> Result<stripefs_proto::types::GroupStatus, String> {
         let raft = self.group.raft.clone();
         let (secret, stepping) = (self.group.secret.clone(), self.group.stepping_down.clone());
-        let rt = self.group.rt.as_ref().ok_or("the master is stopping")?.handle().clone();
+        let rt = self.group.handle.clone().ok_or("the master is stopping")?;
         // On the group's runtime: a change outlives a client that gives up.
         rt.spawn(async move { crate::raft::change(&raft, secret, &stepping, change).await })
             .await
@@ -616,7 +636,7 @@ impl Store {
     pub fn submit(&self, cmd: Command) {
         let Ok((proposal, pending)) = self.propose(cmd) else { return };
         let raft = self.group.raft.clone();
-        if let Some(rt) = &self.group.rt {
+        if let Some(rt) = &self.group.handle {
             let _entered = rt.enter();
             self.submitted.spawn(async move {
                 if let Err(e) = raft.client_write(proposal).await {
@@ -879,7 +899,7 @@ impl Drop for Store {
     /// makes the database durable, so that its file is closed (and can be
     /// opened again) when this returns.
     fn drop(&mut self) {
-        if let Some(rt) = self.group.rt.take() {
+        if let Some(rt) = self.group.handle.take() {
             // What was submitted is applied first.
             self.submitted.close();
             let submitted = self.submitted.clone();
@@ -890,7 +910,9 @@ impl Drop for Store {
             if let Err(e) = block_on(&rt, async move { raft.shutdown().await }) {
                 tracing::error!("stopping the master group: {e}");
             }
-            rt.shutdown_background();
+            if let Some(own) = self.group.rt.take() {
+                own.shutdown_background();
+            }
         }
         if let Err(e) = checkpoint(&self.db, &self.gate) {
             tracing::error!("final metadata checkpoint failed (the log will be applied again at the next start): {e}");
@@ -901,7 +923,7 @@ impl Drop for Store {
 /// Runs `fut` on `rt` and waits for it from a thread that may itself be
 /// inside another runtime (a test, or `spawn_blocking`).
 fn block_on<T: Send + 'static>(
-    rt: &tokio::runtime::Runtime,
+    rt: &tokio::runtime::Handle,
     fut: impl std::future::Future<Output = T> + Send + 'static,
 ) -> Result<T, String> {
     let (tx, rx) = std::sync::mpsc::channel();
@@ -947,12 +969,22 @@ fn start_group(
     let log = LogStore::open(&raft_dir, metrics.clone()).map_err(io)?;
     let sm = StateMachine::open(db.clone(), gate.clone(), &raft_dir, metrics.clone())
         .map_err(|e| OpenError::Refused(format!("the master group's state in {}: {e}", raft_dir.display())))?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("stripefs-raft")
-        .enable_all()
-        .build()
-        .map_err(io)?;
+    let shared = tokio::runtime::Handle::try_current()
+        .ok()
+        .filter(|h| opts.shared_runtime && h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    let (rt, handle) = match shared {
+        Some(h) => (None, h),
+        None => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("stripefs-raft")
+                .enable_all()
+                .build()
+                .map_err(io)?;
+            let h = rt.handle().clone();
+            (Some(rt), h)
+        }
+    };
     let config = crate::raft::config(opts.snapshot_every)
         .validate()
         .map_err(|e| OpenError::Refused(format!("master group configuration: {e}")))?;
@@ -963,7 +995,7 @@ fn start_group(
     let lease = Arc::new(Mutex::new(None));
     let stepping_down = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (lease2, stepping2) = (lease.clone(), stepping_down.clone());
-    let (started, alone) = block_on(&rt, async move {
+    let (started, alone) = block_on(&handle, async move {
         let raft = Raft::new(id, Arc::new(config), network, log2, sm).await.map_err(|e| e.to_string())?;
         let initialized = raft.is_initialized().await.map_err(|e| e.to_string())?;
         if !initialized && !join {
@@ -1001,7 +1033,8 @@ fn start_group(
     .map_err(|e| OpenError::Refused(format!("starting the master group in {}: {e}", raft_dir.display())))?;
     let group = Group {
         raft: started,
-        rt: Some(rt),
+        handle: Some(handle),
+        rt,
         id,
         log,
         lease,

@@ -382,6 +382,10 @@ pub struct HeartbeatReply {
     pub delete: Vec<(ChunkId, Version)>,
     /// Replicas to copy here from another node.
     pub replicate: Vec<ReplicateOrder>,
+    /// The term of the master group's leader giving these orders. A node
+    /// refuses orders of a term below the highest it has seen: those of a
+    /// leader that was deposed without knowing it.
+    pub term: u64,
 }
 
 /// An order to copy a replica to this node (re-replication): pull it from

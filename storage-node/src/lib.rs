@@ -12,6 +12,7 @@ mod chunk_store;
 mod copier;
 mod data_server;
 mod direct;
+mod fence;
 mod fsutil;
 mod master_link;
 pub mod metrics;

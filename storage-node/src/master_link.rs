@@ -146,6 +146,8 @@ enum HeartbeatEnd {
 
 /// The link task's state.
 struct Link {
+    /// The highest leader term seen (orders of lower ones are refused).
+    fence: crate::fence::Fence,
     cfg: Config,
     /// The masters to ask: `--master`, and the group's members learned since.
     masters: std::sync::Mutex<String>,
@@ -175,7 +177,9 @@ pub(crate) async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let masters = std::sync::Mutex::new(cfg.master_addr.clone());
-    let mut link = Link { masters, cfg, store, shutdown, saved: identity.clone(), identity, copies, workers, reports };
+    let fence = crate::fence::Fence::open(&cfg.data_dir)?;
+    let mut link =
+        Link { fence, masters, cfg, store, shutdown, saved: identity.clone(), identity, copies, workers, reports };
     let mut backoff = Backoff::new();
     let mut attempt = 0u64;
     loop {
@@ -307,6 +311,15 @@ impl Link {
                 self.reports.restore(reports);
             }
             match reply {
+                Ok(Ok(reply)) if !self.fence.admits(reply.term) => {
+                    tracing::warn!(
+                        "refused the orders of a master of term {} (a deposed leader: this node has seen term {}); \
+                         finding the leader",
+                        reply.term,
+                        self.fence.highest()
+                    );
+                    return HeartbeatEnd::Reregister;
+                }
                 Ok(Ok(reply)) => {
                     backoff.reset();
                     // Deletions first: a copy ordered in the same reply may be

@@ -60,6 +60,8 @@ struct MasterState {
     delete: Vec<(ChunkId, Version)>,
     /// Answer the next heartbeat with NotFound.
     forget: bool,
+    /// The term heartbeat replies carry.
+    term: u64,
 }
 
 #[derive(Clone)]
@@ -142,7 +144,7 @@ impl MasterService for FakeMaster {
             return Err(FsError::NotFound);
         }
         s.heartbeats.push(hb);
-        Ok(HeartbeatReply { delete: std::mem::take(&mut s.delete), replicate: Vec::new() })
+        Ok(HeartbeatReply { delete: std::mem::take(&mut s.delete), replicate: Vec::new(), term: s.term })
     }
 }
 
@@ -212,10 +214,43 @@ async fn a_node_registers_heartbeats_and_applies_deletions() {
     let r = client.read_blocks(ctx(), ChunkId(3), Version(4), 0, 1).await.expect("rpc");
     assert_eq!(r, Err(FsError::NotFound));
 
+    // A master of a newer term gives orders; then one of an older term (a
+    // deposed leader) asks to delete a replica: the node refuses, and
+    // remembers the term across a restart (tests in fence.rs).
+    let stored = data_write(
+        &pool,
+        &node.addr,
+        WriteHeader::new(
+            ChunkId(5),
+            Version(1),
+            1000,
+            &BlockEncoder::new(0).encode_all(&data),
+            vec![],
+            true,
+            Duration::from_secs(10),
+        ),
+        BlockEncoder::new(0).encode_all(&data),
+    )
+    .await
+    .expect("write");
+    assert!(stored > 0);
+    master.state().term = 7;
+    let seen = master.state().heartbeats.len();
+    eventually("a heartbeat of term 7", || master.state().heartbeats.len() > seen + 1).await;
+    master.state().term = 6;
+    master.state().delete = vec![(ChunkId(5), Version(1))];
+    eventually("the node registers again, finding the leader", || master.state().hellos.len() >= 2).await;
+    let r = client.read_blocks(ctx(), ChunkId(5), Version(1), 0, 1).await.expect("rpc");
+    assert!(r.is_ok(), "a deposed leader's deletion was applied: {r:?}");
+    assert_eq!(std::fs::read_to_string(node.dir.path().join(crate::fence::FENCE_FILE)).expect("fence").trim(), "7");
+    master.state().term = 7;
+    master.state().delete.clear();
+
     // The master forgets the node: it registers again under its id.
+    let hellos = master.state().hellos.len();
     master.state().forget = true;
-    eventually("the node registered again", || master.state().hellos.len() >= 2).await;
-    let again = master.state().hellos[1].clone();
+    eventually("the node registered again", || master.state().hellos.len() > hellos).await;
+    let again = master.state().hellos[hellos].clone();
     assert_eq!((again.node_id, again.fs_id.as_deref()), (Some(NodeId(101)), Some("feedf00d")));
 
     stop(&shutdown, vec![node]).await;

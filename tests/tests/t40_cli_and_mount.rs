@@ -928,8 +928,15 @@ fn a_stripefs_up_cluster_grows_to_three_masters_and_outlives_its_first() {
     must_create_through(&mnt, "alone", LIMIT);
     let out = must_up(&data, &mnt, &["--masters", "3"]);
     assert!(out.contains("master3"), "{out}");
-    let out = stripefs(&["masters".as_ref(), "--data".as_ref(), data.as_os_str()]);
-    assert!(text(&out.stdout).contains("3 voting") && text(&out.stdout).contains("all in contact"), "{}", show(&out));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = stripefs(&["masters".as_ref(), "--data".as_ref(), data.as_os_str()]);
+        if text(&out.stdout).contains("3 voting") && text(&out.stdout).contains("all in contact") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the group of three is not formed: {}", show(&out));
+        std::thread::sleep(Duration::from_millis(300));
+    }
     // The mount and the nodes, given the first master only, learn the
     // others from the group (within a few seconds).
     std::thread::sleep(Duration::from_secs(3));

@@ -605,7 +605,22 @@ async fn form_group(layout: &Layout, secret: &Secret, chunk_size: Option<u32>) -
             .await?
             .map_err(|e| anyhow::anyhow!("adding the master at {addr} to the group: {e}"))?;
     }
-    Ok(())
+    // Until the leader is in contact with every member (a few heartbeats).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok((leader, _)) = connect_leader(&layout.master_list(), secret, Duration::from_secs(5)).await {
+            if let Ok(Ok(st)) = leader.group(context_with_timeout(Duration::from_secs(5))).await {
+                if st.members.iter().all(|m| m.millis_since_contact.is_some_and(|ms| ms < 2000)) {
+                    return Ok(());
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            eprintln!("warning: the master group is not in contact with every member yet (see `stripefs masters`)");
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// `stripefs down`: unmounts the cluster's mount, then stops every process

@@ -76,6 +76,8 @@ struct Inner {
 struct SyncJob {
     file: Arc<File>,
     done: LogFlushed<TypeConfig>,
+    /// Entries written.
+    entries: usize,
 }
 
 /// The log store (cheap to clone: clones share the log).
@@ -278,7 +280,7 @@ fn sync_loop(rx: mpsc::Receiver<SyncJob>, metrics: Arc<StoreMetrics>) {
             }
         }
         metrics.log_sync_seconds.observe(started.elapsed().as_secs_f64());
-        metrics.batch_commands.observe(jobs.len() as f64);
+        metrics.batch_commands.observe(jobs.iter().map(|j| j.entries).sum::<usize>() as f64);
         for job in jobs {
             job.done.log_io_completed(result.clone().map_err(|(k, m)| io::Error::new(k, m)));
         }
@@ -364,6 +366,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         seg.offsets.extend(rel.iter().map(|r| base + r));
         seg.end += buf.len() as u64;
         let file = seg.file.clone();
+        let count = entries.len();
         for e in entries {
             inner.entries.insert(e.log_id.index, e);
         }
@@ -372,10 +375,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let started = std::time::Instant::now();
             let r = file.sync_data();
             self.metrics.log_sync_seconds.observe(started.elapsed().as_secs_f64());
+            self.metrics.batch_commands.observe(count as f64);
             callback.log_io_completed(r);
             return Ok(());
         }
-        self.sync.send(SyncJob { file, done: callback }).map_err(|_| write_err("the log's sync thread is gone"))?;
+        let job = SyncJob { file, done: callback, entries: count };
+        self.sync.send(job).map_err(|_| write_err("the log's sync thread is gone"))?;
         Ok(())
     }
 

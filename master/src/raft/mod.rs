@@ -134,10 +134,15 @@ pub fn spawn_watchers(
         loop {
             {
                 let m = metrics.borrow();
-                if let Err(e) = &m.running_state {
-                    tracing::error!("the master group stopped: {e}; stopping the master");
-                    fatal.cancel();
-                    return;
+                match &m.running_state {
+                    // Stopped on purpose: the master is stopping.
+                    Err(openraft::error::Fatal::Stopped) => return,
+                    Err(e) => {
+                        tracing::error!("the master group stopped: {e}; stopping the master");
+                        fatal.cancel();
+                        return;
+                    }
+                    Ok(()) => {}
                 }
                 // Alone in its group: flush the log inline (see LogStore).
                 let membership = m.membership_config.membership();
