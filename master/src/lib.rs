@@ -94,7 +94,6 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken
             snapshot_every: cfg.snapshot_every,
             join: cfg.join,
             secret: Some(cfg.secret.clone()),
-            shared_runtime: true,
         };
         tokio::task::spawn_blocking(move || {
             store::Store::open_group(&dir, cfg.chunk_size, Box::new(move |ino| opens.is_open(ino)), fatal, group)

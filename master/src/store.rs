@@ -54,23 +54,11 @@ pub struct GroupOptions {
     /// The cluster secret (masters of a group talk to each other with it;
     /// None: a group of one that never grows, in tests).
     pub secret: Option<stripefs_proto::net::Secret>,
-    /// Run the group on the caller's (multi-threaded) runtime rather than
-    /// on one of its own; the store must then be opened and dropped off
-    /// that runtime's worker threads (in `spawn_blocking`). A mutation's
-    /// proposal and answer then stay on the RPC's worker thread instead of
-    /// waking another thread twice (measured: docs/PERFORMANCE.md, stop 12).
-    pub shared_runtime: bool,
 }
 
 impl Default for GroupOptions {
     fn default() -> GroupOptions {
-        GroupOptions {
-            addr: String::new(),
-            snapshot_every: crate::raft::SNAPSHOT_EVERY,
-            join: false,
-            secret: None,
-            shared_runtime: false,
-        }
+        GroupOptions { addr: String::new(), snapshot_every: crate::raft::SNAPSHOT_EVERY, join: false, secret: None }
     }
 }
 
@@ -124,8 +112,7 @@ struct Group {
     raft: Raft,
     /// The runtime the group runs on (None once stopped).
     handle: Option<tokio::runtime::Handle>,
-    /// The group's own runtime, when it has one (see
-    /// [`GroupOptions::shared_runtime`]).
+    /// The group's own runtime.
     rt: Option<tokio::runtime::Runtime>,
     id: u64,
     log: LogStore,
@@ -969,22 +956,17 @@ fn start_group(
     let log = LogStore::open(&raft_dir, metrics.clone()).map_err(io)?;
     let sm = StateMachine::open(db.clone(), gate.clone(), &raft_dir, metrics.clone())
         .map_err(|e| OpenError::Refused(format!("the master group's state in {}: {e}", raft_dir.display())))?;
-    let shared = tokio::runtime::Handle::try_current()
-        .ok()
-        .filter(|h| opts.shared_runtime && h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    let (rt, handle) = match shared {
-        Some(h) => (None, h),
-        None => {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .thread_name("stripefs-raft")
-                .enable_all()
-                .build()
-                .map_err(io)?;
-            let h = rt.handle().clone();
-            (Some(rt), h)
-        }
-    };
+    // Its own runtime: busy RPC handlers never delay heartbeats. (Running
+    // it on the RPC handlers' runtime instead, to save the two thread
+    // hand-offs of a mutation, measured no better: PERFORMANCE.md, stop 12.)
+    let own = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("stripefs-raft")
+        .enable_all()
+        .build()
+        .map_err(io)?;
+    let handle = own.handle().clone();
+    let rt = Some(own);
     let config = crate::raft::config(opts.snapshot_every)
         .validate()
         .map_err(|e| OpenError::Refused(format!("master group configuration: {e}")))?;
