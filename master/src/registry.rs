@@ -66,9 +66,10 @@ impl Registry {
         }
     }
 
-    /// Whether a known node has not reported to this master yet.
+    /// Whether a known node has not reported to this master yet (not
+    /// registered, or registered without a heartbeat with its space).
     pub fn any_unseen(&self) -> bool {
-        self.lock().values().any(|e| e.last_seen.is_none())
+        self.lock().values().any(|e| e.last_seen.is_none() || e.capacity == 0)
     }
 
     /// How long a silent node is still alive.
