@@ -60,6 +60,17 @@ pub fn endpoint(state: &Arc<MasterState>, mut registry: Registry) -> Endpoint {
     let orphans =
         gauge(&mut registry, "orphans_waiting", "Unlinked open files waiting for their clients before they are purged");
     let answers = gauge(&mut registry, "request_answers_remembered", "Answers kept to answer retried requests");
+    let term = gauge(&mut registry, "group_term", "The master group's current term, as this master knows it");
+    let leader = gauge(&mut registry, "group_is_leader", "1 when this master leads its group");
+    let last_log = gauge(&mut registry, "group_last_log_index", "Index of the last entry in this master's log");
+    let applied = gauge(&mut registry, "group_applied_index", "Index of the last log entry this master applied");
+    let voters = gauge(&mut registry, "group_voters", "Voting members of the master group");
+    let silent = gauge(
+        &mut registry,
+        "group_members_out_of_contact",
+        "Members the leader has not heard from for 2 s (on the leader; 0 elsewhere)",
+    );
+    let log_bytes = gauge(&mut registry, "log_disk_bytes", "Bytes of this master's log segment files");
     let node_family = |registry: &mut Registry, name: &str, help: &str| {
         let f: Family<NodeLabel, Gauge<i64, AtomicI64>> = Family::default();
         registry.register(name, help, f.clone());
@@ -95,6 +106,16 @@ pub fn endpoint(state: &Arc<MasterState>, mut registry: Registry) -> Endpoint {
         in_flight.set(s.copies.in_flight() as i64);
         corrupt.set(lock(&s.corrupt).len() as i64);
         orphans.set(s.orphans.len() as i64);
+        let g = s.store.group_status();
+        term.set(g.term as i64);
+        let leads = g.leader == Some(g.this);
+        leader.set(i64::from(leads));
+        last_log.set(g.last_log_index.unwrap_or(0) as i64);
+        applied.set(g.applied.unwrap_or(0) as i64);
+        voters.set(g.members.iter().filter(|m| m.voter).count() as i64);
+        let out = g.members.iter().filter(|m| m.millis_since_contact.is_none_or(|ms| ms > 2000)).count();
+        silent.set(if leads { out as i64 } else { 0 });
+        log_bytes.set(s.store.log_disk_bytes() as i64);
     });
     let ready_state = state.clone();
     let ready = Box::new(move || match ready_state.store.inode_count() {

@@ -71,6 +71,17 @@ fn every_daemon_serves_metrics_and_health_and_the_numbers_move_with_the_work() {
         "no group commit counted"
     );
     assert_eq!(metric(&after.0, "stripefs_master_inodes"), metric(&before.0, "stripefs_master_inodes") + 5.0);
+    // A group of one: it leads, its log grew with the work and is applied.
+    assert_eq!(metric(&after.0, "stripefs_master_group_is_leader"), 1.0);
+    assert_eq!(metric(&after.0, "stripefs_master_group_voters"), 1.0);
+    assert!(metric(&after.0, "stripefs_master_group_term") >= 1.0);
+    let (log_before, log_after) = (
+        metric(&before.0, "stripefs_master_group_last_log_index"),
+        metric(&after.0, "stripefs_master_group_last_log_index"),
+    );
+    assert!(log_after >= log_before + 15.0, "5 creates and 10 commits: the log grew from {log_before} to {log_after}");
+    assert!(metric(&after.0, "stripefs_master_group_applied_index") >= log_after - 1.0, "the log is applied");
+    assert!(metric(&after.0, "stripefs_master_log_disk_bytes") > 0.0);
     assert!(metric(&after.0, "stripefs_master_chunks") >= 10.0);
     assert!(total(&after.0, "stripefs_master_node_capacity_bytes") > 0.0);
     // Nodes: two replicas of each chunk written, on two nodes.
