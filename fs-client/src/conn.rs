@@ -320,7 +320,7 @@ impl MasterConn {
     /// Asks the group for its members now and then (at most every
     /// [`LEARN_EVERY`]), so that a client given one master finds the
     /// others once that one is gone.
-    async fn learn_members(&self, c: &MasterClient) {
+    async fn learn_members(&self) {
         {
             let mut at = lock(&self.learned);
             if at.elapsed() < LEARN_EVERY {
@@ -328,6 +328,9 @@ impl MasterConn {
             }
             *at = Instant::now();
         }
+        // The shared connection, if it is there (checked only when due:
+        // this runs after every answered call).
+        let Some((_, Some(c))) = self.client.try_read().ok().map(|g| g.clone()) else { return };
         let ctx = stripefs_proto::net::context_with_timeout(Duration::from_secs(2));
         if let Ok(Ok(st)) = c.group(ctx).await {
             let mut addrs = lock(&self.addrs);
@@ -516,9 +519,7 @@ impl MasterConn {
                 }
                 Ok(r) => {
                     if !mine {
-                        if let Some((_, Some(c))) = self.client.try_read().ok().map(|g| g.clone()) {
-                            self.learn_members(&c).await;
-                        }
+                        self.learn_members().await;
                     }
                     return r.map_err(ClientError::Fs);
                 }

@@ -408,15 +408,11 @@ impl Store {
                 }
                 Ok(())
             };
-            let mut c = &cmd;
-            loop {
-                match c {
-                    Command::Requested { cmd, .. } => c = cmd,
-                    Command::Unlink { op, .. } => break name(op.parent, &op.name)?,
-                    Command::Rename { op, .. } => break name(op.new_parent, &op.new_name)?,
-                    Command::Purge { ino } => break targets.push(*ino),
-                    _ => break,
-                }
+            match c {
+                Command::Unlink { op, .. } => name(op.parent, &op.name)?,
+                Command::Rename { op, .. } => name(op.new_parent, &op.new_name)?,
+                Command::Purge { ino } => targets.push(*ino),
+                _ => {}
             }
         }
         let closed: Vec<InodeId> = {

@@ -153,6 +153,18 @@ fn unexpected<E: std::error::Error>(p: &Peer) -> RPCError<NodeId, Member, E> {
     RPCError::Network(NetworkError::new(&p.err("answered another kind of message")))
 }
 
+impl Peer {
+    /// The remote master's answer: a refusal is its error, not ours.
+    // openraft's error type, as its trait methods return it.
+    #[allow(clippy::result_large_err)]
+    fn answer<T, E: std::error::Error>(
+        &self,
+        r: Result<T, RaftError<NodeId, E>>,
+    ) -> Result<T, RPCError<NodeId, Member, RaftError<NodeId, E>>> {
+        r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
 impl RaftNetwork<TypeConfig> for Peer {
     async fn append_entries(
         &mut self,
@@ -160,7 +172,7 @@ impl RaftNetwork<TypeConfig> for Peer {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
         match self.call(RaftRequest::Append(rpc), option.hard_ttl()).await.map_err(rpc_error)? {
-            RaftResponse::Append(r) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
+            RaftResponse::Append(r) => self.answer(r),
             _ => Err(unexpected(self)),
         }
     }
@@ -172,7 +184,7 @@ impl RaftNetwork<TypeConfig> for Peer {
     ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>>
     {
         match self.call(RaftRequest::Snapshot(rpc), option.hard_ttl()).await.map_err(rpc_error)? {
-            RaftResponse::Snapshot(r) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
+            RaftResponse::Snapshot(r) => self.answer(r),
             _ => Err(unexpected(self)),
         }
     }
@@ -183,7 +195,7 @@ impl RaftNetwork<TypeConfig> for Peer {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
         match self.call(RaftRequest::Vote(rpc), option.hard_ttl()).await.map_err(rpc_error)? {
-            RaftResponse::Vote(r) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
+            RaftResponse::Vote(r) => self.answer(r),
             _ => Err(unexpected(self)),
         }
     }
