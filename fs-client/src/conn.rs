@@ -24,6 +24,7 @@ use stripefs_daemon::lock;
 use stripefs_proto::net::{connect_channel, connect_stream, BlockingClient, ConnectError, Secret};
 use stripefs_proto::ops::*;
 use stripefs_proto::types::{Attr, ChunkCommit, NewEntry};
+use stripefs_proto::InodeId;
 use stripefs_proto::{
     FsError, MasterServiceClient, MasterServiceRequest, MasterServiceResponse, NodeServiceClient, NodeServiceRequest,
     NodeServiceResponse,
@@ -164,29 +165,37 @@ pub trait Mutation: Clone + Send + Sync + 'static {
         c: MasterClient,
         ctx: tarpc::context::Context,
         req: Request<Self>,
-    ) -> impl Future<Output = std::result::Result<std::result::Result<Self::Reply, FsError>, RpcError>> + Send;
+    ) -> impl Future<Output = std::result::Result<std::result::Result<Acked<Self::Reply>, FsError>, RpcError>> + Send;
+    /// The inode the change created, if it creates one (a replay asks
+    /// for it back).
+    fn created(_reply: &Self::Reply) -> Option<InodeId> {
+        None
+    }
 }
 
 macro_rules! mutation {
-    ($($op:ident => $method:ident -> $reply:ty;)*) => {$(
+    ($($op:ident => $method:ident -> $reply:ty $(, created |$r:ident| $created:expr)?;)*) => {$(
         impl Mutation for $op {
             type Reply = $reply;
             fn send(
                 c: MasterClient,
                 ctx: tarpc::context::Context,
                 req: Request<Self>,
-            ) -> impl Future<Output = std::result::Result<std::result::Result<$reply, FsError>, RpcError>> + Send {
+            ) -> impl Future<Output = std::result::Result<std::result::Result<Acked<$reply>, FsError>, RpcError>> + Send {
                 async move { c.$method(ctx, req).await }
             }
+            $(fn created($r: &$reply) -> Option<InodeId> {
+                Some($created)
+            })?
         }
     )*};
 }
 
 mutation! {
-    Mknod => mknod -> Attr;
-    Create => create -> NewEntry;
-    Mkdir => mkdir -> NewEntry;
-    Symlink => symlink -> Attr;
+    Mknod => mknod -> Attr, created |r| r.ino;
+    Create => create -> NewEntry, created |r| r.attr.ino;
+    Mkdir => mkdir -> NewEntry, created |r| r.attr.ino;
+    Symlink => symlink -> Attr, created |r| r.ino;
     Link => link -> Attr;
     Unlink => unlink -> Option<Attr>;
     Rmdir => rmdir -> Option<Attr>;
@@ -198,17 +207,101 @@ mutation! {
     ChunkCommit => commit_chunk -> Attr;
 }
 
-/// The requests of one client session: their ids, and which are still
-/// waiting for an answer (the master forgets the answers below the lowest).
+/// Sends a held change again, as a replay; answers where it now stands.
+type Resend = Arc<
+    dyn Fn(
+            MasterClient,
+            tarpc::context::Context,
+        ) -> BoxFuture<'static, std::result::Result<std::result::Result<Durability, FsError>, RpcError>>
+        + Send
+        + Sync,
+>;
+
+/// A change the master answered before it was durable.
+struct HeldChange {
+    seq: u64,
+    /// What it was, for the log.
+    what: String,
+    resend: Resend,
+}
+
+/// The changes of this session the master answered and has not yet
+/// reported durable, by log position: what the client replays, in that
+/// order, to the next master process if this one goes away
+/// (docs/SEMANTICS.md, "Durability").
+#[derive(Default)]
+struct Held {
+    /// The master process that answered them.
+    incarnation: u64,
+    changes: std::collections::BTreeMap<u64, HeldChange>,
+}
+
+/// The requests of one client session: their ids, which are still
+/// waiting for an answer or to be durable (the master forgets the answers
+/// below the lowest), and the changes to replay.
 struct Session {
     id: u64,
     next_seq: AtomicU64,
     pending: Mutex<std::collections::BTreeSet<u64>>,
+    held: Mutex<Held>,
 }
 
 impl Session {
     fn new() -> Session {
-        Session { id: rand::random(), next_seq: AtomicU64::new(1), pending: Mutex::new(Default::default()) }
+        Session {
+            id: rand::random(),
+            next_seq: AtomicU64::new(1),
+            pending: Mutex::new(Default::default()),
+            held: Mutex::new(Held::default()),
+        }
+    }
+
+    /// An answer says where the master's log stands: drops the changes
+    /// now durable (their answers may then be forgotten by the master).
+    fn durable(&self, d: &Durability) {
+        let done: Vec<u64> = {
+            let mut held = lock(&self.held);
+            if held.incarnation != d.incarnation {
+                return;
+            }
+            let keep = held.changes.split_off(&(d.durable + 1));
+            let done = std::mem::replace(&mut held.changes, keep);
+            done.into_values().map(|c| c.seq).collect()
+        };
+        if !done.is_empty() {
+            let mut pending = lock(&self.pending);
+            for seq in done {
+                pending.remove(&seq);
+            }
+        }
+    }
+
+    /// Keeps a change answered early until it is durable.
+    fn hold(&self, d: &Durability, change: HeldChange) {
+        let mut held = lock(&self.held);
+        if held.incarnation != d.incarnation {
+            if !held.changes.is_empty() {
+                // Answered by another master process and not replayed
+                // (the replay window ended before this client came back).
+                tracing::error!(
+                    "{} change(s) answered by a master that stopped were not replayed in time and may be lost",
+                    held.changes.len()
+                );
+                let lost: Vec<u64> = held.changes.values().map(|c| c.seq).collect();
+                held.changes.clear();
+                let mut pending = lock(&self.pending);
+                for seq in lost {
+                    pending.remove(&seq);
+                }
+            }
+            held.incarnation = d.incarnation;
+        }
+        held.changes.insert(d.at, change);
+    }
+
+    /// How many changes wait to be durable.
+    fn held_count(&self) -> usize {
+        lock(&self.held).changes.len()
     }
 
     /// A new request id; pending until [`Session::answered`]. Taken and
@@ -252,8 +345,10 @@ pub struct MasterConn {
     wait: Duration,
     /// How long one call waits for its answer.
     call_timeout: Duration,
-    /// This client's request ids.
+    /// This client's request ids and held changes.
     session: Session,
+    /// This client's host (told to the master with the session).
+    host: String,
     /// Calls sent again (after a broken connection or a timeout).
     retries: AtomicU64,
     /// Connections made again to the master.
@@ -266,27 +361,40 @@ pub struct MasterConn {
 impl MasterConn {
     /// Connects to the master (fails fast if it is unreachable or refuses
     /// us); later reconnects wait up to `wait`.
+    /// `host` names this client's host to the master (in its log).
     pub async fn connect(
         addrs: &str,
         secret: Secret,
         wait: Duration,
+        host: &str,
     ) -> Result<MasterConn, stripefs_proto::net::ConnectError> {
         let addr = stripefs_proto::net::find_leader(addrs, &secret, CONNECT_TIMEOUT).await?;
         let client = MasterClient::from(CallStub::Shared(connect_channel(&addr, &secret, CONNECT_TIMEOUT).await?));
-        Ok(MasterConn {
+        let conn = MasterConn {
             pool: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed),
             addrs: std::sync::Mutex::new(addrs.to_string()),
             learned: std::sync::Mutex::new(Instant::now().checked_sub(LEARN_EVERY).unwrap_or_else(Instant::now)),
-            addr: std::sync::Mutex::new(addr),
+            addr: std::sync::Mutex::new(addr.clone()),
             secret,
             wait,
             call_timeout: METADATA_TIMEOUT,
             session: Session::new(),
+            host: host.to_string(),
             retries: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
-            client: tokio::sync::RwLock::new((0, Some(client))),
+            client: tokio::sync::RwLock::new((0, Some(client.clone()))),
             on_reconnect: OnceLock::new(),
-        })
+        };
+        // Registered, the session's changes are answered before they are
+        // on the master's disk. Unregistered (the call failed), they are
+        // answered once durable, until a reconnect registers it.
+        let ctx = stripefs_proto::net::context_with_timeout(CONNECT_TIMEOUT);
+        match client.open_session(ctx, conn.session.id, conn.host.clone()).await {
+            Ok(Ok(info)) => lock(&conn.session.held).incarnation = info.incarnation,
+            Ok(Err(e)) => tracing::warn!("registering with the master at {addr}: {e}"),
+            Err(e) => tracing::warn!("registering with the master at {addr}: {e}"),
+        }
+        Ok(conn)
     }
 
     /// Sets how long one call waits for its answer (default [`METADATA_TIMEOUT`]).
@@ -369,6 +477,20 @@ impl MasterConn {
             match connected {
                 Ok((addr, c)) => {
                     let c = MasterClient::from(CallStub::Shared(c));
+                    // Replays first: the files to re-open may be among them.
+                    if let Err(e) = self.open_session(&c).await {
+                        if !warned {
+                            tracing::warn!("registering with the master at {addr}: {e}");
+                            warned = true;
+                        }
+                        let now = Instant::now();
+                        if now >= deadline {
+                            return Err(e);
+                        }
+                        tokio::time::sleep(backoff.min(deadline - now)).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                        continue;
+                    }
                     if let Some(hook) = self.on_reconnect.get() {
                         hook(c.clone()).await;
                     }
@@ -443,13 +565,118 @@ impl MasterConn {
         let session = &self.session;
         let r = self
             .call_on(own, true, |c, ctx| {
-                let req = Request { id, answered_below: session.answered_below(), op: op.clone() };
+                let req = Request { id, answered_below: session.answered_below(), op: op.clone(), replay: None };
                 tracing::debug!(request = %id, "sending");
                 M::send(c, ctx, req)
             })
             .await;
-        self.session.answered(id);
-        r
+        match r {
+            Ok(acked) => {
+                let d = acked.durability;
+                if d.is_durable() {
+                    self.session.answered(id);
+                } else {
+                    // Held (and its answer kept by the master) until durable.
+                    let replay = Replay { ino: M::created(&acked.value) };
+                    let resend: Resend = Arc::new(move |c, ctx| {
+                        let req = Request { id, answered_below: 1, op: op.clone(), replay: Some(replay) };
+                        Box::pin(async move { M::send(c, ctx, req).await.map(|r| r.map(|a| a.durability)) })
+                    });
+                    let what = format!("request {id}");
+                    self.session.hold(&d, HeldChange { seq: id.seq, what, resend });
+                }
+                self.session.durable(&d);
+                Ok(acked.value)
+            }
+            Err(e) => {
+                self.session.answered(id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Registers this client's session with the master `c` answers for
+    /// and, if changes it answered before were lost with another master
+    /// process, sends them again, in their order (see [`Held`]).
+    async fn open_session(&self, c: &MasterClient) -> Result<()> {
+        let ctx = stripefs_proto::net::context_with_timeout(self.call_timeout);
+        let info = c.open_session(ctx, self.session.id, self.host.clone()).await??;
+        let to_replay: Vec<(u64, u64, String, Resend)> = {
+            let held = lock(&self.session.held);
+            if held.incarnation == info.incarnation {
+                Vec::new()
+            } else {
+                held.changes.iter().map(|(at, h)| (*at, h.seq, h.what.clone(), h.resend.clone())).collect()
+            }
+        };
+        if !to_replay.is_empty() {
+            tracing::warn!("the master restarted: replaying {} change(s) it had not yet made durable", to_replay.len());
+        }
+        let mut replayed = Held { incarnation: info.incarnation, changes: Default::default() };
+        let mut settled = Vec::new();
+        for (at, seq, what, resend) in to_replay {
+            let ctx = stripefs_proto::net::context_with_timeout(self.call_timeout);
+            match resend(c.clone(), ctx).await {
+                Ok(Ok(d)) => {
+                    if d.is_durable() {
+                        settled.push(seq);
+                    } else {
+                        let held = lock(&self.session.held);
+                        if let Some(h) = held.changes.get(&at) {
+                            let change = HeldChange { seq, what: h.what.clone(), resend: h.resend.clone() };
+                            replayed.changes.insert(d.at, change);
+                        }
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::error!("replaying {what} after the master restarted failed ({e}): that change is lost");
+                    settled.push(seq);
+                }
+                // The connection broke again: the next one replays.
+                Err(e) => return Err(e.into()),
+            }
+        }
+        {
+            let mut held = lock(&self.session.held);
+            if held.incarnation != info.incarnation {
+                *held = replayed;
+            }
+        }
+        {
+            let mut pending = lock(&self.session.pending);
+            for seq in settled {
+                pending.remove(&seq);
+            }
+        }
+        if info.replay {
+            let ctx = stripefs_proto::net::context_with_timeout(self.call_timeout);
+            c.session_replayed(ctx, self.session.id).await??;
+        }
+        Ok(())
+    }
+
+    /// Waits until every change this client made is durable on the master
+    /// (`fsync`, `fsyncdir`, `syncfs`).
+    pub async fn sync(&self) -> Result<()> {
+        if self.session.held_count() == 0 {
+            return Ok(());
+        }
+        let d = self.call(|c, ctx| async move { c.sync(ctx).await }).await?;
+        self.session.durable(&d);
+        Ok(())
+    }
+
+    /// Changes this client holds until the master reports them durable.
+    pub fn held_changes(&self) -> usize {
+        self.session.held_count()
+    }
+
+    /// Tells the master this session ends (a clean unmount): a crash of
+    /// the master then no longer waits for it. Makes its changes durable first.
+    pub async fn close_session(&self) -> Result<()> {
+        self.sync().await?;
+        let id = self.session.id;
+        self.call_shared(move |c, ctx| async move { c.close_session(ctx, id).await }).await
     }
 
     /// [`MasterConn::call`] on the shared connection, wherever it is made
@@ -674,7 +901,7 @@ mod tests {
         let (addr, connections) = closing_master(secret.clone()).await;
         let wait = Duration::from_secs(2);
         // Bounded, so that a hang fails here instead of stalling the suite.
-        let conn = tokio::time::timeout(wait * 5, MasterConn::connect(&addr, secret, wait))
+        let conn = tokio::time::timeout(wait * 5, MasterConn::connect(&addr, secret, wait, "test"))
             .await
             .expect("connecting returned")
             .expect("connect");

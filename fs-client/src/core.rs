@@ -201,7 +201,7 @@ impl FsCore {
         secret: stripefs_proto::net::Secret,
         cfg: ClientConfig,
     ) -> anyhow::Result<Arc<FsCore>> {
-        let master = MasterConn::connect(master_addr, secret.clone(), cfg.master_timeout)
+        let master = MasterConn::connect(master_addr, secret.clone(), cfg.master_timeout, &cfg.host)
             .await?
             .with_call_timeout(cfg.call_timeout);
         let info = master.call(|c, ctx| async move { c.fs_info(ctx).await }).await?;
@@ -711,15 +711,37 @@ impl FsCore {
         }
     }
 
-    /// fsync: uploads and waits until every replica has the data on disk.
+    /// fsync: uploads and waits until every replica has the data on disk
+    /// and the master has this client's metadata changes on its disk.
     pub async fn fsync(self: &Arc<Self>, fh: u64) -> Result<()> {
         let (ino, _) = self.handle(fh)?;
         let state = self.state_of(ino)?;
         let mut guard = state.lock().await;
-        match guard.as_mut() {
-            Some(st) => self.sync_state(st).await,
-            None => Ok(()),
+        if let Some(st) = guard.as_mut() {
+            self.sync_state(st).await?;
         }
+        drop(guard);
+        self.master.sync().await
+    }
+
+    /// fsync of a directory (and of anything else whose data is not
+    /// buffered): returns once every metadata change this client made is
+    /// on the master's disk.
+    pub async fn sync_metadata(&self) -> Result<()> {
+        self.master.sync().await
+    }
+
+    /// Ends this client's session with the master (at unmount), after
+    /// making its changes durable: a later crash of the master does not
+    /// wait for this client to replay.
+    pub async fn close_session(&self) -> Result<()> {
+        self.master.close_session().await
+    }
+
+    /// Metadata changes the master answered and has not yet reported
+    /// durable (kept to replay if it restarts).
+    pub fn held_changes(&self) -> usize {
+        self.master.held_changes()
     }
 
     /// Closes a handle; the last close of a file uploads what is left and

@@ -215,6 +215,19 @@ impl Filesystem for StripeFs {
         Ok(())
     }
 
+    /// Unmounted: the session ends, its changes durable first (a master
+    /// that crashes later does not wait for this client's replay).
+    fn destroy(&mut self) {
+        let closed = self.rt.block_on(async {
+            tokio::time::timeout(std::time::Duration::from_secs(5), self.core.close_session()).await
+        });
+        match closed {
+            Ok(Ok(())) => tracing::debug!("session closed with the master"),
+            Ok(Err(e)) => tracing::warn!("closing the session with the master at unmount: {e}"),
+            Err(_) => tracing::warn!("closing the session with the master at unmount: no answer within 5 s"),
+        }
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _span = self.request("lookup", parent.0, None);
         let name = match name_of(name) {
@@ -513,8 +526,9 @@ impl Filesystem for StripeFs {
 
     fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         let _span = self.request("fsyncdir", _ino.0, Some(_fh.0));
-        // Every metadata change is durable on the master when acknowledged.
-        reply.ok();
+        // This client's changes the master answered before they were on
+        // its disk are there when this returns.
+        self.reply_empty("fsyncdir", self.run(self.core.sync_metadata()), reply);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

@@ -12,6 +12,7 @@ pub mod raft;
 pub mod records;
 pub mod registry;
 pub mod service;
+pub mod sessions;
 pub mod state;
 pub mod store;
 pub mod tables;
@@ -54,6 +55,10 @@ pub struct Config {
     /// Wait to be made a member of a master group instead of starting a
     /// group of one with a new filesystem.
     pub join: bool,
+    /// After a crash, how long the master waits for its client sessions
+    /// to replay the changes it answered and lost before it serves
+    /// anyone (see [`sessions`]).
+    pub replay_window: Duration,
 }
 
 /// Follows this master's leadership: on taking the lead, the soft state
@@ -107,6 +112,12 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken
     tracing::info!("serving on {}", listener.local_addr()?);
     workers::start(&shared);
     tokio::spawn(conns.child_token().run_until_cancelled_owned(watch_leadership(shared.clone())));
+    {
+        let (shared, window) = (shared.clone(), cfg.replay_window);
+        tokio::spawn(conns.child_token().run_until_cancelled_owned(async move {
+            shared.store.end_replay_window(window).await;
+        }));
+    }
     let mut registry = prometheus_client::registry::Registry::with_prefix("stripefs_master");
     let rpc_metrics = metrics::rpc(&mut registry);
     if let Some(addr) = &cfg.metrics_addr {

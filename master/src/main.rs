@@ -56,6 +56,12 @@ struct Args {
     /// catch up without replaying history).
     #[arg(long, value_name = "N", default_value_t = stripefs_master::raft::SNAPSHOT_EVERY)]
     snapshot_every: u64,
+    /// After a crash, seconds the master waits for its clients to replay
+    /// the changes it had answered but not yet written to disk, before it
+    /// serves anyone. A client that does not come back in time lost its
+    /// last changes (it died with the master).
+    #[arg(long, value_name = "SECS", default_value_t = stripefs_master::sessions::REPLAY_WINDOW.as_secs())]
+    replay_window_secs: u64,
 }
 
 fn main() {
@@ -93,6 +99,7 @@ fn real_main() -> anyhow::Result<()> {
             snapshot_every: args.snapshot_every.max(1),
             advertise: args.advertise.clone(),
             join: args.join,
+            replay_window: Duration::from_secs(args.replay_window_secs),
         };
         stripefs_master::run(cfg, listener, shutdown).await
     })

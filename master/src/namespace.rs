@@ -202,6 +202,29 @@ pub enum Command {
         /// How many.
         count: u64,
     },
+    /// Register a client session: a master restarted after a crash waits
+    /// for it to replay what it lost (format 4).
+    OpenSession {
+        /// The session.
+        session: u64,
+        /// The client's host, for the log.
+        host: String,
+        /// When.
+        now: Timestamp,
+    },
+    /// Forget a client session (it ended, or did not come back).
+    CloseSession {
+        /// The session.
+        session: u64,
+    },
+    /// A change a master answered and lost, sent again by its client; a
+    /// create takes the inode number `ino` back.
+    Replayed {
+        /// The inode number the change had created.
+        ino: Option<InodeId>,
+        /// The change.
+        cmd: Box<Command>,
+    },
 }
 
 /// The result of a command.
@@ -336,6 +359,10 @@ pub struct Tables<'txn> {
     pub nodes: Table<'txn, u64, &'static [u8]>,
     /// `requests.v1`.
     pub requests: Table<'txn, (u64, u64), &'static [u8]>,
+    /// `sessions.v1`.
+    pub sessions: Table<'txn, u64, &'static [u8]>,
+    /// The inode number a replayed create asks for (see [`Command::Replayed`]).
+    pub(crate) ino_hint: Option<InodeId>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -351,6 +378,8 @@ impl<'txn> Tables<'txn> {
             deletions: txn.open_table(tables::DELETIONS)?,
             nodes: txn.open_table(tables::NODES)?,
             requests: txn.open_table(tables::REQUESTS)?,
+            sessions: txn.open_table(tables::SESSIONS)?,
+            ino_hint: None,
         })
     }
 
@@ -394,8 +423,15 @@ impl<'txn> Tables<'txn> {
     }
 
     pub(crate) fn new_inode(&mut self, rec: &InodeRecord) -> Result<InodeId, ApplyError> {
-        let ino = self.meta_u64(meta_keys::NEXT_INODE)?;
-        self.set_meta_u64(meta_keys::NEXT_INODE, ino + 1)?;
+        let next = self.meta_u64(meta_keys::NEXT_INODE)?;
+        // A replayed create takes back the number its client knows the
+        // file by, when it is free (it is, unless the replay came after
+        // the replay window: numbers are never handed out twice).
+        let ino = match self.ino_hint.take() {
+            Some(h) if h.0 > InodeId::ROOT.0 && self.inodes.get(h.0)?.is_none() => h.0,
+            _ => next,
+        };
+        self.set_meta_u64(meta_keys::NEXT_INODE, next.max(ino + 1))?;
         let count = self.meta_u64(meta_keys::INODE_COUNT)?;
         self.set_meta_u64(meta_keys::INODE_COUNT, count + 1)?;
         self.put_inode(InodeId(ino), rec)?;
@@ -514,6 +550,14 @@ pub fn apply(t: &mut Tables, cmd: &Command, ctx: &Context) -> Result<Reply, Appl
         C::ForgetRequests { before } => requests::forget_before(t, *before).map(unit),
         C::CreateFs { fs_id, chunk_size, now } => cluster::create_fs(t, fs_id, *chunk_size, *now).map(unit),
         C::ReserveIdRange { count } => cluster::reserve_range(t, *count).map(|(first, end)| Reply::Ids { first, end }),
+        C::OpenSession { session, host, now } => crate::sessions::open(t, *session, host, *now).map(unit),
+        C::CloseSession { session } => crate::sessions::close(t, *session).map(unit),
+        C::Replayed { ino, cmd } => {
+            t.ino_hint = *ino;
+            let r = apply(t, cmd, ctx);
+            t.ino_hint = None;
+            r
+        }
     }
 }
 

@@ -137,7 +137,7 @@ impl MasterServer {
 impl MasterService for MasterServer {
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "fs_info", peer = %self.conn.peer, trace = %ctx.trace_id()))]
     async fn fs_info(self, ctx: Context) -> Result<FsInfo, FsError> {
-        self.shared.store.ensure_leader().await?;
+        self.shared.store.ensure_leader_now().await?;
         Ok(FsInfo { fs_id: self.shared.store.fs_id().to_string(), chunk_size: self.shared.store.chunk_size() })
     }
 
@@ -156,8 +156,8 @@ impl MasterService for MasterServer {
     }
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "setattr", peer = %self.conn.peer, trace = %ctx.trace_id(), request = %req.id, ino = %req.op.ino))]
-    async fn setattr(self, ctx: Context, req: Request<SetAttrs>) -> Result<Attr, FsError> {
-        self.shared.store.ensure_leader().await?;
+    async fn setattr(self, ctx: Context, req: Request<SetAttrs>) -> Result<Acked<Attr>, FsError> {
+        self.shared.store.ensure_leader_for(&req).await?;
         if req.op.set.size.is_some_and(|s| s > MAX_FILE_BYTES) {
             return Err(FsError::FileTooLarge);
         }
@@ -165,36 +165,41 @@ impl MasterService for MasterServer {
     }
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "mknod", peer = %self.conn.peer, trace = %ctx.trace_id(), request = %req.id, ino = %req.op.parent))]
-    async fn mknod(self, ctx: Context, req: Request<Mknod>) -> Result<Attr, FsError> {
-        self.shared.store.ensure_leader().await?;
+    async fn mknod(self, ctx: Context, req: Request<Mknod>) -> Result<Acked<Attr>, FsError> {
+        self.shared.store.ensure_leader_for(&req).await?;
         self.shared.store.run(req).await
     }
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "create", peer = %self.conn.peer, trace = %ctx.trace_id(), request = %req.id, ino = %req.op.parent))]
-    async fn create(self, ctx: Context, req: Request<Create>) -> Result<NewEntry, FsError> {
-        self.shared.store.ensure_leader().await?;
+    async fn create(self, ctx: Context, req: Request<Create>) -> Result<Acked<NewEntry>, FsError> {
+        self.shared.store.ensure_leader_for(&req).await?;
         let parent = req.op.parent;
         let Create { parent: _, name, perm, owner } = req.op;
         let op = Mknod { parent, name, kind: FileKind::File, perm, owner, rdev: 0 };
-        let attr = self.shared.store.run(Request { id: req.id, answered_below: req.answered_below, op }).await?;
+        let replay = req.replay;
+        let done =
+            self.shared.store.run(Request { id: req.id, answered_below: req.answered_below, op, replay }).await?;
         // A retry on the connection that made the file already holds its
         // reference; one on a new connection (the old one was cut, and
-        // released what it held) takes it.
-        self.take_open_once(attr.ino);
-        Ok(self.new_entry(attr, parent))
+        // released what it held) takes it. A replay takes none: the
+        // client re-opens what it still has open after replaying.
+        if replay.is_none() {
+            self.take_open_once(done.value.ino);
+        }
+        Ok(Acked { value: self.new_entry(done.value, parent), durability: done.durability })
     }
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "mkdir", peer = %self.conn.peer, trace = %ctx.trace_id(), request = %req.id, ino = %req.op.parent))]
-    async fn mkdir(self, ctx: Context, req: Request<Mkdir>) -> Result<NewEntry, FsError> {
-        self.shared.store.ensure_leader().await?;
+    async fn mkdir(self, ctx: Context, req: Request<Mkdir>) -> Result<Acked<NewEntry>, FsError> {
+        self.shared.store.ensure_leader_for(&req).await?;
         let parent = req.op.parent;
-        let attr = self.shared.store.run(req).await?;
-        Ok(self.new_entry(attr, parent))
+        let done = self.shared.store.run(req).await?;
+        Ok(Acked { value: self.new_entry(done.value, parent), durability: done.durability })
     }
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "symlink", peer = %self.conn.peer, trace = %ctx.trace_id(), request = %req.id, ino = %req.op.parent))]
-    async fn symlink(self, ctx: Context, req: Request<Symlink>) -> Result<Attr, FsError> {
-        self.shared.store.ensure_leader().await?;
+    async fn symlink(self, ctx: Context, req: Request<Symlink>) -> Result<Acked<Attr>, FsError> {
+        self.shared.store.ensure_leader_for(&req).await?;
         self.shared.store.run(req).await
     }
 
@@ -205,33 +210,33 @@ impl MasterService for MasterServer {
     }
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "link", peer = %self.conn.peer, trace = %ctx.trace_id(), request = %req.id, ino = %req.op.ino))]
-    async fn link(self, ctx: Context, req: Request<Link>) -> Result<Attr, FsError> {
-        self.shared.store.ensure_leader().await?;
+    async fn link(self, ctx: Context, req: Request<Link>) -> Result<Acked<Attr>, FsError> {
+        self.shared.store.ensure_leader_for(&req).await?;
         self.shared.store.run(req).await
     }
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "unlink", peer = %self.conn.peer, trace = %ctx.trace_id(), request = %req.id, ino = %req.op.parent))]
-    async fn unlink(self, ctx: Context, req: Request<Unlink>) -> Result<Option<Attr>, FsError> {
-        self.shared.store.ensure_leader().await?;
+    async fn unlink(self, ctx: Context, req: Request<Unlink>) -> Result<Acked<Option<Attr>>, FsError> {
+        self.shared.store.ensure_leader_for(&req).await?;
         let parent = req.op.parent;
-        self.shared.store.run(req).await?;
-        Ok(self.dir_attr(parent))
+        let done = self.shared.store.run(req).await?;
+        Ok(Acked { value: self.dir_attr(parent), durability: done.durability })
     }
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "rmdir", peer = %self.conn.peer, trace = %ctx.trace_id(), request = %req.id, ino = %req.op.parent))]
-    async fn rmdir(self, ctx: Context, req: Request<Rmdir>) -> Result<Option<Attr>, FsError> {
-        self.shared.store.ensure_leader().await?;
+    async fn rmdir(self, ctx: Context, req: Request<Rmdir>) -> Result<Acked<Option<Attr>>, FsError> {
+        self.shared.store.ensure_leader_for(&req).await?;
         let parent = req.op.parent;
-        self.shared.store.run(req).await?;
-        Ok(self.dir_attr(parent))
+        let done = self.shared.store.run(req).await?;
+        Ok(Acked { value: self.dir_attr(parent), durability: done.durability })
     }
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "rename", peer = %self.conn.peer, trace = %ctx.trace_id(), request = %req.id, ino = %req.op.parent))]
-    async fn rename(self, ctx: Context, req: Request<Rename>) -> Result<(Option<Attr>, Option<Attr>), FsError> {
-        self.shared.store.ensure_leader().await?;
+    async fn rename(self, ctx: Context, req: Request<Rename>) -> Result<Acked<RenamedDirs>, FsError> {
+        self.shared.store.ensure_leader_for(&req).await?;
         let (parent, new_parent) = (req.op.parent, req.op.new_parent);
-        self.shared.store.run(req).await?;
-        Ok((self.dir_attr(parent), self.dir_attr(new_parent)))
+        let done = self.shared.store.run(req).await?;
+        Ok(Acked { value: (self.dir_attr(parent), self.dir_attr(new_parent)), durability: done.durability })
     }
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "readdir", peer = %self.conn.peer, trace = %ctx.trace_id(), ino = %dir))]
@@ -337,21 +342,21 @@ impl MasterService for MasterServer {
     }
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "commit_chunk", peer = %self.conn.peer, trace = %ctx.trace_id(), request = %req.id, ino = %req.op.ino, index = req.op.index))]
-    async fn commit_chunk(self, ctx: Context, req: Request<ChunkCommit>) -> Result<Attr, FsError> {
-        self.shared.store.ensure_leader().await?;
+    async fn commit_chunk(self, ctx: Context, req: Request<ChunkCommit>) -> Result<Acked<Attr>, FsError> {
+        self.shared.store.ensure_leader_for(&req).await?;
         self.shared.store.run(req).await
     }
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "statfs", peer = %self.conn.peer, trace = %ctx.trace_id()))]
     async fn statfs(self, ctx: Context) -> Result<StatFs, FsError> {
-        self.shared.store.ensure_leader().await?;
+        self.shared.store.ensure_leader_now().await?;
         let (total_bytes, free_bytes) = self.shared.registry.space();
         Ok(StatFs { total_bytes, free_bytes, files: self.shared.store.inode_count()? })
     }
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "setxattr", peer = %self.conn.peer, trace = %ctx.trace_id(), request = %req.id, ino = %req.op.ino))]
-    async fn setxattr(self, ctx: Context, req: Request<SetXattr>) -> Result<(), FsError> {
-        self.shared.store.ensure_leader().await?;
+    async fn setxattr(self, ctx: Context, req: Request<SetXattr>) -> Result<Acked<()>, FsError> {
+        self.shared.store.ensure_leader_for(&req).await?;
         self.shared.store.run(req).await
     }
 
@@ -370,20 +375,20 @@ impl MasterService for MasterServer {
     }
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "removexattr", peer = %self.conn.peer, trace = %ctx.trace_id(), request = %req.id, ino = %req.op.ino))]
-    async fn removexattr(self, ctx: Context, req: Request<RemoveXattr>) -> Result<(), FsError> {
-        self.shared.store.ensure_leader().await?;
+    async fn removexattr(self, ctx: Context, req: Request<RemoveXattr>) -> Result<Acked<()>, FsError> {
+        self.shared.store.ensure_leader_for(&req).await?;
         self.shared.store.run(req).await
     }
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "set_policy", peer = %self.conn.peer, trace = %ctx.trace_id(), request = %req.id, ino = %req.op.ino))]
-    async fn set_policy(self, ctx: Context, req: Request<SetPolicy>) -> Result<Attr, FsError> {
-        self.shared.store.ensure_leader().await?;
+    async fn set_policy(self, ctx: Context, req: Request<SetPolicy>) -> Result<Acked<Attr>, FsError> {
+        self.shared.store.ensure_leader_for(&req).await?;
         self.shared.store.run(req).await
     }
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "nodes", peer = %self.conn.peer, trace = %ctx.trace_id()))]
     async fn nodes(self, ctx: Context) -> Result<Vec<NodeStatus>, FsError> {
-        self.shared.store.ensure_leader().await?;
+        self.shared.store.ensure_leader_now().await?;
         let pending = self.shared.store.pending_deletions_by_node()?;
         let mut nodes = self.shared.registry.status();
         for n in &mut nodes {
@@ -394,7 +399,7 @@ impl MasterService for MasterServer {
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "register_node", peer = %self.conn.peer, trace = %ctx.trace_id(), host = %hello.host))]
     async fn register_node(self, ctx: Context, hello: NodeHello) -> Result<Registered, FsError> {
-        self.shared.store.ensure_leader().await?;
+        self.shared.store.ensure_leader_now().await?;
         let fs_id = self.shared.store.fs_id().to_string();
         if let Some(theirs) = &hello.fs_id {
             if *theirs != fs_id {
@@ -417,7 +422,7 @@ impl MasterService for MasterServer {
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "heartbeat", peer = %self.conn.peer, trace = %ctx.trace_id(), node = %hb.node))]
     async fn heartbeat(self, ctx: Context, hb: Heartbeat) -> Result<HeartbeatReply, FsError> {
-        self.shared.store.ensure_leader().await?;
+        self.shared.store.ensure_leader_now().await?;
         if !self.shared.registry.heartbeat(&hb) {
             return Err(FsError::NotFound);
         }
@@ -440,7 +445,7 @@ impl MasterService for MasterServer {
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "report_inventory", peer = %self.conn.peer, trace = %ctx.trace_id(), node = %node))]
     async fn report_inventory(self, ctx: Context, node: NodeId, items: Vec<InventoryItem>) -> Result<(), FsError> {
-        self.shared.store.ensure_leader().await?;
+        self.shared.store.ensure_leader_now().await?;
         if self.shared.registry.replica(node).is_none() {
             return Err(FsError::NotFound);
         }
@@ -451,7 +456,7 @@ impl MasterService for MasterServer {
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "report_corrupt", peer = %self.conn.peer, trace = %ctx.trace_id(), node = %node))]
     async fn report_corrupt(self, ctx: Context, node: NodeId, chunk: ChunkId, version: Version) -> Result<(), FsError> {
-        self.shared.store.ensure_leader().await?;
+        self.shared.store.ensure_leader_now().await?;
         self.shared.corrupt_replica(node, chunk, version).await;
         Ok(())
     }
@@ -465,8 +470,33 @@ impl MasterService for MasterServer {
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "workers", peer = %self.conn.peer, trace = %ctx.trace_id()))]
     async fn workers(self, ctx: Context) -> Result<Vec<WorkerStatus>, FsError> {
-        self.shared.store.ensure_leader().await?;
+        self.shared.store.ensure_leader_now().await?;
         Ok(self.shared.workers.status())
+    }
+
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "open_session", peer = %self.conn.peer, trace = %ctx.trace_id(), session = %format_args!("{session:x}")))]
+    async fn open_session(self, ctx: Context, session: u64, host: String) -> Result<SessionInfo, FsError> {
+        self.shared.store.ensure_leader_now().await?;
+        self.shared.store.open_session(session, host).await
+    }
+
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "session_replayed", peer = %self.conn.peer, trace = %ctx.trace_id()))]
+    async fn session_replayed(self, ctx: Context, session: u64) -> Result<(), FsError> {
+        self.shared.store.ensure_leader_now().await?;
+        self.shared.store.session_replayed(session);
+        Ok(())
+    }
+
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "close_session", peer = %self.conn.peer, trace = %ctx.trace_id()))]
+    async fn close_session(self, ctx: Context, session: u64) -> Result<(), FsError> {
+        self.shared.store.ensure_leader_now().await?;
+        self.shared.store.close_session(session).await
+    }
+
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "sync", peer = %self.conn.peer, trace = %ctx.trace_id()))]
+    async fn sync(self, ctx: Context) -> Result<Durability, FsError> {
+        self.shared.store.ensure_leader().await?;
+        self.shared.store.sync().await
     }
 
     async fn leader(self, _: Context) -> Result<Option<String>, FsError> {

@@ -13,13 +13,15 @@ use crate::raft::log::LogStore;
 use crate::raft::state_machine::{checkpoint, StateMachine};
 use crate::raft::{Member, Proposal, Raft};
 use crate::records::{ChunkRecord, InodeRecord, NodeRecord};
+use crate::sessions::Touches;
 use crate::tables::{self, meta_keys, FORMAT_VERSION, MAGIC_VALUE};
 use rand::RngCore;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use stripefs_proto::ops::Request;
+use stripefs_proto::ops::{Acked, Durability, Request};
+use stripefs_proto::types::SessionInfo;
 use stripefs_proto::types::{DirEntry, FileKind, Timestamp};
 use stripefs_proto::{ChunkId, FsError, InodeId, NodeId, Version};
 use tokio_util::sync::CancellationToken;
@@ -105,7 +107,16 @@ pub struct Store {
     /// Commands of [`Store::submit`] not yet answered.
     submitted: tokio_util::task::TaskTracker,
     fatal: CancellationToken,
+    /// Client sessions, early answers and the replay window.
+    sessions: crate::sessions::Sessions,
+    /// The group's directory (the clean-stop marker lives there).
+    raft_dir: PathBuf,
 }
+
+/// In the group's directory while no master process runs on it after a
+/// clean stop (its log was flushed): a start without it follows a crash,
+/// and waits for the clients to replay.
+const CLEAN_STOP: &str = "clean-stop";
 
 /// The master group as the store runs it.
 struct Group {
@@ -310,6 +321,7 @@ impl Store {
                 // Upgrades an older format: its tables are all still read
                 // as they are; the new ones are created here.
                 txn.open_table(tables::REQUESTS).map_err(|e| db_err(&path)(e.into()))?;
+                txn.open_table(tables::SESSIONS).map_err(|e| db_err(&path)(e.into()))?;
                 meta.insert(meta_keys::FORMAT_VERSION, FORMAT_VERSION.to_le_bytes().as_slice())
                     .map_err(|e| db_err(&path)(e.into()))?;
             }
@@ -320,6 +332,20 @@ impl Store {
         let metrics = Arc::new(StoreMetrics::default());
         let join = group.join;
         let (group, alone) = start_group(dir, &db, &gate, &metrics, &fatal, &group)?;
+        let raft_dir = dir.join(RAFT_DIR);
+        // After a crash, a master alone in its group may have answered
+        // changes it lost: it waits for its registered sessions to replay.
+        let clean = raft_dir.join(CLEAN_STOP);
+        let crashed = !clean.exists();
+        if !crashed {
+            std::fs::remove_file(&clean).map_err(io(&clean))?;
+            crate::raft::log::sync_dir_of(&raft_dir).map_err(io(&raft_dir))?;
+        }
+        let waiting = if crashed && alone && group.log.is_early() {
+            registered_sessions(&db).map_err(db_err(&path))?
+        } else {
+            HashMap::new()
+        };
         let store = Store {
             db,
             identity,
@@ -331,6 +357,8 @@ impl Store {
             pending: Arc::default(),
             submitted: tokio_util::task::TaskTracker::new(),
             fatal,
+            sessions: crate::sessions::Sessions::new(waiting),
+            raft_dir,
         };
         // A new group of one (or one that stopped before its filesystem
         // was created) creates it now, through its log. (A larger group's
@@ -373,6 +401,34 @@ impl Store {
     /// Applies a command durably (in the group's log, flushed with the
     /// commands proposed meanwhile) and returns its reply.
     pub async fn execute(&self, cmd: Command) -> Result<Reply, FsError> {
+        let (reply, at) = self.execute_at(cmd).await?;
+        self.wait_durable(at).await;
+        reply
+    }
+
+    /// Waits until log entry `at` is durable (at once when it was not
+    /// answered early: a group commits an entry once on disk on a majority).
+    async fn wait_durable(&self, at: u64) {
+        if self.group.log.was_early(at) {
+            self.group.log.wait_durable(at).await;
+        }
+    }
+
+    /// The highest log position at or below which every change is
+    /// durable, as far as an answer at `at` can tell.
+    fn durable_mark(&self, at: u64) -> u64 {
+        let on_disk = self.group.log.durable_end().saturating_sub(1);
+        if self.group.log.was_early(at) {
+            on_disk
+        } else {
+            on_disk.max(at)
+        }
+    }
+
+    /// Applies a command and returns its reply and log position, as soon
+    /// as it is applied (maybe before it is durable: see
+    /// [`crate::raft::log`]).
+    async fn execute_at(&self, cmd: Command) -> Result<(Result<Reply, FsError>, u64), FsError> {
         use tracing::Instrument as _;
         if self.group.stepping_down.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(FsError::NotLeader);
@@ -385,7 +441,7 @@ impl Store {
         match written {
             Ok(r) => {
                 tracing::debug!(log_index = r.log_id.index, "committed and applied");
-                r.data
+                Ok((r.data, r.log_id.index))
             }
             Err(e) => Err(self.write_failed(e)),
         }
@@ -512,7 +568,28 @@ impl Store {
     /// state: within its lease, or after confirming with a quorum (see
     /// [`crate::raft::LEASE`]). `NotLeader` otherwise: the caller asks
     /// [`Store::leader_addr`]'s master.
+    /// After a crash it first waits for the clients' replays (see
+    /// [`crate::sessions`]).
     pub async fn ensure_leader(&self) -> Result<(), FsError> {
+        self.ensure_leader_now().await?;
+        if !self.sessions.is_serving() {
+            self.sessions.serving().await;
+        }
+        Ok(())
+    }
+
+    /// [`Store::ensure_leader`] for a client's mutation: a replay of a
+    /// session this master waits for goes ahead at once.
+    pub async fn ensure_leader_for<O>(&self, req: &Request<O>) -> Result<(), FsError> {
+        if req.replay.is_some() && self.sessions.is_replaying(req.id.session) {
+            return self.ensure_leader_now().await;
+        }
+        self.ensure_leader().await
+    }
+
+    /// [`Store::ensure_leader`] without waiting for replays (nodes, status,
+    /// session calls).
+    pub async fn ensure_leader_now(&self) -> Result<(), FsError> {
         if !self.group.serving.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(FsError::NotLeader);
         }
@@ -565,18 +642,103 @@ impl Store {
     }
 
     /// Applies a client's request once (a retry gets the first answer; see
-    /// [`crate::namespace::requests`]) and returns its typed answer.
-    pub async fn run<O: Op>(&self, req: Request<O>) -> Result<O::Output, FsError> {
-        let cmd = Command::Requested {
-            id: req.id,
-            answered_below: req.answered_below,
-            cmd: Box::new(req.op.command(Timestamp::now())),
+    /// [`crate::namespace::requests`]) and returns its typed answer. A
+    /// registered session's change is answered once applied, maybe before
+    /// it is durable ([`crate::sessions`]); others once durable.
+    pub async fn run<O: Op + Touches>(&self, req: Request<O>) -> Result<Acked<O::Output>, FsError> {
+        let session = req.id.session;
+        let early = self.group.log.is_early() && self.sessions.is_registered(session);
+        // A replay needs no claim: what is left to replay after a crash
+        // touches disjoint inodes per session (see `crate::sessions`).
+        let claim = match early && req.replay.is_none() {
+            true => {
+                let log = &self.group.log;
+                let wait = |at: u64| log.wait_durable(at);
+                Some(self.sessions.marks.claim(session, req.op.touches(), || log.durable_end(), wait).await)
+            }
+            false => None,
         };
-        let reply = self.execute(cmd).await?;
-        O::output(reply.clone()).ok_or_else(|| {
+        let mut cmd = req.op.command(Timestamp::now());
+        if let Some(r) = req.replay {
+            cmd = Command::Replayed { ino: r.ino, cmd: Box::new(cmd) };
+        }
+        let cmd = Command::Requested { id: req.id, answered_below: req.answered_below, cmd: Box::new(cmd) };
+        let (reply, at) = self.execute_at(cmd).await?;
+        let was_early = self.group.log.was_early(at);
+        if let Some(claim) = claim {
+            let created = match &reply {
+                Ok(Reply::Attr(a)) => Some(a.ino),
+                _ => None,
+            };
+            claim.applied(at, was_early && reply.is_ok(), created);
+        }
+        if !early {
+            self.wait_durable(at).await;
+        }
+        let reply = reply?;
+        let value = O::output(reply.clone()).ok_or_else(|| {
             tracing::error!("request {} answered {reply:?}, not what it asks for", req.id);
             FsError::Internal
-        })
+        })?;
+        let durability = Durability { incarnation: self.sessions.incarnation, at, durable: self.durable_mark(at) };
+        Ok(Acked { value, durability })
+    }
+
+    /// Registers a client session with this master process (durably, the
+    /// first time: a master that crashes waits for it after its restart).
+    pub async fn open_session(&self, session: u64, host: String) -> Result<SessionInfo, FsError> {
+        let known = {
+            let txn = self.read()?;
+            let t = txn.open_table(tables::SESSIONS).map_err(internal)?;
+            t.get(session).map_err(internal)?.is_some()
+        };
+        if !known {
+            self.execute(Command::OpenSession { session, host, now: Timestamp::now() }).await?;
+        }
+        let replay = self.sessions.register(session);
+        Ok(SessionInfo { incarnation: self.sessions.incarnation, replay })
+    }
+
+    /// A session replayed what it held.
+    pub fn session_replayed(&self, session: u64) {
+        self.sessions.replayed(session);
+    }
+
+    /// A session ended: a crash of this master no longer waits for it.
+    pub async fn close_session(&self, session: u64) -> Result<(), FsError> {
+        self.execute(Command::CloseSession { session }).await?;
+        Ok(())
+    }
+
+    /// Waits until every change applied so far is durable.
+    pub async fn sync(&self) -> Result<Durability, FsError> {
+        let at = self.group.log.last_index().unwrap_or(0);
+        self.wait_durable(at).await;
+        Ok(Durability { incarnation: self.sessions.incarnation, at, durable: self.durable_mark(at) })
+    }
+
+    /// Ends the replay window after `window` (see [`crate::sessions`]):
+    /// the sessions that did not come back are forgotten.
+    pub async fn end_replay_window(&self, window: std::time::Duration) {
+        if self.sessions.is_serving() {
+            return;
+        }
+        let _ = tokio::time::timeout(window, self.sessions.serving()).await;
+        for (session, _) in self.sessions.end_window() {
+            if let Err(e) = self.execute(Command::CloseSession { session }).await {
+                tracing::warn!("forgetting client session {session:x}: {e}");
+            }
+        }
+    }
+
+    /// Whether `session` is one this master waits for to replay.
+    pub fn is_replaying(&self, session: u64) -> bool {
+        self.sessions.is_replaying(session)
+    }
+
+    /// This master process's incarnation (see [`Durability`]).
+    pub fn incarnation(&self) -> u64 {
+        self.sessions.incarnation
     }
 
     /// What the writer measured.
@@ -897,8 +1059,16 @@ impl Drop for Store {
                 own.shutdown_background();
             }
         }
-        if let Err(e) = checkpoint(&self.db, &self.gate) {
-            tracing::error!("final metadata checkpoint failed (the log will be applied again at the next start): {e}");
+        match checkpoint(&self.db, &self.gate, &self.group.log) {
+            // Everything answered is on disk: the next start needs no replay.
+            Ok(()) => {
+                if let Err(e) = crate::raft::log::write_file_atomic(&self.raft_dir, CLEAN_STOP, b"") {
+                    tracing::error!("marking the stop as clean: {e} (the next start waits for replays)");
+                }
+            }
+            Err(e) => tracing::error!(
+                "final metadata checkpoint failed (the log will be applied again at the next start): {e}"
+            ),
         }
     }
 }
@@ -950,7 +1120,7 @@ fn start_group(
     std::fs::create_dir_all(&raft_dir).map_err(io)?;
     let id = member_id(&raft_dir).map_err(io)?;
     let log = LogStore::open(&raft_dir, metrics.clone()).map_err(io)?;
-    let sm = StateMachine::open(db.clone(), gate.clone(), &raft_dir, metrics.clone())
+    let sm = StateMachine::open(db.clone(), gate.clone(), &raft_dir, metrics.clone(), log.clone())
         .map_err(|e| OpenError::Refused(format!("the master group's state in {}: {e}", raft_dir.display())))?;
     // Its own runtime: busy RPC handlers never delay heartbeats. (Running
     // it on the RPC handlers' runtime instead, to save the two thread
@@ -970,6 +1140,9 @@ fn start_group(
     let network = crate::raft::Network::new(opts.secret.clone(), contacts.clone());
     let (addr, join) = (opts.addr.clone(), opts.join);
     let (log2, log3, fatal) = (log.clone(), log.clone(), fatal.clone());
+    // Not alone until its membership says so (the first start of a group
+    // of one appends that membership: the log then knows).
+    log.set_member(id, false);
     let lease = Arc::new(Mutex::new(None));
     let stepping_down = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (lease2, stepping2) = (lease.clone(), stepping_down.clone());
@@ -987,7 +1160,12 @@ fn start_group(
             .with_raft_state(|st| st.membership_state.effective().membership().voter_ids().collect())
             .await
             .map_err(|e| e.to_string())?;
+        let learners = raft
+            .with_raft_state(|st| st.membership_state.effective().membership().learner_ids().count())
+            .await
+            .map_err(|e| e.to_string())?;
         let alone = voters == [id];
+        log3.set_member(id, alone && learners == 0);
         if alone {
             raft.wait(Some(std::time::Duration::from_secs(30)))
                 .metrics(
@@ -1004,7 +1182,7 @@ fn start_group(
                 .await
                 .map_err(|e| e.to_string())?;
         }
-        crate::raft::spawn_watchers(raft.clone(), id, lease2, stepping2, fatal, log3);
+        crate::raft::spawn_watchers(raft.clone(), id, lease2, stepping2, fatal);
         Ok::<_, String>((raft, alone))
     })
     .and_then(|r| r)
@@ -1022,6 +1200,21 @@ fn start_group(
         contacts,
     };
     Ok((group, alone))
+}
+
+/// The registered client sessions (session → host).
+fn registered_sessions(db: &Database) -> Result<HashMap<u64, String>, redb::Error> {
+    let txn = db.begin_read()?;
+    let t = txn.open_table(tables::SESSIONS)?;
+    let mut out = HashMap::new();
+    for item in t.iter()? {
+        let (k, v) = item?;
+        let host = bincode::deserialize::<crate::sessions::SessionRecord>(v.value())
+            .map(|r| r.host)
+            .unwrap_or_else(|_| "?".into());
+        out.insert(k.value(), host);
+    }
+    Ok(out)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

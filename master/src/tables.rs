@@ -23,6 +23,11 @@ pub const NODES: TableDefinition<u64, &[u8]> = TableDefinition::new("nodes.v1");
 /// [`crate::namespace::requests`]). Added in format version 2.
 pub const REQUESTS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("requests.v1");
 
+/// Client session → [`crate::sessions::SessionRecord`]: the sessions a
+/// master restarted after a crash waits for (they may hold changes it
+/// answered and lost). Added in format version 4.
+pub const SESSIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("sessions.v1");
+
 /// Keys of [`META`].
 pub mod meta_keys {
     /// Format version of the database (u32 LE).
@@ -59,8 +64,9 @@ pub const MAGIC_VALUE: &[u8] = b"stripefs-master";
 /// the journal; `raft_applied` and `raft_membership` in `meta.v1`). Older
 /// databases are upgraded when a master opens them (their journal is
 /// applied, the new table created); an older master refuses a newer one,
-/// which keeps it from ignoring the Raft log.
-pub const FORMAT_VERSION: u32 = 3;
+/// which keeps it from ignoring the Raft log. 4: `sessions.v1`, and log
+/// entries that open and close client sessions and replay lost changes.
+pub const FORMAT_VERSION: u32 = 4;
 
 /// What the `meta.v1` table of a database says about its format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

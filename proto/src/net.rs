@@ -39,7 +39,9 @@ const MAGIC: &[u8; 8] = b"STRIPEFS";
 /// 6: mutations are one `ops` type each inside a `Request` with a request id.
 /// 7: master groups: `NotLeader`, the `leader`, `raft`, `group` and
 /// `group_change` RPCs.
-pub const PROTOCOL_VERSION: u32 = 7;
+/// 8: early answers: mutations answer [`crate::ops::Acked`] with their
+/// durability, requests may be replays, client sessions register.
+pub const PROTOCOL_VERSION: u32 = 8;
 const NONCE_BYTES: usize = 32;
 const MAC_BYTES: usize = 32;
 

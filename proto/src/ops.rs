@@ -34,19 +34,62 @@ impl std::fmt::Display for RequestId {
 pub struct Request<Op> {
     /// Its identity, the same on every retry.
     pub id: RequestId,
-    /// Every request of the session numbered below this has its answer:
-    /// the master may forget them.
+    /// Every request of the session numbered below this has its answer
+    /// and is durable: the master may forget them.
     pub answered_below: u64,
     /// The operation.
     pub op: Op,
+    /// Set when the client sends again a change a master answered and
+    /// then lost in a crash, before it was durable (see [`Durability`]).
+    pub replay: Option<Replay>,
 }
 
 impl<Op> Request<Op> {
     /// A request of a caller that sends just this one (an admin command):
-    /// a session of its own, chosen at random.
+    /// a session of its own, chosen at random. The master answers it once
+    /// it is durable (the session is not registered: nobody would replay it).
     pub fn single(op: Op) -> Request<Op> {
-        Request { id: RequestId { session: rand::random(), seq: 1 }, answered_below: 1, op }
+        Request { id: RequestId { session: rand::random(), seq: 1 }, answered_below: 1, op, replay: None }
     }
+}
+
+/// What a replayed request carries besides the request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replay {
+    /// The inode the lost change created (its client and kernel know the
+    /// file by it): the replay creates it under the same number.
+    pub ino: Option<InodeId>,
+}
+
+/// Where a change stands, in every answer to a mutation. The master
+/// answers a change of a registered client session as soon as it is
+/// applied, before it is on disk; the client keeps every change above
+/// `durable` and replays them, in `at` order, to the next master process
+/// if this one (`incarnation`) goes away (docs/SEMANTICS.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Durability {
+    /// The master process that answered (random, chosen at its start).
+    pub incarnation: u64,
+    /// Position of this change in the master's log.
+    pub at: u64,
+    /// Every change at or below this position is durable.
+    pub durable: u64,
+}
+
+impl Durability {
+    /// Whether the change this answers is durable already.
+    pub fn is_durable(&self) -> bool {
+        self.at <= self.durable
+    }
+}
+
+/// An answer to a mutation: its value and where the change stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Acked<T> {
+    /// The answer.
+    pub value: T,
+    /// Where the change stands.
+    pub durability: Durability,
 }
 
 /// Create a non-directory, non-symlink inode (`mknod(2)`). `Exists` if the name is taken.

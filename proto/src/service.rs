@@ -10,9 +10,11 @@ use crate::types::*;
 
 /// The master: namespace, chunk map, node registry.
 ///
-/// Every mutation is durable in the master's database before it replies.
 /// Mutations come as a [`Request`] with an id: a retry of one the master
-/// already applied gets the answer it got the first time.
+/// already applied gets the answer it got the first time. A mutation of a
+/// registered session ([`MasterService::open_session`]) is answered once
+/// applied, and says in its [`Durability`] when it is durable; others are
+/// answered once durable.
 #[tarpc::service]
 pub trait MasterService {
     /// Filesystem-wide facts (id, chunk size).
@@ -22,28 +24,28 @@ pub trait MasterService {
     /// The attributes of `ino`.
     async fn getattr(ino: InodeId) -> Result<Attr, FsError>;
     /// Change attributes; a size change truncates or extends the file.
-    async fn setattr(req: Request<SetAttrs>) -> Result<Attr, FsError>;
+    async fn setattr(req: Request<SetAttrs>) -> Result<Acked<Attr>, FsError>;
     /// Create a non-directory, non-symlink inode. `Exists` if the name is taken.
-    async fn mknod(req: Request<Mknod>) -> Result<Attr, FsError>;
+    async fn mknod(req: Request<Mknod>) -> Result<Acked<Attr>, FsError>;
     /// Create a regular file and take an open reference to it, in one
     /// round trip (what `open(O_CREAT)` needs). `Exists` if the name is taken.
-    async fn create(req: Request<Create>) -> Result<NewEntry, FsError>;
+    async fn create(req: Request<Create>) -> Result<Acked<NewEntry>, FsError>;
     /// Create a directory.
-    async fn mkdir(req: Request<Mkdir>) -> Result<NewEntry, FsError>;
+    async fn mkdir(req: Request<Mkdir>) -> Result<Acked<NewEntry>, FsError>;
     /// Create a symbolic link.
-    async fn symlink(req: Request<Symlink>) -> Result<Attr, FsError>;
+    async fn symlink(req: Request<Symlink>) -> Result<Acked<Attr>, FsError>;
     /// Read a symbolic link.
     async fn readlink(ino: InodeId) -> Result<String, FsError>;
     /// Add a hard link.
-    async fn link(req: Request<Link>) -> Result<Attr, FsError>;
+    async fn link(req: Request<Link>) -> Result<Acked<Attr>, FsError>;
     /// Remove a non-directory entry; returns the directory's attributes
     /// after it (none if the directory is gone meanwhile).
-    async fn unlink(req: Request<Unlink>) -> Result<Option<Attr>, FsError>;
+    async fn unlink(req: Request<Unlink>) -> Result<Acked<Option<Attr>>, FsError>;
     /// Remove an empty directory; returns the parent's attributes after it.
-    async fn rmdir(req: Request<Rmdir>) -> Result<Option<Attr>, FsError>;
+    async fn rmdir(req: Request<Rmdir>) -> Result<Acked<Option<Attr>>, FsError>;
     /// Rename. Returns the attributes of both directories after it (the
     /// same twice for a rename within one directory).
-    async fn rename(req: Request<Rename>) -> Result<(Option<Attr>, Option<Attr>), FsError>;
+    async fn rename(req: Request<Rename>) -> Result<Acked<RenamedDirs>, FsError>;
     /// Up to `limit` entries of `dir` whose names sort after `after`.
     async fn readdir(dir: InodeId, after: Option<String>, limit: u32) -> Result<Vec<DirEntry>, FsError>;
     /// Take an open reference: an unlinked file lives until its last
@@ -63,19 +65,19 @@ pub trait MasterService {
         exclude: Vec<NodeId>,
     ) -> Result<ChunkAlloc, FsError>;
     /// Make a stored chunk version current and extend the file size to cover it.
-    async fn commit_chunk(req: Request<ChunkCommit>) -> Result<Attr, FsError>;
+    async fn commit_chunk(req: Request<ChunkCommit>) -> Result<Acked<Attr>, FsError>;
     /// Space and inode figures.
     async fn statfs() -> Result<StatFs, FsError>;
     /// Set an xattr.
-    async fn setxattr(req: Request<SetXattr>) -> Result<(), FsError>;
+    async fn setxattr(req: Request<SetXattr>) -> Result<Acked<()>, FsError>;
     /// Get an xattr.
     async fn getxattr(ino: InodeId, name: String) -> Result<Vec<u8>, FsError>;
     /// List xattr names.
     async fn listxattr(ino: InodeId) -> Result<Vec<String>, FsError>;
     /// Remove an xattr.
-    async fn removexattr(req: Request<RemoveXattr>) -> Result<(), FsError>;
+    async fn removexattr(req: Request<RemoveXattr>) -> Result<Acked<()>, FsError>;
     /// Change the data policy of an inode (new children inherit a directory's).
-    async fn set_policy(req: Request<SetPolicy>) -> Result<Attr, FsError>;
+    async fn set_policy(req: Request<SetPolicy>) -> Result<Acked<Attr>, FsError>;
     /// Every node the master knows.
     async fn nodes() -> Result<Vec<NodeStatus>, FsError>;
     /// A storage node announces itself.
@@ -93,6 +95,18 @@ pub trait MasterService {
     async fn fsck(repair: bool) -> Result<FsckReport, FsError>;
     /// What the master's background workers are doing.
     async fn workers() -> Result<Vec<WorkerStatus>, FsError>;
+    /// Registers a client session (the mount's `RequestId::session`) with
+    /// this master process: its mutations are then answered before they
+    /// are durable. Says which master process this is, and whether it
+    /// waits for this session to replay the changes it lost.
+    async fn open_session(session: u64, host: String) -> Result<SessionInfo, FsError>;
+    /// The session has replayed every change it held (see
+    /// [`SessionInfo::replay`]).
+    async fn session_replayed(session: u64) -> Result<(), FsError>;
+    /// The session ends (a clean unmount): nothing to wait for after a crash.
+    async fn close_session(session: u64) -> Result<(), FsError>;
+    /// Waits until every change applied so far is durable (fsync, syncfs).
+    async fn sync() -> Result<Durability, FsError>;
     /// The address of the master leading the group, as far as this one
     /// knows (None: no leader right now, e.g. during an election).
     async fn leader() -> Result<Option<String>, FsError>;

@@ -536,3 +536,19 @@ pub enum GroupChange {
     /// Make another member the leader (before maintenance of this one).
     StepDown,
 }
+
+/// A master's answer to a client session that registers with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    /// The master process (random, chosen at its start): a client that
+    /// holds changes answered by another process replays them to this one.
+    pub incarnation: u64,
+    /// This master started after a crash and waits for this session's
+    /// replay before it serves anyone (until its replay window ends).
+    pub replay: bool,
+}
+
+/// The attributes of both directories of a rename, after it (the same
+/// twice for a rename within one directory; none where a directory is
+/// gone meanwhile).
+pub type RenamedDirs = (Option<Attr>, Option<Attr>);

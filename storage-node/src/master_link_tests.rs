@@ -93,28 +93,28 @@ impl MasterService for FakeMaster {
         fs_info() -> FsInfo;
         lookup(parent: InodeId, name: String) -> Attr;
         getattr(ino: InodeId) -> Attr;
-        setattr(req: Request<SetAttrs>) -> Attr;
-        mknod(req: Request<Mknod>) -> Attr;
-        create(req: Request<Create>) -> NewEntry;
-        mkdir(req: Request<Mkdir>) -> NewEntry;
-        symlink(req: Request<Symlink>) -> Attr;
+        setattr(req: Request<SetAttrs>) -> Acked<Attr>;
+        mknod(req: Request<Mknod>) -> Acked<Attr>;
+        create(req: Request<Create>) -> Acked<NewEntry>;
+        mkdir(req: Request<Mkdir>) -> Acked<NewEntry>;
+        symlink(req: Request<Symlink>) -> Acked<Attr>;
         readlink(ino: InodeId) -> String;
-        link(req: Request<stripefs_proto::ops::Link>) -> Attr;
-        unlink(req: Request<Unlink>) -> Option<Attr>;
-        rmdir(req: Request<Rmdir>) -> Option<Attr>;
-        rename(req: Request<Rename>) -> (Option<Attr>, Option<Attr>);
+        link(req: Request<stripefs_proto::ops::Link>) -> Acked<Attr>;
+        unlink(req: Request<Unlink>) -> Acked<Option<Attr>>;
+        rmdir(req: Request<Rmdir>) -> Acked<Option<Attr>>;
+        rename(req: Request<Rename>) -> Acked<RenamedDirs>;
         readdir(dir: InodeId, after: Option<String>, limit: u32) -> Vec<DirEntry>;
         open(ino: InodeId) -> Opened;
         release(ino: InodeId) -> ();
         chunks(ino: InodeId, first: u64, count: u64) -> Vec<ChunkLoc>;
         alloc_chunk(ino: InodeId, index: u64, client_host: String, exclude: Vec<NodeId>) -> ChunkAlloc;
-        commit_chunk(req: Request<ChunkCommit>) -> Attr;
+        commit_chunk(req: Request<ChunkCommit>) -> Acked<Attr>;
         statfs() -> StatFs;
-        setxattr(req: Request<SetXattr>) -> ();
+        setxattr(req: Request<SetXattr>) -> Acked<()>;
         getxattr(ino: InodeId, name: String) -> Vec<u8>;
         listxattr(ino: InodeId) -> Vec<String>;
-        removexattr(req: Request<RemoveXattr>) -> ();
-        set_policy(req: Request<SetPolicy>) -> Attr;
+        removexattr(req: Request<RemoveXattr>) -> Acked<()>;
+        set_policy(req: Request<SetPolicy>) -> Acked<Attr>;
         nodes() -> Vec<NodeStatus>;
         report_inventory(node: NodeId, items: Vec<InventoryItem>) -> ();
         report_corrupt(node: NodeId, chunk: ChunkId, version: Version) -> ();
@@ -123,6 +123,10 @@ impl MasterService for FakeMaster {
         leader() -> Option<String>;
         raft(msg: Vec<u8>) -> Vec<u8>;
         group() -> GroupStatus;
+        open_session(session: u64, host: String) -> SessionInfo;
+        session_replayed(session: u64) -> ();
+        close_session(session: u64) -> ();
+        sync() -> Durability;
     }
 
     async fn register_node(self, _: Context, hello: NodeHello) -> Result<Registered, FsError> {

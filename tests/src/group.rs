@@ -60,6 +60,8 @@ pub struct Group {
     /// The masters, by position.
     pub masters: Vec<Master>,
     nodes: Vec<Child>,
+    /// More arguments for every master.
+    extra: Vec<String>,
 }
 
 impl Group {
@@ -67,10 +69,16 @@ impl Group {
     /// `nodes` storage nodes; waits until the nodes are up. Snapshots every
     /// `snapshot_every` log entries.
     pub fn start(n: usize, nodes: usize, snapshot_every: u64) -> Group {
+        Group::start_with(n, nodes, snapshot_every, &[])
+    }
+
+    /// [`Group::start`] with more arguments for every master.
+    pub fn start_with(n: usize, nodes: usize, snapshot_every: u64, master_args: &[&str]) -> Group {
         crate::init_logs();
         let dir = tempfile::Builder::new().prefix("stripefs-group-").tempdir().expect("temp dir");
         std::fs::write(dir.path().join("secret"), crate::TEST_SECRET).expect("secret");
-        let mut g = Group { dir, masters: Vec::new(), nodes: Vec::new() };
+        let extra = master_args.iter().map(|a| a.to_string()).collect();
+        let mut g = Group { dir, masters: Vec::new(), nodes: Vec::new(), extra };
         for i in 0..n {
             g.add_master_process(i, snapshot_every);
         }
@@ -113,7 +121,10 @@ impl Group {
             "5".into(),
             "--snapshot-every".into(),
             snapshot_every.to_string(),
-        ];
+        ]
+        .into_iter()
+        .chain(self.extra.iter().cloned())
+        .collect();
         let mut m = Master { addr, dir, child: None, args };
         m.spawn(&self.log(i));
         if i < self.masters.len() {

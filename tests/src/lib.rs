@@ -247,6 +247,7 @@ impl TestCluster {
             snapshot_every: stripefs_master::raft::SNAPSHOT_EVERY,
             advertise: None,
             join: false,
+            replay_window: stripefs_master::sessions::REPLAY_WINDOW,
         };
         self.master = Some(Server::start("master", listener, move |l, t| stripefs_master::run(cfg, l, t)));
     }

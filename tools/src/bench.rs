@@ -219,7 +219,7 @@ async fn scratch_policy(t: &Target, scratch: &Path, replication: Option<u8>) -> 
     let attr = match replication {
         Some(r) => {
             let op = stripefs_proto::ops::SetPolicy { ino, replication: Some(r), compression_level: None };
-            c.set_policy(context::current(), stripefs_proto::ops::Request::single(op)).await?
+            c.set_policy(context::current(), stripefs_proto::ops::Request::single(op)).await?.map(|a| a.value)
         }
         None => c.getattr(context::current(), ino).await?,
     }

@@ -220,7 +220,7 @@ pub async fn policy(t: &Target, path: &Path, replication: Option<u8>, level: Opt
         c.getattr(context::current(), ino).await?
     } else {
         let op = stripefs_proto::ops::SetPolicy { ino, replication, compression_level: level };
-        c.set_policy(context::current(), stripefs_proto::ops::Request::single(op)).await?
+        c.set_policy(context::current(), stripefs_proto::ops::Request::single(op)).await?.map(|a| a.value)
     }
     .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     println!("{}: {}", path.display(), attr.policy.describe());

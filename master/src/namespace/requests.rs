@@ -61,6 +61,7 @@ fn time_of(cmd: &Command) -> Option<Timestamp> {
         | C::SetXattr { now, .. }
         | C::RemoveXattr { now, .. }
         | C::SetPolicy { now, .. } => Some(*now),
+        C::Replayed { cmd, .. } => time_of(cmd),
         _ => None,
     }
 }

@@ -9,9 +9,26 @@
 //!
 //! `append` writes a batch with one `pwrite` on the caller's task and hands
 //! the flush to the `raft-log-sync` thread, which flushes everything handed
-//! to it since its last flush with one `fdatasync` and then tells openraft
-//! (group commit: concurrent mutations share a flush). The vote and the
-//! purge point live in `DIR/raft/state`, replaced atomically.
+//! to it since its last flush with one `fdatasync` (group commit:
+//! concurrent mutations share a flush). The vote and the purge point live
+//! in `DIR/raft/state`, replaced atomically.
+//!
+//! When the flush is reported to openraft depends on the group:
+//! - **Alone** (a group of one voter and no learner): at once, before the
+//!   `fdatasync` (*early*). The entry commits and is applied and answered
+//!   while its flush runs; [`LogStore::durable_end`] says how far the log
+//!   really is on disk, and the clients keep every change above it until it
+//!   is, replaying them to a restarted master (docs/SEMANTICS.md, the
+//!   durability contract). No other member exists whose log could differ,
+//!   so Raft's rule (an entry counts for the commit once on disk) is only
+//!   relaxed where the clients make up for it. A failed `fdatasync` after
+//!   an early report stops the process: what it acknowledged can no longer
+//!   be promised.
+//! - **In a group**: only after the `fdatasync`, as Raft requires (a
+//!   member whose log lost a counted entry could elect a leader without
+//!   it). A batch that holds a membership change is always flushed first:
+//!   it is where the group grows, and everything reported early before it
+//!   is then on disk.
 //!
 //! Every entry not yet purged is also kept in memory (openraft reads them
 //! to replicate and apply): snapshots bound both the memory and the files.
@@ -75,9 +92,40 @@ struct Inner {
 
 struct SyncJob {
     file: Arc<File>,
-    done: LogFlushed<TypeConfig>,
+    /// Told once the flush is done (None: reported early, or a flush
+    /// asked for by [`LogStore::flush`]).
+    done: Option<LogFlushed<TypeConfig>>,
     /// Entries written.
     entries: usize,
+    /// The log's entries below this are on disk once the job is done.
+    end: u64,
+    /// The truncation count when the job was made (see [`Durable`]).
+    generation: u64,
+    /// Told when the job is done (for [`LogStore::flush`]).
+    ack: Option<mpsc::Sender<()>>,
+}
+
+/// How far the log is on disk.
+#[derive(Default)]
+pub struct Durable {
+    /// Entries below this index are on disk (0: none known).
+    end: std::sync::atomic::AtomicU64,
+    /// Highest index reported to openraft before it was on disk, plus one.
+    early_end: std::sync::atomic::AtomicU64,
+    /// Bumped by every truncation: a flush of a truncated entry says
+    /// nothing of the entry that replaced it.
+    generation: std::sync::atomic::AtomicU64,
+    changed: tokio::sync::Notify,
+}
+
+impl Durable {
+    fn advance(&self, end: u64, generation: u64) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.generation.load(SeqCst) == generation {
+            self.end.fetch_max(end, SeqCst);
+            self.changed.notify_waiters();
+        }
+    }
 }
 
 /// The log store (cheap to clone: clones share the log).
@@ -85,11 +133,12 @@ struct SyncJob {
 pub struct LogStore {
     inner: Arc<Mutex<Inner>>,
     sync: mpsc::Sender<SyncJob>,
-    /// Flush on the caller's thread (a group of one: nothing to replicate
-    /// meanwhile, and two thread hand-offs fewer per mutation; the
-    /// mutations proposed during the flush share the next one).
-    inline: Arc<std::sync::atomic::AtomicBool>,
-    metrics: Arc<StoreMetrics>,
+    /// Report flushes early (see the module documentation): this member
+    /// is alone in its group.
+    early: Arc<std::sync::atomic::AtomicBool>,
+    /// This member's id (0: not known yet).
+    member: Arc<std::sync::atomic::AtomicU64>,
+    durable: Arc<Durable>,
 }
 
 fn lock(m: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
@@ -106,6 +155,11 @@ fn segment_name(first: u64) -> String {
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// Makes the entries of `dir` (a removal, a rename) durable.
+pub fn sync_dir_of(dir: &Path) -> io::Result<()> {
+    sync_dir(dir)
 }
 
 /// Writes `data` to `dir/name` atomically and durably.
@@ -227,20 +281,82 @@ impl LogStore {
                 _ => segments.push(seg),
             }
         }
+        // What a crashed process wrote may still be in the page cache
+        // only: on disk now, so the whole log read is durable.
+        if let Some(seg) = segments.last() {
+            seg.file.sync_data()?;
+        }
+        let durable = Arc::new(Durable::default());
+        let end = entries.keys().next_back().map(|i| i + 1).or(purged.map(|p| p + 1)).unwrap_or(0);
+        durable.end.store(end, std::sync::atomic::Ordering::SeqCst);
         let (tx, rx) = mpsc::channel::<SyncJob>();
-        let m = metrics.clone();
-        std::thread::Builder::new().name("raft-log-sync".into()).spawn(move || sync_loop(rx, m))?;
+        let (m, d) = (metrics.clone(), durable.clone());
+        std::thread::Builder::new().name("raft-log-sync".into()).spawn(move || sync_loop(rx, m, d))?;
         Ok(LogStore {
             inner: Arc::new(Mutex::new(Inner { dir: dir.to_path_buf(), state, entries, segments })),
             sync: tx,
-            inline: Arc::default(),
-            metrics,
+            early: Arc::default(),
+            member: Arc::default(),
+            durable,
         })
     }
 
-    /// Whether appends flush on the caller's thread (see the field).
-    pub fn set_inline_flush(&self, inline: bool) {
-        self.inline.store(inline, std::sync::atomic::Ordering::Relaxed);
+    /// Tells the log which member it belongs to and whether that member is
+    /// alone in its group (its flushes are then reported early; see the
+    /// module documentation). Later membership entries appended to the
+    /// log keep this up to date.
+    pub fn set_member(&self, id: u64, alone: bool) {
+        self.member.store(id, std::sync::atomic::Ordering::SeqCst);
+        self.early.store(alone, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether flushes are reported early (this member is alone).
+    pub fn is_early(&self) -> bool {
+        self.early.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Entries below this index are on disk.
+    pub fn durable_end(&self) -> u64 {
+        self.durable.end.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Whether entry `index` was reported to openraft before it was on
+    /// disk (its answer went out early).
+    pub fn was_early(&self, index: u64) -> bool {
+        index < self.durable.early_end.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until entry `index` is on disk.
+    pub async fn wait_durable(&self, index: u64) {
+        loop {
+            let changed = self.durable.changed.notified();
+            if self.durable_end() > index {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// Puts everything appended so far on disk, then returns (blocking:
+    /// before a checkpoint of the state machine, which must never be ahead
+    /// of the log on disk).
+    pub fn flush(&self) -> io::Result<()> {
+        let (file, end) = {
+            let inner = lock(&self.inner);
+            let end = inner.entries.keys().next_back().map(|i| i + 1).unwrap_or(0);
+            match inner.segments.last() {
+                Some(s) => (s.file.clone(), end),
+                None => return Ok(()),
+            }
+        };
+        if self.durable_end() >= end {
+            return Ok(());
+        }
+        let (tx, rx) = mpsc::channel();
+        let generation = self.durable.generation.load(std::sync::atomic::Ordering::SeqCst);
+        let job = SyncJob { file, done: None, entries: 0, end, generation, ack: Some(tx) };
+        self.sync.send(job).map_err(|_| io_err("raft log", "the log's sync thread is gone"))?;
+        rx.recv().map_err(|_| io_err("raft log", "the log's sync thread is gone"))
     }
 
     /// Index of the last entry in the log (None: empty).
@@ -262,7 +378,7 @@ impl LogStore {
 }
 
 /// Flushes what `append` wrote, a batch at a time, and reports it.
-fn sync_loop(rx: mpsc::Receiver<SyncJob>, metrics: Arc<StoreMetrics>) {
+fn sync_loop(rx: mpsc::Receiver<SyncJob>, metrics: Arc<StoreMetrics>, durable: Arc<Durable>) {
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         jobs.extend(rx.try_iter());
@@ -280,9 +396,28 @@ fn sync_loop(rx: mpsc::Receiver<SyncJob>, metrics: Arc<StoreMetrics>) {
             }
         }
         metrics.log_sync_seconds.observe(started.elapsed().as_secs_f64());
-        metrics.batch_commands.observe(jobs.iter().map(|j| j.entries).sum::<usize>() as f64);
+        let entries = jobs.iter().map(|j| j.entries).sum::<usize>();
+        if entries > 0 {
+            metrics.batch_commands.observe(entries as f64);
+        }
+        if let Err((_, m)) = &result {
+            if jobs.iter().any(|j| j.done.is_none()) {
+                // Entries were answered on the promise of this flush: the
+                // clients replay them to the next master process.
+                tracing::error!("flushing the raft log failed after its entries were answered: {m}; stopping");
+                std::process::abort();
+            }
+        }
         for job in jobs {
-            job.done.log_io_completed(result.clone().map_err(|(k, m)| io::Error::new(k, m)));
+            if result.is_ok() {
+                durable.advance(job.end, job.generation);
+            }
+            if let Some(done) = job.done {
+                done.log_io_completed(result.clone().map_err(|(k, m)| io::Error::new(k, m)));
+            }
+            if let Some(ack) = job.ack {
+                let _ = ack.send(());
+            }
         }
     }
 }
@@ -367,19 +502,33 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         seg.end += buf.len() as u64;
         let file = seg.file.clone();
         let count = entries.len();
+        // A membership change is flushed before it counts, and decides
+        // whether the flushes after it may be reported early.
+        let mut changes_membership = false;
+        for e in &entries {
+            if let openraft::EntryPayload::Membership(m) = &e.payload {
+                changes_membership = true;
+                let me = self.member.load(std::sync::atomic::Ordering::SeqCst);
+                let alone =
+                    m.get_joint_config().len() == 1 && m.voter_ids().eq([me]) && m.learner_ids().next().is_none();
+                self.early.store(alone, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let end = entries.last().map(|e| e.log_id.index + 1).unwrap_or(first);
         for e in entries {
             inner.entries.insert(e.log_id.index, e);
         }
         drop(inner);
-        if self.inline.load(std::sync::atomic::Ordering::Relaxed) {
-            let started = std::time::Instant::now();
-            let r = file.sync_data();
-            self.metrics.log_sync_seconds.observe(started.elapsed().as_secs_f64());
-            self.metrics.batch_commands.observe(count as f64);
-            callback.log_io_completed(r);
-            return Ok(());
-        }
-        let job = SyncJob { file, done: callback, entries: count };
+        let generation = self.durable.generation.load(std::sync::atomic::Ordering::SeqCst);
+        let early = !changes_membership && self.early.load(std::sync::atomic::Ordering::SeqCst);
+        let done = if early {
+            self.durable.early_end.fetch_max(end, std::sync::atomic::Ordering::SeqCst);
+            callback.log_io_completed(Ok(()));
+            None
+        } else {
+            Some(callback)
+        };
+        let job = SyncJob { file, done, entries: count, end, generation, ack: None };
         self.sync.send(job).map_err(|_| write_err("the log's sync thread is gone"))?;
         Ok(())
     }
@@ -387,6 +536,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         let mut inner = lock(&self.inner);
         let at = log_id.index;
+        {
+            use std::sync::atomic::Ordering::SeqCst;
+            self.durable.generation.fetch_add(1, SeqCst);
+            self.durable.end.fetch_min(at, SeqCst);
+            self.durable.early_end.fetch_min(at, SeqCst);
+        }
         inner.entries.split_off(&at);
         let dir = inner.dir.clone();
         let mut removed = false;

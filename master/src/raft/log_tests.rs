@@ -36,7 +36,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for Builder {
         let tmp = TempDir::new().expect("temp dir");
         let metrics = Arc::new(StoreMetrics::default());
         let log = LogStore::open(&tmp.path().join("raft"), metrics.clone()).expect("open the log");
-        let sm = StateMachine::open(new_db(tmp.path()), gate(), &tmp.path().join("raft"), metrics)
+        let sm = StateMachine::open(new_db(tmp.path()), gate(), &tmp.path().join("raft"), metrics, log.clone())
             .expect("open the state machine");
         Ok((tmp, log, sm))
     }

@@ -127,7 +127,6 @@ pub fn spawn_watchers(
     lease: std::sync::Arc<Lease>,
     stepping: std::sync::Arc<std::sync::atomic::AtomicBool>,
     fatal: CancellationToken,
-    log: log::LogStore,
 ) {
     let mut metrics = raft.metrics();
     tokio::spawn(async move {
@@ -144,10 +143,6 @@ pub fn spawn_watchers(
                     }
                     Ok(()) => {}
                 }
-                // Alone in its group: flush the log inline (see LogStore).
-                let membership = m.membership_config.membership();
-                let alone = membership.voter_ids().eq([id]) && membership.learner_ids().next().is_none();
-                log.set_inline_flush(alone);
             }
             if metrics.changed().await.is_err() {
                 return;

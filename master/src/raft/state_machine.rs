@@ -14,6 +14,7 @@
 //! (a crash after the snapshot, before the next checkpoint; the log before
 //! the snapshot may already be purged) is brought up to it first.
 
+use super::log::LogStore;
 use super::{Answer, Member, TypeConfig};
 use crate::namespace::{apply, ApplyError, Context, Tables};
 use crate::store::{Gate, StoreMetrics};
@@ -57,6 +58,9 @@ enum Row {
     /// The last record: how many rows came before, and the crc32 of their
     /// encoding.
     End(u64, u32),
+    /// A client session (format 4; after `End` so that older snapshots
+    /// decode as they were written).
+    Session(u64, Vec<u8>),
 }
 
 /// The state machine.
@@ -70,6 +74,8 @@ pub struct StateMachine {
     applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, Member>,
     last_checkpoint: Instant,
+    /// The log (flushed before a checkpoint: see [`checkpoint`]).
+    log: LogStore,
 }
 
 fn sm_err(e: impl std::fmt::Display) -> StorageError<NodeId> {
@@ -109,7 +115,13 @@ fn record_applied(
 impl StateMachine {
     /// The state machine over `db`, with snapshots in `dir`. Brings the
     /// database up to the snapshot when it is behind it.
-    pub fn open(db: Arc<Database>, gate: Gate, dir: &Path, metrics: Arc<StoreMetrics>) -> Result<StateMachine, String> {
+    pub fn open(
+        db: Arc<Database>,
+        gate: Gate,
+        dir: &Path,
+        metrics: Arc<StoreMetrics>,
+        log: LogStore,
+    ) -> Result<StateMachine, String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let (applied, membership) = applied_in(&db.begin_read().map_err(|e| e.to_string())?)?;
         let mut sm = StateMachine {
@@ -121,6 +133,7 @@ impl StateMachine {
             applied,
             membership,
             last_checkpoint: Instant::now(),
+            log,
         };
         let path = dir.join(SNAPSHOT_FILE);
         if let Some(meta) = read_header(&path).map_err(|e| format!("{}: {e}", path.display()))? {
@@ -156,7 +169,8 @@ impl StateMachine {
                 tables::ORPHANS,
                 tables::DELETIONS,
                 tables::NODES,
-                tables::REQUESTS
+                tables::REQUESTS,
+                tables::SESSIONS
             );
             let mut t = Tables::open(&txn).map_err(|e| other(&e))?;
             let mut crc = crc32fast::Hasher::new();
@@ -214,6 +228,9 @@ fn insert_row(t: &mut Tables, row: Row) -> Result<(), redb::Error> {
         Row::Request(s, q, v) => {
             t.requests.insert((s, q), v.as_slice())?;
         }
+        Row::Session(s, v) => {
+            t.sessions.insert(s, v.as_slice())?;
+        }
         Row::End(..) => {}
     }
     Ok(())
@@ -249,6 +266,7 @@ fn dump(txn: &redb::ReadTransaction, w: &mut impl Write) -> Result<(), String> {
     each!(tables::DELETIONS, |k, _v| Row::Deletion(k.0, k.1, k.2));
     each!(tables::NODES, |k, v| Row::Node(k, v.to_vec()));
     each!(tables::REQUESTS, |k, v| Row::Request(k.0, k.1, v.to_vec()));
+    each!(tables::SESSIONS, |k, v| Row::Session(k, v.to_vec()));
     let end = bincode::serialize(&Row::End(count, crc.finalize())).map_err(|e| e.to_string())?;
     w.write_all(&end).map_err(|e| e.to_string())
 }
@@ -286,8 +304,12 @@ fn write_header(w: &mut impl Write, meta: &Meta) -> io::Result<()> {
     w.write_all(&header)
 }
 
-/// A durable commit: everything committed before is on disk once it returns.
-pub fn checkpoint(db: &Database, gate: &Gate) -> Result<(), redb::Error> {
+/// A durable commit: everything committed before is on disk once it
+/// returns. The log is flushed first: the database on disk is never ahead
+/// of the log on disk (entries may be applied before their flush; see
+/// [`crate::raft::log`]).
+pub fn checkpoint(db: &Database, gate: &Gate, log: &LogStore) -> Result<(), redb::Error> {
+    log.flush()?;
     let mut txn = db.begin_write()?;
     txn.set_durability(redb::Durability::Immediate).map_err(|e| redb::Error::Corrupted(e.to_string()))?;
     let _no_readers = gate.write().unwrap_or_else(|e| e.into_inner());
@@ -300,6 +322,7 @@ pub struct SnapshotBuilder {
     db: Arc<Database>,
     gate: Gate,
     dir: PathBuf,
+    log: LogStore,
 }
 
 impl SnapshotBuilder {
@@ -307,7 +330,7 @@ impl SnapshotBuilder {
         let started = Instant::now();
         // The snapshot may hold transactions a crash would take from the
         // database; the start of the next master loads the snapshot then.
-        checkpoint(&self.db, &self.gate).map_err(|e| e.to_string())?;
+        checkpoint(&self.db, &self.gate, &self.log).map_err(|e| e.to_string())?;
         let tmp = self.dir.join(format!("{SNAPSHOT_FILE}.tmp"));
         let meta = {
             let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
@@ -347,7 +370,12 @@ async fn open_snapshot(dir: &Path, meta: Meta) -> Result<Snapshot<TypeConfig>, S
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeId>> {
-        let me = SnapshotBuilder { db: self.db.clone(), gate: self.gate.clone(), dir: self.dir.clone() };
+        let me = SnapshotBuilder {
+            db: self.db.clone(),
+            gate: self.gate.clone(),
+            dir: self.dir.clone(),
+            log: self.log.clone(),
+        };
         let meta = tokio::task::spawn_blocking(move || me.build()).await.map_err(snap_err)?.map_err(snap_err)?;
         open_snapshot(&self.dir, meta).await
     }
@@ -371,6 +399,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let durable = self.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL;
         let _span = tracing::debug_span!("apply", batch = entries.len(), durable).entered();
+        if durable {
+            // Never ahead of the log on disk (see `checkpoint`).
+            self.log.flush().map_err(sm_err)?;
+        }
         let mut txn = self.db.begin_write().map_err(sm_err)?;
         let durability = if durable { redb::Durability::Immediate } else { redb::Durability::None };
         txn.set_durability(durability).map_err(sm_err)?;
@@ -423,7 +455,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
-        SnapshotBuilder { db: self.db.clone(), gate: self.gate.clone(), dir: self.dir.clone() }
+        SnapshotBuilder { db: self.db.clone(), gate: self.gate.clone(), dir: self.dir.clone(), log: self.log.clone() }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError<NodeId>> {
