@@ -218,6 +218,7 @@ type Resend = Arc<
 >;
 
 /// A change the master answered before it was durable.
+#[derive(Clone)]
 struct HeldChange {
     seq: u64,
     /// What it was, for the log.
@@ -231,9 +232,21 @@ struct HeldChange {
 /// (docs/SEMANTICS.md, "Durability").
 #[derive(Default)]
 struct Held {
-    /// The master process that answered them.
+    /// The master process that answered `changes`.
     incarnation: u64,
     changes: std::collections::BTreeMap<u64, HeldChange>,
+    /// Changes answered by earlier master processes, in order, not yet
+    /// replayed (an answer of a new process came in before the shared
+    /// connection's reconnect replayed them).
+    stale: Vec<HeldChange>,
+    /// When the oldest change now held was answered.
+    since: Option<Instant>,
+}
+
+impl Held {
+    fn is_empty(&self) -> bool {
+        self.changes.is_empty() && self.stale.is_empty()
+    }
 }
 
 /// The requests of one client session: their ids, which are still
@@ -266,42 +279,48 @@ impl Session {
             }
             let keep = held.changes.split_off(&(d.durable + 1));
             let done = std::mem::replace(&mut held.changes, keep);
+            if held.is_empty() {
+                held.since = None;
+            }
             done.into_values().map(|c| c.seq).collect()
         };
-        if !done.is_empty() {
+        self.settle(done);
+    }
+
+    /// Requests whose answers the master may now forget.
+    fn settle(&self, seqs: Vec<u64>) {
+        if !seqs.is_empty() {
             let mut pending = lock(&self.pending);
-            for seq in done {
+            for seq in seqs {
                 pending.remove(&seq);
             }
         }
     }
 
-    /// Keeps a change answered early until it is durable.
-    fn hold(&self, d: &Durability, change: HeldChange) {
+    /// Keeps a change answered early until it is durable. Whether
+    /// changes answered by an earlier master process still wait to be
+    /// replayed (the caller then has them replayed).
+    fn hold(&self, d: &Durability, change: HeldChange) -> bool {
         let mut held = lock(&self.held);
         if held.incarnation != d.incarnation {
-            if !held.changes.is_empty() {
-                // Answered by another master process and not replayed
-                // (the replay window ended before this client came back).
-                tracing::error!(
-                    "{} change(s) answered by a master that stopped were not replayed in time and may be lost",
-                    held.changes.len()
-                );
-                let lost: Vec<u64> = held.changes.values().map(|c| c.seq).collect();
-                held.changes.clear();
-                let mut pending = lock(&self.pending);
-                for seq in lost {
-                    pending.remove(&seq);
-                }
-            }
+            let older = std::mem::take(&mut held.changes);
+            held.stale.extend(older.into_values());
             held.incarnation = d.incarnation;
         }
         held.changes.insert(d.at, change);
+        held.since.get_or_insert_with(Instant::now);
+        !held.stale.is_empty()
+    }
+
+    /// Whether changes have been held for longer than `age`.
+    fn held_longer_than(&self, age: Duration) -> bool {
+        lock(&self.held).since.is_some_and(|t| t.elapsed() > age)
     }
 
     /// How many changes wait to be durable.
     fn held_count(&self) -> usize {
-        lock(&self.held).changes.len()
+        let held = lock(&self.held);
+        held.changes.len() + held.stale.len()
     }
 
     /// A new request id; pending until [`Session::answered`]. Taken and
@@ -349,6 +368,8 @@ pub struct MasterConn {
     session: Session,
     /// This client's host (told to the master with the session).
     host: String,
+    /// When [`MasterConn::tick`] last checked the master was there.
+    pinged: std::sync::Mutex<Instant>,
     /// Calls sent again (after a broken connection or a timeout).
     retries: AtomicU64,
     /// Connections made again to the master.
@@ -380,6 +401,7 @@ impl MasterConn {
             call_timeout: METADATA_TIMEOUT,
             session: Session::new(),
             host: host.to_string(),
+            pinged: std::sync::Mutex::new(Instant::now()),
             retries: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             client: tokio::sync::RwLock::new((0, Some(client.clone()))),
@@ -583,7 +605,11 @@ impl MasterConn {
                         Box::pin(async move { M::send(c, ctx, req).await.map(|r| r.map(|a| a.durability)) })
                     });
                     let what = format!("request {id}");
-                    self.session.hold(&d, HeldChange { seq: id.seq, what, resend });
+                    if self.session.hold(&d, HeldChange { seq: id.seq, what, resend }) {
+                        // Answered by a new master process before this
+                        // client replayed what the old one lost.
+                        self.replay_now().await;
+                    }
                 }
                 self.session.durable(&d);
                 Ok(acked.value)
@@ -601,53 +627,60 @@ impl MasterConn {
     async fn open_session(&self, c: &MasterClient) -> Result<()> {
         let ctx = stripefs_proto::net::context_with_timeout(self.call_timeout);
         let info = c.open_session(ctx, self.session.id, self.host.clone()).await??;
-        let to_replay: Vec<(u64, u64, String, Resend)> = {
-            let held = lock(&self.session.held);
-            if held.incarnation == info.incarnation {
-                Vec::new()
-            } else {
-                held.changes.iter().map(|(at, h)| (*at, h.seq, h.what.clone(), h.resend.clone())).collect()
+        let to_replay: Vec<HeldChange> = {
+            let mut held = lock(&self.session.held);
+            let mut older = std::mem::take(&mut held.stale);
+            if held.incarnation != info.incarnation {
+                older.extend(std::mem::take(&mut held.changes).into_values());
+                held.incarnation = info.incarnation;
             }
+            if held.is_empty() {
+                held.since = None;
+            }
+            older
         };
-        if !to_replay.is_empty() {
+        if info.clean {
+            // Everything the earlier processes answered is on disk.
+            self.session.settle(to_replay.iter().map(|h| h.seq).collect());
+        } else if !to_replay.is_empty() {
             tracing::warn!("the master restarted: replaying {} change(s) it had not yet made durable", to_replay.len());
         }
-        let mut replayed = Held { incarnation: info.incarnation, changes: Default::default() };
         let mut settled = Vec::new();
-        for (at, seq, what, resend) in to_replay {
+        let mut replayed = Vec::new();
+        for (n, change) in to_replay.iter().enumerate() {
+            if info.clean {
+                break;
+            }
             let ctx = stripefs_proto::net::context_with_timeout(self.call_timeout);
-            match resend(c.clone(), ctx).await {
-                Ok(Ok(d)) => {
-                    if d.is_durable() {
-                        settled.push(seq);
-                    } else {
-                        let held = lock(&self.session.held);
-                        if let Some(h) = held.changes.get(&at) {
-                            let change = HeldChange { seq, what: h.what.clone(), resend: h.resend.clone() };
-                            replayed.changes.insert(d.at, change);
-                        }
-                    }
-                }
+            match (change.resend)(c.clone(), ctx).await {
+                Ok(Ok(d)) if d.is_durable() => settled.push(change.seq),
+                Ok(Ok(d)) => replayed.push((d, change.clone())),
                 Ok(Err(e)) => {
-                    tracing::error!("replaying {what} after the master restarted failed ({e}): that change is lost");
-                    settled.push(seq);
+                    tracing::error!(
+                        "replaying {} after the master restarted failed ({e}): that change is lost",
+                        change.what
+                    );
+                    settled.push(change.seq);
                 }
-                // The connection broke again: the next one replays.
-                Err(e) => return Err(e.into()),
+                // The connection broke again: the next one replays what
+                // is left (and, again, what this one replayed).
+                Err(e) => {
+                    let mut held = lock(&self.session.held);
+                    let rest: Vec<HeldChange> = to_replay[..].iter().skip(n).cloned().collect();
+                    let done: Vec<HeldChange> = replayed.into_iter().map(|(_, h)| h).collect();
+                    let mut stale: Vec<HeldChange> = done.into_iter().chain(rest).collect();
+                    stale.append(&mut held.stale);
+                    held.stale = stale;
+                    drop(held);
+                    self.session.settle(settled);
+                    return Err(e.into());
+                }
             }
         }
-        {
-            let mut held = lock(&self.session.held);
-            if held.incarnation != info.incarnation {
-                *held = replayed;
-            }
+        for (d, change) in replayed {
+            self.session.hold(&d, change);
         }
-        {
-            let mut pending = lock(&self.session.pending);
-            for seq in settled {
-                pending.remove(&seq);
-            }
-        }
+        self.session.settle(settled);
         if info.replay {
             let ctx = stripefs_proto::net::context_with_timeout(self.call_timeout);
             c.session_replayed(ctx, self.session.id).await??;
@@ -655,15 +688,65 @@ impl MasterConn {
         Ok(())
     }
 
-    /// Waits until every change this client made is durable on the master
-    /// (`fsync`, `fsyncdir`, `syncfs`).
-    pub async fn sync(&self) -> Result<()> {
-        if self.session.held_count() == 0 {
-            return Ok(());
+    /// Has the shared connection made again now, which replays what this
+    /// client holds from an earlier master process.
+    async fn replay_now(&self) {
+        let generation = self.client.read().await.0;
+        self.drop_client(generation).await;
+        if let Err(e) = self.client(Instant::now() + self.wait).await {
+            tracing::warn!("replaying changes to the master: {e}");
         }
-        let d = self.call(|c, ctx| async move { c.sync(ctx).await }).await?;
-        self.session.durable(&d);
-        Ok(())
+    }
+
+    /// Waits until every change this client made is durable on the master
+    /// (`fsync`, `fsyncdir`, and a timer shortly after each change).
+    pub async fn sync(&self) -> Result<()> {
+        for _ in 0..3 {
+            if self.session.held_count() == 0 {
+                return Ok(());
+            }
+            let d = self.call(|c, ctx| async move { c.sync(ctx).await }).await?;
+            self.session.durable(&d);
+            let stale = {
+                let held = lock(&self.session.held);
+                !held.stale.is_empty() || (held.incarnation != d.incarnation && !held.changes.is_empty())
+            };
+            if stale {
+                // A new master process answered: what the old one lost is
+                // replayed first, then synced.
+                self.replay_now().await;
+            }
+        }
+        match self.session.held_count() {
+            0 => Ok(()),
+            n => Err(TransportError::Call {
+                kind: CallFailure::Disconnected,
+                detail: format!("{n} change(s) could not be made durable on the master"),
+            }
+            .into()),
+        }
+    }
+
+    /// Makes durable, in the background, changes held longer than `age`
+    /// (so a client that goes idle does not hold them for long), and
+    /// otherwise checks the master is there (a client that went idle finds
+    /// a restarted master, which waits for its replay, at once).
+    pub async fn tick(&self, age: Duration) {
+        if self.session.held_longer_than(age) {
+            if let Err(e) = self.sync().await {
+                tracing::debug!("background sync: {e}");
+            }
+        } else {
+            {
+                let mut last = lock(&self.pinged);
+                if last.elapsed() < PING_EVERY {
+                    return;
+                }
+                *last = Instant::now();
+            }
+            // Cheap; on a broken connection the reconnect replays.
+            let _ = self.call(|c, ctx| async move { c.leader(ctx).await }).await;
+        }
     }
 
     /// Changes this client holds until the master reports them durable.
@@ -783,6 +866,10 @@ impl MasterConn {
 /// How often a connection asks the master group for its members.
 const LEARN_EVERY: Duration = Duration::from_secs(2);
 
+/// How often an idle client checks that its master is there (a restarted
+/// master waits for its clients to come back and replay).
+const PING_EVERY: Duration = Duration::from_secs(1);
+
 /// Connections to storage nodes, by address.
 pub struct NodePool {
     /// Names this pool's per-thread connections.
@@ -872,6 +959,42 @@ impl NodePool {
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
+
+    fn change(seq: u64) -> HeldChange {
+        let resend: Resend = Arc::new(|_, _| Box::pin(async { Ok(Ok(Durability::default())) }));
+        HeldChange { seq, what: format!("change {seq}"), resend }
+    }
+
+    fn answer(incarnation: u64, at: u64, durable: u64) -> Durability {
+        Durability { incarnation, at, durable }
+    }
+
+    /// What a session holds: a change stays pending (its answer kept by
+    /// the master) until an answer of the same master process says it is
+    /// durable; an answer of another process never drops it, and the
+    /// changes of the earlier process are kept, in order, for replay.
+    #[test]
+    fn held_changes_go_only_once_their_master_says_they_are_durable() {
+        let s = Session::new();
+        let ids: Vec<RequestId> = (0..4).map(|_| s.start()).collect();
+        assert!(!s.hold(&answer(7, 10, 9), change(ids[0].seq)));
+        assert!(!s.hold(&answer(7, 11, 9), change(ids[1].seq)));
+        assert_eq!(s.answered_below(), ids[0].seq, "held changes count as unanswered");
+        // Another process's marker says nothing of these.
+        s.durable(&answer(8, 3, 3));
+        assert_eq!(s.held_count(), 2);
+        s.durable(&answer(7, 12, 10));
+        assert_eq!(s.held_count(), 1);
+        assert_eq!(s.answered_below(), ids[1].seq, "the durable one may be forgotten");
+        // A new process answers before the old one's changes were replayed:
+        // they are kept for the replay, not dropped.
+        assert!(s.hold(&answer(8, 5, 4), change(ids[2].seq)), "the caller must have them replayed");
+        assert_eq!(s.held_count(), 2);
+        assert_eq!(lock(&s.held).stale.iter().map(|c| c.seq).collect::<Vec<_>>(), vec![ids[1].seq]);
+        s.durable(&answer(8, 6, 5));
+        assert_eq!(s.held_count(), 1, "the stale change waits for its replay");
+        assert_eq!(s.answered_below(), ids[1].seq);
+    }
 
     /// A "master" that authenticates every connection and closes it at
     /// once; counts the connections.

@@ -194,6 +194,11 @@ impl stripefs_daemon::Worker for LocalReadExpiry {
     }
 }
 
+/// How often the client's background tick runs (see [`MasterConn::tick`]).
+const TICK: Duration = Duration::from_millis(100);
+/// A change the master answered early is synced once held this long.
+const HOLD_AT_MOST: Duration = Duration::from_millis(50);
+
 impl FsCore {
     /// Connects to the master and learns the filesystem's parameters.
     pub async fn connect(
@@ -238,6 +243,19 @@ impl FsCore {
             listings,
             workers: stripefs_daemon::Workers::new(tokio_util::sync::CancellationToken::new()),
         });
+        // Changes the master answered early are made durable soon after,
+        // even if this client goes idle; an idle client finds a restarted
+        // master (which waits for it) within a second.
+        {
+            let weak = Arc::downgrade(&core);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(TICK).await;
+                    let Some(core) = weak.upgrade() else { return };
+                    core.master.tick(HOLD_AT_MOST).await;
+                }
+            });
+        }
         // After a reconnect (e.g. a master restart), open files are opened
         // again so the master keeps unlinked-but-open files alive.
         let weak = Arc::downgrade(&core);

@@ -31,7 +31,7 @@
 use crate::namespace::{ApplyError, Tables};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use stripefs_daemon::lock;
 use stripefs_proto::ops;
@@ -129,13 +129,13 @@ impl Marks {
     /// other session's change of them is in flight or not yet durable
     /// (`durable_end`: entries below it are on disk; `wait`: waits for an
     /// entry to be on disk).
-    pub async fn claim<'a, W, F>(
-        &'a self,
+    pub async fn claim<W, F>(
+        self: &Arc<Self>,
         session: u64,
         inodes: Vec<InodeId>,
         durable_end: impl Fn() -> u64,
         wait: W,
-    ) -> Claim<'a>
+    ) -> Claim
     where
         W: Fn(u64) -> F,
         F: std::future::Future<Output = ()>,
@@ -174,23 +174,39 @@ impl Marks {
                 blocked
             };
             match blocked {
-                None => return Claim { marks: self, session, inodes, done: false },
+                None => return Claim { marks: self.clone(), session, inodes, done: false },
                 Some(Blocked::InFlight) => released.await,
                 Some(Blocked::Until(at)) => wait(at).await,
             }
         }
     }
+
+    /// Claims `inodes` for a replayed change of `session` without waiting:
+    /// what sessions replay after a crash touches disjoint inodes, and the
+    /// replay must land before anyone else's new change.
+    pub fn claim_now(self: &Arc<Self>, session: u64, inodes: Vec<InodeId>) -> Claim {
+        let mut by = lock(&self.by);
+        for ino in &inodes {
+            let m = by.entry(*ino).or_insert(Mark { session, inflight: 0, at: 0 });
+            if m.session != session {
+                *m = Mark { session, inflight: m.inflight, at: 0 };
+            }
+            m.inflight += 1;
+        }
+        drop(by);
+        Claim { marks: self.clone(), session, inodes, done: false }
+    }
 }
 
 /// Inodes claimed for one change (see [`Marks::claim`]).
-pub struct Claim<'a> {
-    marks: &'a Marks,
+pub struct Claim {
+    marks: Arc<Marks>,
     session: u64,
     inodes: Vec<InodeId>,
     done: bool,
 }
 
-impl Claim<'_> {
+impl Claim {
     /// The change was applied at log position `at` (early: not yet
     /// durable), and created `created` if anything.
     pub fn applied(mut self, at: u64, early: bool, created: Option<InodeId>) {
@@ -215,7 +231,7 @@ impl Claim<'_> {
     }
 }
 
-impl Drop for Claim<'_> {
+impl Drop for Claim {
     fn drop(&mut self) {
         if self.done {
             return;
@@ -247,7 +263,7 @@ pub struct Sessions {
     /// True once no replay is awaited.
     serving: tokio::sync::watch::Sender<bool>,
     /// Who changed what last (see [`Marks`]).
-    pub marks: Marks,
+    pub marks: Arc<Marks>,
     started: Instant,
 }
 
@@ -268,7 +284,7 @@ impl Sessions {
             registered: Mutex::new(HashSet::new()),
             phase: Mutex::new((!serving).then_some(Phase { waiting })),
             serving: tokio::sync::watch::Sender::new(serving),
-            marks: Marks::default(),
+            marks: Arc::default(),
             started: Instant::now(),
         }
     }
@@ -309,12 +325,22 @@ impl Sessions {
     }
 
     /// Ends the replay window: returns the sessions that did not come back
-    /// (to forget), and serves.
+    /// (to forget), and serves. A session that registered and is still
+    /// replaying is alive: it is not forgotten (its last replays may come
+    /// after others' new changes, and it is told so in the log).
     pub fn end_window(&self) -> Vec<(u64, String)> {
-        let gone: Vec<(u64, String)> = match lock(&self.phase).take() {
+        let waiting: Vec<(u64, String)> = match lock(&self.phase).take() {
             Some(p) => p.waiting.into_iter().collect(),
             None => Vec::new(),
         };
+        let registered = lock(&self.registered).clone();
+        let (slow, gone): (Vec<_>, Vec<_>) = waiting.into_iter().partition(|(s, _)| registered.contains(s));
+        for (session, host) in &slow {
+            tracing::warn!(
+                "client session {session:x} on {host} had not finished replaying when the replay window ended; \
+                 serving the others"
+            );
+        }
         for (session, host) in &gone {
             tracing::warn!(
                 "client session {session:x} on {host} did not come back within the replay window: \
@@ -341,7 +367,6 @@ impl Sessions {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::Arc;
 
     #[tokio::test]
     async fn a_change_waits_for_another_sessions_change_to_be_durable() {
@@ -423,8 +448,9 @@ mod tests {
         assert!(!s.is_serving());
         s.replayed(2);
         assert!(s.is_serving());
-        let s = Sessions::new(HashMap::from([(1, "a".to_string())]));
-        assert_eq!(s.end_window(), vec![(1, "a".to_string())]);
+        let s = Sessions::new(HashMap::from([(1, "a".to_string()), (2, "b".to_string())]));
+        s.register(2);
+        assert_eq!(s.end_window(), vec![(1, "a".to_string())], "session 2 came back: not forgotten");
         assert!(s.is_serving());
     }
 }

@@ -111,6 +111,9 @@ pub struct Store {
     sessions: crate::sessions::Sessions,
     /// The group's directory (the clean-stop marker lives there).
     raft_dir: PathBuf,
+    /// Every change an earlier master process answered is durable: it
+    /// stopped cleanly, or it never answered early (see [`SessionInfo`]).
+    clean_start: bool,
 }
 
 /// In the group's directory while no master process runs on it after a
@@ -341,10 +344,10 @@ impl Store {
             std::fs::remove_file(&clean).map_err(io(&clean))?;
             crate::raft::log::sync_dir_of(&raft_dir).map_err(io(&raft_dir))?;
         }
-        let waiting = if crashed && alone && group.log.is_early() {
-            registered_sessions(&db).map_err(db_err(&path))?
-        } else {
-            HashMap::new()
+        let clean_start = !(crashed && alone && group.log.is_early());
+        let waiting = match clean_start {
+            false => registered_sessions(&db).map_err(db_err(&path))?,
+            true => HashMap::new(),
         };
         let store = Store {
             db,
@@ -359,6 +362,7 @@ impl Store {
             fatal,
             sessions: crate::sessions::Sessions::new(waiting),
             raft_dir,
+            clean_start,
         };
         // A new group of one (or one that stopped before its filesystem
         // was created) creates it now, through its log. (A larger group's
@@ -429,15 +433,42 @@ impl Store {
     /// as it is applied (maybe before it is durable: see
     /// [`crate::raft::log`]).
     async fn execute_at(&self, cmd: Command) -> Result<(Result<Reply, FsError>, u64), FsError> {
+        self.execute_at_then(cmd, |_, _| {}).await
+    }
+
+    /// [`Store::execute_at`], and `then` with the answer and position once
+    /// the command is applied, even if the caller stopped waiting (an RPC
+    /// cancelled at its deadline): the write runs on the group's runtime
+    /// to its end, since a proposal may be applied whether or not anyone
+    /// waits for it.
+    async fn execute_at_then(
+        &self,
+        cmd: Command,
+        then: impl FnOnce(&Result<Reply, FsError>, u64) + Send + 'static,
+    ) -> Result<(Result<Reply, FsError>, u64), FsError> {
         use tracing::Instrument as _;
         if self.group.stepping_down.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(FsError::NotLeader);
         }
-        let (proposal, _pending) = self.propose(cmd)?;
+        let (proposal, pending) = self.propose(cmd)?;
         let raft = self.group.raft.clone();
+        let rt = self.group.handle.as_ref().ok_or(FsError::NotLeader)?;
         // Inside the span of the request: its log shows where it went.
-        let written =
-            raft.client_write(proposal).instrument(tracing::debug_span!("commit", member = self.group.id)).await;
+        let span = tracing::debug_span!("commit", member = self.group.id);
+        let written = rt
+            .spawn(
+                async move {
+                    let written = raft.client_write(proposal).await;
+                    if let Ok(r) = &written {
+                        then(&r.data, r.log_id.index);
+                    }
+                    drop(pending);
+                    written
+                }
+                .instrument(span),
+            )
+            .await
+            .map_err(internal)?;
         match written {
             Ok(r) => {
                 tracing::debug!(log_index = r.log_id.index, "committed and applied");
@@ -647,31 +678,37 @@ impl Store {
     /// it is durable ([`crate::sessions`]); others once durable.
     pub async fn run<O: Op + Touches>(&self, req: Request<O>) -> Result<Acked<O::Output>, FsError> {
         let session = req.id.session;
-        let early = self.group.log.is_early() && self.sessions.is_registered(session);
-        // A replay needs no claim: what is left to replay after a crash
-        // touches disjoint inodes per session (see `crate::sessions`).
-        let claim = match early && req.replay.is_none() {
-            true => {
-                let log = &self.group.log;
+        let log = &self.group.log;
+        let early = log.is_early() && self.sessions.is_registered(session);
+        // Every change of a master that answers early is marked, whoever
+        // made it: a registered session's early answer must not build on
+        // it before it is durable. A replay waits for nobody: what is left
+        // to replay after a crash touches disjoint inodes per session.
+        let claim = match (log.is_early(), req.replay.is_some()) {
+            (false, _) => None,
+            (true, true) => Some(self.sessions.marks.claim_now(session, req.op.touches())),
+            (true, false) => {
                 let wait = |at: u64| log.wait_durable(at);
                 Some(self.sessions.marks.claim(session, req.op.touches(), || log.durable_end(), wait).await)
             }
-            false => None,
         };
         let mut cmd = req.op.command(Timestamp::now());
         if let Some(r) = req.replay {
             cmd = Command::Replayed { ino: r.ino, cmd: Box::new(cmd) };
         }
         let cmd = Command::Requested { id: req.id, answered_below: req.answered_below, cmd: Box::new(cmd) };
-        let (reply, at) = self.execute_at(cmd).await?;
-        let was_early = self.group.log.was_early(at);
-        if let Some(claim) = claim {
-            let created = match &reply {
-                Ok(Reply::Attr(a)) => Some(a.ino),
-                _ => None,
-            };
-            claim.applied(at, was_early && reply.is_ok(), created);
-        }
+        let log2 = log.clone();
+        let (reply, at) = self
+            .execute_at_then(cmd, move |reply, at| {
+                if let Some(claim) = claim {
+                    let created = match reply {
+                        Ok(Reply::Attr(a)) => Some(a.ino),
+                        _ => None,
+                    };
+                    claim.applied(at, log2.was_early(at) && reply.is_ok(), created);
+                }
+            })
+            .await?;
         if !early {
             self.wait_durable(at).await;
         }
@@ -696,7 +733,7 @@ impl Store {
             self.execute(Command::OpenSession { session, host, now: Timestamp::now() }).await?;
         }
         let replay = self.sessions.register(session);
-        Ok(SessionInfo { incarnation: self.sessions.incarnation, replay })
+        Ok(SessionInfo { incarnation: self.sessions.incarnation, replay, clean: self.clean_start })
     }
 
     /// A session replayed what it held.
@@ -729,6 +766,11 @@ impl Store {
                 tracing::warn!("forgetting client session {session:x}: {e}");
             }
         }
+    }
+
+    /// Whether this master serves clients (no replay awaited).
+    pub fn is_serving_clients(&self) -> bool {
+        self.sessions.is_serving()
     }
 
     /// Whether `session` is one this master waits for to replay.

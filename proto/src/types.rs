@@ -546,6 +546,10 @@ pub struct SessionInfo {
     /// This master started after a crash and waits for this session's
     /// replay before it serves anyone (until its replay window ends).
     pub replay: bool,
+    /// Every change an earlier master process answered is durable (it
+    /// stopped cleanly, or answered only durable changes): the client
+    /// drops what it holds instead of replaying it.
+    pub clean: bool,
 }
 
 /// The attributes of both directories of a rename, after it (the same

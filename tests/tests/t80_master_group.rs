@@ -371,3 +371,19 @@ fn a_client_that_died_with_the_master_does_not_hold_the_others_back_for_long() {
     let log = g.log_text(0);
     assert!(log.contains("did not come back within the replay window"), "the dead session was not given up on:\n{log}");
 }
+
+/// A client keeps the changes a master alone answered before they were on
+/// its disk only briefly, even when it goes idle: its background tick asks
+/// for them to be made durable (an idle client must not hold a change
+/// until its answer is forgotten, 10 minutes later).
+#[test]
+fn an_idle_client_holds_no_change_for_long() {
+    let g = Group::start(1, 1, 100_000);
+    let c = g.client("idle");
+    let dir = c.run(c.core().mkdir(InodeId::ROOT, "idle", 0o755, stripefs_tests::TEST_OWNER)).expect("mkdir");
+    for i in 0..20 {
+        c.run(c.core().mkdir(dir.ino, &format!("d{i}"), 0o755, stripefs_tests::TEST_OWNER)).expect("mkdir");
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(c.core().held_changes(), 0, "changes still held 600 ms after the last one");
+}

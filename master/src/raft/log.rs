@@ -1,5 +1,7 @@
-//! The Raft log on disk: what makes a mutation durable before the master
-//! answers it (it replaced the journal of before).
+//! The Raft log on disk: what makes a mutation durable (it replaced the
+//! journal of before). A group answers a mutation once it is on a
+//! majority's disks; a master alone answers it before its flush ends (see
+//! below).
 //!
 //! Entries go to segment files `log-<first index>` in `DIR/raft/`, as
 //! records `[len u32][crc32 u32][bincode entry]`. A segment is filled with
@@ -115,16 +117,29 @@ pub struct Durable {
     /// Bumped by every truncation: a flush of a truncated entry says
     /// nothing of the entry that replaced it.
     generation: std::sync::atomic::AtomicU64,
+    /// Held while `end` moves: a truncation and a flush report never
+    /// interleave.
+    moving: Mutex<()>,
     changed: tokio::sync::Notify,
 }
 
 impl Durable {
     fn advance(&self, end: u64, generation: u64) {
         use std::sync::atomic::Ordering::SeqCst;
+        let _moving = self.moving.lock().unwrap_or_else(|e| e.into_inner());
         if self.generation.load(SeqCst) == generation {
             self.end.fetch_max(end, SeqCst);
             self.changed.notify_waiters();
         }
+    }
+
+    /// Entries from `at` on are gone.
+    fn truncate(&self, at: u64) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let _moving = self.moving.lock().unwrap_or_else(|e| e.into_inner());
+        self.generation.fetch_add(1, SeqCst);
+        self.end.fetch_min(at, SeqCst);
+        self.early_end.fetch_min(at, SeqCst);
     }
 }
 
@@ -282,8 +297,9 @@ impl LogStore {
             }
         }
         // What a crashed process wrote may still be in the page cache
-        // only: on disk now, so the whole log read is durable.
-        if let Some(seg) = segments.last() {
+        // only (of any segment: it may have crashed right after a roll):
+        // on disk now, so the whole log read is durable.
+        for seg in &segments {
             seg.file.sync_data()?;
         }
         let durable = Arc::new(Durable::default());
@@ -518,8 +534,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for e in entries {
             inner.entries.insert(e.log_id.index, e);
         }
-        drop(inner);
+        // Read under the log's lock: no truncation comes in between.
         let generation = self.durable.generation.load(std::sync::atomic::Ordering::SeqCst);
+        drop(inner);
         let early = !changes_membership && self.early.load(std::sync::atomic::Ordering::SeqCst);
         let done = if early {
             self.durable.early_end.fetch_max(end, std::sync::atomic::Ordering::SeqCst);
@@ -528,20 +545,28 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         } else {
             Some(callback)
         };
-        let job = SyncJob { file, done, entries: count, end, generation, ack: None };
+        // A membership change is on disk, with everything before it,
+        // before this returns: a member added to a master that answered
+        // early must never receive an entry its leader could still lose.
+        let (ack, wait) = match changes_membership {
+            true => {
+                let (tx, rx) = mpsc::channel();
+                (Some(tx), Some(rx))
+            }
+            false => (None, None),
+        };
+        let job = SyncJob { file, done, entries: count, end, generation, ack };
         self.sync.send(job).map_err(|_| write_err("the log's sync thread is gone"))?;
+        if let Some(rx) = wait {
+            rx.recv().map_err(|_| write_err("the log's sync thread is gone"))?;
+        }
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         let mut inner = lock(&self.inner);
         let at = log_id.index;
-        {
-            use std::sync::atomic::Ordering::SeqCst;
-            self.durable.generation.fetch_add(1, SeqCst);
-            self.durable.end.fetch_min(at, SeqCst);
-            self.durable.early_end.fetch_min(at, SeqCst);
-        }
+        self.durable.truncate(at);
         inner.entries.split_off(&at);
         let dir = inner.dir.clone();
         let mut removed = false;

@@ -35,7 +35,9 @@ impl Worker for RequestExpiry {
     }
 
     async fn work(&mut self) -> Result<Step, String> {
-        if self.state.leading_for().is_none() {
+        // Not while clients replay: a replay of a change that did reach
+        // the disk is answered from these answers.
+        if self.state.leading_for().is_none() || !self.state.store.is_serving_clients() {
             return Ok(Step::Idle);
         }
         let before = Timestamp::from(SystemTime::now() - REMEMBER_FOR);
