@@ -413,7 +413,8 @@ impl Store {
     /// Waits until log entry `at` is durable (at once when it was not
     /// answered early: a group commits an entry once on disk on a majority).
     async fn wait_durable(&self, at: u64) {
-        if self.group.log.was_early(at) {
+        if self.group.log.was_early(at) && self.group.log.durable_end() <= at {
+            self.group.log.flush_soon();
             self.group.log.wait_durable(at).await;
         }
     }
@@ -688,7 +689,10 @@ impl Store {
             (false, _) => None,
             (true, true) => Some(self.sessions.marks.claim_now(session, req.op.touches())),
             (true, false) => {
-                let wait = |at: u64| log.wait_durable(at);
+                let wait = |at: u64| {
+                    log.flush_soon();
+                    log.wait_durable(at)
+                };
                 Some(self.sessions.marks.claim(session, req.op.touches(), || log.durable_end(), wait).await)
             }
         };
