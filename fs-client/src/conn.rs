@@ -221,6 +221,8 @@ type Resend = Arc<
 #[derive(Clone)]
 struct HeldChange {
     seq: u64,
+    /// The master process that answered it.
+    incarnation: u64,
     /// What it was, for the log.
     what: String,
     resend: Resend,
@@ -281,6 +283,9 @@ impl Session {
             let done = std::mem::replace(&mut held.changes, keep);
             if held.is_empty() {
                 held.since = None;
+            } else if !done.is_empty() {
+                // The oldest left is younger than what went.
+                held.since = Some(Instant::now());
             }
             done.into_values().map(|c| c.seq).collect()
         };
@@ -310,6 +315,11 @@ impl Session {
         held.changes.insert(d.at, change);
         held.since.get_or_insert_with(Instant::now);
         !held.stale.is_empty()
+    }
+
+    /// Whether changes of an earlier master process wait for a replay.
+    fn needs_replay(&self) -> bool {
+        !lock(&self.held).stale.is_empty()
     }
 
     /// Whether changes have been held for longer than `age`.
@@ -605,7 +615,8 @@ impl MasterConn {
                         Box::pin(async move { M::send(c, ctx, req).await.map(|r| r.map(|a| a.durability)) })
                     });
                     let what = format!("request {id}");
-                    if self.session.hold(&d, HeldChange { seq: id.seq, what, resend }) {
+                    let change = HeldChange { seq: id.seq, incarnation: d.incarnation, what, resend };
+                    if self.session.hold(&d, change) {
                         // Answered by a new master process before this
                         // client replayed what the old one lost.
                         self.replay_now().await;
@@ -639,22 +650,21 @@ impl MasterConn {
             }
             older
         };
-        if info.clean {
-            // Everything the earlier processes answered is on disk.
-            self.session.settle(to_replay.iter().map(|h| h.seq).collect());
-        } else if !to_replay.is_empty() {
+        // What the process that stopped cleanly answered is on disk (all
+        // of it when `clean_after` is 0: a group, whose answers all were).
+        let covered = |h: &HeldChange| info.clean && (info.clean_after == 0 || info.clean_after == h.incarnation);
+        let (done, to_replay): (Vec<HeldChange>, Vec<HeldChange>) = to_replay.into_iter().partition(covered);
+        self.session.settle(done.iter().map(|h| h.seq).collect());
+        if !to_replay.is_empty() {
             tracing::warn!("the master restarted: replaying {} change(s) it had not yet made durable", to_replay.len());
         }
         let mut settled = Vec::new();
         let mut replayed = Vec::new();
         for (n, change) in to_replay.iter().enumerate() {
-            if info.clean {
-                break;
-            }
             let ctx = stripefs_proto::net::context_with_timeout(self.call_timeout);
             match (change.resend)(c.clone(), ctx).await {
                 Ok(Ok(d)) if d.is_durable() => settled.push(change.seq),
-                Ok(Ok(d)) => replayed.push((d, change.clone())),
+                Ok(Ok(d)) => replayed.push((d, HeldChange { incarnation: d.incarnation, ..change.clone() })),
                 Ok(Err(e)) => {
                     tracing::error!(
                         "replaying {} after the master restarted failed ({e}): that change is lost",
@@ -691,7 +701,14 @@ impl MasterConn {
     /// Has the shared connection made again now, which replays what this
     /// client holds from an earlier master process.
     async fn replay_now(&self) {
-        let generation = self.client.read().await.0;
+        let generation = {
+            let slot = self.client.read().await;
+            // Another caller's reconnect may have replayed them already.
+            if !self.session.needs_replay() {
+                return;
+            }
+            slot.0
+        };
         self.drop_client(generation).await;
         if let Err(e) = self.client(Instant::now() + self.wait).await {
             tracing::warn!("replaying changes to the master: {e}");
@@ -701,30 +718,44 @@ impl MasterConn {
     /// Waits until every change this client made is durable on the master
     /// (`fsync`, `fsyncdir`, and a timer shortly after each change).
     pub async fn sync(&self) -> Result<()> {
+        // What is held now (changes made meanwhile by other threads are
+        // not this call's business).
+        let target = {
+            let held = lock(&self.session.held);
+            held.changes.keys().next_back().map(|at| (held.incarnation, *at))
+        };
         for _ in 0..3 {
-            if self.session.held_count() == 0 {
-                return Ok(());
+            if self.session.needs_replay() {
+                // A new master process answered: what the old one lost is
+                // replayed first (and then held under the new process).
+                self.replay_now().await;
+                if self.session.needs_replay() {
+                    continue;
+                }
             }
+            let target = match target {
+                Some((inc, at)) if lock(&self.session.held).incarnation == inc => Some(at),
+                // Replayed since: whatever the new process holds now.
+                Some(_) => lock(&self.session.held).changes.keys().next_back().copied(),
+                None => None,
+            };
+            let Some(target) = target else { return Ok(()) };
             let d = self.call(|c, ctx| async move { c.sync(ctx).await }).await?;
             self.session.durable(&d);
-            let stale = {
-                let held = lock(&self.session.held);
-                !held.stale.is_empty() || (held.incarnation != d.incarnation && !held.changes.is_empty())
-            };
-            if stale {
-                // A new master process answered: what the old one lost is
-                // replayed first, then synced.
-                self.replay_now().await;
+            if d.incarnation == lock(&self.session.held).incarnation && d.durable >= target {
+                return Ok(());
+            }
+            if d.incarnation != lock(&self.session.held).incarnation {
+                // Answered by a process that has not seen our replay yet.
+                let generation = self.client.read().await.0;
+                self.drop_client(generation).await;
             }
         }
-        match self.session.held_count() {
-            0 => Ok(()),
-            n => Err(TransportError::Call {
-                kind: CallFailure::Disconnected,
-                detail: format!("{n} change(s) could not be made durable on the master"),
-            }
-            .into()),
+        Err(TransportError::Call {
+            kind: CallFailure::Disconnected,
+            detail: "the master did not make this client's changes durable".into(),
         }
+        .into())
     }
 
     /// Makes durable, in the background, changes held longer than `age`
@@ -962,7 +993,7 @@ mod tests {
 
     fn change(seq: u64) -> HeldChange {
         let resend: Resend = Arc::new(|_, _| Box::pin(async { Ok(Ok(Durability::default())) }));
-        HeldChange { seq, what: format!("change {seq}"), resend }
+        HeldChange { seq, incarnation: 0, what: format!("change {seq}"), resend }
     }
 
     fn answer(incarnation: u64, at: u64, durable: u64) -> Durability {

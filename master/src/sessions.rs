@@ -18,9 +18,12 @@
 //!   as a local filesystem loses its last changes in a power cut.
 //! - **No early answer builds on another session's change that is not
 //!   durable** ([`Marks`]): a change that touches an inode or directory
-//!   another session changed waits until that change is on disk. The
-//!   changes still to replay after a crash then touch disjoint inodes per
-//!   session, and the order in which sessions replay does not matter.
+//!   another session changed, while that change may not be on disk, is
+//!   answered only once it is on disk itself (the log is flushed in
+//!   order, so the other change is then too). The changes still to replay
+//!   after a crash then touch disjoint inodes per session, and the order
+//!   in which sessions replay does not matter. Nothing waits before it is
+//!   proposed: concurrent changes still share their flushes.
 //! - **A session's answers are forgotten only once durable**: the client
 //!   counts a request as answered (`answered_below`) only then, so a
 //!   replay of a change that did survive gets its remembered answer.
@@ -100,101 +103,77 @@ touches! {
     stripefs_proto::types::ChunkCommit => |o| vec![o.ino];
 }
 
-/// The last session to change an inode, and how far that is.
-#[derive(Debug, Clone, Copy)]
+/// The last change of an inode, and the changes of it being applied now.
+#[derive(Debug, Default)]
 struct Mark {
+    /// Session of the last change applied.
     session: u64,
-    /// Its changes of the inode being applied now.
-    inflight: u32,
-    /// Log position of its last applied change of the inode.
+    /// Its log position.
     at: u64,
+    /// Changes being applied now, per session.
+    inflight: Vec<(u64, u32)>,
 }
 
-/// Which session changed each inode last, while that is not durable.
+/// Which session changed each inode last, while that may not be durable.
 #[derive(Default)]
 pub struct Marks {
     by: Mutex<HashMap<InodeId, Mark>>,
-    released: tokio::sync::Notify,
-}
-
-/// What keeps a change from building on another session's change that is
-/// not durable yet: the position to wait for, or a change in flight.
-enum Blocked {
-    InFlight,
-    Until(u64),
 }
 
 impl Marks {
-    /// Claims `inodes` for a change of `session`, first waiting until no
-    /// other session's change of them is in flight or not yet durable
-    /// (`durable_end`: entries below it are on disk; `wait`: waits for an
-    /// entry to be on disk).
-    pub async fn claim<W, F>(
-        self: &Arc<Self>,
-        session: u64,
-        inodes: Vec<InodeId>,
-        durable_end: impl Fn() -> u64,
-        wait: W,
-    ) -> Claim
-    where
-        W: Fn(u64) -> F,
-        F: std::future::Future<Output = ()>,
-    {
-        loop {
-            let released = self.released.notified();
-            let blocked = {
-                let mut by = lock(&self.by);
-                let end = durable_end();
-                let mut blocked = None;
-                for ino in &inodes {
-                    if let Some(m) = by.get(ino) {
-                        if m.session != session {
-                            if m.inflight > 0 {
-                                blocked = Some(Blocked::InFlight);
-                                break;
-                            }
-                            if m.at >= end {
-                                blocked = Some(Blocked::Until(m.at));
-                            }
-                        }
-                    }
-                }
-                if blocked.is_none() {
-                    for ino in &inodes {
-                        let m = by.entry(*ino).or_insert(Mark { session, inflight: 0, at: 0 });
-                        if m.session != session {
-                            *m = Mark { session, inflight: 0, at: 0 };
-                        }
-                        m.inflight += 1;
-                    }
-                    if by.len() > 4096 {
-                        by.retain(|_, m| m.inflight > 0 || m.at >= end);
-                    }
-                }
-                blocked
-            };
-            match blocked {
-                None => return Claim { marks: self.clone(), session, inodes, done: false },
-                Some(Blocked::InFlight) => released.await,
-                Some(Blocked::Until(at)) => wait(at).await,
+    /// Claims `inodes` for a change of `session`. Also says whether the
+    /// change builds on another session's change that may not be durable
+    /// (applied at or after `durable_end`, below which the log is on disk,
+    /// or still being applied): such a change must be answered only once
+    /// durable itself, which makes the other durable too (the log is
+    /// flushed in order). It never waits here: concurrent changes still
+    /// share their flushes.
+    pub fn claim(self: &Arc<Self>, session: u64, inodes: Vec<InodeId>, durable_end: u64) -> (Claim, bool) {
+        let mut by = lock(&self.by);
+        let mut builds_on_others = false;
+        for ino in &inodes {
+            let m = by.entry(*ino).or_insert_with(|| Mark { session, ..Mark::default() });
+            if m.inflight.iter().any(|(s, n)| *s != session && *n > 0) || (m.session != session && m.at >= durable_end)
+            {
+                builds_on_others = true;
+            }
+            match m.inflight.iter_mut().find(|(s, _)| *s == session) {
+                Some((_, n)) => *n += 1,
+                None => m.inflight.push((session, 1)),
             }
         }
-    }
-
-    /// Claims `inodes` for a replayed change of `session` without waiting:
-    /// what sessions replay after a crash touches disjoint inodes, and the
-    /// replay must land before anyone else's new change.
-    pub fn claim_now(self: &Arc<Self>, session: u64, inodes: Vec<InodeId>) -> Claim {
-        let mut by = lock(&self.by);
-        for ino in &inodes {
-            let m = by.entry(*ino).or_insert(Mark { session, inflight: 0, at: 0 });
-            if m.session != session {
-                *m = Mark { session, inflight: m.inflight, at: 0 };
-            }
-            m.inflight += 1;
+        if by.len() > 4096 {
+            by.retain(|_, m| !m.inflight.is_empty() || m.at >= durable_end);
         }
         drop(by);
-        Claim { marks: self.clone(), session, inodes, done: false }
+        (Claim { marks: self.clone(), session, inodes, done: false }, builds_on_others)
+    }
+
+    fn release(&self, session: u64, inodes: &[InodeId], applied_at: Option<(u64, Option<InodeId>)>) {
+        let mut by = lock(&self.by);
+        for ino in inodes {
+            if let Some(m) = by.get_mut(ino) {
+                if let Some(i) = m.inflight.iter().position(|(s, _)| *s == session) {
+                    m.inflight[i].1 -= 1;
+                    if m.inflight[i].1 == 0 {
+                        m.inflight.swap_remove(i);
+                    }
+                }
+                if let Some((at, _)) = applied_at {
+                    if at >= m.at {
+                        m.session = session;
+                        m.at = at;
+                    }
+                }
+            }
+        }
+        if let Some((at, Some(created))) = applied_at {
+            let m = by.entry(created).or_default();
+            if at >= m.at {
+                m.session = session;
+                m.at = at;
+            }
+        }
     }
 }
 
@@ -207,43 +186,19 @@ pub struct Claim {
 }
 
 impl Claim {
-    /// The change was applied at log position `at` (early: not yet
-    /// durable), and created `created` if anything.
-    pub fn applied(mut self, at: u64, early: bool, created: Option<InodeId>) {
-        let mut by = lock(&self.marks.by);
-        for ino in &self.inodes {
-            if let Some(m) = by.get_mut(ino) {
-                m.inflight = m.inflight.saturating_sub(1);
-                if early && m.session == self.session {
-                    m.at = m.at.max(at);
-                }
-            }
-        }
-        if let (Some(ino), true) = (created, early) {
-            let m = by.entry(ino).or_insert(Mark { session: self.session, inflight: 0, at: 0 });
-            if m.inflight == 0 {
-                *m = Mark { session: self.session, inflight: 0, at: m.at.max(at) };
-            }
-        }
-        drop(by);
+    /// The change was applied at log position `at`, and created `created`
+    /// if anything.
+    pub fn applied(mut self, at: u64, created: Option<InodeId>) {
+        self.marks.release(self.session, &self.inodes, Some((at, created)));
         self.done = true;
-        self.marks.released.notify_waiters();
     }
 }
 
 impl Drop for Claim {
     fn drop(&mut self) {
-        if self.done {
-            return;
+        if !self.done {
+            self.marks.release(self.session, &self.inodes, None);
         }
-        let mut by = lock(&self.marks.by);
-        for ino in &self.inodes {
-            if let Some(m) = by.get_mut(ino) {
-                m.inflight = m.inflight.saturating_sub(1);
-            }
-        }
-        drop(by);
-        self.marks.released.notify_waiters();
     }
 }
 
@@ -366,76 +321,40 @@ impl Sessions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicU64, Ordering};
 
-    #[tokio::test]
-    async fn a_change_waits_for_another_sessions_change_to_be_durable() {
+    #[test]
+    fn a_change_on_another_sessions_change_not_yet_durable_is_answered_once_durable() {
         let marks = Arc::new(Marks::default());
-        let end = Arc::new(AtomicU64::new(10));
-        let notify = Arc::new(tokio::sync::Notify::new());
-        let wait = {
-            let (end, notify) = (end.clone(), notify.clone());
-            move |at: u64| {
-                let (end, notify) = (end.clone(), notify.clone());
-                async move {
-                    loop {
-                        let n = notify.notified();
-                        if end.load(Ordering::SeqCst) > at {
-                            return;
-                        }
-                        n.await;
-                    }
-                }
-            }
-        };
         let dir = InodeId(5);
-        // Session 1 changes the directory early, at 12 (not durable: end 10).
-        let e = end.clone();
-        marks.claim(1, vec![dir], || e.load(Ordering::SeqCst), &wait).await.applied(12, true, Some(InodeId(40)));
-        // Session 1 again: no wait (its own changes replay in order).
-        let e = end.clone();
-        marks.claim(1, vec![dir], || e.load(Ordering::SeqCst), &wait).await.applied(13, true, None);
-        // Session 2 on the same directory waits for 13 to be on disk; on
-        // another directory it does not.
-        let e = end.clone();
-        marks.claim(2, vec![InodeId(6)], || e.load(Ordering::SeqCst), &wait).await.applied(14, true, None);
-        let (m2, e2, w2) = (marks.clone(), end.clone(), wait.clone());
-        let blocked = tokio::spawn(async move {
-            m2.claim(2, vec![dir], || e2.load(Ordering::SeqCst), &w2).await.applied(15, true, None);
-        });
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!blocked.is_finished(), "session 2 went ahead of session 1's change that is not durable");
-        // The file session 1 created counts too.
-        end.store(13, Ordering::SeqCst);
-        notify.notify_waiters();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!blocked.is_finished(), "13 is not on disk yet (end 13 means below 13)");
-        end.store(14, Ordering::SeqCst);
-        notify.notify_waiters();
-        tokio::time::timeout(Duration::from_secs(5), blocked).await.expect("released once durable").expect("task");
-        let e = end.clone();
-        let created = tokio::time::timeout(
-            Duration::from_millis(50),
-            marks.claim(3, vec![InodeId(40)], || e.load(Ordering::SeqCst), &wait),
-        )
-        .await;
-        assert!(created.is_ok(), "the created inode's change (12) is durable: no wait");
+        // Session 1 changes the directory early, at 12 (not durable: the
+        // log is on disk below 10), and creates inode 40.
+        let (c, builds) = marks.claim(1, vec![dir], 10);
+        assert!(!builds);
+        c.applied(12, Some(InodeId(40)));
+        // Session 1 again: its own changes replay in order.
+        let (c, builds) = marks.claim(1, vec![dir], 10);
+        assert!(!builds, "a session's own change never holds it back");
+        c.applied(13, None);
+        // Session 2: another directory is free, this one is not.
+        assert!(!marks.claim(2, vec![InodeId(6)], 10).1);
+        assert!(marks.claim(2, vec![dir], 13).1, "13 is not on disk below 13");
+        assert!(marks.claim(2, vec![InodeId(40)], 12).1, "nor is the file session 1 created at 12");
+        assert!(!marks.claim(2, vec![dir], 14).1, "all of session 1's changes are durable below 14");
+        // Once session 2 changed the directory (answered durably), session
+        // 1 building on that change is held back in turn.
+        let (c, _) = marks.claim(2, vec![dir], 14);
+        c.applied(20, None);
+        assert!(marks.claim(1, vec![dir], 14).1);
     }
 
-    #[tokio::test]
-    async fn a_change_in_flight_holds_other_sessions_back_until_applied() {
+    #[test]
+    fn a_change_in_flight_counts_until_applied_or_dropped() {
         let marks = Arc::new(Marks::default());
-        let wait = |_at: u64| async {};
-        let claim = marks.claim(1, vec![InodeId(7)], || 100, wait).await;
-        let m2 = marks.clone();
-        let other = tokio::spawn(async move {
-            m2.claim(2, vec![InodeId(7)], || 100, |_at: u64| async {}).await.applied(101, true, None);
-        });
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!other.is_finished(), "went ahead of a change in flight");
-        // Dropped without being applied (it failed): released too.
+        let (claim, _) = marks.claim(1, vec![InodeId(7)], 100);
+        assert!(marks.claim(2, vec![InodeId(7)], 100).1, "a change in flight may land anywhere");
+        // Dropped without being applied (it failed): nothing left of it.
         drop(claim);
-        tokio::time::timeout(Duration::from_secs(5), other).await.expect("released").expect("task");
+        assert!(!marks.claim(3, vec![InodeId(7)], 100).1);
     }
 
     #[test]

@@ -114,6 +114,8 @@ pub struct Store {
     /// Every change an earlier master process answered is durable: it
     /// stopped cleanly, or it never answered early (see [`SessionInfo`]).
     clean_start: bool,
+    /// The process whose clean stop `clean_start` means (0: any).
+    clean_after: u64,
 }
 
 /// In the group's directory while no master process runs on it after a
@@ -339,12 +341,17 @@ impl Store {
         // After a crash, a master alone in its group may have answered
         // changes it lost: it waits for its registered sessions to replay.
         let clean = raft_dir.join(CLEAN_STOP);
-        let crashed = !clean.exists();
+        // The marker names the process that stopped cleanly.
+        let stopped = std::fs::read_to_string(&clean).ok();
+        let crashed = stopped.is_none();
         if !crashed {
             std::fs::remove_file(&clean).map_err(io(&clean))?;
             crate::raft::log::sync_dir_of(&raft_dir).map_err(io(&raft_dir))?;
         }
         let clean_start = !(crashed && alone && group.log.is_early());
+        // A group answers only durable changes: every earlier process's
+        // answers are on disk (0).
+        let clean_after = stopped.and_then(|s| u64::from_str_radix(s.trim(), 16).ok()).unwrap_or(0);
         let waiting = match clean_start {
             false => registered_sessions(&db).map_err(db_err(&path))?,
             true => HashMap::new(),
@@ -363,6 +370,7 @@ impl Store {
             sessions: crate::sessions::Sessions::new(waiting),
             raft_dir,
             clean_start,
+            clean_after,
         };
         // A new group of one (or one that stopped before its filesystem
         // was created) creates it now, through its log. (A larger group's
@@ -680,36 +688,32 @@ impl Store {
     pub async fn run<O: Op + Touches>(&self, req: Request<O>) -> Result<Acked<O::Output>, FsError> {
         let session = req.id.session;
         let log = &self.group.log;
-        let early = log.is_early() && self.sessions.is_registered(session);
         // Every change of a master that answers early is marked, whoever
-        // made it: a registered session's early answer must not build on
-        // it before it is durable. A replay waits for nobody: what is left
-        // to replay after a crash touches disjoint inodes per session.
-        let claim = match (log.is_early(), req.replay.is_some()) {
-            (false, _) => None,
-            (true, true) => Some(self.sessions.marks.claim_now(session, req.op.touches())),
-            (true, false) => {
-                let wait = |at: u64| {
-                    log.flush_soon();
-                    log.wait_durable(at)
-                };
-                Some(self.sessions.marks.claim(session, req.op.touches(), || log.durable_end(), wait).await)
+        // made it; one that builds on another session's change not yet
+        // durable is answered only once durable itself (see
+        // `crate::sessions`).
+        let (claim, builds_on_others) = match log.is_early() {
+            true => {
+                let (c, b) = self.sessions.marks.claim(session, req.op.touches(), log.durable_end());
+                (Some(c), b)
             }
+            false => (None, false),
         };
+        let early = log.is_early() && self.sessions.is_registered(session) && !builds_on_others;
         let mut cmd = req.op.command(Timestamp::now());
         if let Some(r) = req.replay {
             cmd = Command::Replayed { ino: r.ino, cmd: Box::new(cmd) };
         }
         let cmd = Command::Requested { id: req.id, answered_below: req.answered_below, cmd: Box::new(cmd) };
-        let log2 = log.clone();
         let (reply, at) = self
             .execute_at_then(cmd, move |reply, at| {
-                if let Some(claim) = claim {
+                // A refusal changed nothing: its claim just goes.
+                if let (Some(claim), Ok(reply)) = (claim, reply) {
                     let created = match reply {
-                        Ok(Reply::Attr(a)) => Some(a.ino),
+                        Reply::Attr(a) => Some(a.ino),
                         _ => None,
                     };
-                    claim.applied(at, log2.was_early(at) && reply.is_ok(), created);
+                    claim.applied(at, created);
                 }
             })
             .await?;
@@ -737,7 +741,12 @@ impl Store {
             self.execute(Command::OpenSession { session, host, now: Timestamp::now() }).await?;
         }
         let replay = self.sessions.register(session);
-        Ok(SessionInfo { incarnation: self.sessions.incarnation, replay, clean: self.clean_start })
+        Ok(SessionInfo {
+            incarnation: self.sessions.incarnation,
+            replay,
+            clean: self.clean_start,
+            clean_after: self.clean_after,
+        })
     }
 
     /// A session replayed what it held.
@@ -1108,7 +1117,8 @@ impl Drop for Store {
         match checkpoint(&self.db, &self.gate, &self.group.log) {
             // Everything answered is on disk: the next start needs no replay.
             Ok(()) => {
-                if let Err(e) = crate::raft::log::write_file_atomic(&self.raft_dir, CLEAN_STOP, b"") {
+                let me = format!("{:x}\n", self.sessions.incarnation);
+                if let Err(e) = crate::raft::log::write_file_atomic(&self.raft_dir, CLEAN_STOP, me.as_bytes()) {
                     tracing::error!("marking the stop as clean: {e} (the next start waits for replays)");
                 }
             }

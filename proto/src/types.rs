@@ -546,10 +546,13 @@ pub struct SessionInfo {
     /// This master started after a crash and waits for this session's
     /// replay before it serves anyone (until its replay window ends).
     pub replay: bool,
-    /// Every change an earlier master process answered is durable (it
-    /// stopped cleanly, or answered only durable changes): the client
-    /// drops what it holds instead of replaying it.
+    /// The master process before this one stopped cleanly (or no process
+    /// answered before changes were durable): what it answered is on
+    /// disk, and the client drops it instead of replaying it.
     pub clean: bool,
+    /// The incarnation of that process (0: every earlier one, in a group).
+    /// Changes held from another, older process are replayed.
+    pub clean_after: u64,
 }
 
 /// The attributes of both directories of a rename, after it (the same

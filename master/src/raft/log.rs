@@ -561,15 +561,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
         }
         let end = entries.last().map(|e| e.log_id.index + 1).unwrap_or(first);
+        let early = !changes_membership && self.early.load(std::sync::atomic::Ordering::SeqCst);
+        // Marked early before the entries are readable (under the log's
+        // lock): whoever sees an entry knows whether it must wait for it.
+        if early {
+            self.durable.early_end.fetch_max(end, std::sync::atomic::Ordering::SeqCst);
+        }
         for e in entries {
             inner.entries.insert(e.log_id.index, e);
         }
         // Read under the log's lock: no truncation comes in between.
         let generation = self.durable.generation.load(std::sync::atomic::Ordering::SeqCst);
         drop(inner);
-        let early = !changes_membership && self.early.load(std::sync::atomic::Ordering::SeqCst);
         let done = if early {
-            self.durable.early_end.fetch_max(end, std::sync::atomic::Ordering::SeqCst);
             callback.log_io_completed(Ok(()));
             None
         } else {
