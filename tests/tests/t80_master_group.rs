@@ -387,3 +387,39 @@ fn an_idle_client_holds_no_change_for_long() {
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(c.core().held_changes(), 0, "changes still held 600 ms after the last one");
 }
+
+/// Two clients on two hosts take turns in one directory: each creates a
+/// name, the other looks it up at once, a few thousand times. A name is
+/// visible to the other client as soon as the create returned (a master
+/// alone answers before its disk has the change; the other client's
+/// change on the same directory is then answered only once durable), and
+/// after a `kill -9` of the master in the middle every name is there.
+#[test]
+fn two_clients_taking_turns_in_one_directory_see_each_others_names_at_once() {
+    let mut g = Group::start(1, 1, 100_000);
+    let a = g.client("host-a");
+    let b = g.client("host-b");
+    let owner = stripefs_tests::TEST_OWNER;
+    let dir = a.run(a.core().mkdir(InodeId::ROOT, "shared", 0o755, owner)).expect("mkdir").ino;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut made = Vec::new();
+    for i in 0..3000 {
+        if i == 1500 {
+            g.kill(0);
+            g.restart(0);
+        }
+        let (maker, seer) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        let name = format!("n{i}");
+        let (_, fh) = maker.run(maker.core().create(dir, &name, 0o644, owner, true)).expect("create");
+        maker.run(maker.core().release(fh)).expect("close");
+        let seen = seer.run(seer.core().lookup(dir, &name)).unwrap_or_else(|e| panic!("{name} not seen at once: {e}"));
+        assert!(seen.attr.ino.0 > 1);
+        made.push(name);
+        assert!(Instant::now() < deadline, "3000 turns took over 60 s");
+    }
+    let c = g.client("checker");
+    let mut names = c.list(dir).expect("list");
+    names.sort();
+    made.sort();
+    assert_eq!(names, made, "every acknowledged name is there once after the kill");
+}
