@@ -147,6 +147,9 @@ pub struct ClientStats {
     pub master_reconnects: u64,
     /// Files open on this client.
     pub open_files: u64,
+    /// Metadata changes the master answered and has not yet reported
+    /// durable (kept to replay if it restarts).
+    pub held_changes: u64,
 }
 
 /// A name's attributes and how long the kernel may keep them.
@@ -295,6 +298,7 @@ impl FsCore {
             master_retries,
             master_reconnects,
             open_files: lock(&self.files).len() as u64,
+            held_changes: self.master.held_changes() as u64,
         }
     }
 

@@ -76,6 +76,11 @@ pub fn build(core: Arc<FsCore>) -> (Arc<MountMetrics>, Endpoint) {
     let dirty = gauge(&mut registry, "dirty_bytes", "Unwritten bytes held (buffers and uploads under way)");
     let uploading = gauge(&mut registry, "uploading_bytes", "Bytes of uploads under way");
     let open = gauge(&mut registry, "open_files", "Files open on this client");
+    let held = gauge(
+        &mut registry,
+        "held_changes",
+        "Metadata changes the master answered before they were on its disk, kept to replay until they are",
+    );
     // Two scrapes at once must not both add the same difference.
     let scraping = std::sync::Mutex::new(());
     let refresh = Box::new(move || {
@@ -96,6 +101,7 @@ pub fn build(core: Arc<FsCore>) -> (Arc<MountMetrics>, Endpoint) {
         dirty.set(s.dirty_bytes as i64);
         uploading.set(s.uploading_bytes as i64);
         open.set(s.open_files as i64);
+        held.set(s.held_changes as i64);
     });
     let me = m.clone();
     let ready = Box::new(move || {

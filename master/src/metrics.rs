@@ -71,6 +71,16 @@ pub fn endpoint(state: &Arc<MasterState>, mut registry: Registry) -> Endpoint {
         "Members the leader has not heard from for 2 s (on the leader; 0 elsewhere)",
     );
     let log_bytes = gauge(&mut registry, "log_disk_bytes", "Bytes of this master's log segment files");
+    let durable = gauge(
+        &mut registry,
+        "log_durable_index",
+        "Index below which this master's log is on disk (a master alone answers before it is)",
+    );
+    let awaiting = gauge(
+        &mut registry,
+        "sessions_awaiting_replay",
+        "Client sessions a master restarted after a crash still waits for before it serves",
+    );
     let node_family = |registry: &mut Registry, name: &str, help: &str| {
         let f: Family<NodeLabel, Gauge<i64, AtomicI64>> = Family::default();
         registry.register(name, help, f.clone());
@@ -116,6 +126,8 @@ pub fn endpoint(state: &Arc<MasterState>, mut registry: Registry) -> Endpoint {
         let out = g.members.iter().filter(|m| m.millis_since_contact.is_none_or(|ms| ms > 2000)).count();
         silent.set(if leads { out as i64 } else { 0 });
         log_bytes.set(s.store.log_disk_bytes() as i64);
+        durable.set(s.store.log_durable_end() as i64);
+        awaiting.set(s.store.sessions_awaiting_replay() as i64);
     });
     let ready_state = state.clone();
     let ready = Box::new(move || match ready_state.store.inode_count() {

@@ -256,6 +256,11 @@ impl Sessions {
         lock(&self.phase).as_ref().is_some_and(|p| p.waiting.contains_key(&session))
     }
 
+    /// How many sessions this process still waits for.
+    pub fn awaiting(&self) -> usize {
+        lock(&self.phase).as_ref().map_or(0, |p| p.waiting.len())
+    }
+
     /// Whether `session` is one this process waits for.
     pub fn is_replaying(&self, session: u64) -> bool {
         lock(&self.phase).as_ref().is_some_and(|p| p.waiting.contains_key(&session))

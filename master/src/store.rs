@@ -781,6 +781,16 @@ impl Store {
         }
     }
 
+    /// Entries of the log below this index are on disk.
+    pub fn log_durable_end(&self) -> u64 {
+        self.group.log.durable_end()
+    }
+
+    /// Client sessions this master still waits for to replay.
+    pub fn sessions_awaiting_replay(&self) -> usize {
+        self.sessions.awaiting()
+    }
+
     /// Whether this master serves clients (no replay awaited).
     pub fn is_serving_clients(&self) -> bool {
         self.sessions.is_serving()

@@ -82,6 +82,9 @@ fn every_daemon_serves_metrics_and_health_and_the_numbers_move_with_the_work() {
     assert!(log_after >= log_before + 15.0, "5 creates and 10 commits: the log grew from {log_before} to {log_after}");
     assert!(metric(&after.0, "stripefs_master_group_applied_index") >= log_after - 1.0, "the log is applied");
     assert!(metric(&after.0, "stripefs_master_log_disk_bytes") > 0.0);
+    // The log is on disk up to near its end; nobody to wait for.
+    assert!(metric(&after.0, "stripefs_master_log_durable_index") >= log_before + 15.0, "{}", after.0);
+    assert_eq!(metric(&after.0, "stripefs_master_sessions_awaiting_replay"), 0.0);
     assert!(metric(&after.0, "stripefs_master_chunks") >= 10.0);
     assert!(total(&after.0, "stripefs_master_node_capacity_bytes") > 0.0);
     // Nodes: two replicas of each chunk written, on two nodes.
@@ -97,6 +100,7 @@ fn every_daemon_serves_metrics_and_health_and_the_numbers_move_with_the_work() {
     let writes = |t: &str| labelled(t, "stripefs_mount_fuse_requests_total", "write\"");
     assert!(writes(t) > writes(&before.2), "{t}");
     assert!(metric(t, "stripefs_mount_open_files") >= 0.0);
+    assert!(metric(t, "stripefs_mount_held_changes") >= 0.0, "{t}");
 
     // Every metric the Grafana dashboard and the alert rules use exists.
     let exposed = format!("{}\n{}\n{}", after.0, after.1.join("\n"), after.2);
