@@ -220,11 +220,9 @@ type Resend = Arc<
 /// A change the master answered before it was durable.
 #[derive(Clone)]
 struct HeldChange {
-    seq: u64,
+    id: RequestId,
     /// The master process that answered it.
     incarnation: u64,
-    /// What it was, for the log.
-    what: String,
     resend: Resend,
 }
 
@@ -287,7 +285,7 @@ impl Session {
                 // The oldest left is younger than what went.
                 held.since = Some(Instant::now());
             }
-            done.into_values().map(|c| c.seq).collect()
+            done.into_values().map(|c| c.id.seq).collect()
         };
         self.settle(done);
     }
@@ -315,6 +313,13 @@ impl Session {
         held.changes.insert(d.at, change);
         held.since.get_or_insert_with(Instant::now);
         !held.stale.is_empty()
+    }
+
+    /// The master process of the changes held and the newest one's
+    /// position (None: none held under the current process).
+    fn newest_held(&self) -> Option<(u64, u64)> {
+        let held = lock(&self.held);
+        held.changes.keys().next_back().map(|at| (held.incarnation, *at))
     }
 
     /// Whether changes of an earlier master process wait for a replay.
@@ -420,11 +425,8 @@ impl MasterConn {
         // Registered, the session's changes are answered before they are
         // on the master's disk. Unregistered (the call failed), they are
         // answered once durable, until a reconnect registers it.
-        let ctx = stripefs_proto::net::context_with_timeout(CONNECT_TIMEOUT);
-        match client.open_session(ctx, conn.session.id, conn.host.clone()).await {
-            Ok(Ok(info)) => lock(&conn.session.held).incarnation = info.incarnation,
-            Ok(Err(e)) => tracing::warn!("registering with the master at {addr}: {e}"),
-            Err(e) => tracing::warn!("registering with the master at {addr}: {e}"),
+        if let Err(e) = conn.open_session(&client).await {
+            tracing::warn!("registering with the master at {addr}: {e}");
         }
         Ok(conn)
     }
@@ -614,8 +616,7 @@ impl MasterConn {
                         let req = Request { id, answered_below: 1, op: op.clone(), replay: Some(replay) };
                         Box::pin(async move { M::send(c, ctx, req).await.map(|r| r.map(|a| a.durability)) })
                     });
-                    let what = format!("request {id}");
-                    let change = HeldChange { seq: id.seq, incarnation: d.incarnation, what, resend };
+                    let change = HeldChange { id, incarnation: d.incarnation, resend };
                     if self.session.hold(&d, change) {
                         // Answered by a new master process before this
                         // client replayed what the old one lost.
@@ -654,7 +655,7 @@ impl MasterConn {
         // of it when `clean_after` is 0: a group, whose answers all were).
         let covered = |h: &HeldChange| info.clean && (info.clean_after == 0 || info.clean_after == h.incarnation);
         let (done, to_replay): (Vec<HeldChange>, Vec<HeldChange>) = to_replay.into_iter().partition(covered);
-        self.session.settle(done.iter().map(|h| h.seq).collect());
+        self.session.settle(done.iter().map(|h| h.id.seq).collect());
         if !to_replay.is_empty() {
             tracing::warn!("the master restarted: replaying {} change(s) it had not yet made durable", to_replay.len());
         }
@@ -663,22 +664,21 @@ impl MasterConn {
         for (n, change) in to_replay.iter().enumerate() {
             let ctx = stripefs_proto::net::context_with_timeout(self.call_timeout);
             match (change.resend)(c.clone(), ctx).await {
-                Ok(Ok(d)) if d.is_durable() => settled.push(change.seq),
+                Ok(Ok(d)) if d.is_durable() => settled.push(change.id.seq),
                 Ok(Ok(d)) => replayed.push((d, HeldChange { incarnation: d.incarnation, ..change.clone() })),
                 Ok(Err(e)) => {
                     tracing::error!(
-                        "replaying {} after the master restarted failed ({e}): that change is lost",
-                        change.what
+                        "replaying request {} after the master restarted failed ({e}): that change is lost",
+                        change.id
                     );
-                    settled.push(change.seq);
+                    settled.push(change.id.seq);
                 }
                 // The connection broke again: the next one replays what
                 // is left (and, again, what this one replayed).
                 Err(e) => {
+                    let mut stale: Vec<HeldChange> = replayed.into_iter().map(|(_, h)| h).collect();
+                    stale.extend_from_slice(&to_replay[n..]);
                     let mut held = lock(&self.session.held);
-                    let rest: Vec<HeldChange> = to_replay[..].iter().skip(n).cloned().collect();
-                    let done: Vec<HeldChange> = replayed.into_iter().map(|(_, h)| h).collect();
-                    let mut stale: Vec<HeldChange> = done.into_iter().chain(rest).collect();
                     stale.append(&mut held.stale);
                     held.stale = stale;
                     drop(held);
@@ -720,10 +720,7 @@ impl MasterConn {
     pub async fn sync(&self) -> Result<()> {
         // What is held now (changes made meanwhile by other threads are
         // not this call's business).
-        let target = {
-            let held = lock(&self.session.held);
-            held.changes.keys().next_back().map(|at| (held.incarnation, *at))
-        };
+        let target = self.session.newest_held();
         for _ in 0..3 {
             if self.session.needs_replay() {
                 // A new master process answered: what the old one lost is
@@ -733,19 +730,20 @@ impl MasterConn {
                     continue;
                 }
             }
-            let target = match target {
-                Some((inc, at)) if lock(&self.session.held).incarnation == inc => Some(at),
+            let now = self.session.newest_held();
+            let target = match (target, now) {
+                (Some(t), Some(n)) if t.0 == n.0 => Some(t),
                 // Replayed since: whatever the new process holds now.
-                Some(_) => lock(&self.session.held).changes.keys().next_back().copied(),
-                None => None,
+                (Some(_), n) => n,
+                (None, _) => None,
             };
-            let Some(target) = target else { return Ok(()) };
+            let Some((incarnation, at)) = target else { return Ok(()) };
             let d = self.call(|c, ctx| async move { c.sync(ctx).await }).await?;
             self.session.durable(&d);
-            if d.incarnation == lock(&self.session.held).incarnation && d.durable >= target {
+            if d.incarnation == incarnation && d.durable >= at {
                 return Ok(());
             }
-            if d.incarnation != lock(&self.session.held).incarnation {
+            if d.incarnation != incarnation {
                 // Answered by a process that has not seen our replay yet.
                 let generation = self.client.read().await.0;
                 self.drop_client(generation).await;
@@ -993,7 +991,7 @@ mod tests {
 
     fn change(seq: u64) -> HeldChange {
         let resend: Resend = Arc::new(|_, _| Box::pin(async { Ok(Ok(Durability::default())) }));
-        HeldChange { seq, incarnation: 0, what: format!("change {seq}"), resend }
+        HeldChange { id: RequestId { session: 1, seq }, incarnation: 0, resend }
     }
 
     fn answer(incarnation: u64, at: u64, durable: u64) -> Durability {
@@ -1021,7 +1019,7 @@ mod tests {
         // they are kept for the replay, not dropped.
         assert!(s.hold(&answer(8, 5, 4), change(ids[2].seq)), "the caller must have them replayed");
         assert_eq!(s.held_count(), 2);
-        assert_eq!(lock(&s.held).stale.iter().map(|c| c.seq).collect::<Vec<_>>(), vec![ids[1].seq]);
+        assert_eq!(lock(&s.held).stale.iter().map(|c| c.id.seq).collect::<Vec<_>>(), vec![ids[1].seq]);
         s.durable(&answer(8, 6, 5));
         assert_eq!(s.held_count(), 1, "the stale change waits for its replay");
         assert_eq!(s.answered_below(), ids[1].seq);

@@ -346,7 +346,7 @@ impl Store {
         let crashed = stopped.is_none();
         if !crashed {
             std::fs::remove_file(&clean).map_err(io(&clean))?;
-            crate::raft::log::sync_dir_of(&raft_dir).map_err(io(&raft_dir))?;
+            crate::raft::log::sync_dir(&raft_dir).map_err(io(&raft_dir))?;
         }
         let clean_start = !(crashed && alone && group.log.is_early());
         // A group answers only durable changes: every earlier process's
@@ -794,11 +794,6 @@ impl Store {
     /// Whether this master serves clients (no replay awaited).
     pub fn is_serving_clients(&self) -> bool {
         self.sessions.is_serving()
-    }
-
-    /// Whether `session` is one this master waits for to replay.
-    pub fn is_replaying(&self, session: u64) -> bool {
-        self.sessions.is_replaying(session)
     }
 
     /// This master process's incarnation (see [`Durability`]).

@@ -168,13 +168,9 @@ fn segment_name(first: u64) -> String {
     format!("{SEGMENT_PREFIX}{first:020}")
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
+/// Makes the entries of `dir` (a creation, removal or rename) durable.
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
-}
-
-/// Makes the entries of `dir` (a removal, a rename) durable.
-pub fn sync_dir_of(dir: &Path) -> io::Result<()> {
-    sync_dir(dir)
 }
 
 /// Writes `data` to `dir/name` atomically and durably.
@@ -356,34 +352,38 @@ impl LogStore {
     /// Has what is appended flushed without waiting for more (see
     /// [`LINGER`]); returns at once.
     pub fn flush_soon(&self) {
-        let Some(file) = lock(&self.inner).segments.last().map(|s| s.file.clone()) else { return };
-        let generation = self.durable.generation.load(std::sync::atomic::Ordering::SeqCst);
-        // An ack nobody reads: it only marks the job as waited for.
-        let (tx, _) = mpsc::channel();
-        let job = SyncJob { file, done: None, entries: 0, end: 0, generation, ack: Some(tx) };
-        let _ = self.sync.send(job);
+        // A sync thread that is gone fails the next append or flush.
+        let _ = self.ask_flush();
     }
 
     /// Puts everything appended so far on disk, then returns (blocking:
     /// before a checkpoint of the state machine, which must never be ahead
     /// of the log on disk).
     pub fn flush(&self) -> io::Result<()> {
-        let (file, end) = {
+        let gone = || io_err("raft log", "the log's sync thread is gone");
+        match self.ask_flush().map_err(|_| gone())? {
+            Some(done) => done.recv().map_err(|_| gone()),
+            None => Ok(()),
+        }
+    }
+
+    /// Asks the sync thread to flush what is appended, at once (it ends a
+    /// [`LINGER`]); the receiver hears when that is done (None: nothing
+    /// to flush; Err: the sync thread is gone).
+    fn ask_flush(&self) -> Result<Option<mpsc::Receiver<()>>, mpsc::SendError<SyncJob>> {
+        let job = {
             let inner = lock(&self.inner);
             let end = inner.entries.keys().next_back().map(|i| i + 1).unwrap_or(0);
-            match inner.segments.last() {
-                Some(s) => (s.file.clone(), end),
-                None => return Ok(()),
+            let Some(file) = inner.segments.last().map(|s| s.file.clone()) else { return Ok(None) };
+            if self.durable_end() >= end {
+                return Ok(None);
             }
+            let (tx, rx) = mpsc::channel();
+            let generation = self.durable.generation.load(std::sync::atomic::Ordering::SeqCst);
+            (SyncJob { file, done: None, entries: 0, end, generation, ack: Some(tx) }, rx)
         };
-        if self.durable_end() >= end {
-            return Ok(());
-        }
-        let (tx, rx) = mpsc::channel();
-        let generation = self.durable.generation.load(std::sync::atomic::Ordering::SeqCst);
-        let job = SyncJob { file, done: None, entries: 0, end, generation, ack: Some(tx) };
-        self.sync.send(job).map_err(|_| io_err("raft log", "the log's sync thread is gone"))?;
-        rx.recv().map_err(|_| io_err("raft log", "the log's sync thread is gone"))
+        self.sync.send(job.0)?;
+        Ok(Some(job.1))
     }
 
     /// Index of the last entry in the log (None: empty).
