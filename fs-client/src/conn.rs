@@ -11,6 +11,7 @@
 //! multiplexed connection.
 
 use crate::error::{CallFailure, ClientError, ConnectKind, Result, TransportError};
+use crate::leases::DirLeases;
 use futures::future::BoxFuture;
 use serde::{de::DeserializeOwned, Serialize};
 use std::cell::RefCell;
@@ -392,6 +393,10 @@ pub struct MasterConn {
     /// The current client and its generation (bumped at each reconnect).
     client: tokio::sync::RwLock<(u64, Option<MasterClient>)>,
     on_reconnect: OnceLock<ReconnectHook>,
+    /// The directory leases this session holds.
+    leases: DirLeases,
+    /// Wakes the lease poller (a lease was asked for).
+    lease_wake: tokio::sync::Notify,
 }
 
 impl MasterConn {
@@ -421,6 +426,8 @@ impl MasterConn {
             reconnects: AtomicU64::new(0),
             client: tokio::sync::RwLock::new((0, Some(client.clone()))),
             on_reconnect: OnceLock::new(),
+            leases: DirLeases::new(true),
+            lease_wake: tokio::sync::Notify::new(),
         };
         // Registered, the session's changes are answered before they are
         // on the master's disk. Unregistered (the call failed), they are
@@ -511,6 +518,9 @@ impl MasterConn {
             match connected {
                 Ok((addr, c)) => {
                     let c = MasterClient::from(CallStub::Shared(c));
+                    // Leases of another master process are gone; those of
+                    // this one may be, too (see `crate::leases`).
+                    self.leases.drop_all();
                     // Replays first: the files to re-open may be among them.
                     if let Err(e) = self.open_session(&c).await {
                         if !warned {
@@ -775,6 +785,66 @@ impl MasterConn {
             }
             // Cheap; on a broken connection the reconnect replays.
             let _ = self.call(|c, ctx| async move { c.leader(ctx).await }).await;
+        }
+    }
+
+    /// Turns directory leases off (before any is asked for).
+    pub fn without_leases(mut self) -> MasterConn {
+        self.leases = DirLeases::new(false);
+        self
+    }
+
+    /// The directory leases of this session.
+    pub fn leases(&self) -> &DirLeases {
+        &self.leases
+    }
+
+    /// Asks for the lease on `dir` (see [`crate::leases`]); keeps it if
+    /// granted.
+    pub async fn ask_lease(&self, dir: InodeId) {
+        self.leases.asking(dir);
+        let session = self.session.id;
+        match self.call(|c, ctx| async move { c.lease_dir(ctx, session, dir).await }).await {
+            Ok(Some(grant)) => {
+                let lease = Duration::from_millis(grant.lease_ms);
+                if self.leases.granted(dir, grant.id, grant.names, lease) {
+                    tracing::debug!("holding the lease on directory {dir}");
+                }
+                self.lease_wake.notify_one();
+            }
+            Ok(None) => self.leases.refused(dir),
+            Err(e) => {
+                tracing::debug!("asking for the lease on directory {dir}: {e}");
+                self.leases.refused(dir);
+            }
+        }
+    }
+
+    /// One round of the lease poller: waits until leases are held, then
+    /// sends one poll (which renews them, gives back those released and
+    /// brings recalls). A failed poll drops every lease.
+    pub async fn poll_leases(&self) {
+        if !self.leases.wants_poll() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.lease_wake.notified()).await;
+            return;
+        }
+        let args = self.leases.poll_args();
+        let sent = Instant::now();
+        let session = self.session.id;
+        let (held, released) = (args.held.clone(), args.released.clone());
+        let polled = self
+            .call_on(false, true, |c, ctx| {
+                let (h, r) = (held.clone(), released.clone());
+                async move { c.lease_poll(ctx, session, h, r).await }
+            })
+            .await;
+        match polled {
+            Ok(p) => self.leases.polled(&args, sent, &p.recalled, &p.lost),
+            Err(e) => {
+                tracing::debug!("lease poll: {e}");
+                self.leases.drop_all();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
     }
 

@@ -5,6 +5,7 @@ use crate::cache::BlockCache;
 use crate::conn::{MasterConn, NodePool};
 use crate::error::{ClientError, Result};
 use crate::file::{DirtyBudget, FileState};
+use crate::leases::Outcome;
 use crate::local_reads::LocalReads;
 use crate::names::{Known, Listings};
 use std::collections::HashMap;
@@ -40,6 +41,9 @@ pub struct ClientConfig {
     /// Read replicas of nodes on this host from their files (see
     /// [`crate::local_reads`]).
     pub local_reads: bool,
+    /// Hold directory leases, answering lookups of missing names without
+    /// the master (see [`crate::leases`]).
+    pub dir_leases: bool,
 }
 
 impl Default for ClientConfig {
@@ -55,6 +59,7 @@ impl Default for ClientConfig {
             master_timeout: Duration::from_secs(60),
             call_timeout: crate::conn::METADATA_TIMEOUT,
             local_reads: true,
+            dir_leases: true,
         }
     }
 }
@@ -150,6 +155,10 @@ pub struct ClientStats {
     /// Metadata changes the master answered and has not yet reported
     /// durable (kept to replay if it restarts).
     pub held_changes: u64,
+    /// Directory leases held.
+    pub dir_leases: u64,
+    /// Lookups of missing names answered from a directory lease.
+    pub lease_lookups: u64,
 }
 
 /// A name's attributes and how long the kernel may keep them.
@@ -209,9 +218,12 @@ impl FsCore {
         secret: stripefs_proto::net::Secret,
         cfg: ClientConfig,
     ) -> anyhow::Result<Arc<FsCore>> {
-        let master = MasterConn::connect(master_addr, secret.clone(), cfg.master_timeout, &cfg.host)
+        let mut master = MasterConn::connect(master_addr, secret.clone(), cfg.master_timeout, &cfg.host)
             .await?
             .with_call_timeout(cfg.call_timeout);
+        if !cfg.dir_leases {
+            master = master.without_leases();
+        }
         let info = master.call(|c, ctx| async move { c.fs_info(ctx).await }).await?;
         let cache = BlockCache::new(cfg.cache_bytes);
         // Below two chunks, every append would upload a partial chunk.
@@ -259,6 +271,17 @@ impl FsCore {
                 }
             });
         }
+        // Directory leases held are renewed, and recalls answered, by one
+        // poll under way at a time (see `crate::leases`).
+        {
+            let weak = Arc::downgrade(&core);
+            tokio::spawn(async move {
+                loop {
+                    let Some(core) = weak.upgrade() else { return };
+                    core.master.poll_leases().await;
+                }
+            });
+        }
         // After a reconnect (e.g. a master restart), open files are opened
         // again so the master keeps unlinked-but-open files alive.
         let weak = Arc::downgrade(&core);
@@ -299,6 +322,8 @@ impl FsCore {
             master_reconnects,
             open_files: lock(&self.files).len() as u64,
             held_changes: self.master.held_changes() as u64,
+            dir_leases: self.master.leases().held() as u64,
+            lease_lookups: self.master.leases().answered(),
         }
     }
 
@@ -332,7 +357,10 @@ impl FsCore {
 
     /// The inode named `name` in `parent`: from a recent listing of
     /// `parent` when there is one, else from the master (and a directory
-    /// looked up in name by name gets its listing fetched).
+    /// looked up in name by name gets its listing fetched). A name that is
+    /// not there is answered without the master when this client holds
+    /// the directory's lease (see [`crate::leases`]); one that keeps being
+    /// asked of the master gets the lease asked for.
     pub async fn lookup(&self, parent: InodeId, name: &str) -> Result<Looked> {
         if let Known::Found(attr, left) = self.listings.lookup(parent, name) {
             return Ok(Looked {
@@ -341,14 +369,21 @@ impl FsCore {
                 attr_ttl: left.min(self.cfg.attr_ttl),
             });
         }
+        if self.master.leases().absent(parent, name) {
+            return Err(FsError::NotFound.into());
+        }
         let name = name.to_string();
-        let attr = self
+        let looked = self
             .master
             .call(|c, ctx| {
                 let a1 = name.clone();
                 async move { c.lookup(ctx, parent, a1).await }
             })
-            .await?;
+            .await;
+        if matches!(looked, Err(ClientError::Fs(FsError::NotFound))) && self.master.leases().missed(parent) {
+            self.master.ask_lease(parent).await;
+        }
+        let attr = looked?;
         if self.listings.begin_fetch(parent) {
             let at = Instant::now();
             match self.list_dir(parent, Some(crate::names::MAX_LISTED)).await {
@@ -475,13 +510,31 @@ impl FsCore {
         self.added(parent, &name, r)
     }
 
-    /// Records in the listings what a create of `name` in `parent` did.
+    /// Records in the listings and the leases what a create of `name` in
+    /// `parent` did.
     fn added(&self, parent: InodeId, name: &str, r: Result<Attr>) -> Result<Attr> {
         match &r {
             Ok(attr) => self.listings.added(parent, name, attr),
             Err(_) => self.listings.changed(parent),
         }
+        self.leases_after(parent, name, &r, Outcome::Exists, Some(Outcome::Exists));
         r
+    }
+
+    /// Tells the leases how this client's change of `name` in `dir` ended:
+    /// `done` if it was done, `refused` if the master refused it with
+    /// `Exists` (a create) or `NotFound` (a removal), and nothing if it
+    /// refused otherwise (the name is as it was).
+    fn leases_after<T>(&self, dir: InodeId, name: &str, r: &Result<T>, done: Outcome, refused: Option<Outcome>) {
+        let outcome = match r {
+            Ok(_) => Some(done),
+            Err(ClientError::Fs(FsError::Exists | FsError::NotFound)) => refused,
+            Err(ClientError::Fs(_) | ClientError::ReadOnly | ClientError::BadHandle) => None,
+            Err(ClientError::Transport(_)) => Some(Outcome::Unknown),
+        };
+        if let Some(o) = outcome {
+            self.master.leases().changed(dir, name, o);
+        }
     }
 
     /// Creates a directory.
@@ -512,6 +565,7 @@ impl FsCore {
         self.forget_dir(new_parent);
         let new_name = new_name.to_string();
         let attr = self.master.mutate(ops::Link { ino, new_parent, new_name: new_name.clone() }).await;
+        self.leases_after(new_parent, &new_name, &attr, Outcome::Exists, Some(Outcome::Exists));
         // Every other name of the inode has a stale link count now.
         self.listings.changed(ino);
         self.listings.removed(new_parent, &new_name);
@@ -523,6 +577,7 @@ impl FsCore {
         self.writable()?;
         let name = name.to_string();
         let dir = self.master.mutate(ops::Unlink { parent, name: name.clone() }).await;
+        self.leases_after(parent, &name, &dir, Outcome::Gone, Some(Outcome::Gone));
         self.listings.removed(parent, &name);
         self.remember_dir(dir?);
         Ok(())
@@ -533,6 +588,7 @@ impl FsCore {
         self.writable()?;
         let name = name.to_string();
         let dir = self.master.mutate(ops::Rmdir { parent, name: name.clone() }).await;
+        self.leases_after(parent, &name, &dir, Outcome::Gone, Some(Outcome::Gone));
         self.listings.removed(parent, &name);
         self.remember_dir(dir?);
         Ok(())
@@ -550,7 +606,14 @@ impl FsCore {
         self.writable()?;
         let (name, new_name) = (name.to_string(), new_name.to_string());
         let op = ops::Rename { parent, name: name.clone(), new_parent, new_name: new_name.clone(), flags };
-        let (from, to) = self.master.mutate(op).await?;
+        let r = self.master.mutate(op).await;
+        // An exchange leaves both names there; a refusal leaves both as
+        // they were (NotFound: the source was not there).
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        let from_done = if exchange { Outcome::Exists } else { Outcome::Gone };
+        self.leases_after(parent, &name, &r, from_done, None);
+        self.leases_after(new_parent, &new_name, &r, Outcome::Exists, None);
+        let (from, to) = r?;
         self.listings.removed(parent, &name);
         self.listings.removed(new_parent, &new_name);
         self.remember_dir(from);

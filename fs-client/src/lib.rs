@@ -10,6 +10,7 @@ pub mod core;
 pub mod error;
 pub mod file;
 mod file_io;
+pub mod leases;
 pub mod local_reads;
 pub mod names;
 pub mod options;

@@ -43,6 +43,10 @@ pub struct MountOptions {
     /// `local_reads=on|off`: read replicas of nodes on this host from
     /// their files (default on).
     pub local_reads: bool,
+    /// `dir_leases=on|off`: hold directory leases, so lookups of names
+    /// that do not exist in a directory this mount alone changes need no
+    /// round trip to the master (default on).
+    pub dir_leases: bool,
     /// `metrics=ADDR`: serve Prometheus metrics and health checks there.
     pub metrics: Option<String>,
 }
@@ -65,6 +69,7 @@ impl Default for MountOptions {
             read_ahead_kb: DEFAULT_READ_AHEAD_KB,
             master_timeout: Duration::from_secs(60),
             local_reads: true,
+            dir_leases: true,
             metrics: None,
         }
     }
@@ -207,6 +212,7 @@ pub fn parse_options<S: AsRef<str>>(lists: &[S]) -> Result<MountOptions, String>
                     }
                 }
                 ("local_reads", Some(v)) => o.local_reads = switch(key, v)?,
+                ("dir_leases", Some(v)) => o.dir_leases = switch(key, v)?,
                 ("dirty_mb", Some(v)) => {
                     o.dirty_mb = number(key, v)?;
                     if o.dirty_mb == 0 {
@@ -268,6 +274,8 @@ mod tests {
         assert!(parse_options::<&str>(&[]).expect("none").local_reads);
         assert!(!parse_options(&["local_reads=off"]).expect("off").local_reads);
         assert!(parse_options(&["local_reads=on"]).expect("on").local_reads);
+        assert!(parse_options::<&str>(&[]).expect("none").dir_leases);
+        assert!(!parse_options(&["dir_leases=off"]).expect("off").dir_leases);
     }
 
     #[test]

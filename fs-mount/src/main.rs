@@ -36,7 +36,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// cache, default 256), dirty_mb=N (unwritten data the whole mount may hold, default 128),
 /// read_ahead_kb=N (kernel read-ahead, default 4096; 0 keeps the kernel's
 /// 128; needs root), local_reads=on|off (read the replicas of storage nodes
-/// on this host straight from their files, default on), log=PATH (log of a
+/// on this host straight from their files, default on), dir_leases=on|off
+/// (answer lookups of missing names in a directory this mount alone
+/// changes without asking the master, default on), log=PATH (log of a
 /// background client), metrics=ADDR (serve Prometheus metrics on
 /// http://ADDR/metrics, with /healthz and /readyz). fstab options such as _netdev, defaults, noauto and
 /// nofail are accepted and ignored.

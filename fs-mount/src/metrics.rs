@@ -81,6 +81,12 @@ pub fn build(core: Arc<FsCore>) -> (Arc<MountMetrics>, Endpoint) {
         "held_changes",
         "Metadata changes the master answered before they were on its disk, kept to replay until they are",
     );
+    let leases = gauge(&mut registry, "dir_leases", "Directory leases held");
+    let lease_lookups = counter(
+        &mut registry,
+        "lease_lookups",
+        "Lookups of missing names answered from a directory lease, without the master",
+    );
     // Two scrapes at once must not both add the same difference.
     let scraping = std::sync::Mutex::new(());
     let refresh = Box::new(move || {
@@ -97,11 +103,13 @@ pub fn build(core: Arc<FsCore>) -> (Arc<MountMetrics>, Endpoint) {
         catch_up(&misses, s.cache_misses);
         catch_up(&retries, s.master_retries);
         catch_up(&reconnects, s.master_reconnects);
+        catch_up(&lease_lookups, s.lease_lookups);
         cached.set(s.cached_blocks as i64);
         dirty.set(s.dirty_bytes as i64);
         uploading.set(s.uploading_bytes as i64);
         open.set(s.open_files as i64);
         held.set(s.held_changes as i64);
+        leases.set(s.dir_leases as i64);
     });
     let me = m.clone();
     let ready = Box::new(move || {

@@ -61,6 +61,7 @@ pub fn mount(
         dirty_limit_bytes: opts.dirty_mb << 20,
         master_timeout: opts.master_timeout,
         local_reads: opts.local_reads,
+        dir_leases: opts.dir_leases,
         ..ClientConfig::default()
     };
     let core = rt

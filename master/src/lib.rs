@@ -6,6 +6,7 @@
 
 pub mod fsck;
 pub mod journal;
+pub mod leases;
 pub mod metrics;
 pub mod namespace;
 pub mod raft;

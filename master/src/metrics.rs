@@ -3,6 +3,7 @@
 //! the state of the filesystem and its nodes, read at each scrape.
 
 use crate::state::MasterState;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -81,6 +82,14 @@ pub fn endpoint(state: &Arc<MasterState>, mut registry: Registry) -> Endpoint {
         "sessions_awaiting_replay",
         "Client sessions a master restarted after a crash still waits for before it serves",
     );
+    let leases = gauge(&mut registry, "dir_leases", "Directory leases held by clients");
+    let counter = |registry: &mut Registry, name: &str, help: &str| {
+        let c: Counter = Counter::default();
+        registry.register(name, help, c.clone());
+        c
+    };
+    let grants = counter(&mut registry, "dir_lease_grants", "Directory leases granted");
+    let recalls = counter(&mut registry, "dir_lease_recalls", "Directory leases recalled for another client's change");
     let node_family = |registry: &mut Registry, name: &str, help: &str| {
         let f: Family<NodeLabel, Gauge<i64, AtomicI64>> = Family::default();
         registry.register(name, help, f.clone());
@@ -91,7 +100,10 @@ pub fn endpoint(state: &Arc<MasterState>, mut registry: Registry) -> Endpoint {
     let used = node_family(&mut registry, "node_used_bytes", "Bytes of replicas on each node");
     let up = node_family(&mut registry, "node_up", "1 when the node heartbeats, 0 when it is silent");
     let refresh_state = state.clone();
+    // Two scrapes at once must not both add the same difference.
+    let scraping = std::sync::Mutex::new(());
     let refresh = Box::new(move || {
+        let _one_at_a_time = lock(&scraping);
         let s = &refresh_state;
         let set = |g: &Gauge<i64, AtomicI64>, v: Result<u64, stripefs_proto::FsError>| {
             if let Ok(v) = v {
@@ -128,6 +140,15 @@ pub fn endpoint(state: &Arc<MasterState>, mut registry: Registry) -> Endpoint {
         log_bytes.set(s.store.log_disk_bytes() as i64);
         durable.set(s.store.log_durable_end() as i64);
         awaiting.set(s.store.sessions_awaiting_replay() as i64);
+        let l = s.store.leases();
+        leases.set(l.count() as i64);
+        // Counters only go up: add what was counted since the last scrape.
+        for (c, now) in [(&grants, &l.granted), (&recalls, &l.recalls)] {
+            let now = now.load(std::sync::atomic::Ordering::Relaxed);
+            if now > c.get() {
+                c.inc_by(now - c.get());
+            }
+        }
     });
     let ready_state = state.clone();
     let ready = Box::new(move || match ready_state.store.inode_count() {

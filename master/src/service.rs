@@ -493,6 +493,25 @@ impl MasterService for MasterServer {
         self.shared.store.close_session(session).await
     }
 
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "lease_dir", peer = %self.conn.peer, trace = %ctx.trace_id(), ino = %dir))]
+    async fn lease_dir(self, ctx: Context, session: u64, dir: InodeId) -> Result<Option<DirLease>, FsError> {
+        self.shared.store.ensure_leader().await?;
+        self.shared.store.lease_dir(session, dir)
+    }
+
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "lease_poll", peer = %self.conn.peer, trace = %ctx.trace_id()))]
+    async fn lease_poll(
+        self,
+        ctx: Context,
+        session: u64,
+        held: Vec<(InodeId, u64)>,
+        released: Vec<(InodeId, u64)>,
+    ) -> Result<LeasePoll, FsError> {
+        // A master that is not (or no longer) sure it leads renews nothing.
+        self.shared.store.ensure_leader_now().await?;
+        Ok(self.shared.store.lease_poll(session, held, released).await)
+    }
+
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "sync", peer = %self.conn.peer, trace = %ctx.trace_id()))]
     async fn sync(self, ctx: Context) -> Result<Durability, FsError> {
         self.shared.store.ensure_leader().await?;

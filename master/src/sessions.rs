@@ -75,27 +75,41 @@ pub(crate) fn close(t: &mut Tables, session: u64) -> Result<(), ApplyError> {
 pub trait Touches {
     /// Those inodes.
     fn touches(&self) -> Vec<InodeId>;
+    /// The directories whose names it changes (see [`crate::leases`]).
+    fn names(&self) -> Vec<InodeId> {
+        Vec::new()
+    }
 }
 
 macro_rules! touches {
-    ($($op:ty => |$o:ident| $v:expr;)*) => {$(
+    ($($op:ty => |$o:ident| $v:expr $(, names $n:expr)?;)*) => {$(
         impl Touches for $op {
             fn touches(&self) -> Vec<InodeId> {
                 let $o = self;
                 $v
             }
+            $(fn names(&self) -> Vec<InodeId> {
+                let $o = self;
+                $n
+            })?
         }
     )*};
 }
 
 touches! {
-    ops::Mknod => |o| vec![o.parent];
-    ops::Mkdir => |o| vec![o.parent];
-    ops::Symlink => |o| vec![o.parent];
-    ops::Link => |o| vec![o.ino, o.new_parent];
-    ops::Unlink => |o| vec![o.parent];
-    ops::Rmdir => |o| vec![o.parent];
-    ops::Rename => |o| vec![o.parent, o.new_parent];
+    ops::Mknod => |o| vec![o.parent], names vec![o.parent];
+    ops::Mkdir => |o| vec![o.parent], names vec![o.parent];
+    ops::Symlink => |o| vec![o.parent], names vec![o.parent];
+    ops::Link => |o| vec![o.ino, o.new_parent], names vec![o.new_parent];
+    ops::Unlink => |o| vec![o.parent], names vec![o.parent];
+    ops::Rmdir => |o| vec![o.parent], names vec![o.parent];
+    ops::Rename => |o| vec![o.parent, o.new_parent], names {
+        let mut d = vec![o.parent];
+        if o.new_parent != o.parent {
+            d.push(o.new_parent);
+        }
+        d
+    };
     ops::SetAttrs => |o| vec![o.ino];
     ops::SetXattr => |o| vec![o.ino];
     ops::RemoveXattr => |o| vec![o.ino];

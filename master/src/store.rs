@@ -21,8 +21,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use stripefs_proto::ops::{Acked, Durability, Request};
-use stripefs_proto::types::SessionInfo;
 use stripefs_proto::types::{DirEntry, FileKind, Timestamp};
+use stripefs_proto::types::{DirLease, LeasePoll, SessionInfo};
 use stripefs_proto::{ChunkId, FsError, InodeId, NodeId, Version};
 use tokio_util::sync::CancellationToken;
 
@@ -109,6 +109,8 @@ pub struct Store {
     fatal: CancellationToken,
     /// Client sessions, early answers and the replay window.
     sessions: crate::sessions::Sessions,
+    /// Directory leases granted to client sessions.
+    leases: Arc<crate::leases::Leases>,
     /// The group's directory (the clean-stop marker lives there).
     raft_dir: PathBuf,
     /// Every change an earlier master process answered is durable: it
@@ -368,6 +370,7 @@ impl Store {
             submitted: tokio_util::task::TaskTracker::new(),
             fatal,
             sessions: crate::sessions::Sessions::new(waiting),
+            leases: crate::leases::Leases::new(crate::leases::LEASE),
             raft_dir,
             clean_start,
             clean_after,
@@ -657,7 +660,18 @@ impl Store {
     /// Whether this master serves clients and nodes as the leader: set
     /// once it has rebuilt its soft state after taking the lead (see
     /// `MasterState::took_the_lead`), cleared when it loses the lead.
+    /// Taking the lead starts the directory leases' grace (see
+    /// [`crate::leases`]).
     pub fn set_serving(&self, serving: bool) {
+        if serving {
+            match registered_sessions(&self.db) {
+                Ok(s) => self.leases.begin_grace(s.into_keys().collect()),
+                Err(e) => {
+                    tracing::error!("listing client sessions: {e}");
+                    self.leases.begin_grace(Default::default());
+                }
+            }
+        }
         self.group.serving.store(serving, std::sync::atomic::Ordering::SeqCst);
     }
 
@@ -700,6 +714,15 @@ impl Store {
             false => (None, false),
         };
         let early = log.is_early() && self.sessions.is_registered(session) && !builds_on_others;
+        // A change of names waits for other sessions' leases on them to be
+        // given back, and keeps new ones off until it is applied. A replay
+        // re-does a change made before this process started: no lease of
+        // this process can be older.
+        let names = req.op.names();
+        let change = match req.replay.is_none() && !names.is_empty() {
+            true => Some(self.leases.before_change(session, names).await),
+            false => None,
+        };
         let mut cmd = req.op.command(Timestamp::now());
         if let Some(r) = req.replay {
             cmd = Command::Replayed { ino: r.ino, cmd: Box::new(cmd) };
@@ -707,6 +730,7 @@ impl Store {
         let cmd = Command::Requested { id: req.id, answered_below: req.answered_below, cmd: Box::new(cmd) };
         let (reply, at) = self
             .execute_at_then(cmd, move |reply, at| {
+                drop(change);
                 // A refusal changed nothing: its claim just goes.
                 if let (Some(claim), Ok(reply)) = (claim, reply) {
                     let created = match reply {
@@ -741,6 +765,7 @@ impl Store {
             self.execute(Command::OpenSession { session, host, now: Timestamp::now() }).await?;
         }
         let replay = self.sessions.register(session);
+        self.leases.session_opened(session);
         Ok(SessionInfo {
             incarnation: self.sessions.incarnation,
             replay,
@@ -757,7 +782,87 @@ impl Store {
     /// A session ended: a crash of this master no longer waits for it.
     pub async fn close_session(&self, session: u64) -> Result<(), FsError> {
         self.execute(Command::CloseSession { session }).await?;
+        self.leases.session_closed(session);
         Ok(())
+    }
+
+    /// Grants `session` a lease on the names of `dir`, with its listing
+    /// (see [`crate::leases`]); None when refused, or when `dir` has more
+    /// than [`crate::leases::MAX_NAMES`] names.
+    pub fn lease_dir(&self, session: u64, dir: InodeId) -> Result<Option<DirLease>, FsError> {
+        let id = match self.leases.grant(session, dir) {
+            Ok(id) => id,
+            Err(why) => {
+                tracing::debug!("lease on directory {dir} for session {session:x} refused: {why:?}");
+                return Ok(None);
+            }
+        };
+        // Read after the grant: every other session's change is in it or
+        // waits for the lease to come back.
+        match self.names(dir, crate::leases::MAX_NAMES) {
+            Ok(Some(names)) => Ok(Some(DirLease { id, names, lease_ms: self.leases.lease().as_millis() as u64 })),
+            Ok(None) => {
+                self.leases.give_back(session, dir, id);
+                Ok(None)
+            }
+            Err(e) => {
+                self.leases.give_back(session, dir, id);
+                Err(e)
+            }
+        }
+    }
+
+    /// A holder's lease poll (see [`crate::leases::Leases::poll`]).
+    pub async fn lease_poll(
+        &self,
+        session: u64,
+        held: Vec<(InodeId, u64)>,
+        released: Vec<(InodeId, u64)>,
+    ) -> LeasePoll {
+        let (recalled, lost) = self.leases.poll(session, &held, &released, crate::leases::POLL_WAIT).await;
+        LeasePoll { recalled, lost }
+    }
+
+    /// The directory leases (metrics, tests).
+    pub fn leases(&self) -> &crate::leases::Leases {
+        &self.leases
+    }
+
+    /// Every name in `dir`, read in pieces; None once there are more than
+    /// `max`.
+    fn names(&self, dir: InodeId, max: usize) -> Result<Option<Vec<String>>, FsError> {
+        const PIECE: usize = 4096;
+        let mut out: Vec<String> = Vec::new();
+        loop {
+            let txn = self.read()?;
+            let inodes = txn.open_table(tables::INODES).map_err(internal)?;
+            let d = inodes.get(dir.0).map_err(internal)?.ok_or(FsError::NotFound)?;
+            if InodeRecord::decode(d.value()).map_err(internal)?.kind != FileKind::Dir {
+                return Err(FsError::NotDir);
+            }
+            let entries = txn.open_table(tables::DIR_ENTRIES).map_err(internal)?;
+            let after = out.last().cloned();
+            let start = after.as_deref().unwrap_or("");
+            let mut n = 0;
+            for item in entries.range((dir.0, start)..(dir.0 + 1, "")).map_err(internal)? {
+                let (k, _) = item.map_err(internal)?;
+                let name = k.value().1;
+                if after.is_some() && name == start {
+                    continue;
+                }
+                out.push(name.to_string());
+                n += 1;
+                if out.len() > max {
+                    return Ok(None);
+                }
+                if n >= PIECE {
+                    break;
+                }
+            }
+            if n < PIECE {
+                return Ok(Some(out));
+            }
+        }
     }
 
     /// Waits until every change applied so far is durable.

@@ -41,7 +41,8 @@ const MAGIC: &[u8; 8] = b"STRIPEFS";
 /// `group_change` RPCs.
 /// 8: early answers: mutations answer [`crate::ops::Acked`] with their
 /// durability, requests may be replays, client sessions register.
-pub const PROTOCOL_VERSION: u32 = 8;
+/// 9: directory leases: the `lease_dir` and `lease_poll` RPCs.
+pub const PROTOCOL_VERSION: u32 = 9;
 const NONCE_BYTES: usize = 32;
 const MAC_BYTES: usize = 32;
 

@@ -105,6 +105,19 @@ pub trait MasterService {
     async fn session_replayed(session: u64) -> Result<(), FsError>;
     /// The session ends (a clean unmount): nothing to wait for after a crash.
     async fn close_session(session: u64) -> Result<(), FsError>;
+    /// Asks for a lease on the names of directory `dir` for `session`
+    /// (docs/ARCHITECTURE.md, "Directory leases"). None: not now (another
+    /// session holds it or changed the directory lately, or it is too big
+    /// to list); ask again later.
+    async fn lease_dir(session: u64, dir: InodeId) -> Result<Option<DirLease>, FsError>;
+    /// Renews the leases `held` by `session`, gives back those `released`,
+    /// and waits (up to about a second) for the master to recall one. The
+    /// holder keeps one poll under way while it holds leases.
+    async fn lease_poll(
+        session: u64,
+        held: Vec<(InodeId, u64)>,
+        released: Vec<(InodeId, u64)>,
+    ) -> Result<LeasePoll, FsError>;
     /// Waits until every change applied so far is durable (fsync, syncfs).
     async fn sync() -> Result<Durability, FsError>;
     /// The address of the master leading the group, as far as this one

@@ -555,6 +555,32 @@ pub struct SessionInfo {
     pub clean_after: u64,
 }
 
+/// A lease on a directory's names (see [`crate::MasterService::lease_dir`]):
+/// while it lasts, no other client changes the names in the directory
+/// without the master first recalling it, so the holder answers lookups
+/// of names that are not there without asking.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DirLease {
+    /// Names this grant (a recall or a release names it).
+    pub id: u64,
+    /// Every name in the directory when the lease began.
+    pub names: Vec<String>,
+    /// How long the lease lasts from the moment the holder asked for it,
+    /// and from each of its polls that renews it.
+    pub lease_ms: u64,
+}
+
+/// The answer to a lease poll (see [`crate::MasterService::lease_poll`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LeasePoll {
+    /// Leases the master wants back: the holder stops answering from them
+    /// and names them as released in its next poll.
+    pub recalled: Vec<(InodeId, u64)>,
+    /// Leases the poll named that the master no longer holds for this
+    /// session (expired, or granted by another master process).
+    pub lost: Vec<(InodeId, u64)>,
+}
+
 /// The attributes of both directories of a rename, after it (the same
 /// twice for a rename within one directory; none where a directory is
 /// gone meanwhile).

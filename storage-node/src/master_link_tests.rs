@@ -127,6 +127,8 @@ impl MasterService for FakeMaster {
         session_replayed(session: u64) -> ();
         close_session(session: u64) -> ();
         sync() -> Durability;
+        lease_dir(session: u64, dir: InodeId) -> Option<DirLease>;
+        lease_poll(session: u64, held: Vec<(InodeId, u64)>, released: Vec<(InodeId, u64)>) -> LeasePoll;
     }
 
     async fn register_node(self, _: Context, hello: NodeHello) -> Result<Registered, FsError> {

@@ -225,3 +225,69 @@ fn an_open_whose_answer_was_lost_takes_one_reference_so_an_unlinked_file_is_free
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Lookups of `dir`'s missing names that reached the master so far.
+fn master_lookups(c: &TestCluster) -> f64 {
+    let (_, text) = stripefs_tests::http_get(&c.master_metrics_addr(), "/metrics");
+    stripefs_tests::metric(&text, "stripefs_master_rpc_requests_total{op=\"lookup\"}")
+}
+
+#[test]
+fn a_directory_one_client_works_in_answers_missing_names_without_the_master_until_another_changes_it() {
+    use stripefs_proto::types::FileKind;
+    let c = TestCluster::builder().start();
+    let (a, b) = (c.client(), c.client());
+    let (ca, cb) = (a.core().clone(), b.core().clone());
+    let d = a.run(ca.mkdir(ROOT, "spill", 0o755, TEST_OWNER)).expect("mkdir").ino;
+    let missing = |name: &str| match a.run(ca.lookup(d, name)) {
+        Err(ClientError::Fs(FsError::NotFound)) => {}
+        other => panic!("lookup of {name}: {other:?}"),
+    };
+    for round in 0..3 {
+        // As the kernel does: a lookup of each name before creating it.
+        let (asked_before, answered_before) = (master_lookups(&c), ca.stats().lease_lookups);
+        for i in 0..100 {
+            let name = format!("a{round}-{i}");
+            missing(&name);
+            a.run(ca.mknod(d, &name, FileKind::File, 0o644, TEST_OWNER, 0)).expect("mknod");
+        }
+        let asked = master_lookups(&c) - asked_before;
+        let answered = ca.stats().lease_lookups - answered_before;
+        assert_eq!(ca.stats().dir_leases, 1, "round {round}: the lease is held");
+        assert!(
+            asked <= f64::from(stripefs_client::leases::ASK_AFTER),
+            "round {round}: {asked} lookups reached the master ({answered} answered by the lease)"
+        );
+        assert!(answered >= 100 - u64::from(stripefs_client::leases::ASK_AFTER), "round {round}: {answered}");
+        // Names A made exist for A, and one A removed does not.
+        a.run(ca.unlink(d, &format!("a{round}-0"))).expect("unlink");
+        missing(&format!("a{round}-0"));
+        assert!(a.run(ca.lookup(d, &format!("a{round}-1"))).is_ok());
+
+        // Another client's create recalls the lease before it is done:
+        // A sees the name as soon as B's call returned.
+        let theirs = format!("b{round}");
+        b.run(cb.mknod(d, &theirs, FileKind::File, 0o644, TEST_OWNER, 0)).expect("B's mknod");
+        assert_eq!(ca.stats().dir_leases, 0, "round {round}: given back before B's create went ahead");
+        let seen = a.run(ca.lookup(d, &theirs)).unwrap_or_else(|e| panic!("A does not see {theirs}: {e}"));
+        assert_eq!(seen.attr.kind, FileKind::File);
+        // B's rename onto a name A made, and A's removal of B's name.
+        b.run(cb.rename(d, &theirs, d, &format!("a{round}-2"), 0)).expect("B's rename");
+        a.run(ca.unlink(d, &format!("a{round}-2"))).expect("A removes what B renamed");
+        missing(&theirs);
+        // A directory another client just changed is not leased again
+        // at once (no lease passed back and forth at every turn).
+        std::thread::sleep(stripefs_master::leases::CONTENDED + Duration::from_millis(200));
+    }
+    // A holder that dies without giving its lease back holds the others
+    // back for one lease at most.
+    for i in 0..5 {
+        let name = format!("last-{i}");
+        missing(&name);
+        a.run(ca.mknod(d, &name, FileKind::File, 0o644, TEST_OWNER, 0)).expect("mknod");
+    }
+    assert_eq!(ca.stats().dir_leases, 1);
+    drop(a);
+    b.run(cb.mknod(d, "after-a", FileKind::File, 0o644, TEST_OWNER, 0)).expect("B goes on after A died");
+    assert_eq!(b.list(d).expect("list").len(), 3 * 98 + 5 + 1);
+}
