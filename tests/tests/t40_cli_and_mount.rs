@@ -698,7 +698,9 @@ fn restart_by_command_line(args: &[String], log: &Path) -> ChildGuard {
 }
 
 /// Creates and reads back a file through `mnt`, retrying (bounded) while
-/// the cluster comes back; panics with the last error after `limit`.
+/// the cluster comes back; panics with the last error after `limit`, and
+/// the end of the logs of the cluster whose data directory is `mnt`'s
+/// sibling `data` (or of the processes' own logs next to it).
 fn must_create_through(mnt: &Path, name: &str, limit: Duration) {
     let data = random_bytes(200_000);
     let deadline = Instant::now() + limit;
@@ -707,10 +709,34 @@ fn must_create_through(mnt: &Path, name: &str, limit: Duration) {
         match r {
             Ok(back) if back == data => return,
             Ok(_) => panic!("{name} read back different bytes"),
-            Err(e) => assert!(Instant::now() < deadline, "creating {name} still fails after {limit:?}: {e}"),
+            Err(e) if Instant::now() >= deadline => {
+                let dir = mnt.parent().expect("the mount point has a parent");
+                panic!("creating {name} still fails after {limit:?}: {e}\n{}", log_tails(dir))
+            }
+            Err(_) => {}
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// The last lines of every `*.log` under `dir` (two levels deep), for a
+/// failure message.
+fn log_tails(dir: &Path) -> String {
+    let mut logs: Vec<PathBuf> = Vec::new();
+    for d in [dir.to_path_buf(), dir.join("data")] {
+        if let Ok(entries) = fs::read_dir(&d) {
+            logs.extend(entries.filter_map(|e| Some(e.ok()?.path())).filter(|p| p.extension() == Some("log".as_ref())));
+        }
+    }
+    logs.sort();
+    let mut out = String::new();
+    for log in logs {
+        let text = fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        out +=
+            &format!("--- last lines of {}\n{}\n", log.display(), lines[lines.len().saturating_sub(40)..].join("\n"));
+    }
+    out
 }
 
 #[test]
