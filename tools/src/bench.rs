@@ -65,6 +65,10 @@ pub struct BenchArgs {
     /// Threads of the parallel random-read and parallel-write tests.
     #[arg(long, value_name = "N", default_value_t = 4)]
     threads: usize,
+    /// Threads of the parallel metadata tests (create, rename, unlink,
+    /// mkdir, rmdir of --files names in all), each in its own directory.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    meta_threads: usize,
     /// Replicas of the data written in a stripefs DIR (its scratch directory's policy) [default: inherited
     /// from DIR].
     #[arg(long, value_name = "N")]
@@ -124,6 +128,7 @@ pub async fn run(args: BenchArgs, master: Option<&str>, secret_file: Option<&Pat
         small_files: args.small_files,
         random_reads: args.random_reads,
         threads: args.threads,
+        meta_threads: args.meta_threads,
         drop_caches: !args.no_drop_caches,
     };
     // From here on, returning removes the scratch directories.
@@ -334,6 +339,7 @@ mod tests {
             small_files: 20,
             random_reads: 100,
             threads: 4,
+            meta_threads: 3,
             drop_caches: false,
         }
     }
@@ -387,6 +393,11 @@ mod tests {
                 "unlink",
                 "mkdir",
                 "rmdir",
+                "par_create",
+                "par_rename",
+                "par_unlink",
+                "par_mkdir",
+                "par_rmdir",
                 "small_write",
                 "small_read"
             ]

@@ -77,8 +77,9 @@ enum Command {
     /// The suite: sequential write of --size in 1 MiB writes with an fsync at the end; cold sequential
     /// read of it; random aligned 4 KiB reads of it by 1 thread and by --threads threads; --threads
     /// writers each writing --size/--threads; on --files files in one directory: create, stat (cold),
-    /// readdir, rename, unlink, then mkdir and rmdir of as many directories; --small-files files of
-    /// 64 KiB: write (no fsync), cold read. Data is incompressible. Before each cold test the page cache
+    /// readdir, rename, unlink, then mkdir and rmdir of as many directories; the same create, rename,
+    /// unlink, mkdir and rmdir by --meta-threads threads at once, each in a directory of its own
+    /// (--files names in all); --small-files files of 64 KiB: write (no fsync), cold read. Data is incompressible. Before each cold test the page cache
     /// is dropped when running as root (the report says when it could not be).
     ///
     /// When DIR (or the baseline) is in a stripefs mount, cold tests also empty that client's block

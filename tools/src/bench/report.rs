@@ -290,7 +290,7 @@ pub fn to_json(r: &Report, ctx: &Context) -> serde_json::Value {
             "size_bytes": c.size_bytes, "io_bytes": IO_BYTES, "files": c.files,
             "small_files": c.small_files, "small_file_bytes": SMALL_FILE_BYTES,
             "random_reads": c.random_reads, "random_read_bytes": RANDOM_READ_BYTES,
-            "threads": c.threads, "drop_caches": c.drop_caches,
+            "threads": c.threads, "meta_threads": c.meta_threads, "drop_caches": c.drop_caches,
         },
         "figures": figures,
         "client_rss": rss,
@@ -317,6 +317,7 @@ mod tests {
             small_files: 2_000,
             random_reads: 20_000,
             threads: 4,
+            meta_threads: 8,
             drop_caches: true,
         }
     }

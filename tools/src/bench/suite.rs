@@ -26,7 +26,7 @@ pub const RANDOM_READ_BYTES: usize = 4096;
 /// Size of each small file.
 pub const SMALL_FILE_BYTES: usize = 64 << 10;
 /// Figures measured in each directory.
-pub const MEASURES: usize = 14;
+pub const MEASURES: usize = 19;
 /// Operations between two progress updates (and interrupt checks in threads).
 const TICK_OPS: usize = 64;
 
@@ -49,6 +49,9 @@ pub struct Config {
     pub random_reads: usize,
     /// Threads of the parallel random-read and write tests.
     pub threads: usize,
+    /// Threads of the parallel metadata tests, each in a directory of its
+    /// own (as Spark's executors or Ray's workers).
+    pub meta_threads: usize,
     /// Drop the kernel's page cache before cold phases (needs root). When it
     /// is off or fails, cold phases only make the kernel forget the data
     /// files' pages (posix_fadvise DONTNEED) and the report says so.
@@ -65,6 +68,7 @@ impl Config {
             "--size must be at least 4K per thread"
         );
         ensure!(self.files >= 1, "--files must be at least 1");
+        ensure!((1..=256).contains(&self.meta_threads), "--meta-threads must be between 1 and 256");
         ensure!(self.small_files >= 1, "--small-files must be at least 1");
         ensure!(self.random_reads >= 1, "--random-reads must be at least 1");
         Ok(())
@@ -207,6 +211,7 @@ impl<'a> Runner<'a> {
         std::fs::remove_file(&seq).with_context(|| format!("remove {}", seq.display()))?;
         self.parallel_write()?;
         self.metadata()?;
+        self.parallel_metadata()?;
         self.small_files()?;
         debug_assert_eq!(self.measures.len(), MEASURES);
         Ok(SideResult { measures: self.measures, cache_note: self.cache_note })
@@ -402,6 +407,54 @@ impl<'a> Runner<'a> {
         self.record("rmdir", format!("rmdir {count} directories"), Unit::Ops, n as f64, e);
 
         std::fs::remove_dir(&dir).with_context(|| format!("remove {}", dir.display()))
+    }
+
+    /// The metadata tests by `meta_threads` threads at once, each in a
+    /// directory of its own, `files` names in all.
+    fn parallel_metadata(&mut self) -> anyhow::Result<()> {
+        let threads = self.cfg.meta_threads;
+        let per = (self.cfg.files / threads).max(1);
+        let n = per * threads;
+        let top = self.root.join("meta-par");
+        std::fs::create_dir(&top).with_context(|| format!("create {}", top.display()))?;
+        let dirs: Vec<PathBuf> = (0..threads).map(|t| top.join(format!("t{t:03}"))).collect();
+        for d in &dirs {
+            std::fs::create_dir(d).with_context(|| format!("create {}", d.display()))?;
+        }
+        let count = group(n as u64);
+        let label = format!("{threads} threads in {threads} directories");
+        type Op = fn(&Path, usize) -> std::io::Result<()>;
+        let phases: [(&'static str, &str, Op); 5] = [
+            ("par_create", "create", |d, i| {
+                OpenOptions::new().write(true).create_new(true).open(d.join(format!("f{i:07}"))).map(drop)
+            }),
+            ("par_rename", "rename", |d, i| std::fs::rename(d.join(format!("f{i:07}")), d.join(format!("r{i:07}")))),
+            ("par_unlink", "unlink", |d, i| std::fs::remove_file(d.join(format!("r{i:07}")))),
+            ("par_mkdir", "mkdir", |d, i| std::fs::create_dir(d.join(format!("d{i:07}")))),
+            ("par_rmdir", "rmdir", |d, i| std::fs::remove_dir(d.join(format!("d{i:07}")))),
+        ];
+        for (key, what, op) in phases {
+            let noun = if what.ends_with("dir") { "directories" } else { "files" };
+            self.phase(&format!("{what} {count} {noun}, {label}"), n as u64)?;
+            let (pb, stop) = (self.pb, self.stop);
+            let e = timed_threads(&dirs, |d| {
+                move || -> anyhow::Result<()> {
+                    for i in 0..per {
+                        if i.is_multiple_of(TICK_OPS) {
+                            stopped(stop)?;
+                            pb.inc(i.min(TICK_OPS) as u64);
+                        }
+                        op(d, i).with_context(|| format!("{what} #{i} in {}", d.display()))?;
+                    }
+                    Ok(())
+                }
+            })?;
+            self.record(key, format!("{what} {count} {noun}, {label}"), Unit::Ops, n as f64, e);
+        }
+        for d in &dirs {
+            std::fs::remove_dir(d).with_context(|| format!("remove {}", d.display()))?;
+        }
+        std::fs::remove_dir(&top).with_context(|| format!("remove {}", top.display()))
     }
 
     fn small_files(&mut self) -> anyhow::Result<()> {
@@ -621,6 +674,7 @@ mod tests {
             small_files: 1,
             random_reads: 1,
             threads: 4,
+            meta_threads: 8,
             drop_caches: false,
         };
         cfg.check().expect("small but valid");
