@@ -799,10 +799,9 @@ impl MasterConn {
         &self.leases
     }
 
-    /// Asks for the lease on `dir` (see [`crate::leases`]); keeps it if
-    /// granted.
+    /// Asks for the lease on `dir` (see [`crate::leases`]), after
+    /// [`DirLeases::missed`] said so; keeps it if granted.
     pub async fn ask_lease(&self, dir: InodeId) {
-        self.leases.asking(dir);
         let session = self.session.id;
         match self.call(|c, ctx| async move { c.lease_dir(ctx, session, dir).await }).await {
             Ok(Some(grant)) => {
@@ -842,6 +841,7 @@ impl MasterConn {
             Ok(p) => self.leases.polled(&args, sent, &p.recalled, &p.lost),
             Err(e) => {
                 tracing::debug!("lease poll: {e}");
+                self.leases.poll_failed(args);
                 self.leases.drop_all();
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }

@@ -506,6 +506,7 @@ impl FsCore {
         self.writable()?;
         self.forget_dir(parent);
         let name = name.to_string();
+        self.master.leases().before(parent, &name);
         let r = self.master.mutate(ops::Mknod { parent, name: name.clone(), kind, perm, owner, rdev }).await;
         self.added(parent, &name, r)
     }
@@ -529,8 +530,12 @@ impl FsCore {
         let outcome = match r {
             Ok(_) => Some(done),
             Err(ClientError::Fs(FsError::Exists | FsError::NotFound)) => refused,
+            // No answer, or one that does not say whether it was applied.
+            Err(ClientError::Transport(_))
+            | Err(ClientError::Fs(
+                FsError::NotLeader | FsError::Internal | FsError::Unavailable | FsError::Stale | FsError::Corrupt,
+            )) => Some(Outcome::Unknown),
             Err(ClientError::Fs(_) | ClientError::ReadOnly | ClientError::BadHandle) => None,
-            Err(ClientError::Transport(_)) => Some(Outcome::Unknown),
         };
         if let Some(o) = outcome {
             self.master.leases().changed(dir, name, o);
@@ -541,6 +546,7 @@ impl FsCore {
     pub async fn mkdir(&self, parent: InodeId, name: &str, perm: u32, owner: Owner) -> Result<Attr> {
         self.writable()?;
         let name = name.to_string();
+        self.master.leases().before(parent, &name);
         let made = self.master.mutate(ops::Mkdir { parent, name: name.clone(), perm, owner }).await;
         self.added(parent, &name, made.map(|m| self.made(m)))
     }
@@ -550,6 +556,7 @@ impl FsCore {
         self.writable()?;
         self.forget_dir(parent);
         let (name, target) = (name.to_string(), target.to_string());
+        self.master.leases().before(parent, &name);
         let r = self.master.mutate(ops::Symlink { parent, name: name.clone(), target, owner }).await;
         self.added(parent, &name, r)
     }
@@ -564,6 +571,7 @@ impl FsCore {
         self.writable()?;
         self.forget_dir(new_parent);
         let new_name = new_name.to_string();
+        self.master.leases().before(new_parent, &new_name);
         let attr = self.master.mutate(ops::Link { ino, new_parent, new_name: new_name.clone() }).await;
         self.leases_after(new_parent, &new_name, &attr, Outcome::Exists, Some(Outcome::Exists));
         // Every other name of the inode has a stale link count now.
@@ -576,6 +584,7 @@ impl FsCore {
     pub async fn unlink(&self, parent: InodeId, name: &str) -> Result<()> {
         self.writable()?;
         let name = name.to_string();
+        self.master.leases().before(parent, &name);
         let dir = self.master.mutate(ops::Unlink { parent, name: name.clone() }).await;
         self.leases_after(parent, &name, &dir, Outcome::Gone, Some(Outcome::Gone));
         self.listings.removed(parent, &name);
@@ -587,6 +596,7 @@ impl FsCore {
     pub async fn rmdir(&self, parent: InodeId, name: &str) -> Result<()> {
         self.writable()?;
         let name = name.to_string();
+        self.master.leases().before(parent, &name);
         let dir = self.master.mutate(ops::Rmdir { parent, name: name.clone() }).await;
         self.leases_after(parent, &name, &dir, Outcome::Gone, Some(Outcome::Gone));
         self.listings.removed(parent, &name);
@@ -606,6 +616,8 @@ impl FsCore {
         self.writable()?;
         let (name, new_name) = (name.to_string(), new_name.to_string());
         let op = ops::Rename { parent, name: name.clone(), new_parent, new_name: new_name.clone(), flags };
+        self.master.leases().before(parent, &name);
+        self.master.leases().before(new_parent, &new_name);
         let r = self.master.mutate(op).await;
         // An exchange leaves both names there; a refusal leaves both as
         // they were (NotFound: the source was not there).
@@ -699,6 +711,7 @@ impl FsCore {
     ) -> Result<(Attr, u64)> {
         self.writable()?;
         let name = name.to_string();
+        self.master.leases().before(parent, &name);
         let made = self.master.mutate_shared(ops::Create { parent, name: name.clone(), perm, owner }).await;
         let attr = self.added(parent, &name, made.map(|m| self.made(m)))?;
         let (fh, _) = self.open_with(attr.ino, write, Some(attr.clone())).await?;

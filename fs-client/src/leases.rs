@@ -51,6 +51,8 @@ enum State {
 #[derive(Debug, Default)]
 struct Inner {
     dirs: HashMap<InodeId, State>,
+    /// Size of `dirs` at which old entries are pruned next.
+    prune_at: usize,
     /// Grants recalled before their answer arrived.
     recalled_early: HashSet<u64>,
     /// Leases to name as given back in the next poll.
@@ -124,7 +126,8 @@ impl DirLeases {
     }
 
     /// A lookup of a missing name in `dir` went to the master: true when
-    /// the caller should now ask for its lease ([`DirLeases::asking`]).
+    /// the caller should now ask for its lease (it is then marked as
+    /// asked for, so only one ask per directory is under way).
     pub fn missed(&self, dir: InodeId) -> bool {
         if !self.enabled {
             return false;
@@ -132,7 +135,7 @@ impl DirLeases {
         let mut inner = self.lock();
         let now = Instant::now();
         let state = inner.dirs.entry(dir).or_insert(State::Counting { since: now, misses: 0 });
-        match state {
+        let ask = match state {
             State::Counting { since, misses } => {
                 if now.duration_since(*since) >= COUNT_PERIOD {
                     *since = now;
@@ -145,20 +148,36 @@ impl DirLeases {
                 *state = State::Counting { since: now, misses: 1 };
                 false
             }
-            // A held lease that expired unrenewed: ask again.
+            // A held lease that expired unrenewed: ask again (the master
+            // renews it under a new id).
             State::Held { valid_until, .. } if *valid_until <= now => true,
             _ => false,
-        }
-    }
-
-    /// The caller asks for `dir`'s lease now.
-    pub fn asking(&self, dir: InodeId) {
-        let mut inner = self.lock();
-        let old = inner.dirs.insert(dir, State::Asking { sent: Instant::now(), disturbed: false });
-        if let Some(State::Held { id, .. }) = old {
-            inner.released.push((dir, id));
+        };
+        if ask {
+            let old = inner.dirs.insert(dir, State::Asking { sent: now, disturbed: false });
+            if let Some(State::Held { id, .. }) = old {
+                inner.released.push((dir, id));
+            }
         }
         self.bound(&mut inner);
+        ask
+    }
+
+    /// A change of this client to `name` in `dir` is about to be sent: a
+    /// lease held counts the name as maybe there until the change ends
+    /// (so no lookup finds it missing while another client may already
+    /// see it), and a grant under way is given back.
+    pub fn before(&self, dir: InodeId, name: &str) {
+        if !self.enabled {
+            return;
+        }
+        match self.lock().dirs.get_mut(&dir) {
+            Some(State::Held { names, .. }) => {
+                names.insert(name.to_string());
+            }
+            Some(State::Asking { disturbed, .. }) => *disturbed = true,
+            _ => {}
+        }
     }
 
     /// The master granted lease `id` on `dir` with its `names`, lasting
@@ -221,10 +240,11 @@ impl DirLeases {
         }
     }
 
-    /// What the next poll sends: the leases held, and those given back.
+    /// What the next poll sends: the leases held, and those given back
+    /// (never one held: a release ends it at the master).
     pub fn poll_args(&self) -> PollArgs {
         let mut inner = self.lock();
-        let held = inner
+        let held: Vec<(InodeId, u64)> = inner
             .dirs
             .iter()
             .filter_map(|(d, s)| match s {
@@ -232,7 +252,14 @@ impl DirLeases {
                 _ => None,
             })
             .collect();
-        PollArgs { held, released: std::mem::take(&mut inner.released) }
+        let mut released = std::mem::take(&mut inner.released);
+        released.retain(|r| !held.contains(r));
+        PollArgs { held, released }
+    }
+
+    /// A poll failed: what it gave back is given back by the next one.
+    pub fn poll_failed(&self, args: PollArgs) {
+        self.lock().released.extend(args.released);
     }
 
     /// Whether a poll should be under way (leases held, asked for or to
@@ -278,7 +305,8 @@ impl DirLeases {
                 }
             }
         }
-        if inner.recalled_early.len() > 1024 {
+        // Forgotten only while no grant is on its way.
+        if inner.recalled_early.len() > 1024 && !inner.dirs.values().any(|s| matches!(s, State::Asking { .. })) {
             inner.recalled_early.clear();
         }
     }
@@ -312,15 +340,17 @@ impl DirLeases {
         self.lock().answered
     }
 
-    /// Keeps at most [`MAX_LEASES`] leases, and forgets old counts.
+    /// Keeps at most [`MAX_LEASES`] leases, and forgets old counts once
+    /// the table has doubled since the last time.
     fn bound(&self, inner: &mut Inner) {
         let now = Instant::now();
-        if inner.dirs.len() > 4 * MAX_LEASES {
+        if inner.dirs.len() > inner.prune_at.max(4 * MAX_LEASES) {
             inner.dirs.retain(|_, s| match s {
                 State::Counting { since, .. } => now.duration_since(*since) < COUNT_PERIOD,
                 State::Refused { until } => *until > now,
                 _ => true,
             });
+            inner.prune_at = 2 * inner.dirs.len();
         }
         let mut held: Vec<(Instant, InodeId, u64)> = inner
             .dirs
@@ -352,7 +382,7 @@ mod tests {
             assert!(!l.missed(D));
         }
         assert!(l.missed(D), "asks after {ASK_AFTER} misses");
-        l.asking(D);
+        assert!(!l.missed(D), "one ask at a time");
         assert!(l.granted(D, 7, vec!["a".into(), "b".into()], LEASE));
         7
     }
@@ -378,11 +408,45 @@ mod tests {
     #[test]
     fn a_grant_across_a_change_of_this_client_is_given_back() {
         let l = DirLeases::new(true);
-        l.asking(D);
+        for (started, ended) in [(true, false), (false, true)] {
+            asked(&l);
+            if started {
+                l.before(D, "x");
+            }
+            if ended {
+                l.changed(D, "x", Outcome::Exists);
+            }
+            assert!(!l.granted(D, 7, vec![], LEASE));
+            assert!(!l.absent(D, "y"));
+            assert_eq!(l.poll_args(), PollArgs { held: vec![], released: vec![(D, 7)] });
+        }
+    }
+
+    /// Asks for D's lease (as after enough misses).
+    fn asked(l: &DirLeases) {
+        l.lock().dirs.remove(&D);
+        while !l.missed(D) {}
+    }
+
+    #[test]
+    fn a_name_being_made_here_is_never_found_missing() {
+        let l = DirLeases::new(true);
+        held(&l);
+        l.before(D, "x");
+        assert!(!l.absent(D, "x"), "maybe there already (another client may see it)");
         l.changed(D, "x", Outcome::Exists);
-        assert!(!l.granted(D, 7, vec![], LEASE));
-        assert!(!l.absent(D, "y"));
-        assert_eq!(l.poll_args(), PollArgs { held: vec![], released: vec![(D, 7)] });
+        assert!(!l.absent(D, "x"));
+    }
+
+    #[test]
+    fn a_held_lease_is_never_given_back_and_a_failed_poll_keeps_what_it_gave_back() {
+        let l = DirLeases::new(true);
+        held(&l);
+        l.lock().released.extend([(D, 7), (D, 3)]);
+        let args = l.poll_args();
+        assert_eq!(args, PollArgs { held: vec![(D, 7)], released: vec![(D, 3)] });
+        l.poll_failed(args);
+        assert_eq!(l.poll_args().released, vec![(D, 3)]);
     }
 
     #[test]
@@ -395,7 +459,7 @@ mod tests {
         assert!(!l.absent(D, "x"));
         assert_eq!(l.poll_args().released, vec![(D, id)]);
         // Recalled while the grant's answer is on its way.
-        l.asking(D);
+        asked(&l);
         l.polled(&PollArgs::default(), Instant::now(), &[(D, 9)], &[]);
         assert!(!l.granted(D, 9, vec![], LEASE));
         assert!(!l.absent(D, "x"));
@@ -406,7 +470,7 @@ mod tests {
     fn a_lease_serves_only_while_surely_valid_and_polls_renew_it() {
         let l = DirLeases::new(true);
         let short = Duration::from_millis(100);
-        l.asking(D);
+        asked(&l);
         assert!(l.granted(D, 7, vec![], short));
         assert!(l.absent(D, "x"));
         std::thread::sleep(short.mul_f64(TRUST));
@@ -422,7 +486,7 @@ mod tests {
     fn drop_all_forgets_every_lease_and_any_grant_under_way() {
         let l = DirLeases::new(true);
         held(&l);
-        l.asking(InodeId(5));
+        while !l.missed(InodeId(5)) {}
         l.drop_all();
         assert!(!l.absent(D, "x"));
         assert!(!l.granted(InodeId(5), 8, vec![], LEASE));

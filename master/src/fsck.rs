@@ -263,6 +263,19 @@ pub async fn run<H: HoldsStore>(owner: Arc<H>, view: NodeView, repair: bool) -> 
 /// Applies the planned repairs, phase by phase; returns each one's outcome.
 async fn apply_fixes(store: &Store, scan: &Scan) -> Vec<FsckOutcome> {
     let mut outcomes = vec![FsckOutcome::Found; scan.fixes.len()];
+    // Attaching adds names in /lost+found (made in the root if missing):
+    // clients' leases on both go back first (removals need no recall: a
+    // name a lease still lists is asked of the master).
+    let _leases = match scan.fixes.iter().any(|f| matches!(f.op, ops::FsckOp::Attach { .. })) {
+        true => {
+            let mut dirs = vec![stripefs_proto::InodeId::ROOT];
+            if let Ok((lf, _)) = store.lookup(stripefs_proto::InodeId::ROOT, ops::LOST_FOUND) {
+                dirs.push(lf);
+            }
+            Some(store.recall_leases(dirs).await)
+        }
+        false => None,
+    };
     let mut order: Vec<usize> = (0..scan.fixes.len()).collect();
     order.sort_by_key(|i| scan.fixes[*i].phase);
     let mut start = 0;

@@ -49,6 +49,8 @@ pub const POLL_WAIT: Duration = Duration::from_secs(1);
 /// A directory whose names another session changed within this is not
 /// leased.
 pub const CONTENDED: Duration = Duration::from_secs(2);
+/// The session named for administrative changes (fsck's repairs).
+pub const ADMIN: u64 = 0;
 /// Largest directory (names) leased: the grant carries its listing.
 pub const MAX_NAMES: usize = 65_536;
 /// Directories remembered without a lease or a change under way before
@@ -77,7 +79,7 @@ struct Dir {
 
 impl Dir {
     fn is_idle(&self, now: Instant) -> bool {
-        self.lease.is_none()
+        self.lease.as_ref().is_none_or(|h| h.expires <= now)
             && self.changing.is_empty()
             && self.last_change.is_none_or(|(_, at)| now.duration_since(at) >= CONTENDED)
     }
@@ -90,10 +92,11 @@ struct Holder {
     notify: Arc<Notify>,
 }
 
-/// After a master starts or takes the lead: the sessions it waits for.
+/// After a master starts or takes the lead: the sessions it waits for
+/// (None: unknown, so it waits the whole grace).
 struct Grace {
     until: Instant,
-    waiting: HashSet<u64>,
+    waiting: Option<HashSet<u64>>,
 }
 
 #[derive(Default)]
@@ -101,17 +104,31 @@ struct Table {
     dirs: HashMap<InodeId, Dir>,
     holders: HashMap<u64, Holder>,
     grace: Option<Grace>,
+    /// Size of `dirs` at which idle entries are pruned next.
+    prune_at: usize,
 }
 
 impl Table {
     /// Whether changes of names wait for the grace (ends it when over).
     fn in_grace(&mut self, now: Instant) -> Option<Instant> {
         let g = self.grace.as_ref()?;
-        if now < g.until && !g.waiting.is_empty() {
+        if now < g.until && g.waiting.as_ref().is_none_or(|w| !w.is_empty()) {
             return Some(g.until);
         }
         self.grace = None;
         None
+    }
+
+    /// Forgets idle directories and holders without leases, once the
+    /// table has doubled since the last time (so it costs O(1) per entry).
+    fn prune(&mut self, now: Instant) {
+        if self.dirs.len() <= self.prune_at.max(MAX_IDLE_DIRS) {
+            return;
+        }
+        self.dirs.retain(|_, d| !d.is_idle(now));
+        let holding: HashSet<u64> = self.dirs.values().filter_map(|d| d.lease.as_ref().map(|h| h.holder)).collect();
+        self.holders.retain(|s, h| holding.contains(s) || !h.recalls.is_empty());
+        self.prune_at = 2 * self.dirs.len();
     }
 
     fn recall(&mut self, dir: InodeId) {
@@ -185,7 +202,9 @@ impl Leases {
             table: Mutex::default(),
             released: Notify::new(),
             lease,
-            next_id: AtomicU64::new(1),
+            // Ids differ between master processes: a release meant for
+            // an earlier process's grant never ends one of this process.
+            next_id: AtomicU64::new((rand::random::<u64>() >> 2) | 1),
             granted: AtomicU64::new(0),
             recalls: AtomicU64::new(0),
         })
@@ -198,8 +217,9 @@ impl Leases {
 
     /// This master starts serving (at its start, or on taking the lead):
     /// it forgets every lease and holds changes of names until each of
-    /// `sessions` (those it knows) came back, or for one lease.
-    pub fn begin_grace(&self, sessions: HashSet<u64>) {
+    /// `sessions` (those it knows; None: unknown) came back, or for one
+    /// lease.
+    pub fn begin_grace(&self, sessions: Option<HashSet<u64>>) {
         let mut t = lock(&self.table);
         t.dirs.clear();
         t.holders.clear();
@@ -212,8 +232,8 @@ impl Leases {
     /// earlier one.
     pub fn session_opened(&self, session: u64) {
         let mut t = lock(&self.table);
-        if let Some(g) = t.grace.as_mut() {
-            if g.waiting.remove(&session) && g.waiting.is_empty() {
+        if let Some(Grace { waiting: Some(w), .. }) = t.grace.as_mut() {
+            if w.remove(&session) && w.is_empty() {
                 drop(t);
                 self.released.notify_waiters();
             }
@@ -229,8 +249,8 @@ impl Leases {
                 dir.lease = None;
             }
         }
-        if let Some(g) = t.grace.as_mut() {
-            g.waiting.remove(&session);
+        if let Some(Grace { waiting: Some(w), .. }) = t.grace.as_mut() {
+            w.remove(&session);
         }
         drop(t);
         self.released.notify_waiters();
@@ -238,8 +258,9 @@ impl Leases {
 
     /// Waits until `session` may change the names in `dirs`: every lease
     /// another session holds on them is recalled and given back (or has
-    /// expired). Keep the answer until the change is applied.
-    pub async fn before_change(self: &Arc<Self>, session: u64, dirs: Vec<InodeId>) -> Change {
+    /// expired), and, with `grace`, the grace after this master's start
+    /// is over. Keep the answer until the change is applied.
+    pub async fn before_change(self: &Arc<Self>, session: u64, dirs: Vec<InodeId>, grace: bool) -> Change {
         loop {
             let released = self.released.notified();
             tokio::pin!(released);
@@ -247,7 +268,7 @@ impl Leases {
             let wait_until = {
                 let mut t = lock(&self.table);
                 let now = Instant::now();
-                match t.in_grace(now) {
+                match t.in_grace(now).filter(|_| grace) {
                     Some(until) => until,
                     None => match self.recall_for(&mut t, session, &dirs, now) {
                         Some(until) => until,
@@ -259,9 +280,7 @@ impl Leases {
                                     None => dir.changing.push((session, 1)),
                                 }
                             }
-                            if t.dirs.len() > MAX_IDLE_DIRS {
-                                t.dirs.retain(|_, d| !d.is_idle(now));
-                            }
+                            t.prune(now);
                             return Change { leases: self.clone(), session, dirs };
                         }
                     },
@@ -304,9 +323,13 @@ impl Leases {
         if t.in_grace(now).is_some() {
             return Err(Refused::Grace);
         }
+        t.prune(now);
         let d = t.dirs.entry(dir).or_default();
         if let Some(h) = &mut d.lease {
             if h.holder == session && !h.recalled {
+                // A new id: a release of the old one the holder may have
+                // queued does not end this grant.
+                h.id = self.next_id.fetch_add(1, Ordering::Relaxed);
                 h.expires = now + self.lease;
                 return Ok(h.id);
             }
@@ -417,10 +440,10 @@ mod tests {
         let l = leases();
         let id = l.grant(A, D).expect("granted");
         // The holder's own changes go ahead.
-        drop(l.before_change(A, vec![D]).await);
+        drop(l.before_change(A, vec![D], true).await);
         let (l2, started) = (l.clone(), Instant::now());
         let other = tokio::spawn(async move {
-            let c = l2.before_change(B, vec![D]).await;
+            let c = l2.before_change(B, vec![D], true).await;
             (started.elapsed(), c)
         });
         let (recalled, lost) = l.poll(A, &[(D, id)], &[], Duration::from_secs(5)).await;
@@ -441,7 +464,7 @@ mod tests {
         let l = leases();
         l.grant(A, D).expect("granted");
         let started = Instant::now();
-        drop(l.before_change(B, vec![D]).await);
+        drop(l.before_change(B, vec![D], true).await);
         let waited = started.elapsed();
         assert!(waited >= Duration::from_millis(390), "waited for the expiry: {waited:?}");
         assert_eq!(l.count(), 0);
@@ -464,33 +487,48 @@ mod tests {
     #[tokio::test]
     async fn no_grant_while_another_sessions_change_is_under_way_or_just_done() {
         let l = leases();
-        let change = l.before_change(B, vec![D]).await;
+        let change = l.before_change(B, vec![D], true).await;
         assert_eq!(l.grant(A, D), Err(Refused::Busy));
         drop(change);
         assert_eq!(l.grant(A, D), Err(Refused::Contended));
         // B's own changes do not stop B.
         let id = l.grant(B, D).expect("granted");
-        assert_eq!(l.grant(B, D), Ok(id), "asking again renews the same lease");
+        let again = l.grant(B, D).expect("asking again renews the lease");
+        assert_ne!(again, id, "under a new id");
+        // A release of the old id (queued by the holder before it asked
+        // again) does not end the renewed lease.
+        l.poll(B, &[], &[(D, id)], Duration::ZERO).await;
+        assert_eq!(l.count(), 1);
+        assert_eq!(l.grant(A, D), Err(Refused::Busy));
     }
 
     #[tokio::test]
     async fn a_new_master_holds_changes_until_its_sessions_come_back() {
         let l = leases();
-        l.begin_grace([A, B].into());
+        l.begin_grace(Some([A, B].into()));
         assert_eq!(l.grant(A, D), Err(Refused::Grace));
         let l2 = l.clone();
-        let change = tokio::spawn(async move { drop(l2.before_change(A, vec![D]).await) });
+        let change = tokio::spawn(async move { drop(l2.before_change(A, vec![D], true).await) });
         tokio::time::sleep(Duration::from_millis(30)).await;
         l.session_opened(A);
         tokio::time::sleep(Duration::from_millis(30)).await;
         assert!(!change.is_finished(), "B has not come back");
         l.session_opened(B);
         tokio::time::timeout(Duration::from_millis(200), change).await.expect("went ahead").expect("task");
-        // A session that never comes back holds changes for one lease.
-        l.begin_grace([A].into());
+        // A session that never comes back holds changes for one lease;
+        // so do sessions that could not be listed.
+        for waiting in [Some([A].into()), None] {
+            l.begin_grace(waiting);
+            let started = Instant::now();
+            drop(l.before_change(B, vec![D], true).await);
+            assert!(started.elapsed() >= Duration::from_millis(390));
+        }
+        // A replay does not wait for the grace (it re-does a change made
+        // before this process started).
+        l.begin_grace(None);
         let started = Instant::now();
-        drop(l.before_change(B, vec![D]).await);
-        assert!(started.elapsed() >= Duration::from_millis(390));
+        drop(l.before_change(B, vec![D], false).await);
+        assert!(started.elapsed() < Duration::from_millis(100));
     }
 
     #[tokio::test]
@@ -501,7 +539,7 @@ mod tests {
         l.session_closed(A);
         assert_eq!(l.count(), 0);
         let started = Instant::now();
-        drop(l.before_change(B, vec![D, InodeId(6)]).await);
+        drop(l.before_change(B, vec![D, InodeId(6)], true).await);
         assert!(started.elapsed() < Duration::from_millis(100));
     }
 }

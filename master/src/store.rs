@@ -665,10 +665,10 @@ impl Store {
     pub fn set_serving(&self, serving: bool) {
         if serving {
             match registered_sessions(&self.db) {
-                Ok(s) => self.leases.begin_grace(s.into_keys().collect()),
+                Ok(s) => self.leases.begin_grace(Some(s.into_keys().collect())),
                 Err(e) => {
                     tracing::error!("listing client sessions: {e}");
-                    self.leases.begin_grace(Default::default());
+                    self.leases.begin_grace(None);
                 }
             }
         }
@@ -716,12 +716,12 @@ impl Store {
         let early = log.is_early() && self.sessions.is_registered(session) && !builds_on_others;
         // A change of names waits for other sessions' leases on them to be
         // given back, and keeps new ones off until it is applied. A replay
-        // re-does a change made before this process started: no lease of
-        // this process can be older.
+        // (a change made before this process started) does not wait for
+        // the grace after the start, but a late one takes leases back too.
         let names = req.op.names();
-        let change = match req.replay.is_none() && !names.is_empty() {
-            true => Some(self.leases.before_change(session, names).await),
-            false => None,
+        let change = match names.is_empty() {
+            false => Some(self.leases.before_change(session, names, req.replay.is_none()).await),
+            true => None,
         };
         let mut cmd = req.op.command(Timestamp::now());
         if let Some(r) = req.replay {
@@ -790,6 +790,11 @@ impl Store {
     /// (see [`crate::leases`]); None when refused, or when `dir` has more
     /// than [`crate::leases::MAX_NAMES`] names.
     pub fn lease_dir(&self, session: u64, dir: InodeId) -> Result<Option<DirLease>, FsError> {
+        // Only a registered session is waited for after a restart (see
+        // `Leases::begin_grace`).
+        if !self.sessions.is_registered(session) {
+            return Ok(None);
+        }
         let id = match self.leases.grant(session, dir) {
             Ok(id) => id,
             Err(why) => {
@@ -826,6 +831,13 @@ impl Store {
     /// The directory leases (metrics, tests).
     pub fn leases(&self) -> &crate::leases::Leases {
         &self.leases
+    }
+
+    /// Takes back every client's lease on `dirs` before an administrative
+    /// change of their names (fsck's repairs); keep the answer until it
+    /// is applied.
+    pub async fn recall_leases(&self, dirs: Vec<InodeId>) -> crate::leases::Change {
+        self.leases.before_change(crate::leases::ADMIN, dirs, true).await
     }
 
     /// Every name in `dir`, read in pieces; None once there are more than

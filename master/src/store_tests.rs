@@ -703,3 +703,40 @@ async fn only_registered_sessions_are_answered_early() {
     let d = store.sync().await.expect("sync");
     assert!(d.durable >= d.at, "sync returns once everything is durable: {d:?}");
 }
+
+/// Another session's change of names, and a replay late for its window
+/// too, waits for the holder of the directory's lease to give it back;
+/// only a registered session gets a lease.
+#[tokio::test]
+async fn changes_of_names_take_other_sessions_leases_back_first_replays_too() {
+    let tmp = TempDir::new().expect("temp dir");
+    let store = open_ok(tmp.path(), None);
+    let (a, b) = (0x61, 0x62);
+    assert!(store.lease_dir(a, InodeId::ROOT).expect("ask").is_none(), "not registered: no lease");
+    store.open_session(a, "host-a".into()).await.expect("register a");
+    store.open_session(b, "host-b".into()).await.expect("register b");
+    let d1 = store.run(session_request(a, 1, mkdir_op("d1"))).await.expect("mkdir").value.ino;
+    let d2 = store.run(session_request(a, 2, mkdir_op("d2"))).await.expect("mkdir").value.ino;
+    store.run(session_request(a, 3, mknod_op(d2, "mine"))).await.expect("mknod");
+    let g1 = store.lease_dir(a, d1).expect("ask").expect("granted");
+    let g2 = store.lease_dir(a, d2).expect("ask").expect("granted");
+    assert!(g1.names.is_empty());
+    assert_eq!(g2.names, ["mine"]);
+    assert!(store.lease_dir(b, d1).expect("ask").is_none(), "held by another session");
+    let replay = Some(ops::Replay { ino: None });
+    for (seq, dir, grant, replay) in [(1, d1, &g1, None), (2, d2, &g2, replay)] {
+        let started = std::time::Instant::now();
+        let change = store.run(ops::Request { replay, ..session_request(b, seq, mknod_op(dir, "theirs")) });
+        let holder = async {
+            // The holder's poll brings the recall; its next gives it back.
+            let polled = store.lease_poll(a, vec![(dir, grant.id)], vec![]).await;
+            store.lease_poll(a, vec![], polled.recalled.clone()).await;
+            polled.recalled
+        };
+        let (done, recalled) = tokio::join!(change, holder);
+        done.expect("B's change");
+        assert_eq!(recalled, vec![(dir, grant.id)], "replay {:?}: the lease was recalled", replay.is_some());
+        assert!(started.elapsed() < std::time::Duration::from_secs(2), "went ahead once given back, not at expiry");
+        assert_eq!(store.leases().count(), if seq == 1 { 1 } else { 0 });
+    }
+}
