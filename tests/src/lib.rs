@@ -655,6 +655,12 @@ fn read_addr(path: &Path) -> String {
     }
 }
 
+/// A loopback address with a port free right now (for a metrics server).
+pub fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").to_string()
+}
+
 /// `GET path` on the HTTP server at `addr`: (status code, body).
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     use std::io::{Read, Write};

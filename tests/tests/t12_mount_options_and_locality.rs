@@ -211,3 +211,45 @@ fn an_unchanged_file_is_read_again_from_the_kernels_pages() {
     fs::write(writer.join("f"), &changed).expect("rewrite");
     assert_eq!(fs::read(reader.join("f")).expect("read after the change"), changed, "stale pages were kept");
 }
+
+/// Lookups of `op` the master served so far.
+fn master_rpcs(c: &TestCluster, op: &str) -> f64 {
+    let (_, text) = stripefs_tests::http_get(&c.master_metrics_addr(), "/metrics");
+    stripefs_tests::metric(&text, &format!("stripefs_master_rpc_requests_total{{op=\"{op}\"}}"))
+}
+
+/// Runs `script` with `sh` in `dir`; panics with its output if it fails.
+fn sh(dir: &std::path::Path, script: &str) {
+    let out = std::process::Command::new("sh").arg("-c").arg(script).current_dir(dir).output().expect("run sh");
+    assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A shell filling a directory it alone uses (a spill directory) costs
+/// no master round trip for the kernel's lookups of each new name; with
+/// `dir_leases=off` every one of them goes to the master. Another mount's
+/// create there is seen at once all the same.
+#[test]
+fn a_directory_one_mount_fills_needs_no_lookup_round_trips_unless_dir_leases_are_off() {
+    let c = TestCluster::builder().start();
+    let metrics = stripefs_tests::free_addr();
+    let on = c.mount_with(MountOptions { metrics: Some(metrics.clone()), ..Default::default() });
+    let off = c.mount_with(MountOptions { dir_leases: false, ..Default::default() });
+    let fill = |root: &std::path::Path, dir: &str| {
+        fs::create_dir(root.join(dir)).expect("mkdir");
+        let before = master_rpcs(&c, "lookup");
+        sh(&root.join(dir), "for i in $(seq 200); do : > f$i; done; mkdir d1 d2 d3; mv f1 g1");
+        master_rpcs(&c, "lookup") - before
+    };
+    let asked_on = fill(on.path(), "spill-on");
+    let asked_off = fill(off.path(), "spill-off");
+    let (_, text) = stripefs_tests::http_get(&metrics, "/metrics");
+    let answered = stripefs_tests::metric(&text, "stripefs_mount_lease_lookups_total");
+    assert!(asked_on <= 10.0, "{asked_on} lookups reached the master with leases ({answered} answered by one)");
+    assert!(answered >= 195.0, "{answered} lookups answered by the lease");
+    assert_eq!(stripefs_tests::metric(&text, "stripefs_mount_dir_leases"), 1.0, "{text}");
+    assert!(asked_off >= 204.0, "without leases every new name is looked up at the master: {asked_off}");
+    // The other mount's create in the leased directory is seen at once.
+    fs::write(off.join("spill-on/theirs"), b"x").expect("create from the other mount");
+    assert_eq!(fs::read(on.join("spill-on/theirs")).expect("seen at once"), b"x");
+    sh(&on.join("spill-on"), "test -e theirs && test -e g1 && ! test -e f1 && test -d d3");
+}

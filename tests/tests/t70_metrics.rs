@@ -4,13 +4,7 @@
 
 use std::fs;
 use stripefs_client::MountOptions;
-use stripefs_tests::{http_get, metric, random_bytes, TestCluster};
-
-/// A free loopback port, as "127.0.0.1:PORT".
-fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").to_string()
-}
+use stripefs_tests::{free_addr, http_get, metric, random_bytes, TestCluster};
 
 fn scrape(addr: &str) -> String {
     let (status, body) = http_get(addr, "/metrics");
