@@ -664,8 +664,8 @@ impl Store {
     /// [`crate::leases`]).
     pub fn set_serving(&self, serving: bool) {
         if serving {
-            match registered_sessions(&self.db) {
-                Ok(s) => self.leases.begin_grace(Some(s.into_keys().collect())),
+            match self.session_ids() {
+                Ok(s) => self.leases.begin_grace(Some(s)),
                 Err(e) => {
                     tracing::error!("listing client sessions: {e}");
                     self.leases.begin_grace(None);
@@ -784,6 +784,18 @@ impl Store {
         self.execute(Command::CloseSession { session }).await?;
         self.leases.session_closed(session);
         Ok(())
+    }
+
+    /// The registered client sessions, read through the gate (a read
+    /// beside a commit trips redb: see [`Store::read`]).
+    fn session_ids(&self) -> Result<std::collections::HashSet<u64>, FsError> {
+        let txn = self.read()?;
+        let t = txn.open_table(tables::SESSIONS).map_err(internal)?;
+        let mut out = std::collections::HashSet::new();
+        for item in t.iter().map_err(internal)? {
+            out.insert(item.map_err(internal)?.0.value());
+        }
+        Ok(out)
     }
 
     /// Grants `session` a lease on the names of `dir`, with its listing

@@ -740,3 +740,20 @@ async fn changes_of_names_take_other_sessions_leases_back_first_replays_too() {
         assert_eq!(store.leases().count(), if seq == 1 { 1 } else { 0 });
     }
 }
+
+/// Taking the lead lists the client sessions through the gate, never
+/// beside a commit (redb 4.6 trips over a read that races a commit: a
+/// debug assertion in `free_helper`, which stopped a master in a test run).
+#[test]
+fn taking_the_lead_reads_the_sessions_through_the_gate() {
+    let tmp = TempDir::new().expect("temp dir");
+    let store = open_ok(tmp.path(), None);
+    let commit = store.gate.write().expect("as a commit holds it");
+    std::thread::scope(|s| {
+        let lead = s.spawn(|| store.set_serving(true));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(!lead.is_finished(), "the sessions were read while a commit ran");
+        drop(commit);
+        lead.join().expect("set_serving");
+    });
+}
