@@ -608,9 +608,56 @@ pub fn context_with_timeout(timeout: Duration) -> tarpc::context::Context {
     ctx
 }
 
+/// The kernel's range of ephemeral ports (`ip_local_port_range`; Linux's
+/// default when it cannot be read).
+pub fn ephemeral_ports() -> std::ops::RangeInclusive<u16> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let mut it = text.split_whitespace().filter_map(|w| w.parse::<u16>().ok());
+    match (it.next(), it.next()) {
+        (Some(low), Some(high)) if low <= high => low..=high,
+        _ => 32768..=60999,
+    }
+}
+
+/// A free TCP address on `ip` whose port lies outside the ephemeral range,
+/// for a server that must find its port again when it is restarted: a
+/// port of that range, while its server is down, may be taken by any
+/// outgoing connection on the host (as its local port), and the server
+/// then cannot listen there again.
+pub fn lasting_addr(ip: &str) -> std::io::Result<std::net::SocketAddr> {
+    let eph = ephemeral_ports();
+    // Below the ephemeral range when it leaves room there, else above it.
+    let (low, high) = match *eph.start() >= 12_000 {
+        true => (10_000, *eph.start() - 1),
+        false => (eph.end().saturating_add(1).max(1024), u16::MAX),
+    };
+    if low > high {
+        return Err(std::io::Error::other(format!("no port outside the ephemeral range {eph:?}")));
+    }
+    let mut last = None;
+    for _ in 0..256 {
+        let port = rand::Rng::random_range(&mut rand::rng(), low..=high);
+        match std::net::TcpListener::bind((ip, port)) {
+            Ok(l) => return l.local_addr(),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no free port")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lasting_addresses_are_free_and_outside_the_ephemeral_range() {
+        let eph = ephemeral_ports();
+        for _ in 0..20 {
+            let a = lasting_addr("127.0.0.1").expect("a free port");
+            assert!(!eph.contains(&a.port()), "{a} is in the ephemeral range {eph:?}");
+            std::net::TcpListener::bind(a).expect("still free");
+        }
+    }
 
     async fn pair(server_secret: Secret, client_secret: Secret) -> (Result<(), AcceptError>, Result<(), ConnectError>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -13,11 +13,10 @@ use std::time::{Duration, Instant};
 use stripefs_proto::net::context_with_timeout;
 use stripefs_proto::types::GroupStatus;
 
-/// A free port on 127.0.0.1 (bound, then released: the process started
-/// next takes it).
+/// A free port on 127.0.0.1 outside the ephemeral range (the master
+/// started next takes it, and finds it again when restarted).
 fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
+    stripefs_proto::net::lasting_addr("127.0.0.1").expect("a free port").port()
 }
 
 /// One master process.

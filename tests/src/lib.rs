@@ -94,9 +94,15 @@ impl Drop for Server {
 }
 
 fn bind(ip: &str) -> (std::net::TcpListener, SocketAddr) {
-    let l = std::net::TcpListener::bind(format!("{ip}:0")).expect("bind loopback");
-    let a = l.local_addr().expect("local addr");
-    (l, a)
+    // Outside the ephemeral range: a restarted server finds its port free
+    // (see `stripefs_proto::net::lasting_addr`).
+    for _ in 0..20 {
+        let a = stripefs_proto::net::lasting_addr(ip).expect("a free port");
+        if let Ok(l) = std::net::TcpListener::bind(a) {
+            return (l, a);
+        }
+    }
+    panic!("no free port on {ip}")
 }
 
 /// How to build a cluster.

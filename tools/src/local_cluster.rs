@@ -221,11 +221,13 @@ impl Layout {
     }
 }
 
-/// A free TCP address on `ip` (bound, then released for the process that
-/// will own it).
+/// A free TCP address on `ip` for a process of the cluster, with a port
+/// outside the ephemeral range, so the process restarted (by `stripefs up`
+/// or by its own command line) finds it free again (see
+/// [`stripefs_proto::net::lasting_addr`]).
 fn free_addr(ip: &str) -> anyhow::Result<String> {
-    let l = std::net::TcpListener::bind((ip, 0)).with_context(|| format!("find a free port on {ip}"))?;
-    Ok(l.local_addr()?.to_string())
+    let a = stripefs_proto::net::lasting_addr(ip).with_context(|| format!("find a free port on {ip}"))?;
+    Ok(a.to_string())
 }
 
 /// The loopback address of node `i` (from 1).
@@ -676,6 +678,20 @@ pub fn down(args: DownArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A port from the ephemeral range could be taken, while its process is
+    /// down, by any outgoing connection (a CI run saw a master restarted by
+    /// its command line fail with "Address already in use").
+    #[test]
+    fn the_clusters_ports_are_outside_the_ephemeral_range() {
+        let eph = stripefs_proto::net::ephemeral_ports();
+        for ip in ["127.0.0.1", "127.0.1.1", "127.0.2.2"] {
+            for _ in 0..10 {
+                let a: std::net::SocketAddr = free_addr(ip).expect("free").parse().expect("an address");
+                assert!(!eph.contains(&a.port()), "{a} is in the ephemeral range {eph:?}");
+            }
+        }
+    }
 
     #[test]
     fn layout_round_trips_and_reads_the_old_state_file() {
