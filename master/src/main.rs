@@ -83,8 +83,9 @@ fn real_main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data).with_context(|| format!("create {}", args.data.display()))?;
     let rt = tokio::runtime::Runtime::new().context("start the async runtime")?;
     rt.block_on(async {
-        let listener =
-            tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("listen on {}", args.listen))?;
+        let listener = stripefs_daemon::listen::listen(&args.listen, stripefs_daemon::listen::WAIT_FOR_ADDRESS)
+            .await
+            .with_context(|| format!("listen on {}", args.listen))?;
         let bound = listener.local_addr()?;
         write_atomic(&args.data.join("listen.addr"), bound.to_string().as_bytes())?;
         let shutdown = CancellationToken::new();

@@ -115,7 +115,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
 }
 
 async fn async_main(args: Args, secret: Secret) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(&args.listen)
+    let listener = stripefs_daemon::listen::listen(&args.listen, stripefs_daemon::listen::WAIT_FOR_ADDRESS)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let bound = listener.local_addr().context("the listener has no address")?;

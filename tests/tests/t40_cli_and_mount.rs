@@ -40,8 +40,13 @@ fn pids_with_arg(s: &str) -> Vec<i32> {
 /// Whether `pid` is gone (or a zombie nobody has reaped yet).
 fn exited(pid: i32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the parenthesised command name.
-        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+        // The state follows the parenthesised command name. A killed
+        // process's first thread is a zombie while its other threads may
+        // still be ending (holding its sockets): all must be gone.
+        Ok(stat) => {
+            stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']))
+                && fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count()) <= 1
+        }
         Err(_) => true,
     }
 }
