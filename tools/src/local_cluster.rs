@@ -90,11 +90,15 @@ fn which(prog: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(prog)).find(|p| p.exists())
 }
 
-/// Whether `pid` runs (a zombie nobody reaped counts as gone).
+/// Whether `pid` runs (a zombie nobody reaped counts as gone, once its
+/// other threads, which still hold its sockets and files, are gone too).
 fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state follows the parenthesised command name.
-        Ok(stat) => !stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+        Ok(stat) => {
+            !stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']))
+                || std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count()) > 1
+        }
         Err(_) => false,
     }
 }
