@@ -30,6 +30,16 @@ pub use prometheus_client;
 /// A label set of one operation name.
 pub type OpLabel = [(&'static str, String); 1];
 
+/// Raises `counter` to `now`, a total counted elsewhere (scrapes add what
+/// was counted since the last one; counters only go up). Callers refresh
+/// one scrape at a time, or two would add the same difference.
+pub fn catch_up(counter: &Counter, now: u64) {
+    let seen = counter.get();
+    if now > seen {
+        counter.inc_by(now - seen);
+    }
+}
+
 /// Buckets of a latency histogram: 50 µs to about 6.5 s, doubling.
 pub fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_05, 2.0, 18))

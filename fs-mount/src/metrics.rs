@@ -92,13 +92,7 @@ pub fn build(core: Arc<FsCore>) -> (Arc<MountMetrics>, Endpoint) {
     let refresh = Box::new(move || {
         let _one_at_a_time = stripefs_daemon::lock(&scraping);
         let s = core.stats();
-        // Counters only go up: add what was counted since the last scrape.
-        let catch_up = |c: &Counter, now: u64| {
-            let seen = c.get();
-            if now > seen {
-                c.inc_by(now - seen);
-            }
-        };
+        use stripefs_daemon::metrics::catch_up;
         catch_up(&hits, s.cache_hits);
         catch_up(&misses, s.cache_misses);
         catch_up(&retries, s.master_retries);

@@ -142,12 +142,8 @@ pub fn endpoint(state: &Arc<MasterState>, mut registry: Registry) -> Endpoint {
         awaiting.set(s.store.sessions_awaiting_replay() as i64);
         let l = s.store.leases();
         leases.set(l.count() as i64);
-        // Counters only go up: add what was counted since the last scrape.
         for (c, now) in [(&grants, &l.granted), (&recalls, &l.recalls)] {
-            let now = now.load(std::sync::atomic::Ordering::Relaxed);
-            if now > c.get() {
-                c.inc_by(now - c.get());
-            }
+            stripefs_daemon::metrics::catch_up(c, now.load(std::sync::atomic::Ordering::Relaxed));
         }
     });
     let ready_state = state.clone();

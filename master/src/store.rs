@@ -859,11 +859,7 @@ impl Store {
         let mut out: Vec<String> = Vec::new();
         loop {
             let txn = self.read()?;
-            let inodes = txn.open_table(tables::INODES).map_err(internal)?;
-            let d = inodes.get(dir.0).map_err(internal)?.ok_or(FsError::NotFound)?;
-            if InodeRecord::decode(d.value()).map_err(internal)?.kind != FileKind::Dir {
-                return Err(FsError::NotDir);
-            }
+            must_be_dir(&txn.open_table(tables::INODES).map_err(internal)?, dir)?;
             let entries = txn.open_table(tables::DIR_ENTRIES).map_err(internal)?;
             let after = out.last().cloned();
             let start = after.as_deref().unwrap_or("");
@@ -1019,10 +1015,7 @@ impl Store {
         let txn = self.read()?;
         let inodes = txn.open_table(tables::INODES).map_err(internal)?;
         let entries = txn.open_table(tables::DIR_ENTRIES).map_err(internal)?;
-        let p = inodes.get(parent.0).map_err(internal)?.ok_or(FsError::NotFound)?;
-        if InodeRecord::decode(p.value()).map_err(internal)?.kind != FileKind::Dir {
-            return Err(FsError::NotDir);
-        }
+        must_be_dir(&inodes, parent)?;
         let child = entries.get((parent.0, name)).map_err(internal)?.ok_or(FsError::NotFound)?.value();
         let v = inodes.get(child).map_err(internal)?.ok_or(FsError::NotFound)?;
         Ok((InodeId(child), InodeRecord::decode(v.value()).map_err(internal)?))
@@ -1033,10 +1026,7 @@ impl Store {
         let txn = self.read()?;
         let inodes = txn.open_table(tables::INODES).map_err(internal)?;
         let entries = txn.open_table(tables::DIR_ENTRIES).map_err(internal)?;
-        let d = inodes.get(dir.0).map_err(internal)?.ok_or(FsError::NotFound)?;
-        if InodeRecord::decode(d.value()).map_err(internal)?.kind != FileKind::Dir {
-            return Err(FsError::NotDir);
-        }
+        must_be_dir(&inodes, dir)?;
         let start = after.unwrap_or("");
         let mut out = Vec::new();
         for item in entries.range((dir.0, start)..(dir.0 + 1, "")).map_err(internal)? {
@@ -1390,6 +1380,15 @@ fn start_group(
         contacts,
     };
     Ok((group, alone))
+}
+
+/// `NotFound` unless `dir` exists, `NotDir` unless it is a directory.
+fn must_be_dir(inodes: &impl ReadableTable<u64, &'static [u8]>, dir: InodeId) -> Result<(), FsError> {
+    let d = inodes.get(dir.0).map_err(internal)?.ok_or(FsError::NotFound)?;
+    match InodeRecord::decode(d.value()).map_err(internal)?.kind {
+        FileKind::Dir => Ok(()),
+        _ => Err(FsError::NotDir),
+    }
 }
 
 /// The registered client sessions (session → host).
