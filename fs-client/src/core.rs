@@ -8,6 +8,7 @@ use crate::file::{DirtyBudget, FileState};
 use crate::leases::Outcome;
 use crate::local_reads::LocalReads;
 use crate::names::{Known, Listings};
+use crate::scratch::ScratchOpen;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -77,6 +78,8 @@ struct OpenEntry {
     /// not one whose `open` is still being sent, which would otherwise
     /// take a second reference when it is sent again.
     claimed: Arc<std::sync::atomic::AtomicBool>,
+    /// A scratch file's plain file and home ([`crate::scratch`]).
+    scratch: Option<Arc<ScratchOpen>>,
 }
 
 #[derive(Clone, Copy)]
@@ -120,6 +123,8 @@ pub struct FsCore {
     /// kernel last began caching its pages: an open that finds it the same
     /// lets the kernel keep them (see [`FsCore::open`]).
     page_stamps: Mutex<lru::LruCache<InodeId, Stamp>>,
+    /// Where the nodes are, for scratch files' homes.
+    pub(crate) node_list: crate::scratch::NodeList,
 }
 
 /// What identifies a file's contents at the master: any change of its
@@ -241,6 +246,7 @@ impl FsCore {
             nodes: NodePool::new(secret.clone()),
             data: Arc::new(stripefs_proto::data_conn::DataPool::new(secret.clone())),
             local: LocalReads::new(secret),
+            node_list: Default::default(),
             dirty: DirtyBudget::new(dirty_limit),
             page_stamps: Mutex::new(lru::LruCache::new(
                 std::num::NonZeroUsize::new(MAX_PAGE_STAMPS).expect("not zero"),
@@ -453,6 +459,12 @@ impl FsCore {
         if attr.kind != FileKind::File {
             return attr;
         }
+        if let Some(sc) = self.scratch_of(attr.ino) {
+            let (size, allocated) = sc.size(attr.size);
+            attr.size = size;
+            attr.allocated_bytes = allocated.unwrap_or(attr.allocated_bytes);
+            return attr;
+        }
         let state = lock(&self.files).get(&attr.ino).map(|e| e.state.clone());
         if let Some(state) = state {
             if let Some(st) = state.lock().await.as_mut() {
@@ -474,6 +486,22 @@ impl FsCore {
     }
 
     async fn setattr_inner(self: &Arc<Self>, ino: InodeId, set: SetAttr) -> Result<Attr> {
+        // A scratch file's plain file is cut or extended before the master
+        // hears of it; one not open here after (the master says where it is).
+        if let (Some(sc), Some(size)) = (self.scratch_of(ino), set.size) {
+            self.scratch_truncate(Some(&sc), ino, sc.home, size).await?;
+            return self.master.mutate(ops::SetAttrs { ino, set }).await;
+        }
+        let resize = set.size.is_some();
+        let attr = self.setattr_master(ino, set).await?;
+        if let (true, Some(home)) = (resize, attr.home) {
+            self.scratch_truncate(None, ino, home, attr.size).await?;
+        }
+        Ok(attr)
+    }
+
+    /// A setattr of a file that is not a scratch file open here.
+    async fn setattr_master(self: &Arc<Self>, ino: InodeId, set: SetAttr) -> Result<Attr> {
         let state = lock(&self.files).get(&ino).map(|e| e.state.clone());
         // Buffered writes land before a size or time change, so the upload's
         // commit can neither undo a truncate nor overwrite an explicit mtime.
@@ -727,6 +755,7 @@ impl FsCore {
                 refs: 0,
                 state: Arc::new(tokio::sync::Mutex::new(None)),
                 claimed: Default::default(),
+                scratch: None,
             });
             e.refs += 1;
             (e.state.clone(), e.claimed.clone())
@@ -764,6 +793,22 @@ impl FsCore {
             }
         };
         claimed.store(true, Ordering::Relaxed);
+        if let (Some(home), None) = (attr.home, self.scratch_of(ino)) {
+            match self.scratch_open(&attr, home).await {
+                Ok(sc) => {
+                    if let Some(e) = lock(&self.files).get_mut(&ino) {
+                        e.scratch = Some(Arc::new(sc));
+                    }
+                }
+                Err(e) => {
+                    drop(guard);
+                    if self.drop_ref(ino).is_some() {
+                        let _ = self.master.call_shared(|c, ctx| async move { c.release(ctx, ino).await }).await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
         let keep_pages = self.same_pages(&attr);
         let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
         lock(&self.handles).insert(fh, Handle { ino, write });
@@ -779,6 +824,17 @@ impl FsCore {
             return files.remove(&ino).map(|e| e.state);
         }
         None
+    }
+
+    /// The scratch file `ino` as open here, if it is one.
+    pub(crate) fn scratch_of(&self, ino: InodeId) -> Option<Arc<ScratchOpen>> {
+        lock(&self.files).get(&ino).and_then(|e| e.scratch.clone())
+    }
+
+    /// The scratch file behind handle `fh`, if it is one: the mount
+    /// registers its plain file for passthrough when it is local.
+    pub fn scratch_file(&self, fh: u64) -> Option<Arc<ScratchOpen>> {
+        self.scratch_of(self.handle(fh).ok()?.0)
     }
 
     pub(crate) fn handle(&self, fh: u64) -> Result<(InodeId, bool)> {
@@ -801,6 +857,9 @@ impl FsCore {
         if !write {
             return Ok(());
         }
+        if let Some(sc) = self.scratch_of(ino) {
+            return self.scratch_report(&sc).await;
+        }
         let state = self.state_of(ino)?;
         let mut guard = state.lock().await;
         match guard.as_mut() {
@@ -813,6 +872,11 @@ impl FsCore {
     /// and the master has this client's metadata changes on its disk.
     pub async fn fsync(self: &Arc<Self>, fh: u64) -> Result<()> {
         let (ino, _) = self.handle(fh)?;
+        if let Some(sc) = self.scratch_of(ino) {
+            self.scratch_sync(&sc).await?;
+            self.scratch_report(&sc).await?;
+            return self.master.sync().await;
+        }
         let state = self.state_of(ino)?;
         let mut guard = state.lock().await;
         if let Some(st) = guard.as_mut() {
@@ -848,25 +912,32 @@ impl FsCore {
         let Some(h) = lock(&self.handles).remove(&fh) else {
             return Err(ClientError::BadHandle);
         };
+        let scratch = self.scratch_of(h.ino);
         let Some(state) = self.drop_ref(h.ino) else { return Ok(()) };
         let mut guard = state.lock().await;
         let mut result = Ok(());
-        if let Some(st) = guard.as_mut() {
+        if let Some(sc) = scratch {
+            result = self.scratch_report(&sc).await;
+        } else if let Some(st) = guard.as_mut() {
             result = self.flush_state(st).await;
         }
         *guard = None;
         drop(guard);
-        // Nobody waits for the master's side of a close: it goes in the
-        // background, so this request (and the FUSE thread serving it) does
-        // not wait for a round trip. Reference counts do not mind the order.
-        let ino = h.ino;
+        self.release_at_master(h.ino);
+        result
+    }
+
+    /// Drops this client's open reference at the master. Nobody waits for
+    /// the master's side of a close: it goes in the background, so the
+    /// request (and the FUSE thread serving it) does not wait for a round
+    /// trip. Reference counts do not mind the order.
+    fn release_at_master(self: &Arc<Self>, ino: InodeId) {
         let core = self.clone();
         tokio::spawn(async move {
             if let Err(e) = core.master.call_shared(|c, ctx| async move { c.release(ctx, ino).await }).await {
                 tracing::warn!("release of inode {ino} at the master failed: {e}");
             }
         });
-        result
     }
 
     /// Space figures, from a cache refreshed at most once a second.
@@ -892,7 +963,7 @@ impl FsCore {
             return Ok(());
         }
         self.writable()?;
-        if name == POLICY_XATTR || is_unsupported_xattr(name) {
+        if name == POLICY_XATTR || name == SCRATCH_XATTR || is_unsupported_xattr(name) {
             return Err(FsError::NotSupported.into());
         }
         let r = self.master.mutate(ops::SetXattr { ino, name: name.to_string(), value: value.to_vec(), flags }).await;
@@ -910,7 +981,21 @@ impl FsCore {
         }
         if name == POLICY_XATTR {
             let attr = self.master.call(|c, ctx| async move { c.getattr(ctx, ino).await }).await?;
-            return Ok(attr.policy.describe().into_bytes());
+            return Ok(attr.class.with_policy(&attr.policy).into_bytes());
+        }
+        if name == SCRATCH_XATTR {
+            if let Some(sc) = self.scratch_of(ino) {
+                return Ok(sc.describe().into_bytes());
+            }
+            let attr = self.master.call(|c, ctx| async move { c.getattr(ctx, ino).await }).await?;
+            return match (attr.class.is_scratch(), attr.home) {
+                (false, _) => Err(FsError::NoAttr.into()),
+                (true, Some(home)) => Ok(format!("class=scratch home={home} access=closed").into_bytes()),
+                (true, None) if attr.kind == FileKind::File => {
+                    Ok(b"class=scratch home=none (no node on the host that created it: the replicated layout)".to_vec())
+                }
+                (true, None) => Ok(b"class=scratch".to_vec()),
+            };
         }
         let name = name.to_string();
         self.master
@@ -949,3 +1034,7 @@ pub const DROP_CACHE_XATTR: &str = "user.stripefs.drop_cache";
 
 /// The virtual xattr that shows an inode's data policy.
 pub const POLICY_XATTR: &str = "user.stripefs.policy";
+
+/// The virtual xattr that shows where a scratch file's data lives and how
+/// this client reaches it (passthrough, local, remote, and why).
+pub const SCRATCH_XATTR: &str = "user.stripefs.scratch";

@@ -115,6 +115,14 @@ pub enum TransportError {
         /// The cause, for the log.
         detail: String,
     },
+    /// This host's node could not hand over a scratch file.
+    #[error("local open of the scratch file of inode {ino}: {detail}")]
+    LocalScratch {
+        /// The file.
+        ino: stripefs_proto::InodeId,
+        /// The cause, for the log.
+        detail: String,
+    },
     /// A task of the client died (it panicked or the runtime stopped).
     #[error("{what} task failed: {detail}")]
     Task {

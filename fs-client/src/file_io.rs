@@ -34,6 +34,9 @@ impl FsCore {
         }
         let end =
             offset.checked_add(data.len() as u64).filter(|e| *e <= MAX_FILE_BYTES).ok_or(FsError::FileTooLarge)?;
+        if let Some(sc) = self.scratch_of(ino) {
+            return self.scratch_write(&sc, offset, data).await;
+        }
         let state = self.state_of(ino)?;
         let mut guard = state.lock().await;
         let st = guard.as_mut().ok_or(ClientError::BadHandle)?;
@@ -358,6 +361,9 @@ impl FsCore {
     /// Reads up to `size` bytes at `offset` through handle `fh`.
     pub async fn read(self: &Arc<Self>, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
         let (ino, _) = self.handle(fh)?;
+        if let Some(sc) = self.scratch_of(ino) {
+            return self.scratch_read(&sc, offset, size).await;
+        }
         let state = self.state_of(ino)?;
         for attempt in 0..2 {
             let (end, locs, sequential) = {

@@ -15,6 +15,7 @@ pub mod local_reads;
 pub mod names;
 pub mod options;
 pub mod records;
+pub mod scratch;
 
 pub use crate::core::{ClientConfig, FsCore};
 pub use crate::error::ClientError;

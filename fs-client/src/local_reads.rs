@@ -16,11 +16,11 @@ use std::fs::File;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use stripefs_proto::local_socket::LocalConn;
+use stripefs_proto::local_socket::{LocalConn, LocalRequest};
 use stripefs_proto::net::Secret;
 use stripefs_proto::replica::{Layout, ReplicaError};
 use stripefs_proto::types::EncodedBlock;
-use stripefs_proto::{ChunkId, FsError, NodeId, Version};
+use stripefs_proto::{ChunkId, FsError, InodeId, NodeId, Version};
 
 /// How long a node found not to be local is not asked again.
 pub const ABSENT_RECHECK: Duration = Duration::from_secs(10);
@@ -101,6 +101,29 @@ impl LocalReads {
             })
         };
         Some(crate::conn::run_blocking(read).await)
+    }
+
+    /// The scratch file of `ino` held by the node at `addr`, open
+    /// read-write (created if missing), or `None` when that node is not
+    /// on this host. Errors: the node's answer, or a transport error.
+    pub async fn open_scratch(&self, addr: &str, ino: InodeId) -> Option<Result<File>> {
+        let mut conn = self.conn(addr).await?;
+        let inner = self.inner.clone();
+        let addr = addr.to_string();
+        let open = move || {
+            let answer = conn.request(LocalRequest::Scratch(ino), REQUEST_TIMEOUT);
+            if answer.is_ok() {
+                if let Some(NodeState::Idle(conns)) = lock(&inner.nodes).get_mut(&addr) {
+                    conns.push(conn);
+                }
+            }
+            let file = answer.map_err(|e| TransportError::LocalScratch {
+                ino,
+                detail: format!("local socket of node {addr}: {e}"),
+            })??;
+            Ok(file)
+        };
+        Some(crate::conn::run_blocking(open).await)
     }
 
     /// A connection to the node at `addr`'s local-read socket, or `None`

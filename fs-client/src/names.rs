@@ -242,6 +242,8 @@ mod tests {
             rdev: 0,
             policy: Policy::default(),
             allocated_bytes: 0,
+            class: Default::default(),
+            home: None,
         }
     }
 

@@ -47,6 +47,10 @@ pub struct MountOptions {
     /// that do not exist in a directory this mount alone changes need no
     /// round trip to the master (default on).
     pub dir_leases: bool,
+    /// `passthrough=on|off`: let the kernel read and write scratch files
+    /// whose node is on this host straight from their plain files (FUSE
+    /// passthrough; needs a root mount and kernel 6.9+; default on).
+    pub passthrough: bool,
     /// `metrics=ADDR`: serve Prometheus metrics and health checks there.
     pub metrics: Option<String>,
 }
@@ -70,6 +74,7 @@ impl Default for MountOptions {
             master_timeout: Duration::from_secs(60),
             local_reads: true,
             dir_leases: true,
+            passthrough: true,
             metrics: None,
         }
     }
@@ -213,6 +218,7 @@ pub fn parse_options<S: AsRef<str>>(lists: &[S]) -> Result<MountOptions, String>
                 }
                 ("local_reads", Some(v)) => o.local_reads = switch(key, v)?,
                 ("dir_leases", Some(v)) => o.dir_leases = switch(key, v)?,
+                ("passthrough", Some(v)) => o.passthrough = switch(key, v)?,
                 ("dirty_mb", Some(v)) => {
                     o.dirty_mb = number(key, v)?;
                     if o.dirty_mb == 0 {
@@ -276,6 +282,8 @@ mod tests {
         assert!(parse_options(&["local_reads=on"]).expect("on").local_reads);
         assert!(parse_options::<&str>(&[]).expect("none").dir_leases);
         assert!(!parse_options(&["dir_leases=off"]).expect("off").dir_leases);
+        assert!(parse_options::<&str>(&[]).expect("none").passthrough);
+        assert!(!parse_options(&["passthrough=off"]).expect("off").passthrough);
     }
 
     #[test]

@@ -40,7 +40,73 @@ pub struct StripeFs {
     notifier: Arc<std::sync::OnceLock<fuser::Notifier>>,
     /// The mount's metrics (`metrics=ADDR`), if served.
     metrics: Option<Arc<crate::metrics::MountMetrics>>,
+    /// Scratch files served by the kernel from their plain files.
+    passthrough: Passthrough,
 }
+
+/// FUSE passthrough of scratch files whose plain file is on this host
+/// (see `stripefs_client::scratch`). The kernel wants one backing id per
+/// inode for all its open handles at a time: a weak map by inode finds the
+/// id of an inode already open, each handle keeps it alive until released.
+#[derive(Default)]
+struct Passthrough {
+    /// Why the mount does not use passthrough (None: it does).
+    off: std::sync::Mutex<Option<String>>,
+    by_ino: std::sync::Mutex<std::collections::HashMap<u64, std::sync::Weak<fuser::BackingId>>>,
+    by_handle: std::sync::Mutex<std::collections::HashMap<u64, Arc<fuser::BackingId>>>,
+}
+
+impl Passthrough {
+    /// The backing id to open handle `fh` of scratch file `ino` with, if
+    /// the kernel takes its plain file: an inode's first open registers
+    /// the file (`register`), later ones share its id. A refusal turns
+    /// passthrough off for the whole mount: the kernel wants every open
+    /// of an inode to be passthrough or none to be.
+    fn open(
+        &self,
+        core: &FsCore,
+        ino: u64,
+        fh: u64,
+        register: impl FnOnce(&std::fs::File) -> std::io::Result<fuser::BackingId>,
+    ) -> Option<Arc<fuser::BackingId>> {
+        let sc = core.scratch_file(fh)?;
+        let file = sc.local.clone()?;
+        if let Some(why) = lock(&self.off).clone() {
+            sc.set_passthrough(Err(why));
+            return None;
+        }
+        let id = {
+            let mut by_ino = lock(&self.by_ino);
+            match by_ino.get(&ino).and_then(std::sync::Weak::upgrade) {
+                Some(id) => id,
+                None => match register(&file) {
+                    Ok(id) => {
+                        let id = Arc::new(id);
+                        by_ino.retain(|_, w| w.strong_count() > 0);
+                        by_ino.insert(ino, Arc::downgrade(&id));
+                        id
+                    }
+                    Err(e) => {
+                        let why = format!("the kernel refused passthrough: {e}");
+                        tracing::warn!("scratch files are read and written through this process: {why}");
+                        *lock(&self.off) = Some(why.clone());
+                        sc.set_passthrough(Err(why));
+                        return None;
+                    }
+                },
+            }
+        };
+        lock(&self.by_handle).insert(fh, id.clone());
+        sc.set_passthrough(Ok(()));
+        Some(id)
+    }
+
+    fn release(&self, fh: u64) {
+        lock(&self.by_handle).remove(&fh);
+    }
+}
+
+use stripefs_daemon::lock;
 
 /// One kernel request: its span (entered) and its timer.
 struct InRequest {
@@ -120,7 +186,22 @@ fn request_span(op: &'static str, ino: u64, fh: Option<u64>) -> tracing::span::E
 impl StripeFs {
     /// An adapter running `core`'s calls on `rt`.
     pub fn new(core: Arc<FsCore>, rt: tokio::runtime::Handle) -> StripeFs {
-        StripeFs { core, rt, notifier: Arc::new(std::sync::OnceLock::new()), metrics: None }
+        StripeFs {
+            core,
+            rt,
+            notifier: Arc::new(std::sync::OnceLock::new()),
+            metrics: None,
+            passthrough: Passthrough::default(),
+        }
+    }
+
+    /// With `false`, scratch files are never served through FUSE
+    /// passthrough (mount option `passthrough=off`).
+    pub fn with_passthrough(self, on: bool) -> StripeFs {
+        if !on {
+            *lock(&self.passthrough.off) = Some("passthrough=off".to_string());
+        }
+        self
     }
 
     /// Counts every request in `metrics`.
@@ -211,6 +292,18 @@ impl Filesystem for StripeFs {
         let available = config.capabilities() & wanted;
         if let Err(missing) = config.add_capabilities(available) {
             tracing::info!("kernel lacks FUSE capabilities {missing:?}");
+        }
+        if lock(&self.passthrough.off).is_none() {
+            let can = config.capabilities().contains(fuser::InitFlags::FUSE_PASSTHROUGH)
+                && config.add_capabilities(fuser::InitFlags::FUSE_PASSTHROUGH).is_ok()
+                // Backing files on a plain filesystem (depth 0); the mount
+                // itself may then be stacked under one more (overlayfs).
+                && config.set_max_stack_depth(1).is_ok();
+            if !can {
+                let why = "the kernel offers no FUSE passthrough (Linux 6.9 or later has it)";
+                tracing::info!("scratch files are read and written through this process: {why}");
+                *lock(&self.passthrough.off) = Some(why.to_string());
+            }
         }
         Ok(())
     }
@@ -365,6 +458,9 @@ impl Filesystem for StripeFs {
         match self.run(self.core.open(InodeId(ino.0), write)) {
             Ok((fh, keep_pages)) => {
                 self.forget_cached_attrs(ino);
+                if let Some(id) = self.passthrough.open(&self.core, ino.0, fh, |f| reply.open_backing(f)) {
+                    return reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
+                }
                 let flags = if keep_pages { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
                 reply.opened(FileHandle(fh), flags)
             }
@@ -454,7 +550,9 @@ impl Filesystem for StripeFs {
         reply: ReplyEmpty,
     ) {
         let _span = self.request("release", _ino.0, Some(fh.0));
-        self.reply_empty("release", self.run(self.core.release(fh.0)), reply);
+        let r = self.run(self.core.release(fh.0));
+        self.passthrough.release(fh.0);
+        self.reply_empty("release", r, reply);
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
@@ -640,13 +738,23 @@ impl Filesystem for StripeFs {
             }
         });
         match r {
-            Ok((a, fh)) => reply.created(
-                &self.core.config().entry_ttl,
-                &file_attr(&a),
-                Generation(0),
-                FileHandle(fh),
-                FopenFlags::empty(),
-            ),
+            Ok((a, fh)) => match self.passthrough.open(&self.core, a.ino.0, fh, |f| reply.open_backing(f)) {
+                Some(id) => reply.created_passthrough(
+                    &self.core.config().entry_ttl,
+                    &file_attr(&a),
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                    &id,
+                ),
+                None => reply.created(
+                    &self.core.config().entry_ttl,
+                    &file_attr(&a),
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                ),
+            },
             Err(e) => reply.error(errno("create", &e)),
         }
     }

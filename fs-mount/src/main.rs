@@ -38,7 +38,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// 128; needs root), local_reads=on|off (read the replicas of storage nodes
 /// on this host straight from their files, default on), dir_leases=on|off
 /// (answer lookups of missing names in a directory this mount alone
-/// changes without asking the master, default on), log=PATH (log of a
+/// changes without asking the master, default on), passthrough=on|off (the
+/// kernel reads and writes scratch files kept on this host's node straight
+/// from their plain files; needs a root mount; default on), log=PATH (log of a
 /// background client), metrics=ADDR (serve Prometheus metrics on
 /// http://ADDR/metrics, with /healthz and /readyz). fstab options such as _netdev, defaults, noauto and
 /// nofail are accepted and ignored.

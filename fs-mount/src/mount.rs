@@ -89,7 +89,7 @@ pub fn mount(
     };
     config.n_threads = Some(opts.threads.unwrap_or_else(stripefs_client::options::default_threads));
     config.clone_fd = true;
-    let mut fs = StripeFs::new(core.clone(), rt.clone());
+    let mut fs = StripeFs::new(core.clone(), rt.clone()).with_passthrough(opts.passthrough);
     let metrics_stop = tokio_util::sync::CancellationToken::new();
     let mut metrics = None;
     if let Some(addr) = &opts.metrics {

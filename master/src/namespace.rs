@@ -225,6 +225,13 @@ pub enum Command {
         /// The change.
         cmd: Box<Command>,
     },
+    /// Change an inode's data class (format 5).
+    SetClass {
+        /// What.
+        op: ops::SetClass,
+        /// Time of the request.
+        now: Timestamp,
+    },
 }
 
 /// The result of a command.
@@ -292,6 +299,7 @@ op!(SetAttrs => SetAttr, Attr);
 op!(SetXattr => SetXattr, Unit);
 op!(RemoveXattr => RemoveXattr, Unit);
 op!(SetPolicy => SetPolicy, Attr);
+op!(SetClass => SetClass, Attr);
 
 impl Op for ChunkCommit {
     type Output = Attr;
@@ -363,6 +371,8 @@ pub struct Tables<'txn> {
     pub sessions: Table<'txn, u64, &'static [u8]>,
     /// The inode number a replayed create asks for (see [`Command::Replayed`]).
     pub(crate) ino_hint: Option<InodeId>,
+    /// The session of the request being applied (see [`Command::Requested`]).
+    pub(crate) session: Option<u64>,
 }
 
 impl<'txn> Tables<'txn> {
@@ -380,6 +390,7 @@ impl<'txn> Tables<'txn> {
             requests: txn.open_table(tables::REQUESTS)?,
             sessions: txn.open_table(tables::SESSIONS)?,
             ino_hint: None,
+            session: None,
         })
     }
 
@@ -452,6 +463,13 @@ impl<'txn> Tables<'txn> {
 
     /// Removes an inode and everything hanging off it.
     pub(crate) fn purge(&mut self, ino: InodeId) -> Result<(), ApplyError> {
+        let home = match self.inodes.get(ino.0)? {
+            Some(v) => InodeRecord::decode(v.value())?.home,
+            None => None,
+        };
+        if let Some(home) = home {
+            self.queue_scratch_deletion(home, ino)?;
+        }
         let chunks: Vec<(u64, ChunkRecord)> = self
             .chunks
             .range((ino.0, 0)..=(ino.0, u64::MAX))?
@@ -477,6 +495,12 @@ impl<'txn> Tables<'txn> {
             let count = self.meta_u64(meta_keys::INODE_COUNT)?;
             self.set_meta_u64(meta_keys::INODE_COUNT, count.saturating_sub(1))?;
         }
+        Ok(())
+    }
+
+    /// Orders `home` to remove the scratch file of `ino`.
+    pub(crate) fn queue_scratch_deletion(&mut self, home: NodeId, ino: InodeId) -> Result<(), ApplyError> {
+        self.deletions.insert((home.0, ino.0, Version::SCRATCH_FILE.0), ())?;
         Ok(())
     }
 
@@ -537,6 +561,7 @@ pub fn apply(t: &mut Tables, cmd: &Command, ctx: &Context) -> Result<Reply, Appl
         C::SetXattr { op, now } => attrs::set_xattr(t, op, *now).map(unit),
         C::RemoveXattr { op, now } => attrs::remove_xattr(t, op.ino, &op.name, *now).map(unit),
         C::SetPolicy { op, now } => attrs::set_policy(t, op, *now).map(Reply::Attr),
+        C::SetClass { op, now } => attrs::set_class(t, op, *now).map(Reply::Attr),
         C::CommitChunk { commit, now } => chunks::commit_chunk(t, commit, *now, ctx).map(Reply::Attr),
         C::AddReplica { ino, index, chunk, version, node, drop } => {
             chunks::add_replica(t, *ino, *index, (*chunk, *version), *node, drop).map(unit)

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use stripefs_proto::ops;
 use stripefs_proto::types::TimeSet;
-use stripefs_proto::types::{Policy, SetAttr};
+use stripefs_proto::types::{DataClass, Policy, SetAttr};
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
@@ -1141,6 +1141,54 @@ async fn new_inodes_inherit_the_parent_policy() {
     // A hard link does not change the inode's policy.
     fs.link(other.ino, d.ino, "other").await.expect("link");
     assert_eq!(fs.rec(other.ino).policy, Policy::default());
+}
+
+/// A regular file made in a scratch directory gets the class and, when
+/// the requesting session's host has a node, that node as its home; the
+/// purge of the inode orders the node to remove the plain file. Classes
+/// of files that hold data do not change.
+#[tokio::test]
+async fn scratch_files_get_the_node_of_their_host() {
+    let fs = Fs::new();
+    let scratch = DataClass::Scratch { remove_lost: false };
+    for (host, addr) in [("h1", "a:1"), ("h2", "b:1"), ("h2", "c:1")] {
+        let record = NodeRecord { addr: addr.into(), host: host.into(), zone: "z".into() };
+        fs.run(Command::RegisterNode { id: None, record }).await.expect("register");
+    }
+    fs.unit(Command::OpenSession { session: 42, host: "h2".into(), now: fs.now() }).await.expect("session");
+    let requested = |seq: u64, cmd: Command| Command::Requested {
+        id: ops::RequestId { session: 42, seq },
+        answered_below: 0,
+        cmd: Box::new(cmd),
+    };
+    let d = fs.mkdir(ROOT, "spill").await.expect("mkdir");
+    let set = |ino, class| Command::SetClass { op: ops::SetClass { ino, class }, now: fs.now() };
+    assert_eq!(fs.attr(set(d.ino, scratch)).await.expect("set class").class, scratch);
+    let sub = fs.mkdir(d.ino, "sub").await.expect("mkdir sub");
+    assert_eq!((sub.class, sub.home), (scratch, None), "a directory inherits the class, has no home");
+
+    let f = fs.attr(requested(1, crate::test_util::new_file(sub.ino, "f", fs.now()))).await.expect("create");
+    assert_eq!((f.class, f.home), (scratch, Some(NodeId(3))), "the newest node on the session's host");
+    // Without a session (or a node on its host): the replicated layout.
+    let g = fs.create(sub.ino, "g").await.expect("create");
+    assert_eq!((g.class, g.home), (scratch, None));
+    let s = fs.symlink(sub.ino, "s", "f").await.expect("symlink");
+    assert_eq!(s.class, DataClass::Replicated);
+    assert_eq!(fs.rec(f.ino).home, Some(NodeId(3)), "stored");
+
+    // A file with data keeps its class; an empty one changes.
+    fs.commit(g.ino, 0, (2, 1), 100, &[1]).await.expect("commit");
+    assert_eq!(fs.attr(set(g.ino, DataClass::Replicated)).await, Err(FsError::NotSupported));
+    let e = fs.create(ROOT, "e").await.expect("create");
+    let e2 = fs.attr(requested(2, set(e.ino, scratch))).await.expect("empty file to scratch");
+    assert_eq!((e2.class, e2.home), (scratch, Some(NodeId(3))));
+    let e3 = fs.attr(set(e.ino, DataClass::Replicated)).await.expect("and back");
+    assert_eq!((e3.class, e3.home), (DataClass::Replicated, None));
+    assert_eq!(fs.take_deletions(3, 10).await, [(e.ino.0, Version::SCRATCH_FILE.0)], "its plain file goes");
+
+    fs.unlink(sub.ino, "f").await.expect("unlink");
+    assert_eq!(fs.take_deletions(3, 10).await, [(f.ino.0, Version::SCRATCH_FILE.0)]);
+    assert!(fs.take_deletions(2, 10).await.is_empty());
 }
 
 // ---------------------------------------------------------------- ids and nodes

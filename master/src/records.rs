@@ -4,7 +4,7 @@
 //! layout change.
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
-use stripefs_proto::types::{Attr, FileKind, Policy, Timestamp};
+use stripefs_proto::types::{Attr, DataClass, FileKind, Policy, Timestamp};
 use stripefs_proto::{ChunkId, InodeId, NodeId, Version};
 
 /// Why a record could not be decoded.
@@ -16,6 +16,8 @@ pub struct DecodeError {
 }
 
 const FORMAT_V1: u8 = 1;
+/// Inode records since database format 5: with the data class and home.
+const FORMAT_V2: u8 = 2;
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     let mut out = vec![FORMAT_V1];
@@ -65,17 +67,71 @@ pub struct InodeRecord {
     pub target: Option<String>,
     /// Sum of the lengths of the file's chunks (holes excluded).
     pub allocated: u64,
+    /// Data class (format 5; older records are replicated).
+    pub class: DataClass,
+    /// The node holding a scratch file's data (format 5).
+    pub home: Option<NodeId>,
+}
+
+/// An inode as stored before format 5 (format byte 1): without class and
+/// home.
+#[derive(Deserialize)]
+struct InodeRecordV1 {
+    kind: FileKind,
+    perm: u16,
+    nlink: u32,
+    uid: u32,
+    gid: u32,
+    size: u64,
+    atime: Timestamp,
+    mtime: Timestamp,
+    ctime: Timestamp,
+    crtime: Timestamp,
+    rdev: u32,
+    policy: Policy,
+    parent: u64,
+    target: Option<String>,
+    allocated: u64,
 }
 
 impl InodeRecord {
     /// Encodes for storage.
     pub fn encode(&self) -> Vec<u8> {
-        encode(self)
+        let mut out = vec![FORMAT_V2];
+        bincode::serialize_into(&mut out, self).expect("serializing a plain struct into a Vec cannot fail");
+        out
     }
 
-    /// Decodes from storage.
+    /// Decodes from storage, either format.
     pub fn decode(bytes: &[u8]) -> Result<InodeRecord, DecodeError> {
-        decode("inode", bytes)
+        let err = |detail: String| DecodeError { what: "inode", detail };
+        match bytes.split_first() {
+            Some((&FORMAT_V2, body)) => bincode::deserialize(body).map_err(|e| err(e.to_string())),
+            Some((&FORMAT_V1, body)) => {
+                let r: InodeRecordV1 = bincode::deserialize(body).map_err(|e| err(e.to_string()))?;
+                Ok(InodeRecord {
+                    kind: r.kind,
+                    perm: r.perm,
+                    nlink: r.nlink,
+                    uid: r.uid,
+                    gid: r.gid,
+                    size: r.size,
+                    atime: r.atime,
+                    mtime: r.mtime,
+                    ctime: r.ctime,
+                    crtime: r.crtime,
+                    rdev: r.rdev,
+                    policy: r.policy,
+                    parent: r.parent,
+                    target: r.target,
+                    allocated: r.allocated,
+                    class: DataClass::Replicated,
+                    home: None,
+                })
+            }
+            Some((v, _)) => Err(err(format!("unknown format byte {v}"))),
+            None => Err(err("empty".into())),
+        }
     }
 
     /// The attributes clients see.
@@ -95,6 +151,8 @@ impl InodeRecord {
             rdev: self.rdev,
             policy: self.policy,
             allocated_bytes: self.allocated,
+            class: self.class,
+            home: self.home,
         }
     }
 }
@@ -171,8 +229,55 @@ mod tests {
             parent: 0,
             target: Some("a/b/c".into()),
             allocated: 7,
+            class: DataClass::Scratch { remove_lost: true },
+            home: Some(NodeId(4)),
         };
         assert_eq!(InodeRecord::decode(&r.encode()).expect("decode"), r);
+    }
+
+    /// A record written before format 5 reads as replicated, homeless.
+    #[test]
+    fn a_format_1_inode_reads_as_replicated() {
+        #[derive(Serialize)]
+        struct Old {
+            kind: FileKind,
+            perm: u16,
+            nlink: u32,
+            uid: u32,
+            gid: u32,
+            size: u64,
+            atime: Timestamp,
+            mtime: Timestamp,
+            ctime: Timestamp,
+            crtime: Timestamp,
+            rdev: u32,
+            policy: Policy,
+            parent: u64,
+            target: Option<String>,
+            allocated: u64,
+        }
+        let t = Timestamp { secs: 1, nanos: 2 };
+        let old = Old {
+            kind: FileKind::File,
+            perm: 0o640,
+            nlink: 1,
+            uid: 7,
+            gid: 8,
+            size: 9,
+            atime: t,
+            mtime: t,
+            ctime: t,
+            crtime: t,
+            rdev: 0,
+            policy: Policy::default(),
+            parent: 0,
+            target: None,
+            allocated: 9,
+        };
+        let mut bytes = vec![FORMAT_V1];
+        bincode::serialize_into(&mut bytes, &old).expect("encode");
+        let r = InodeRecord::decode(&bytes).expect("decode");
+        assert_eq!((r.size, r.uid, r.perm, r.class, r.home), (9, 7, 0o640, DataClass::Replicated, None));
     }
 
     #[test]

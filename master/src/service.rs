@@ -386,6 +386,12 @@ impl MasterService for MasterServer {
         self.shared.store.run(req).await
     }
 
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "set_class", peer = %self.conn.peer, trace = %ctx.trace_id()))]
+    async fn set_class(self, ctx: Context, req: Request<SetClass>) -> Result<Acked<Attr>, FsError> {
+        self.shared.store.ensure_leader_for(&req).await?;
+        self.shared.store.run(req).await
+    }
+
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "nodes", peer = %self.conn.peer, trace = %ctx.trace_id()))]
     async fn nodes(self, ctx: Context) -> Result<Vec<NodeStatus>, FsError> {
         self.shared.store.ensure_leader_now().await?;

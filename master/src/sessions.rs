@@ -32,6 +32,7 @@
 //! answered once their change is durable, as before.
 
 use crate::namespace::{ApplyError, Tables};
+use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -60,6 +61,13 @@ pub(crate) fn open(t: &mut Tables, session: u64, host: &str, now: Timestamp) -> 
     let bytes = bincode::serialize(&rec).map_err(|_| stripefs_proto::FsError::Internal)?;
     t.sessions.insert(session, bytes.as_slice())?;
     Ok(())
+}
+
+/// The host of a registered session (None: not registered).
+pub(crate) fn host_of(t: &Tables, session: u64) -> Result<Option<String>, ApplyError> {
+    let Some(v) = t.sessions.get(session)? else { return Ok(None) };
+    let rec: SessionRecord = bincode::deserialize(v.value()).map_err(|_| stripefs_proto::FsError::Internal)?;
+    Ok(Some(rec.host))
 }
 
 /// Applies [`crate::namespace::Command::CloseSession`].
@@ -114,6 +122,7 @@ touches! {
     ops::SetXattr => |o| vec![o.ino];
     ops::RemoveXattr => |o| vec![o.ino];
     ops::SetPolicy => |o| vec![o.ino];
+    ops::SetClass => |o| vec![o.ino];
     stripefs_proto::types::ChunkCommit => |o| vec![o.ino];
 }
 

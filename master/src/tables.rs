@@ -66,7 +66,10 @@ pub const MAGIC_VALUE: &[u8] = b"stripefs-master";
 /// applied, the new table created); an older master refuses a newer one,
 /// which keeps it from ignoring the Raft log. 4: `sessions.v1`, and log
 /// entries that open and close client sessions and replay lost changes.
-pub const FORMAT_VERSION: u32 = 4;
+/// 5: inode records with a data class and a scratch file's home (format
+/// byte 2; older records read as replicated), `SetClass` log entries;
+/// answers in `requests.v1` remembered before it still decode.
+pub const FORMAT_VERSION: u32 = 5;
 
 /// What the `meta.v1` table of a database says about its format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -39,3 +39,10 @@ impl InodeId {
     /// The root directory.
     pub const ROOT: InodeId = InodeId(1);
 }
+
+impl Version {
+    /// Not a chunk version: a replica deletion `(ChunkId(ino),
+    /// SCRATCH_FILE)` removes the scratch file of inode `ino` from the
+    /// node (the version counter never gets near it).
+    pub const SCRATCH_FILE: Version = Version(u64::MAX);
+}

@@ -14,9 +14,14 @@
 //!
 //! ```text
 //! client → node: chunk u64 | version u64                        (little-endian)
+//!                (version `Version::SCRATCH_FILE`: the scratch file of
+//!                inode `chunk`, read-write, created if missing)
 //! node → client: status u8 (0 ok, 1 error) | FsError u32 (bincode; 0 when ok)
 //!                with the replica's descriptor attached (SCM_RIGHTS) when ok
 //! ```
+//!
+//! A scratch file's descriptor is the one the client registers with its
+//! kernel for FUSE passthrough (see `stripefs_client::scratch`).
 //!
 //! A replica file never changes once written (a new version is a new file),
 //! and a descriptor stays valid after the node deletes the file, so a client
@@ -24,7 +29,7 @@
 //! of deleted versions while it does.
 
 use crate::net::{handshake_client, handshake_server, ConnectError, Secret, HANDSHAKE_TIMEOUT};
-use crate::{ChunkId, FsError, Version};
+use crate::{ChunkId, FsError, InodeId, Version};
 use std::fs::File;
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::mem::MaybeUninit;
@@ -37,6 +42,37 @@ use tokio_util::sync::CancellationToken;
 
 const REQUEST_BYTES: usize = 16;
 const REPLY_BYTES: usize = 5;
+
+/// What a client asks a node's local socket for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LocalRequest {
+    /// A replica file, read-only.
+    Replica(ChunkId, Version),
+    /// The scratch file of an inode, read-write, created if missing.
+    Scratch(InodeId),
+}
+
+impl LocalRequest {
+    fn encode(self) -> [u8; REQUEST_BYTES] {
+        let (a, b) = match self {
+            LocalRequest::Replica(c, v) => (c.0, v.0),
+            LocalRequest::Scratch(ino) => (ino.0, Version::SCRATCH_FILE.0),
+        };
+        let mut req = [0u8; REQUEST_BYTES];
+        req[..8].copy_from_slice(&a.to_le_bytes());
+        req[8..].copy_from_slice(&b.to_le_bytes());
+        req
+    }
+
+    fn decode(req: &[u8; REQUEST_BYTES]) -> LocalRequest {
+        let a = u64::from_le_bytes(req[..8].try_into().expect("8 bytes"));
+        let b = u64::from_le_bytes(req[8..].try_into().expect("8 bytes"));
+        match Version(b) {
+            Version::SCRATCH_FILE => LocalRequest::Scratch(InodeId(a)),
+            v => LocalRequest::Replica(ChunkId(a), v),
+        }
+    }
+}
 
 /// The abstract socket name of the node advertised as `advertise`.
 pub fn socket_name(advertise: &str) -> String {
@@ -63,7 +99,7 @@ pub fn bind(advertise: &str) -> io::Result<UnixListener> {
 /// to the blocking pool and back.
 pub async fn serve<F>(listener: UnixListener, secret: Secret, shutdown: CancellationToken, open: F)
 where
-    F: Fn(ChunkId, Version) -> Result<File, FsError> + Clone + Send + Sync + 'static,
+    F: Fn(LocalRequest) -> Result<File, FsError> + Clone + Send + Sync + 'static,
 {
     loop {
         let stream = tokio::select! {
@@ -89,7 +125,7 @@ where
 
 async fn serve_one<F>(mut stream: UnixStream, secret: Secret, open: F) -> io::Result<()>
 where
-    F: Fn(ChunkId, Version) -> Result<File, FsError> + Clone + Send + Sync + 'static,
+    F: Fn(LocalRequest) -> Result<File, FsError> + Clone + Send + Sync + 'static,
 {
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake_server(&mut stream, &secret)).await {
         Ok(Ok(())) => {}
@@ -109,9 +145,7 @@ where
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(e) => return Err(e),
         }
-        let chunk = ChunkId(u64::from_le_bytes(req[..8].try_into().expect("8 bytes")));
-        let version = Version(u64::from_le_bytes(req[8..].try_into().expect("8 bytes")));
-        send_reply(&stream, open(chunk, version)).await?;
+        send_reply(&stream, open(LocalRequest::decode(&req))).await?;
     }
 }
 
@@ -192,12 +226,14 @@ impl LocalConn {
     /// `version`. The outer error is the connection's (drop it); the inner
     /// one is the node's answer (`NotFound` when it holds no such replica).
     pub fn open(&mut self, chunk: ChunkId, version: Version, timeout: Duration) -> io::Result<Result<File, FsError>> {
+        self.request(LocalRequest::Replica(chunk, version), timeout)
+    }
+
+    /// Asks for a descriptor: [`LocalConn::open`] for any request.
+    pub fn request(&mut self, request: LocalRequest, timeout: Duration) -> io::Result<Result<File, FsError>> {
         self.stream.set_read_timeout(Some(timeout))?;
         self.stream.set_write_timeout(Some(timeout))?;
-        let mut req = [0u8; REQUEST_BYTES];
-        req[..8].copy_from_slice(&chunk.0.to_le_bytes());
-        req[8..].copy_from_slice(&version.0.to_le_bytes());
-        self.stream.write_all(&req)?;
+        self.stream.write_all(&request.encode())?;
 
         let mut reply = [0u8; REPLY_BYTES];
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
@@ -245,11 +281,20 @@ mod tests {
     }
 
     /// A node's local-read socket serving files from `dir` named
-    /// `<chunk>-<version>`.
+    /// `<chunk>-<version>`, and scratch files named `scratch-<ino>`.
     fn start(advertise: &str, dir: std::path::PathBuf, shutdown: &CancellationToken) {
         let listener = bind(advertise).expect("bind");
-        let open = move |c: ChunkId, v: Version| {
-            File::open(dir.join(format!("{}-{}", c.0, v.0))).map_err(|_| FsError::NotFound)
+        let open = move |r: LocalRequest| match r {
+            LocalRequest::Replica(c, v) => {
+                File::open(dir.join(format!("{}-{}", c.0, v.0))).map_err(|_| FsError::NotFound)
+            }
+            LocalRequest::Scratch(ino) => std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(dir.join(format!("scratch-{}", ino.0)))
+                .map_err(|_| FsError::Internal),
         };
         tokio::spawn(serve(listener, secret("a"), shutdown.clone(), open));
     }
@@ -283,6 +328,34 @@ mod tests {
         .await
         .expect("task");
         assert_eq!(got, ("replica bytes".to_string(), Some(FsError::NotFound)));
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_scratch_file_comes_read_write_and_is_created() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shutdown = CancellationToken::new();
+        let addr = unique("scratch");
+        start(&addr, dir.path().to_path_buf(), &shutdown);
+        let mut conn = LocalConn::connect(&addr, &secret("a"), Duration::from_secs(5))
+            .await
+            .expect("connect")
+            .expect("a node is here");
+        let path = dir.path().join("scratch-42");
+        tokio::task::spawn_blocking(move || {
+            let mut f =
+                conn.request(LocalRequest::Scratch(InodeId(42)), Duration::from_secs(5)).expect("io").expect("ok");
+            f.write_all(b"written by the client").expect("write through the descriptor");
+        })
+        .await
+        .expect("task");
+        assert_eq!(std::fs::read(path).expect("the node's file"), b"written by the client");
+        assert_eq!(
+            LocalRequest::decode(&LocalRequest::Scratch(InodeId(42)).encode()),
+            LocalRequest::Scratch(InodeId(42))
+        );
+        let r = LocalRequest::Replica(ChunkId(3), Version(4));
+        assert_eq!(LocalRequest::decode(&r.encode()), r);
         shutdown.cancel();
     }
 

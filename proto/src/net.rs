@@ -42,7 +42,10 @@ const MAGIC: &[u8; 8] = b"STRIPEFS";
 /// 8: early answers: mutations answer [`crate::ops::Acked`] with their
 /// durability, requests may be replays, client sessions register.
 /// 9: directory leases: the `lease_dir` and `lease_poll` RPCs.
-pub const PROTOCOL_VERSION: u32 = 9;
+/// 10: scratch files: [`crate::types::DataClass`] and the home node in
+/// every `Attr`, `set_class`, the node's `scratch_*` RPCs and local
+/// scratch opens.
+pub const PROTOCOL_VERSION: u32 = 10;
 const NONCE_BYTES: usize = 32;
 const MAC_BYTES: usize = 32;
 

@@ -202,6 +202,16 @@ pub struct SetAttrs {
     pub set: SetAttr,
 }
 
+/// Change the data class of an inode (new children inherit a
+/// directory's). Only directories and empty files change class.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetClass {
+    /// Inode.
+    pub ino: InodeId,
+    /// New class.
+    pub class: crate::types::DataClass,
+}
+
 /// Set an xattr (setxattr's flags: `XATTR_CREATE`, `XATTR_REPLACE`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SetXattr {

@@ -78,6 +78,8 @@ pub trait MasterService {
     async fn removexattr(req: Request<RemoveXattr>) -> Result<Acked<()>, FsError>;
     /// Change the data policy of an inode (new children inherit a directory's).
     async fn set_policy(req: Request<SetPolicy>) -> Result<Acked<Attr>, FsError>;
+    /// Change the data class of a directory or an empty file.
+    async fn set_class(req: Request<SetClass>) -> Result<Acked<Attr>, FsError>;
     /// Every node the master knows.
     async fn nodes() -> Result<Vec<NodeStatus>, FsError>;
     /// A storage node announces itself.
@@ -147,4 +149,15 @@ pub trait NodeService {
     async fn delete_chunk(chunk: ChunkId, version: Version) -> Result<(), FsError>;
     /// Put replicas written earlier without `sync` on disk (fsync(2) of a client).
     async fn sync_chunks(chunks: Vec<(ChunkId, Version)>) -> Result<(), FsError>;
+    /// Up to `len` bytes (at most [`crate::types::MAX_SCRATCH_IO`]) of the
+    /// scratch file of `ino` from `offset`; fewer at its end. `NotFound`
+    /// when this node holds no such file.
+    async fn scratch_read(ino: InodeId, offset: u64, len: u32) -> Result<Vec<u8>, FsError>;
+    /// Writes `data` into the scratch file of `ino` at `offset` (creating
+    /// the file); returns the file's size after it.
+    async fn scratch_write(ino: InodeId, offset: u64, data: Vec<u8>) -> Result<u64, FsError>;
+    /// Sets the size of the scratch file of `ino` (creating the file).
+    async fn scratch_truncate(ino: InodeId, size: u64) -> Result<(), FsError>;
+    /// Puts the scratch file of `ino` on disk (fsync(2) of a client).
+    async fn scratch_sync(ino: InodeId) -> Result<(), FsError>;
 }

@@ -112,6 +112,52 @@ impl Policy {
     }
 }
 
+/// Most bytes one `scratch_read` or `scratch_write` carries.
+pub const MAX_SCRATCH_IO: u32 = 4 << 20;
+
+/// Where a file's data lives: the class of a directory is inherited by
+/// what is created in it, like its [`Policy`] (docs/SEMANTICS.md,
+/// "Scratch files").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DataClass {
+    /// Chunks of checksummed blocks, replicated across nodes (the default).
+    #[default]
+    Replicated,
+    /// Scratch: a new file keeps its data as one plain file on the storage
+    /// node of the host that created it (its home), read and written there
+    /// through FUSE passthrough; lost with that host.
+    Scratch {
+        /// Remove the file once its home node has been declared gone.
+        remove_lost: bool,
+    },
+}
+
+impl DataClass {
+    /// Whether this is the scratch class.
+    pub fn is_scratch(&self) -> bool {
+        matches!(self, DataClass::Scratch { .. })
+    }
+
+    /// The policy and the class as shown by the CLI and the
+    /// `user.stripefs.policy` xattr: the class only when it is not the
+    /// default (`replication=2 compression=zstd:1 class=scratch`).
+    pub fn with_policy(&self, policy: &Policy) -> String {
+        match self {
+            DataClass::Replicated => policy.describe(),
+            c => format!("{} class={}", policy.describe(), c.describe()),
+        }
+    }
+
+    /// The form shown by the CLI and the `user.stripefs.policy` xattr.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            DataClass::Replicated => "replicated",
+            DataClass::Scratch { remove_lost: false } => "scratch",
+            DataClass::Scratch { remove_lost: true } => "scratch(remove-lost)",
+        }
+    }
+}
+
 /// What `create` and `mkdir` return: the new inode, and its directory as
 /// the change left it (the kernel asks for the directory's attributes right
 /// after every change in it; the client answers from this).
@@ -166,6 +212,12 @@ pub struct Attr {
     pub policy: Policy,
     /// Bytes of data the file's chunks hold (holes excluded): `st_blocks`.
     pub allocated_bytes: u64,
+    /// Where new files' data lives (directories), or this file's.
+    pub class: DataClass,
+    /// The node holding a scratch file's data as one plain file; `None`
+    /// for every other inode, and for a scratch file made on a host with
+    /// no node (it keeps the replicated layout).
+    pub home: Option<NodeId>,
 }
 
 /// A time to set with `setattr`.

@@ -87,7 +87,7 @@ impl StoreError {
 
 /// An I/O error with what was being done; a full disk (or quota) is
 /// [`StoreError::NoSpace`], so the writer can go elsewhere or get ENOSPC.
-fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> StoreError {
+pub(crate) fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> StoreError {
     let context = context.into();
     move |source| match source.kind() {
         io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
@@ -109,6 +109,8 @@ struct Counters {
 #[derive(Debug)]
 pub struct ChunkStore {
     chunks_dir: PathBuf,
+    /// Scratch files, one plain file per inode ([`crate::scratch`]).
+    pub(crate) scratch_dir: PathBuf,
     /// Held while a replica file appears or disappears, so the counters
     /// follow the files exactly.
     counters: Mutex<Counters>,
@@ -137,8 +139,14 @@ impl ChunkStore {
         fsync_dir(&chunks_dir).map_err(io_err(format!("cannot fsync {}", chunks_dir.display())))?;
         fsync_dir(dir).map_err(io_err(format!("cannot fsync {}", dir.display())))?;
 
-        let store =
-            ChunkStore { chunks_dir, counters: Mutex::new(Counters::default()), writer: ReplicaWriter::new(true) };
+        let scratch_dir = dir.join("scratch");
+        fs::create_dir_all(&scratch_dir).map_err(io_err(format!("cannot create {}", scratch_dir.display())))?;
+        let store = ChunkStore {
+            chunks_dir,
+            scratch_dir,
+            counters: Mutex::new(Counters::default()),
+            writer: ReplicaWriter::new(true),
+        };
         let replicas = store.scan(true)?;
         let mut counters = store.lock();
         counters.chunk_count = replicas.len() as u64;
@@ -334,8 +342,12 @@ impl ChunkStore {
         Ok(blocks)
     }
 
-    /// Deletes a replica; an absent one is not an error.
+    /// Deletes a replica (or, for [`Version::SCRATCH_FILE`], the scratch
+    /// file of inode `chunk`); an absent one is not an error.
     pub fn delete(&self, chunk: ChunkId, version: Version) -> Result<(), StoreError> {
+        if version == Version::SCRATCH_FILE {
+            return self.scratch_delete(stripefs_proto::InodeId(chunk.0));
+        }
         let path = self.replica_path(chunk, version);
         let mut counters = self.lock();
         let len = match fs::metadata(&path) {

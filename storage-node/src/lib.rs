@@ -18,6 +18,7 @@ mod master_link;
 pub mod metrics;
 mod node;
 mod reports;
+mod scratch;
 mod scrub;
 mod service;
 mod write_memory;

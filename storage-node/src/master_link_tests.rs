@@ -115,6 +115,7 @@ impl MasterService for FakeMaster {
         listxattr(ino: InodeId) -> Vec<String>;
         removexattr(req: Request<RemoveXattr>) -> Acked<()>;
         set_policy(req: Request<SetPolicy>) -> Acked<Attr>;
+        set_class(req: Request<SetClass>) -> Acked<Attr>;
         nodes() -> Vec<NodeStatus>;
         report_inventory(node: NodeId, items: Vec<InventoryItem>) -> ();
         report_corrupt(node: NodeId, chunk: ChunkId, version: Version) -> ();

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use stripefs_daemon::Workers;
 use stripefs_proto::data_conn::DATA_MAGIC;
+use stripefs_proto::local_socket::LocalRequest;
 use stripefs_proto::net::{accept_loop, transport, Secret};
 use stripefs_proto::NodeService;
 use tarpc::server::{BaseChannel, Channel};
@@ -169,7 +170,10 @@ fn serve_local_reads(
         Ok(listener) => {
             tracing::info!("local reads for clients on this host at @{name}");
             let store = store.clone();
-            let open = move |chunk, version| store.open_replica(chunk, version).map_err(|e| e.to_wire());
+            let open = move |r| match r {
+                LocalRequest::Replica(chunk, version) => store.open_replica(chunk, version).map_err(|e| e.to_wire()),
+                LocalRequest::Scratch(ino) => store.scratch_open(ino).map_err(|e| e.to_wire()),
+            };
             Some(tokio::spawn(stripefs_proto::local_socket::serve(listener, cfg.secret.clone(), token.clone(), open)))
         }
         Err(e) => {

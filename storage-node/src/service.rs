@@ -12,7 +12,7 @@ use std::time::Duration;
 use stripefs_proto::data_conn::DataPool;
 use stripefs_proto::net::Secret;
 use stripefs_proto::types::EncodedBlock;
-use stripefs_proto::{ChunkId, FsError, NodeService, Version};
+use stripefs_proto::{ChunkId, FsError, InodeId, NodeService, Version};
 use tarpc::context::Context;
 
 /// Longest a forwarded write may take.
@@ -167,6 +167,30 @@ impl NodeService for NodeServer {
         }
         let store = self.inner.store.clone();
         blocking(move || store.sync_many(&chunks)).await
+    }
+
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "scratch_read", trace = %ctx.trace_id(), %ino))]
+    async fn scratch_read(self, ctx: Context, ino: InodeId, offset: u64, len: u32) -> Result<Vec<u8>, FsError> {
+        let store = self.inner.store.clone();
+        blocking(move || store.scratch_read(ino, offset, len)).await
+    }
+
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "scratch_write", trace = %ctx.trace_id(), %ino))]
+    async fn scratch_write(self, ctx: Context, ino: InodeId, offset: u64, data: Vec<u8>) -> Result<u64, FsError> {
+        let store = self.inner.store.clone();
+        blocking(move || store.scratch_write(ino, offset, &data)).await
+    }
+
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "scratch_truncate", trace = %ctx.trace_id(), %ino))]
+    async fn scratch_truncate(self, ctx: Context, ino: InodeId, size: u64) -> Result<(), FsError> {
+        let store = self.inner.store.clone();
+        blocking(move || store.scratch_truncate(ino, size)).await
+    }
+
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "scratch_sync", trace = %ctx.trace_id(), %ino))]
+    async fn scratch_sync(self, ctx: Context, ino: InodeId) -> Result<(), FsError> {
+        let store = self.inner.store.clone();
+        blocking(move || store.scratch_sync(ino)).await
     }
 }
 

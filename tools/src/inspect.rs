@@ -4,8 +4,8 @@ use crate::target::Target;
 use anyhow::{bail, Context as _};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use stripefs_proto::types::{FileKind, Policy, WorkerStatus};
-use stripefs_proto::InodeId;
+use stripefs_proto::types::{DataClass, FileKind, Policy, WorkerStatus};
+use stripefs_proto::{FsError, InodeId};
 use tarpc::context;
 
 /// Bytes as a short human figure (binary units).
@@ -170,14 +170,34 @@ pub async fn info(t: &Target, path: &Path, json: bool) -> anyhow::Result<()> {
         let out = serde_json::json!({
             "path": path.display().to_string(), "inode": ino.0, "size": attr.size,
             "replication": attr.policy.replication, "compression_level": attr.policy.compression_level,
+            "class": attr.class.describe(), "home": attr.home.map(|h| h.0),
+            "scratch": scratch_xattr(path),
             "stored_bytes": stored, "chunks": list,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    println!("{}: inode {}, {:?}, {} bytes, {}", path.display(), ino.0, attr.kind, attr.size, attr.policy.describe());
+    println!(
+        "{}: inode {}, {:?}, {} bytes, {}",
+        path.display(),
+        ino.0,
+        attr.kind,
+        attr.size,
+        attr.class.with_policy(&attr.policy)
+    );
     if attr.kind != FileKind::File {
         return Ok(());
+    }
+    if attr.class.is_scratch() {
+        // The mount this path is in says how it reaches the data.
+        match scratch_xattr(path) {
+            Some(s) => println!("scratch: {s}"),
+            None => println!("scratch: home node {}", attr.home.map_or("none".into(), |h| h.to_string())),
+        }
+        if attr.home.is_some() {
+            println!("the data is one plain file on the home node; lost if that host is");
+            return Ok(());
+        }
     }
     println!(
         "{:>8}  {:>10} {:>10} {:>10} {:>10} {:>6}  REPLICAS",
@@ -207,8 +227,23 @@ pub async fn info(t: &Target, path: &Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The `user.stripefs.scratch` xattr of `path`: how the mount reaches a
+/// scratch file's data (None: not a scratch file, or not on a mount).
+fn scratch_xattr(path: &Path) -> Option<String> {
+    let mut buf = vec![0u8; 4096];
+    let n = rustix::fs::getxattr(path, stripefs_client::core::SCRATCH_XATTR, &mut buf[..]).ok()?;
+    buf.truncate(n);
+    String::from_utf8(buf).ok()
+}
+
 /// `stripefs policy PATH [...]`.
-pub async fn policy(t: &Target, path: &Path, replication: Option<u8>, level: Option<i8>) -> anyhow::Result<()> {
+pub async fn policy(
+    t: &Target,
+    path: &Path,
+    replication: Option<u8>,
+    level: Option<i8>,
+    class: Option<DataClass>,
+) -> anyhow::Result<()> {
     if let Some(r) = replication {
         if r == 0 || r > Policy::MAX_REPLICATION {
             bail!("--replication must be between 1 and {}", Policy::MAX_REPLICATION);
@@ -216,15 +251,36 @@ pub async fn policy(t: &Target, path: &Path, replication: Option<u8>, level: Opt
     }
     let ino = InodeId(std::fs::metadata(path).with_context(|| format!("stat {}", path.display()))?.ino());
     let c = t.connect().await?;
-    let attr = if replication.is_none() && level.is_none() {
+    let fail = |e: FsError| anyhow::anyhow!("{}: {e}", path.display());
+    let mut attr = if replication.is_none() && level.is_none() {
         c.getattr(context::current(), ino).await?
     } else {
         let op = stripefs_proto::ops::SetPolicy { ino, replication, compression_level: level };
         c.set_policy(context::current(), stripefs_proto::ops::Request::single(op)).await?.map(|a| a.value)
     }
-    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    println!("{}: {}", path.display(), attr.policy.describe());
+    .map_err(fail)?;
+    if let Some(class) = class {
+        let op = stripefs_proto::ops::SetClass { ino, class };
+        attr = match c.set_class(context::current(), stripefs_proto::ops::Request::single(op)).await? {
+            Ok(a) => a.value,
+            Err(FsError::NotSupported) => {
+                bail!("{}: a file that holds data keeps its class; set the class of its directory", path.display())
+            }
+            Err(e) => return Err(fail(e)),
+        };
+    }
+    println!("{}: {}", path.display(), attr.class.with_policy(&attr.policy));
     Ok(())
+}
+
+/// The data class named on the command line.
+pub fn parse_class(s: &str, remove_lost: bool) -> anyhow::Result<DataClass> {
+    match s {
+        "replicated" if remove_lost => bail!("--remove-lost goes with --class scratch"),
+        "replicated" => Ok(DataClass::Replicated),
+        "scratch" => Ok(DataClass::Scratch { remove_lost }),
+        other => bail!("--class {other:?}: expected replicated or scratch"),
+    }
 }
 
 #[cfg(test)]

@@ -66,6 +66,18 @@ enum Command {
         /// Block compression: on (zstd level 1), off, or a zstd level 1-19.
         #[arg(long, value_name = "on|off|LEVEL")]
         compression: Option<String>,
+        /// Where new files' data lives. replicated (the default): chunks on
+        /// several nodes. scratch: one plain file on the node of the host that
+        /// creates the file, read and written there at local-disk speed through
+        /// FUSE passthrough, lost with that host (for Ray spilling, Spark's
+        /// spark.local.dir). A file changes class only while empty.
+        #[arg(long, value_name = "replicated|scratch")]
+        class: Option<String>,
+        /// With --class scratch: remove a scratch file once its home node has
+        /// been declared gone, so a spill directory does not fill with lost files
+        /// (recorded with the class; the removal itself is not built yet).
+        #[arg(long, requires = "class")]
+        remove_lost: bool,
     },
     /// Measure a directory (a stripefs mount, or any other) against a baseline directory.
     ///
@@ -164,9 +176,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             inspect::status(&resolve(path.as_deref(), data.as_deref().unwrap_or(&local))?, json).await.map(|_| 0)
         }
         Command::Info { ref path, json } => inspect::info(&resolve(Some(path), &local)?, path, json).await.map(|_| 0),
-        Command::Policy { ref path, replication, ref compression } => {
+        Command::Policy { ref path, replication, ref compression, ref class, remove_lost } => {
             let level = compression.as_deref().map(inspect::parse_compression).transpose()?;
-            inspect::policy(&resolve(Some(path), &local)?, path, replication, level).await.map(|_| 0)
+            let class = class.as_deref().map(|c| inspect::parse_class(c, remove_lost)).transpose()?;
+            inspect::policy(&resolve(Some(path), &local)?, path, replication, level, class).await.map(|_| 0)
         }
         Command::Bench(args) => bench::run(args, cli.master.as_deref(), cli.secret_file.as_deref()).await.map(|_| 0),
         Command::Fsck(args) => fsck::run(args, cli.master.as_deref(), cli.secret_file.as_deref()).await,

@@ -146,6 +146,33 @@ pub(super) fn set_policy(t: &mut Tables, op: &ops::SetPolicy, now: Timestamp) ->
     Ok(rec.to_attr(ino))
 }
 
+/// Changes the data class of a directory (what its new files get), or of
+/// an empty regular file (a scratch file gets its home then).
+pub(super) fn set_class(t: &mut Tables, op: &ops::SetClass, now: Timestamp) -> Result<Attr, ApplyError> {
+    let mut rec = t.inode(op.ino)?;
+    match rec.kind {
+        FileKind::Dir => rec.class = op.class,
+        FileKind::File if rec.class.is_scratch() && op.class.is_scratch() => rec.class = op.class,
+        FileKind::File => {
+            // Data would have to move between layouts: refused.
+            if rec.size != 0 || rec.allocated != 0 {
+                return Err(FsError::NotSupported.into());
+            }
+            if let Some(home) = rec.home.take() {
+                t.queue_scratch_deletion(home, op.ino)?;
+            }
+            rec.class = op.class;
+            if op.class.is_scratch() {
+                rec.home = super::create::scratch_home(t)?;
+            }
+        }
+        _ => return Err(FsError::InvalidArgument.into()),
+    }
+    rec.ctime = now;
+    t.put_inode(op.ino, &rec)?;
+    Ok(rec.to_attr(op.ino))
+}
+
 fn check_xattr_name(name: &str) -> Result<(), FsError> {
     if name.is_empty() || name.contains('\0') {
         return Err(FsError::InvalidArgument);

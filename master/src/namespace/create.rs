@@ -1,9 +1,10 @@
 //! Creating names: mknod, mkdir, symlink and hard links.
 
 use super::{ApplyError, Tables};
-use crate::records::InodeRecord;
-use stripefs_proto::types::{Attr, FileKind, Owner, Policy, Timestamp};
-use stripefs_proto::{check_name, ops, FsError, InodeId, MAX_SYMLINK_BYTES};
+use crate::records::{InodeRecord, NodeRecord};
+use redb::ReadableTable;
+use stripefs_proto::types::{Attr, DataClass, FileKind, Owner, Policy, Timestamp};
+use stripefs_proto::{check_name, ops, FsError, InodeId, NodeId, MAX_SYMLINK_BYTES};
 
 /// Most hard links one inode may have.
 pub const MAX_LINKS: u32 = 65_000;
@@ -17,7 +18,31 @@ pub(super) fn mknod(t: &mut Tables, op: &ops::Mknod, now: Timestamp) -> Result<A
     let rec = create_checks(t, parent, name)?;
     let mut child = new_record(kind, perm, owner, rec.policy, now);
     child.rdev = rdev;
+    if kind == FileKind::File && rec.class.is_scratch() {
+        child.class = rec.class;
+        child.home = scratch_home(t)?;
+    }
     add_child(t, parent, rec, name, child, now)
+}
+
+/// The home of a scratch file the current request creates: the node
+/// registered on the requesting session's host (the newest one, if the
+/// host had several). None: the request has no registered session, or no
+/// node ever registered on its host; the file then keeps the replicated
+/// layout. Decided from replicated tables only, so every master of a
+/// group decides the same.
+pub(super) fn scratch_home(t: &Tables) -> Result<Option<NodeId>, ApplyError> {
+    let Some(host) = t.session.map(|s| crate::sessions::host_of(t, s)).transpose()?.flatten() else {
+        return Ok(None);
+    };
+    let mut home = None;
+    for entry in t.nodes.iter()? {
+        let (id, rec) = entry?;
+        if NodeRecord::decode(rec.value())?.host == host {
+            home = Some(NodeId(id.value()));
+        }
+    }
+    Ok(home)
 }
 
 /// A directory named `name` in `parent`.
@@ -25,6 +50,7 @@ pub(super) fn mkdir(t: &mut Tables, op: &ops::Mkdir, now: Timestamp) -> Result<A
     let (parent, name, perm, owner) = (op.parent, op.name.as_str(), op.perm, op.owner);
     let rec = create_checks(t, parent, name)?;
     let mut child = new_record(FileKind::Dir, perm, owner, rec.policy, now);
+    child.class = rec.class;
     child.nlink = 2;
     child.parent = parent.0;
     add_child(t, parent, rec, name, child, now)
@@ -119,5 +145,7 @@ pub(crate) fn new_record(kind: FileKind, perm: u32, owner: Owner, policy: Policy
         parent: 0,
         target: None,
         allocated: 0,
+        class: DataClass::Replicated,
+        home: None,
     }
 }

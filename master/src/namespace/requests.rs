@@ -45,6 +45,116 @@ struct Remembered {
     answer: Result<Reply, FsError>,
 }
 
+/// Decodes a `requests.v1` value: this format's, or one written before
+/// format 5, whose attributes had no class and home (an answer without
+/// attributes reads the same in both).
+fn decode_remembered(bytes: &[u8]) -> Result<Remembered, FsError> {
+    if let Ok(r) = bincode::deserialize::<Remembered>(bytes) {
+        return Ok(r);
+    }
+    let old: legacy::Remembered = bincode::deserialize(bytes).map_err(|_| FsError::Internal)?;
+    Ok(old.into())
+}
+
+/// The answers `requests.v1` held before format 5.
+mod legacy {
+    use super::super::Reply as NewReply;
+    use serde::Deserialize;
+    #[cfg(test)]
+    use serde::Serialize;
+    use stripefs_proto::types::{DataClass, FileKind, Policy, Timestamp};
+    use stripefs_proto::{ChunkId, FsError, InodeId, NodeId, Version};
+
+    #[derive(Deserialize)]
+    #[cfg_attr(test, derive(Serialize))]
+    pub(super) struct Remembered {
+        at: Timestamp,
+        answer: Result<Reply, FsError>,
+    }
+
+    #[derive(Deserialize)]
+    #[cfg_attr(test, derive(Serialize))]
+    enum Reply {
+        Unit,
+        Attr(Attr),
+        Node(NodeId),
+        Deletions(Vec<(ChunkId, Version)>),
+        Ids { first: u64, end: u64 },
+    }
+
+    #[derive(Deserialize)]
+    #[cfg_attr(test, derive(Serialize))]
+    struct Attr {
+        ino: InodeId,
+        kind: FileKind,
+        perm: u16,
+        nlink: u32,
+        uid: u32,
+        gid: u32,
+        size: u64,
+        atime: Timestamp,
+        mtime: Timestamp,
+        ctime: Timestamp,
+        crtime: Timestamp,
+        rdev: u32,
+        policy: Policy,
+        allocated_bytes: u64,
+    }
+
+    #[cfg(test)]
+    impl Remembered {
+        pub(super) fn for_test(at: Timestamp) -> Remembered {
+            let attr = Attr {
+                ino: InodeId(5),
+                kind: FileKind::File,
+                perm: 0o644,
+                nlink: 1,
+                uid: 0,
+                gid: 0,
+                size: 6,
+                atime: at,
+                mtime: at,
+                ctime: at,
+                crtime: at,
+                rdev: 0,
+                policy: Policy::default(),
+                allocated_bytes: 6,
+            };
+            Remembered { at, answer: Ok(Reply::Attr(attr)) }
+        }
+    }
+
+    impl From<Remembered> for super::Remembered {
+        fn from(r: Remembered) -> super::Remembered {
+            let answer = r.answer.map(|reply| match reply {
+                Reply::Unit => NewReply::Unit,
+                Reply::Node(n) => NewReply::Node(n),
+                Reply::Deletions(d) => NewReply::Deletions(d),
+                Reply::Ids { first, end } => NewReply::Ids { first, end },
+                Reply::Attr(a) => NewReply::Attr(stripefs_proto::types::Attr {
+                    ino: a.ino,
+                    kind: a.kind,
+                    perm: a.perm,
+                    nlink: a.nlink,
+                    uid: a.uid,
+                    gid: a.gid,
+                    size: a.size,
+                    atime: a.atime,
+                    mtime: a.mtime,
+                    ctime: a.ctime,
+                    crtime: a.crtime,
+                    rdev: a.rdev,
+                    policy: a.policy,
+                    allocated_bytes: a.allocated_bytes,
+                    class: DataClass::Replicated,
+                    home: None,
+                }),
+            });
+            super::Remembered { at: r.at, answer }
+        }
+    }
+}
+
 /// The time a command carries (the request's), if any.
 fn time_of(cmd: &Command) -> Option<Timestamp> {
     use Command as C;
@@ -60,7 +170,8 @@ fn time_of(cmd: &Command) -> Option<Timestamp> {
         | C::CommitChunk { now, .. }
         | C::SetXattr { now, .. }
         | C::RemoveXattr { now, .. }
-        | C::SetPolicy { now, .. } => Some(*now),
+        | C::SetPolicy { now, .. }
+        | C::SetClass { now, .. } => Some(*now),
         C::Replayed { cmd, .. } => time_of(cmd),
         _ => None,
     }
@@ -79,11 +190,14 @@ pub(super) fn apply(
         forget_answered(t, id.session, answered_below.min(id.seq))?;
     }
     if let Some(v) = t.requests.get((id.session, id.seq))? {
-        let r: Remembered = bincode::deserialize(v.value()).map_err(|_| FsError::Internal)?;
+        let r = decode_remembered(v.value())?;
         tracing::debug!(request = %id, "answered again from the request table");
         return r.answer.map_err(ApplyError::Fs);
     }
-    let answer = match apply_command(t, cmd, ctx) {
+    t.session = Some(id.session);
+    let applied = apply_command(t, cmd, ctx);
+    t.session = None;
+    let answer = match applied {
         Ok(r) => Ok(r),
         Err(ApplyError::Fs(e)) => Err(e),
         // The transaction is abandoned: nothing to remember.
@@ -115,7 +229,7 @@ pub(super) fn forget_before(t: &mut Tables, before: Timestamp) -> Result<(), App
     for item in t.requests.iter()? {
         let (k, v) = item?;
         // An unreadable entry is of no use to anyone: forget it too.
-        let at = bincode::deserialize::<Remembered>(v.value()).map(|r| r.at).unwrap_or_default();
+        let at = decode_remembered(v.value()).map(|r| r.at).unwrap_or_default();
         if at < before {
             old.push(k.value());
         }
@@ -124,4 +238,31 @@ pub(super) fn forget_before(t: &mut Tables, before: Timestamp) -> Result<(), App
         t.requests.remove(k)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stripefs_proto::types::{DataClass, FileKind, Policy};
+    use stripefs_proto::InodeId;
+
+    /// An answer remembered before format 5 (attributes without class and
+    /// home) is still given to a retry after the upgrade.
+    #[test]
+    fn answers_remembered_before_format_5_decode() {
+        let t = Timestamp { secs: 3, nanos: 4 };
+        let old = legacy::Remembered::for_test(t);
+        let bytes = bincode::serialize(&old).expect("encode");
+        let r = decode_remembered(&bytes).expect("decodes");
+        assert_eq!(r.at, t);
+        match r.answer {
+            Ok(Reply::Attr(a)) => {
+                assert_eq!((a.ino, a.kind, a.size, a.policy), (InodeId(5), FileKind::File, 6, Policy::default()));
+                assert_eq!((a.class, a.home), (DataClass::Replicated, None));
+            }
+            other => panic!("not an attribute answer: {other:?}"),
+        }
+        let unit = bincode::serialize(&Remembered { at: t, answer: Ok(Reply::Unit) }).expect("encode");
+        assert!(matches!(decode_remembered(&unit).expect("decodes").answer, Ok(Reply::Unit)));
+    }
 }

@@ -1,0 +1,318 @@
+//! Scratch files on the client: a file of the scratch class with a home
+//! node ([`Attr::home`]) keeps its data as one plain file on that node.
+//!
+//! On the home node's host, the client gets the plain file itself from the
+//! node's local socket ([`crate::local_reads::LocalReads::open_scratch`]);
+//! the mount registers it with the kernel for FUSE passthrough, so reads
+//! and writes go straight to it without a request to this process. Where
+//! passthrough is refused, the same descriptor serves reads and writes
+//! here. Everywhere else the client reads and writes through the home
+//! node's `scratch_*` RPCs.
+//!
+//! The master learns the file's size and mtime at close, fsync, and the
+//! last release ([`ScratchOpen`] reports what changed since it last did).
+
+use crate::error::{ClientError, Result};
+use std::fs::File;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use stripefs_daemon::lock;
+use stripefs_proto::types::{Attr, SetAttr, TimeSet, Timestamp, MAX_SCRATCH_IO};
+use stripefs_proto::{FsError, InodeId, NodeId};
+
+/// How long the client's copy of the node list is used before it asks the
+/// master again (it asks at once for a node it does not know).
+const NODE_LIST_TTL: Duration = Duration::from_secs(30);
+/// Deadline of one `scratch_*` call.
+const SCRATCH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A scratch file open on this client.
+pub struct ScratchOpen {
+    /// The file.
+    pub ino: InodeId,
+    /// Its home node.
+    pub home: NodeId,
+    /// The home node's RPC address.
+    pub addr: String,
+    /// The home node's host.
+    pub host: String,
+    /// The plain file itself, when the home node is on this host.
+    pub local: Option<Arc<File>>,
+    /// Why the file is not used locally or through passthrough (for
+    /// `user.stripefs.scratch` and the log), once known.
+    why_not: Mutex<Option<String>>,
+    /// Whether the kernel serves it through passthrough.
+    passthrough: AtomicBool,
+    /// End of the furthest write made here through the node's RPCs.
+    written_end: AtomicU64,
+    /// Whether anything was written here since the last report.
+    wrote: AtomicBool,
+    /// Size and mtime as last reported to (or read from) the master.
+    reported: Mutex<(u64, Timestamp)>,
+}
+
+impl ScratchOpen {
+    /// How the file's data is reached from here, for `user.stripefs.scratch`.
+    pub fn describe(&self) -> String {
+        let access = if self.passthrough.load(Ordering::Relaxed) {
+            "passthrough".to_string()
+        } else if self.local.is_some() {
+            "local".to_string()
+        } else {
+            "remote".to_string()
+        };
+        let why = lock(&self.why_not).clone().map(|w| format!(" ({w})")).unwrap_or_default();
+        format!("class=scratch home={} host={} addr={} access={access}{why}", self.home, self.host, self.addr)
+    }
+
+    /// Records whether the kernel took the plain file for passthrough.
+    pub fn set_passthrough(&self, r: std::result::Result<(), String>) {
+        match r {
+            Ok(()) => self.passthrough.store(true, Ordering::Relaxed),
+            Err(why) => *lock(&self.why_not) = Some(why),
+        }
+    }
+
+    /// Whether the kernel serves the file through passthrough.
+    pub fn passthrough(&self) -> bool {
+        self.passthrough.load(Ordering::Relaxed)
+    }
+
+    /// The size a `getattr` answers while the file is open here.
+    pub fn size(&self, master_size: u64) -> (u64, Option<u64>) {
+        match &self.local {
+            Some(f) => match f.metadata() {
+                Ok(m) => (m.len(), Some(m.blocks() * 512)),
+                Err(_) => (master_size, None),
+            },
+            None => (master_size.max(self.written_end.load(Ordering::Relaxed)), None),
+        }
+    }
+}
+
+/// Node id → (address, host).
+type Locations = std::collections::HashMap<NodeId, (String, String)>;
+
+/// What the client knows of the nodes, and since when.
+#[derive(Default)]
+pub struct NodeList {
+    known: Mutex<Option<(Instant, Arc<Locations>)>>,
+}
+
+impl crate::core::FsCore {
+    /// The address and host of node `id`, from the master's list.
+    async fn node_location(&self, id: NodeId) -> Result<(String, String)> {
+        if let Some((at, map)) = lock(&self.node_list.known).clone() {
+            if at.elapsed() < NODE_LIST_TTL {
+                if let Some(l) = map.get(&id) {
+                    return Ok(l.clone());
+                }
+            }
+        }
+        let nodes = self.master.call(|c, ctx| async move { c.nodes(ctx).await }).await?;
+        let map: Locations = nodes.into_iter().map(|n| (n.id, (n.addr, n.host))).collect();
+        let found = map.get(&id).cloned();
+        *lock(&self.node_list.known) = Some((Instant::now(), Arc::new(map)));
+        found.ok_or_else(|| {
+            tracing::error!("scratch file's home node {id} is unknown to the master");
+            ClientError::Fs(FsError::Unavailable)
+        })
+    }
+
+    /// Opens the scratch file `attr` describes (it has a home).
+    pub(crate) async fn scratch_open(&self, attr: &Attr, home: NodeId) -> Result<ScratchOpen> {
+        let (addr, host) = self.node_location(home).await?;
+        let mut why_not = None;
+        let local = if host != self.cfg.host {
+            why_not = Some(format!("home node is on host {host}, this is {}", self.cfg.host));
+            None
+        } else {
+            match self.local.open_scratch(&addr, attr.ino).await {
+                Some(Ok(f)) => Some(Arc::new(f)),
+                Some(Err(e)) => {
+                    tracing::warn!("scratch file {}: using node {addr} over the network: {e}", attr.ino);
+                    why_not = Some(format!("the node's local socket failed: {e}"));
+                    None
+                }
+                None => {
+                    why_not = Some(format!("node {addr} has no local socket reachable from here"));
+                    None
+                }
+            }
+        };
+        let reported = match local.as_ref().and_then(|f| f.metadata().ok()) {
+            Some(m) => (m.len(), mtime_of(&m)),
+            None => (attr.size, attr.mtime),
+        };
+        Ok(ScratchOpen {
+            ino: attr.ino,
+            home,
+            addr,
+            host,
+            local,
+            why_not: Mutex::new(why_not),
+            passthrough: AtomicBool::new(false),
+            written_end: AtomicU64::new(0),
+            wrote: AtomicBool::new(false),
+            reported: Mutex::new(reported),
+        })
+    }
+
+    /// Reads up to `size` bytes at `offset` of a scratch file (fewer at
+    /// its end).
+    pub(crate) async fn scratch_read(&self, sc: &ScratchOpen, offset: u64, size: u32) -> Result<Vec<u8>> {
+        if let Some(f) = sc.local.clone() {
+            let ino = sc.ino;
+            return crate::conn::run_blocking(move || {
+                let mut buf = vec![0u8; size as usize];
+                let mut got = 0;
+                while got < buf.len() {
+                    match f.read_at(&mut buf[got..], offset + got as u64) {
+                        Ok(0) => break,
+                        Ok(n) => got += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(local_err(ino, e)),
+                    }
+                }
+                buf.truncate(got);
+                Ok(buf)
+            })
+            .await;
+        }
+        let mut out = Vec::with_capacity(size as usize);
+        while out.len() < size as usize {
+            let at = offset + out.len() as u64;
+            let len = (size - out.len() as u32).min(MAX_SCRATCH_IO);
+            let ino = sc.ino;
+            let got = self
+                .nodes
+                .call(&sc.addr, SCRATCH_TIMEOUT, |c, ctx| async move { c.scratch_read(ctx, ino, at, len).await })
+                .await
+                .map_err(|e| lost(sc, e))?;
+            let short = got.len() < len as usize;
+            out.extend_from_slice(&got);
+            if short {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes `data` at `offset` of a scratch file.
+    pub(crate) async fn scratch_write(&self, sc: &ScratchOpen, offset: u64, data: &[u8]) -> Result<u32> {
+        sc.wrote.store(true, Ordering::Relaxed);
+        if let Some(f) = sc.local.clone() {
+            let (data, ino) = (data.to_vec(), sc.ino);
+            let n = data.len() as u32;
+            return crate::conn::run_blocking(move || {
+                f.write_all_at(&data, offset).map_err(|e| local_err(ino, e))?;
+                Ok(n)
+            })
+            .await;
+        }
+        let mut done = 0usize;
+        while done < data.len() {
+            let len = (data.len() - done).min(MAX_SCRATCH_IO as usize);
+            let (ino, at, part) = (sc.ino, offset + done as u64, data[done..done + len].to_vec());
+            let size = self
+                .nodes
+                .call(&sc.addr, SCRATCH_TIMEOUT, |c, ctx| {
+                    let part = part.clone();
+                    async move { c.scratch_write(ctx, ino, at, part).await }
+                })
+                .await
+                .map_err(|e| lost(sc, e))?;
+            sc.written_end.fetch_max(size, Ordering::Relaxed);
+            done += len;
+        }
+        Ok(data.len() as u32)
+    }
+
+    /// Sets the plain file's size (truncate, `O_TRUNC`).
+    pub(crate) async fn scratch_truncate(
+        &self,
+        sc: Option<&ScratchOpen>,
+        ino: InodeId,
+        home: NodeId,
+        size: u64,
+    ) -> Result<()> {
+        if let Some(f) = sc.and_then(|s| s.local.clone()) {
+            return crate::conn::run_blocking(move || f.set_len(size).map_err(|e| local_err(ino, e))).await;
+        }
+        let addr = match sc {
+            Some(s) => s.addr.clone(),
+            None => self.node_location(home).await?.0,
+        };
+        if let Some(s) = sc {
+            s.written_end.store(size, Ordering::Relaxed);
+        }
+        self.nodes.call(&addr, SCRATCH_TIMEOUT, |c, ctx| async move { c.scratch_truncate(ctx, ino, size).await }).await
+    }
+
+    /// fsync: the plain file's data on its node's disk.
+    pub(crate) async fn scratch_sync(&self, sc: &ScratchOpen) -> Result<()> {
+        if let Some(f) = sc.local.clone() {
+            let ino = sc.ino;
+            return crate::conn::run_blocking(move || f.sync_all().map_err(|e| local_err(ino, e))).await;
+        }
+        let ino = sc.ino;
+        self.nodes
+            .call(&sc.addr, SCRATCH_TIMEOUT, |c, ctx| async move { c.scratch_sync(ctx, ino).await })
+            .await
+            .map_err(|e| lost(sc, e))
+    }
+
+    /// Tells the master the file's size and mtime if they changed since
+    /// the last report (close, fsync, last release).
+    pub(crate) async fn scratch_report(&self, sc: &ScratchOpen) -> Result<()> {
+        let (size, mtime) = match &sc.local {
+            Some(f) => {
+                let m = f.metadata().map_err(|e| local_err(sc.ino, e))?;
+                (m.len(), TimeSet::At(mtime_of(&m)))
+            }
+            None if sc.wrote.swap(false, Ordering::Relaxed) => {
+                (lock(&sc.reported).0.max(sc.written_end.load(Ordering::Relaxed)), TimeSet::Now)
+            }
+            None => return Ok(()),
+        };
+        if let TimeSet::At(t) = mtime {
+            if *lock(&sc.reported) == (size, t) {
+                return Ok(());
+            }
+        }
+        let set = SetAttr { size: Some(size), mtime: Some(mtime), ..Default::default() };
+        let attr = self.master.mutate(stripefs_proto::ops::SetAttrs { ino: sc.ino, set }).await?;
+        *lock(&sc.reported) = (attr.size, attr.mtime);
+        if let TimeSet::At(t) = mtime {
+            *lock(&sc.reported) = (size, t);
+        }
+        Ok(())
+    }
+}
+
+fn mtime_of(m: &std::fs::Metadata) -> Timestamp {
+    Timestamp { secs: m.mtime(), nanos: m.mtime_nsec() as u32 }
+}
+
+fn local_err(ino: InodeId, e: std::io::Error) -> ClientError {
+    tracing::error!("scratch file of inode {ino} on this host: {e}");
+    ClientError::Fs(FsError::Internal)
+}
+
+/// A failed call to a scratch file's home node: the log names the file
+/// and the host (the data lives there only).
+fn lost(sc: &ScratchOpen, e: ClientError) -> ClientError {
+    tracing::error!(
+        "scratch file of inode {} lives on node {} on host {} ({}): {e}",
+        sc.ino,
+        sc.home,
+        sc.host,
+        sc.addr
+    );
+    match e {
+        ClientError::Fs(FsError::NotFound) => ClientError::Fs(FsError::Corrupt),
+        e => e,
+    }
+}

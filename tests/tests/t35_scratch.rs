@@ -1,0 +1,200 @@
+//! The scratch class: files of a scratch directory keep their data as one
+//! plain file on the node of the host that created them; that host's
+//! kernel reads and writes it through FUSE passthrough, other hosts
+//! through the node. Two "hosts" are two mounts with the host names of
+//! two nodes.
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use stripefs_client::MountOptions;
+use stripefs_proto::ops::{Request, SetClass};
+use stripefs_proto::types::DataClass;
+use stripefs_proto::InodeId;
+use stripefs_tests::{free_addr, http_get, random_bytes, sha256, tarpc_ctx, xattr_get, TestCluster};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+}
+
+/// Makes directory `dir` (on a mount of `c`) a scratch directory.
+fn make_scratch(c: &TestCluster, dir: &Path, remove_lost: bool) {
+    fs::create_dir(dir).expect("mkdir");
+    let ino = InodeId(fs::metadata(dir).expect("stat").ino());
+    let attr = rt().block_on(async {
+        let m = c.master_client().await;
+        let op = SetClass { ino, class: DataClass::Scratch { remove_lost } };
+        m.set_class(tarpc_ctx(), Request::single(op)).await.expect("rpc").expect("set_class").value
+    });
+    assert!(attr.class.is_scratch());
+}
+
+/// The plain file of scratch inode `ino` in node directory `node_dir`.
+fn plain_file(node_dir: &Path, ino: u64) -> PathBuf {
+    node_dir.join("scratch").join(format!("{ino:016x}"))
+}
+
+/// Kernel READ and WRITE requests the mount at `metrics` has served.
+fn data_requests(metrics: &str) -> f64 {
+    let (status, body) = http_get(metrics, "/metrics");
+    assert_eq!(status, 200);
+    body.lines()
+        .filter(|l| l.starts_with("stripefs_mount_fuse_requests_total{"))
+        .filter(|l| l.contains("op=\"read\"") || l.contains("op=\"write\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn scratch_xattr(p: &Path) -> String {
+    String::from_utf8(xattr_get(p, "user.stripefs.scratch").expect("user.stripefs.scratch")).expect("utf-8")
+}
+
+/// Waits (up to 10 s) until `path` is gone.
+fn wait_gone(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while path.exists() {
+        assert!(Instant::now() < deadline, "{} still there after 10 s", path.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// On the creating host the kernel serves the file from its plain file:
+/// the mount sees no READ or WRITE request while the data is right; the
+/// other host reads and writes it through the node, close-to-open; an
+/// unlink removes the plain file.
+#[test]
+fn the_creating_host_uses_passthrough_and_another_host_the_node() {
+    let c = TestCluster::builder().nodes(2).start();
+    let metrics = free_addr();
+    let a = c.mount_with(MountOptions {
+        host: Some(TestCluster::node_host(0)),
+        metrics: Some(metrics.clone()),
+        ..Default::default()
+    });
+    make_scratch(&c, &a.join("spill"), false);
+    let data = random_bytes(3_000_000);
+
+    let before = data_requests(&metrics);
+    let mut f =
+        fs::OpenOptions::new().create(true).write(true).truncate(true).open(a.join("spill/obj")).expect("create");
+    f.write_all(&data[..100]).expect("header");
+    f.write_all(&data[100..]).expect("object");
+    assert!(
+        scratch_xattr(&a.join("spill/obj")).contains("access=passthrough"),
+        "{}",
+        scratch_xattr(&a.join("spill/obj"))
+    );
+    // Written through the kernel: the size shows while the file is open.
+    assert_eq!(fs::metadata(a.join("spill/obj")).expect("stat").len(), data.len() as u64);
+    drop(f);
+    let mut r = fs::File::open(a.join("spill/obj")).expect("open");
+    let mut back = vec![0u8; 1000];
+    r.seek(SeekFrom::Start(2_000_000)).expect("seek");
+    r.read_exact(&mut back).expect("read the object back");
+    assert_eq!(back, data[2_000_000..2_001_000]);
+    drop(r);
+    assert_eq!(sha256(&fs::read(a.join("spill/obj")).expect("read")), sha256(&data));
+    assert_eq!(data_requests(&metrics), before, "the mount served READ or WRITE requests of a passthrough file");
+
+    let ino = fs::metadata(a.join("spill/obj")).expect("stat").ino();
+    let plain = plain_file(&c.node_dir(0), ino);
+    assert_eq!(sha256(&fs::read(&plain).expect("the plain file on node 0")), sha256(&data));
+    assert!(!plain_file(&c.node_dir(1), ino).exists());
+    let master_attr = rt().block_on(async {
+        c.master_client().await.getattr(tarpc_ctx(), InodeId(ino)).await.expect("rpc").expect("getattr")
+    });
+    assert_eq!(master_attr.size, data.len() as u64, "the size reached the master at close");
+    assert!(master_attr.home.is_some());
+
+    // Another host: reads through node 0, and writes there too.
+    let b = c.mount_with(MountOptions { host: Some(TestCluster::node_host(1)), ..Default::default() });
+    assert_eq!(sha256(&fs::read(b.join("spill/obj")).expect("read on b")), sha256(&data));
+    let mut w = fs::OpenOptions::new().write(true).open(b.join("spill/obj")).expect("open on b");
+    assert!(scratch_xattr(&b.join("spill/obj")).contains("access=remote"), "{}", scratch_xattr(&b.join("spill/obj")));
+    w.seek(SeekFrom::End(0)).expect("seek");
+    w.write_all(b"appended on b").expect("append on b");
+    drop(w);
+    let mut want = data.clone();
+    want.extend_from_slice(b"appended on b");
+    assert_eq!(sha256(&fs::read(a.join("spill/obj")).expect("read on a after b's close")), sha256(&want));
+    assert_eq!(fs::metadata(b.join("spill/obj")).expect("stat on b").len(), want.len() as u64);
+
+    // O_TRUNC on the creating host cuts the plain file.
+    fs::write(a.join("spill/obj"), b"short").expect("rewrite");
+    assert_eq!(fs::read(&plain).expect("plain"), b"short");
+    assert_eq!(fs::read(b.join("spill/obj")).expect("read on b"), b"short");
+
+    fs::remove_file(b.join("spill/obj")).expect("unlink");
+    wait_gone(&plain);
+}
+
+/// With passthrough off, the creating host reads and writes the plain file
+/// itself (the mount serves the requests), and says why.
+#[test]
+fn without_passthrough_the_mount_serves_the_plain_file() {
+    let c = TestCluster::builder().nodes(1).start();
+    let metrics = free_addr();
+    let a = c.mount_with(MountOptions {
+        host: Some(TestCluster::node_host(0)),
+        metrics: Some(metrics.clone()),
+        passthrough: false,
+        ..Default::default()
+    });
+    make_scratch(&c, &a.join("spill"), false);
+    let data = random_bytes(1_000_000);
+    let before = data_requests(&metrics);
+    let mut f = fs::File::create(a.join("spill/f")).expect("create");
+    f.write_all(&data).expect("write");
+    let x = scratch_xattr(&a.join("spill/f"));
+    assert!(x.contains("access=local") && x.contains("passthrough=off"), "{x}");
+    drop(f);
+    assert_eq!(sha256(&fs::read(a.join("spill/f")).expect("read")), sha256(&data));
+    assert!(data_requests(&metrics) > before, "no READ or WRITE request reached the mount");
+    let ino = fs::metadata(a.join("spill/f")).expect("stat").ino();
+    assert_eq!(sha256(&fs::read(plain_file(&c.node_dir(0), ino)).expect("plain file")), sha256(&data));
+}
+
+/// A host without a node: its files of a scratch directory keep the
+/// replicated layout (and say so); subdirectories inherit the class.
+#[test]
+fn a_host_without_a_node_gets_the_replicated_layout() {
+    let c = TestCluster::builder().nodes(2).start();
+    let m = c.mount_with(MountOptions { host: Some("no-node-here".into()), ..Default::default() });
+    make_scratch(&c, &m.join("spill"), true);
+    fs::create_dir(m.join("spill/sub")).expect("mkdir");
+    let data = random_bytes(500_000);
+    fs::write(m.join("spill/sub/f"), &data).expect("write");
+    assert_eq!(sha256(&fs::read(m.join("spill/sub/f")).expect("read")), sha256(&data));
+    let x = scratch_xattr(&m.join("spill/sub/f"));
+    assert!(x.contains("home=none"), "{x}");
+    let pol =
+        String::from_utf8(xattr_get(&m.join("spill/sub"), "user.stripefs.policy").expect("policy")).expect("utf-8");
+    assert!(pol.contains("class=scratch(remove-lost)"), "{pol}");
+    let ino = fs::metadata(m.join("spill/sub/f")).expect("stat").ino();
+    let chunks = rt().block_on(async {
+        c.master_client().await.chunks(tarpc_ctx(), InodeId(ino), 0, 10).await.expect("rpc").expect("chunks")
+    });
+    assert_eq!(chunks.len(), 1, "the data is in replicated chunks");
+    for i in 0..2 {
+        assert!(!plain_file(&c.node_dir(i), ino).exists());
+    }
+}
+
+/// A scratch file whose node is down: a read on another host fails with
+/// EIO (the data lives on that node only); other files are not affected.
+#[test]
+fn a_scratch_file_whose_node_is_down_reads_as_an_io_error() {
+    let mut c = TestCluster::builder().nodes(2).start();
+    let a = c.mount_with(MountOptions { host: Some(TestCluster::node_host(0)), ..Default::default() });
+    make_scratch(&c, &a.join("spill"), false);
+    fs::write(a.join("spill/f"), random_bytes(100_000)).expect("write");
+    fs::write(a.join("kept"), b"replicated").expect("write");
+    drop(a);
+    c.stop_node(0);
+    let b = c.mount_with(MountOptions { host: Some(TestCluster::node_host(1)), ..Default::default() });
+    let err = fs::read(b.join("spill/f")).expect_err("node 0 holds the only copy");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert_eq!(fs::read(b.join("kept")).expect("a replicated file"), b"replicated");
+}
