@@ -45,6 +45,9 @@ pub struct Config {
     pub secret: Secret,
     /// Replicas nobody references are deleted once older than this.
     pub gc_grace: Duration,
+    /// A node silent this long is declared gone for its scratch files:
+    /// those whose class says so are removed.
+    pub scratch_lost_after: Duration,
     /// Where to serve `/metrics`, `/healthz` and `/readyz` (port 0: any;
     /// the bound address goes to `DIR/metrics.addr`); none: not served.
     pub metrics_addr: Option<String>,
@@ -109,7 +112,8 @@ pub async fn run(cfg: Config, listener: TcpListener, shutdown: CancellationToken
     let registry = registry::Registry::new(store.nodes()?, cfg.node_dead_after);
     let conns = CancellationToken::new();
     let workers = stripefs_daemon::Workers::new(conns.child_token());
-    let shared = Arc::new(state::MasterState::new(store, registry, opens, cfg.gc_grace, workers));
+    let shared =
+        Arc::new(state::MasterState::new(store, registry, opens, cfg.gc_grace, cfg.scratch_lost_after, workers));
     tracing::info!("serving on {}", listener.local_addr()?);
     workers::start(&shared);
     tokio::spawn(conns.child_token().run_until_cancelled_owned(watch_leadership(shared.clone())));

@@ -47,6 +47,11 @@ struct Args {
     /// deleted (it may belong to an upload still in progress).
     #[arg(long, value_name = "SECS", default_value_t = 600)]
     gc_grace_secs: u64,
+    /// Seconds a storage node may be silent before it is declared gone for
+    /// its scratch files: those in a directory of class scratch with
+    /// --remove-lost are then removed (their data was on that node only).
+    #[arg(long, value_name = "SECS", default_value_t = 900)]
+    scratch_lost_after_secs: u64,
     /// Serve Prometheus metrics (/metrics) and health checks (/healthz,
     /// /readyz) over HTTP on this address, e.g. 0.0.0.0:9401.
     #[arg(long, value_name = "ADDR")]
@@ -96,6 +101,7 @@ fn real_main() -> anyhow::Result<()> {
             node_dead_after: Duration::from_secs(args.node_dead_after_secs),
             secret,
             gc_grace: Duration::from_secs(args.gc_grace_secs),
+            scratch_lost_after: Duration::from_secs(args.scratch_lost_after_secs),
             metrics_addr: args.metrics.clone(),
             snapshot_every: args.snapshot_every.max(1),
             advertise: args.advertise.clone(),

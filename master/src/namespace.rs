@@ -232,6 +232,18 @@ pub enum Command {
         /// Time of the request.
         now: Timestamp,
     },
+    /// Remove the names of a scratch file whose home node is gone, if it
+    /// still has that home and a class that asks for it (format 5).
+    RemoveLostScratch {
+        /// The file.
+        ino: InodeId,
+        /// Its home node, gone.
+        node: NodeId,
+        /// Its names (each removed if it still names the file).
+        names: Vec<(InodeId, String)>,
+        /// When.
+        now: Timestamp,
+    },
 }
 
 /// The result of a command.
@@ -562,6 +574,9 @@ pub fn apply(t: &mut Tables, cmd: &Command, ctx: &Context) -> Result<Reply, Appl
         C::RemoveXattr { op, now } => attrs::remove_xattr(t, op.ino, &op.name, *now).map(unit),
         C::SetPolicy { op, now } => attrs::set_policy(t, op, *now).map(Reply::Attr),
         C::SetClass { op, now } => attrs::set_class(t, op, *now).map(Reply::Attr),
+        C::RemoveLostScratch { ino, node, names, now } => {
+            remove::remove_lost_scratch(t, *ino, *node, names, *now, ctx).map(unit)
+        }
         C::CommitChunk { commit, now } => chunks::commit_chunk(t, commit, *now, ctx).map(Reply::Attr),
         C::AddReplica { ino, index, chunk, version, node, drop } => {
             chunks::add_replica(t, *ino, *index, (*chunk, *version), *node, drop).map(unit)

@@ -47,13 +47,26 @@ impl Entry {
 pub struct Registry {
     nodes: Mutex<HashMap<NodeId, Entry>>,
     dead_after: Duration,
+    /// When this registry began (a node never seen is silent since then).
+    since: Instant,
 }
 
 impl Registry {
     /// A registry of `known` nodes (from the database), all unseen yet.
     pub fn new(known: Vec<(NodeId, NodeRecord)>, dead_after: Duration) -> Registry {
         let nodes = known.into_iter().map(|(id, record)| (id, Entry::unseen(record))).collect();
-        Registry { nodes: Mutex::new(nodes), dead_after }
+        Registry { nodes: Mutex::new(nodes), dead_after, since: Instant::now() }
+    }
+
+    /// The dead nodes, each with how long it has been silent (a node this
+    /// master never heard from: since the master started).
+    pub fn dead_for(&self) -> Vec<(NodeId, Duration)> {
+        let now = Instant::now();
+        self.lock()
+            .iter()
+            .filter(|(_, e)| !self.alive(e, now))
+            .map(|(id, e)| (*id, now.duration_since(e.last_seen.unwrap_or(self.since))))
+            .collect()
     }
 
     /// Adds the nodes of `known` this registry does not know yet, unseen

@@ -85,6 +85,9 @@ pub struct MasterState {
     /// Unreferenced replicas younger than this are spared by garbage
     /// collection (they may belong to an upload not yet committed).
     pub gc_grace: Duration,
+    /// A node silent this long is gone for its scratch files
+    /// ([`crate::workers::scratch`]).
+    pub scratch_lost_after: Duration,
     /// Replicas found corrupt (by a node's scrubber or a client's read) and
     /// not yet replaced.
     pub corrupt: Mutex<HashSet<(NodeId, ChunkId, Version)>>,
@@ -103,6 +106,7 @@ impl MasterState {
         registry: Registry,
         opens: Arc<OpenFiles>,
         gc_grace: Duration,
+        scratch_lost_after: Duration,
         workers: Workers,
     ) -> MasterState {
         MasterState {
@@ -115,6 +119,7 @@ impl MasterState {
             leader_since: Mutex::new(None),
             orphans: OrphanQueue::default(),
             gc_grace,
+            scratch_lost_after,
             corrupt: Default::default(),
             workers,
             under_replicated: Default::default(),

@@ -17,11 +17,11 @@ use crate::sessions::Touches;
 use crate::tables::{self, meta_keys, FORMAT_VERSION, MAGIC_VALUE};
 use rand::RngCore;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use stripefs_proto::ops::{Acked, Durability, Request};
-use stripefs_proto::types::{DirEntry, FileKind, Timestamp};
+use stripefs_proto::types::{DataClass, DirEntry, FileKind, Timestamp};
 use stripefs_proto::types::{DirLease, LeasePoll, SessionInfo};
 use stripefs_proto::{ChunkId, FsError, InodeId, NodeId, Version};
 use tokio_util::sync::CancellationToken;
@@ -90,6 +90,10 @@ pub enum OpenError {
 
 /// Read transactions share it, commits take it alone (see [`Store::read`]).
 pub type Gate = Arc<std::sync::RwLock<()>>;
+
+/// A scratch file whose home node is gone: (file, home, its names as
+/// (directory, name)).
+pub type LostScratch = (InodeId, NodeId, Vec<(InodeId, String)>);
 
 /// The master's database.
 pub struct Store {
@@ -1000,6 +1004,35 @@ impl Store {
         let gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
         let txn = self.db.begin_read().map_err(internal)?;
         Ok(Read { txn, _gate: gate })
+    }
+
+    /// The scratch files whose home is one of `gone` and whose class
+    /// removes lost files. Reads every inode and entry: for the rare
+    /// times a node is gone.
+    pub fn lost_scratch(&self, gone: &HashSet<NodeId>) -> Result<Vec<LostScratch>, FsError> {
+        let txn = self.read()?;
+        let inodes = txn.open_table(tables::INODES).map_err(internal)?;
+        let mut lost: HashMap<u64, (NodeId, Vec<(InodeId, String)>)> = HashMap::new();
+        for item in inodes.iter().map_err(internal)? {
+            let (k, v) = item.map_err(internal)?;
+            let Ok(rec) = InodeRecord::decode(v.value()) else { continue };
+            if let (Some(home), DataClass::Scratch { remove_lost: true }) = (rec.home, rec.class) {
+                if gone.contains(&home) {
+                    lost.insert(k.value(), (home, Vec::new()));
+                }
+            }
+        }
+        if !lost.is_empty() {
+            let entries = txn.open_table(tables::DIR_ENTRIES).map_err(internal)?;
+            for item in entries.iter().map_err(internal)? {
+                let (k, v) = item.map_err(internal)?;
+                if let Some((_, names)) = lost.get_mut(&v.value()) {
+                    let (dir, name) = k.value();
+                    names.push((InodeId(dir), name.to_string()));
+                }
+            }
+        }
+        Ok(lost.into_iter().map(|(ino, (home, names))| (InodeId(ino), home, names)).collect())
     }
 
     /// An inode's record.

@@ -8,12 +8,15 @@
 //! - [`orphans`]: files unlinked while open whose clients went away are
 //!   purged after a grace time;
 //! - [`requests`]: the remembered answers of client sessions that went
-//!   away are forgotten.
+//!   away are forgotten;
+//! - [`scratch`]: scratch files of a node gone for good are removed when
+//!   their class asks for it.
 
 pub mod gc;
 pub mod orphans;
 pub mod requests;
 pub mod rereplication;
+pub mod scratch;
 
 use crate::state::MasterState;
 use std::sync::Arc;
@@ -24,4 +27,5 @@ pub fn start(state: &Arc<MasterState>) {
     state.workers.spawn(gc::GarbageCollector::new(state.clone()));
     state.workers.spawn(orphans::OrphanPurger::new(state.clone()));
     state.workers.spawn(requests::RequestExpiry::new(state.clone()));
+    state.workers.spawn(scratch::ScratchReaper::new(state.clone()));
 }

@@ -70,6 +70,8 @@ pub struct FsckCounts {
     pub nodes_alive: u64,
     /// Storage nodes whose replica inventory was compared (0 offline).
     pub inventories: u64,
+    /// Scratch files with a home node (their data is not in chunks).
+    pub scratch_files: u64,
 }
 
 /// One problem `fsck` found, and what became of it.
@@ -303,6 +305,14 @@ pub enum FsckProblemKind {
         chunk: ChunkId,
         /// Version.
         version: Version,
+    },
+    /// A scratch file whose home node is down: its data (one copy, on
+    /// that node) cannot be read.
+    LostScratchFile {
+        /// The file.
+        ino: InodeId,
+        /// Its home node.
+        node: NodeId,
     },
 }
 

@@ -376,14 +376,17 @@ impl ChunkStore {
     /// collection, which spares young replicas of uploads in progress).
     pub fn inventory_with_age(&self) -> Result<Vec<(ChunkId, Version, u64)>, StoreError> {
         let now = std::time::SystemTime::now();
-        Ok(self
+        let mut items: Vec<_> = self
             .inventory()?
             .into_iter()
             .filter_map(|(c, v, _)| {
                 let modified = fs::metadata(self.replica_path(c, v)).ok()?.modified().ok()?;
                 Some((c, v, now.duration_since(modified).map(|d| d.as_secs()).unwrap_or(0)))
             })
-            .collect())
+            .collect();
+        // Scratch files too, so the master removes those of no file.
+        items.extend(self.scratch_inventory()?);
+        Ok(items)
     }
 
     /// Bytes taken by all replica files.

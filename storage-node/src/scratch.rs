@@ -102,6 +102,25 @@ impl ChunkStore {
         }
     }
 
+    /// Every scratch file as an inventory item `(ChunkId(ino),
+    /// Version::SCRATCH_FILE, age in seconds)`.
+    pub fn scratch_inventory(&self) -> Result<Vec<(ChunkId, Version, u64)>, StoreError> {
+        let dir =
+            fs::read_dir(&self.scratch_dir).map_err(io_err(format!("cannot list {}", self.scratch_dir.display())))?;
+        let now = std::time::SystemTime::now();
+        let mut items = Vec::new();
+        for entry in dir {
+            let entry = entry.map_err(io_err(format!("cannot list {}", self.scratch_dir.display())))?;
+            let Some(ino) = entry.file_name().to_str().and_then(|n| u64::from_str_radix(n, 16).ok()) else {
+                continue;
+            };
+            let Ok(modified) = entry.metadata().and_then(|m| m.modified()) else { continue };
+            let age = now.duration_since(modified).map(|d| d.as_secs()).unwrap_or(0);
+            items.push((ChunkId(ino), Version::SCRATCH_FILE, age));
+        }
+        Ok(items)
+    }
+
     /// Bytes the scratch files take.
     pub fn scratch_bytes(&self) -> u64 {
         let Ok(dir) = fs::read_dir(&self.scratch_dir) else { return 0 };
@@ -129,6 +148,8 @@ mod tests {
         assert_eq!(store.scratch_read(ino, 0, 100).expect("read"), b"ab");
         store.scratch_sync(ino).expect("sync");
         assert_eq!(store.scratch_bytes(), 2);
+        let inv = store.inventory_with_age().expect("inventory");
+        assert_eq!(inv.iter().map(|i| (i.0, i.1)).collect::<Vec<_>>(), [(ChunkId(77), Version::SCRATCH_FILE)]);
         store.delete(ChunkId(ino.0), Version::SCRATCH_FILE).expect("delete");
         assert!(matches!(store.scratch_read(ino, 0, 10), Err(StoreError::NotFound { .. })));
         // Scratch files are no replicas.

@@ -111,6 +111,7 @@ pub struct ClusterBuilder {
     chunk_size: Option<u32>,
     node_dead_after: Duration,
     gc_grace: Duration,
+    scratch_lost_after: Duration,
     scrub_bytes_per_sec: u64,
     node_disk_bytes: Option<u64>,
 }
@@ -137,6 +138,12 @@ impl ClusterBuilder {
     /// Age after which unreferenced replicas are deleted (default 600 s).
     pub fn gc_grace(mut self, d: Duration) -> Self {
         self.gc_grace = d;
+        self
+    }
+
+    /// Silence after which a node is gone for its scratch files (default 900 s).
+    pub fn scratch_lost_after(mut self, d: Duration) -> Self {
+        self.scratch_lost_after = d;
         self
     }
 
@@ -173,6 +180,7 @@ impl ClusterBuilder {
             chunk_size: self.chunk_size,
             node_dead_after: self.node_dead_after,
             gc_grace: self.gc_grace,
+            scratch_lost_after: self.scratch_lost_after,
             scrub_bytes_per_sec: self.scrub_bytes_per_sec,
             reserve: Vec::new(),
             dir,
@@ -193,6 +201,7 @@ pub struct TestCluster {
     node_addrs: Vec<String>,
     node_dead_after: Duration,
     gc_grace: Duration,
+    scratch_lost_after: Duration,
     scrub_bytes_per_sec: u64,
     /// Reserve (kept-free bytes) of each node, by index; 0 when unset.
     reserve: Vec<u64>,
@@ -213,6 +222,7 @@ impl TestCluster {
             chunk_size: None,
             node_dead_after: Duration::from_secs(10),
             gc_grace: Duration::from_secs(600),
+            scratch_lost_after: Duration::from_secs(900),
             scrub_bytes_per_sec: 0,
             node_disk_bytes: None,
         }
@@ -254,6 +264,7 @@ impl TestCluster {
             advertise: None,
             join: false,
             replay_window: stripefs_master::sessions::REPLAY_WINDOW,
+            scratch_lost_after: self.scratch_lost_after,
         };
         self.master = Some(Server::start("master", listener, move |l, t| stripefs_master::run(cfg, l, t)));
     }

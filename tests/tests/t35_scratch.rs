@@ -14,6 +14,7 @@ use stripefs_proto::ops::{Request, SetClass};
 use stripefs_proto::types::DataClass;
 use stripefs_proto::InodeId;
 use stripefs_tests::{free_addr, http_get, random_bytes, sha256, tarpc_ctx, xattr_get, TestCluster};
+use stripefs_tests::{fsck, fsck_problems, wait_fsck_clean};
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
@@ -197,4 +198,69 @@ fn a_scratch_file_whose_node_is_down_reads_as_an_io_error() {
     let err = fs::read(b.join("spill/f")).expect_err("node 0 holds the only copy");
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
     assert_eq!(fs::read(b.join("kept")).expect("a replicated file"), b"replicated");
+}
+
+/// `stripefs fsck` counts scratch files, lists one whose node is down as
+/// lost (exit code 4: not repairable) and nothing else; garbage collection
+/// removes a plain file no inode has (a deletion order lost with its
+/// master, say) and keeps the live ones.
+#[test]
+fn fsck_lists_a_lost_scratch_file_and_gc_removes_stray_plain_files() {
+    let mut c = TestCluster::builder().nodes(2).gc_grace(Duration::ZERO).start();
+    let a = c.mount_with(MountOptions { host: Some(TestCluster::node_host(0)), ..Default::default() });
+    make_scratch(&c, &a.join("spill"), false);
+    let data = random_bytes(200_000);
+    fs::write(a.join("spill/f"), &data).expect("write");
+    fs::write(a.join("kept"), b"replicated").expect("write");
+    let ino = fs::metadata(a.join("spill/f")).expect("stat").ino();
+    let plain = plain_file(&c.node_dir(0), ino);
+    let stray = plain_file(&c.node_dir(0), 999_999);
+    fs::write(&stray, b"stray").expect("a stray plain file");
+    // A node reports its inventory when it registers.
+    c.restart_node(0);
+    wait_gone(&stray);
+    assert_eq!(sha256(&fs::read(&plain).expect("the live plain file stays")), sha256(&data));
+    wait_fsck_clean(a.path(), Duration::from_secs(30));
+    let (_, v) = fsck("clean", &[a.path().as_os_str()]);
+    assert_eq!(v["counts"]["scratch_files"], 1, "{v:#}");
+
+    c.stop_node(0);
+    c.wait_dead(1);
+    let (code, v) = fsck("node 0 down", &[a.path().as_os_str()]);
+    // Besides, "kept" may be under-replicated until its chunk is copied.
+    let (lost, others): (Vec<_>, Vec<_>) = fsck_problems(&v).iter().partition(|p| p["kind"] == "lost_scratch_file");
+    assert_eq!(lost.len(), 1, "{v:#}");
+    assert_eq!((&lost[0]["ino"], &lost[0]["outcome"]), (&ino.into(), &"found".into()), "{v:#}");
+    assert!(others.iter().all(|p| p["kind"] == "under_replicated"), "{v:#}");
+    assert_eq!(code, 4, "{v:#}");
+    assert_eq!(fs::read(a.join("kept")).expect("the replicated file is not affected"), b"replicated");
+}
+
+/// Once a home node has been silent past the master's limit, the scratch
+/// files it held in a directory of class scratch with `remove_lost` are
+/// removed (every name); those of a plain scratch directory stay.
+#[test]
+fn lost_scratch_files_are_removed_when_their_class_says_so() {
+    let mut c = TestCluster::builder()
+        .nodes(2)
+        .node_dead_after(Duration::from_secs(1))
+        .scratch_lost_after(Duration::from_secs(2))
+        .start();
+    let a = c.mount_with(MountOptions { host: Some(TestCluster::node_host(0)), ..Default::default() });
+    make_scratch(&c, &a.join("reap"), true);
+    make_scratch(&c, &a.join("keep"), false);
+    fs::write(a.join("reap/f"), b"lost with node 0").expect("write");
+    fs::hard_link(a.join("reap/f"), a.join("reap/f2")).expect("link");
+    fs::write(a.join("keep/g"), b"lost with node 0 too").expect("write");
+    drop(a);
+    let b = c.mount_with(MountOptions { host: Some(TestCluster::node_host(1)), ..Default::default() });
+    fs::write(b.join("reap/on-b"), b"home: node 1").expect("write on b");
+    c.stop_node(0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while b.join("reap/f").exists() || b.join("reap/f2").exists() {
+        assert!(Instant::now() < deadline, "lost scratch files still there after 20 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(b.join("keep/g").exists(), "a class without remove_lost keeps its lost files");
+    assert_eq!(fs::read(b.join("reap/on-b")).expect("a file of a live node"), b"home: node 1");
 }

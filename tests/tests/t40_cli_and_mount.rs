@@ -555,7 +555,8 @@ fn stripefs_status_shows_every_background_worker_and_their_numbers_move_with_the
     let m = c.mount();
     let v = status_json(m.path());
     let master = workers_of(&v["workers"]);
-    assert_eq!(master.keys().collect::<Vec<_>>(), ["gc", "orphan-purge", "request-expiry", "rereplication"], "{v:#}");
+    let names = ["gc", "orphan-purge", "request-expiry", "rereplication", "scratch-reaper"];
+    assert_eq!(master.keys().collect::<Vec<_>>(), names, "{v:#}");
     for n in v["nodes"].as_array().expect("nodes") {
         let w = workers_of(&n["workers"]);
         assert_eq!(w.keys().collect::<Vec<_>>(), ["copier-1", "copier-2", "scrub"], "{v:#}");

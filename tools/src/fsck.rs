@@ -230,6 +230,9 @@ fn describe(k: &FsckProblemKind) -> (&'static str, String) {
             "corrupt replica",
             format!("node {node}'s replica of chunk {chunk} v{version} (file {ino}, index {index}) is corrupt"),
         ),
+        P::LostScratchFile { ino, node } => {
+            ("lost scratch file", format!("scratch file {ino} lives on node {node} only, which is down"))
+        }
     }
 }
 
@@ -255,6 +258,9 @@ fn remedy(k: &FsckProblemKind) -> &'static str {
             "left to garbage collection (may be an upload in progress)"
         }
         P::CorruptReplica { .. } => "--repair drops it so that re-replication replaces it",
+        P::LostScratchFile { .. } => {
+            "data lost unless its node comes back; remove the file (a scratch class with --remove-lost does)"
+        }
     }
 }
 
@@ -270,6 +276,9 @@ fn outcome_text(p: &FsckProblem) -> String {
         (FsckOutcome::Queued, _) => "being repaired by the master".into(),
         (FsckOutcome::NotRepairable, P::MissingChunk { .. }) => {
             "NOT REPAIRABLE: data lost unless a node holding it comes back".into()
+        }
+        (FsckOutcome::NotRepairable, P::LostScratchFile { .. }) => {
+            "NOT REPAIRABLE: data lost unless its node comes back".into()
         }
         (FsckOutcome::NotRepairable, _) => "NOT REPAIRABLE".into(),
         (FsckOutcome::Kept, _) => "left alone: may be an upload in progress; garbage collection removes it".into(),
@@ -386,6 +395,9 @@ fn render(r: &FsckReport, source: &Source) -> String {
         c.chunks,
         c.replicas
     );
+    if c.scratch_files > 0 {
+        let _ = write!(out, ", {} scratch files", c.scratch_files);
+    }
     if r.online {
         let _ = write!(out, "; {} nodes, {} alive, {} inventories", c.nodes, c.nodes_alive, c.inventories);
     }

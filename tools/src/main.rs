@@ -74,8 +74,9 @@ enum Command {
         #[arg(long, value_name = "replicated|scratch")]
         class: Option<String>,
         /// With --class scratch: remove a scratch file once its home node has
-        /// been declared gone, so a spill directory does not fill with lost files
-        /// (recorded with the class; the removal itself is not built yet).
+        /// been declared gone (silent for the master's --scratch-lost-after-secs,
+        /// 15 minutes by default), so a spill directory does not fill with lost
+        /// files.
         #[arg(long, requires = "class")]
         remove_lost: bool,
     },

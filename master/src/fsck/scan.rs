@@ -91,6 +91,8 @@ struct Facts {
     size: u64,
     allocated: u64,
     replication: u8,
+    /// A scratch file's home node.
+    home: Option<NodeId>,
 }
 
 fn unreadable(table: &str, key: impl ToString) -> P {
@@ -149,8 +151,10 @@ pub(super) fn scan(
     progress(c.ticker.done, total);
     c.extents_and_allocation();
     c.counters();
+    c.s.counts.scratch_files = c.inodes.values().flatten().filter(|f| f.home.is_some()).count() as u64;
     if let Some(view) = nodes {
         c.corrupt_replicas();
+        c.scratch_files(view);
         c.inventories(view)?;
     }
     Ok(c.s)
@@ -251,6 +255,7 @@ impl Checker<'_> {
                         size: r.size,
                         allocated: r.allocated,
                         replication: r.policy.replication,
+                        home: r.home,
                     })
                 }
                 Err(_) => {
@@ -591,6 +596,20 @@ impl Checker<'_> {
         }
     }
 
+    /// Scratch files whose home node is down: their one copy is out of reach.
+    fn scratch_files(&mut self, view: &NodeView) {
+        let alive: HashSet<NodeId> = view.nodes.iter().filter(|(_, up)| *up).map(|(n, _)| *n).collect();
+        let lost: Vec<(u64, NodeId)> = self
+            .inodes
+            .iter()
+            .filter_map(|(ino, f)| Some((*ino, f.as_ref()?.home?)))
+            .filter(|(_, home)| !alive.contains(home))
+            .collect();
+        for (ino, node) in lost {
+            self.s.found(P::LostScratchFile { ino: InodeId(ino), node }, Plan::Cannot);
+        }
+    }
+
     /// Replicas the nodes hold that no chunk record makes current.
     fn inventories(&mut self, view: &NodeView) -> Result<(), redb::Error> {
         if view.inventories.is_empty() {
@@ -608,6 +627,14 @@ impl Checker<'_> {
             held.dedup();
             for (chunk, version) in held {
                 if pending.contains(&(node.0, chunk.0, version.0)) {
+                    continue;
+                }
+                if version == Version::SCRATCH_FILE {
+                    // A scratch file: garbage unless its inode has this home.
+                    let home = self.inodes.get(&chunk.0).and_then(|f| f.as_ref()?.home);
+                    if home != Some(*node) {
+                        self.s.found(P::UnreferencedReplica { node: *node, chunk, version }, Plan::Keep);
+                    }
                     continue;
                 }
                 match self.chunks.by_id.get(&chunk.0) {

@@ -2,8 +2,8 @@
 
 use super::{ApplyError, Context, Tables};
 use redb::ReadableTable;
-use stripefs_proto::types::{FileKind, Timestamp};
-use stripefs_proto::{check_name, ops, FsError, InodeId};
+use stripefs_proto::types::{DataClass, FileKind, Timestamp};
+use stripefs_proto::{check_name, ops, FsError, InodeId, NodeId};
 
 /// Removes the non-directory name `name` from `parent` (the inode stays
 /// as an orphan while it is open).
@@ -48,6 +48,35 @@ pub(super) fn rmdir(t: &mut Tables, op: &ops::Rmdir, now: Timestamp) -> Result<(
 pub(super) fn purge_orphan(t: &mut Tables, ino: InodeId, ctx: &Context) -> Result<(), ApplyError> {
     if t.orphans.get(ino.0)?.is_some() && !(ctx.is_open)(ino) {
         t.purge(ino)?;
+    }
+    Ok(())
+}
+
+/// Removes the names of scratch file `ino` whose home `node` is gone,
+/// when it still has that home and its class removes lost files; the file
+/// is freed (or kept as an orphan while open).
+pub(super) fn remove_lost_scratch(
+    t: &mut Tables,
+    ino: InodeId,
+    node: NodeId,
+    names: &[(InodeId, String)],
+    now: Timestamp,
+    ctx: &Context,
+) -> Result<(), ApplyError> {
+    for (dir, name) in names {
+        let Ok(rec) = t.inode(ino) else { break };
+        if rec.home != Some(node) || rec.class != (DataClass::Scratch { remove_lost: true }) {
+            break;
+        }
+        if t.entry(*dir, name)? != Some(ino) {
+            continue;
+        }
+        let mut d = t.dir(*dir)?;
+        t.dir_entries.remove((dir.0, name.as_str()))?;
+        d.mtime = now;
+        d.ctime = now;
+        t.put_inode(*dir, &d)?;
+        t.drop_link(ino, rec, now, ctx)?;
     }
     Ok(())
 }

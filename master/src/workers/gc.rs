@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use stripefs_daemon::{lock, Step, Worker};
 use stripefs_proto::types::InventoryItem;
-use stripefs_proto::{ChunkId, FsError, NodeId, Version};
+use stripefs_proto::{ChunkId, FsError, InodeId, NodeId, Version};
 
 /// Inventories reported and not yet checked.
 #[derive(Debug, Default)]
@@ -49,12 +49,22 @@ fn garbage(
 ) -> Result<Vec<(NodeId, ChunkId, Version)>, FsError> {
     let current = state.store.current_chunks()?;
     let grace = state.gc_grace.as_secs();
-    let garbage = items
-        .iter()
-        .filter(|i| i.age_secs >= grace)
-        .filter(|i| !matches!(current.get(&i.chunk), Some((v, nodes)) if *v == i.version && nodes.contains(&node)))
-        .map(|i| (node, i.chunk, i.version))
-        .collect();
+    let mut garbage = Vec::new();
+    for i in items.iter().filter(|i| i.age_secs >= grace) {
+        let live = if i.version == Version::SCRATCH_FILE {
+            // A scratch file: live while its inode has this home.
+            match state.store.inode(InodeId(i.chunk.0)) {
+                Ok(rec) => rec.home == Some(node),
+                Err(FsError::NotFound) => false,
+                Err(e) => return Err(e),
+            }
+        } else {
+            matches!(current.get(&i.chunk), Some((v, nodes)) if *v == i.version && nodes.contains(&node))
+        };
+        if !live {
+            garbage.push((node, i.chunk, i.version));
+        }
+    }
     lock(&state.inventories).insert(
         node,
         Inventory { replicas: items.iter().map(|i| (i.chunk, i.version)).collect(), at: Some(Instant::now()) },

@@ -57,7 +57,14 @@ async fn an_order_to_a_node_that_died_is_given_to_another() {
         registry.registered(id, rec);
     }
     let workers = stripefs_daemon::Workers::new(tokio_util::sync::CancellationToken::new());
-    let shared = MasterState::new(store, registry, Arc::new(OpenFiles::default()), Duration::from_secs(600), workers);
+    let shared = MasterState::new(
+        store,
+        registry,
+        Arc::new(OpenFiles::default()),
+        Duration::from_secs(600),
+        Duration::from_secs(900),
+        workers,
+    );
     // Node 2 dies: the chunk is copied from node 1 to node 3 or 4.
     let_die(&shared, &[1, 3, 4]);
     assert!(shared.copies.round(&shared).expect("round").work_left(&shared.copies), "there is work");
@@ -86,8 +93,14 @@ async fn the_under_replicated_count_stands_while_copies_are_at_their_limit() {
         registry.registered(id, rec);
     }
     let workers = stripefs_daemon::Workers::new(tokio_util::sync::CancellationToken::new());
-    let shared =
-        Arc::new(MasterState::new(store, registry, Arc::new(OpenFiles::default()), Duration::from_secs(600), workers));
+    let shared = Arc::new(MasterState::new(
+        store,
+        registry,
+        Arc::new(OpenFiles::default()),
+        Duration::from_secs(600),
+        Duration::from_secs(900),
+        workers,
+    ));
     let alive: Vec<u64> = std::iter::once(1).chain(3..=10).collect();
     // A master that has just taken the lead orders nothing: the nodes it
     // has not heard from yet are not dead.
