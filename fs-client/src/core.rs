@@ -521,6 +521,21 @@ impl FsCore {
         self.master.mutate(ops::SetAttrs { ino, set }).await
     }
 
+    /// Drops the setuid bit, and the setgid bit of a group-executable
+    /// file, from `attr`'s inode if it has them (what a write or truncate
+    /// by an unprivileged user and a chown do); returns the attributes after.
+    pub async fn kill_suidgid(self: &Arc<Self>, attr: Attr) -> Result<Attr> {
+        let mut perm = attr.perm as u32;
+        perm &= !0o4000;
+        if perm & 0o010 != 0 {
+            perm &= !0o2000;
+        }
+        if perm == attr.perm as u32 {
+            return Ok(attr);
+        }
+        self.setattr(attr.ino, SetAttr { mode: Some(perm), ..Default::default() }).await
+    }
+
     /// Creates a non-directory inode.
     pub async fn mknod(
         &self,

@@ -134,6 +134,17 @@ impl InodeRecord {
         }
     }
 
+    /// The permission bits this inode may carry: a scratch file with a
+    /// home has no setuid or setgid bit (its writes through passthrough do
+    /// not reach a place that could drop them).
+    pub fn allowed_bits(&self) -> u16 {
+        if self.home.is_some() {
+            0o1777
+        } else {
+            0o7777
+        }
+    }
+
     /// The attributes clients see.
     pub fn to_attr(&self, ino: InodeId) -> Attr {
         Attr {

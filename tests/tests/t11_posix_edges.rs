@@ -45,6 +45,48 @@ fn write_by_another_user_clears_setuid() {
     assert_eq!(mode & 0o4000, 0, "setuid bit survived a write by another user: {mode:o}");
 }
 
+/// Setuid and setgid bits after a truncate by another user, a truncate
+/// by root, a chown by root and a write by root are what a local disk
+/// leaves (the client drops them itself: it asks the kernel to leave
+/// that to it, HANDLE_KILLPRIV_V2).
+#[test]
+fn setuid_bits_after_truncate_chown_and_write_match_a_local_disk() {
+    let c = TestCluster::builder().start();
+    let m = c.mount_with(MountOptions { allow_other: Some(true), ..Default::default() });
+    let local = tempfile::tempdir().expect("tempdir");
+    let as_nobody = |cmd: String| {
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c"])
+            .arg(cmd)
+            .output()
+            .expect("run setpriv");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    let modes = |dir: &std::path::Path| -> Vec<u32> {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o777)).expect("chmod dir");
+        let mut out = Vec::new();
+        for (i, step) in
+            ["truncate by another user", "truncate by root", "chown by root", "write by root"].iter().enumerate()
+        {
+            let p = dir.join(format!("prog{i}"));
+            fs::write(&p, b"#!/bin/sh\n").expect("write");
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o6777)).expect("chmod ug+s");
+            match *step {
+                "truncate by another user" => as_nobody(format!("truncate -s 2 {}", p.display())),
+                "truncate by root" => {
+                    OpenOptions::new().write(true).open(&p).expect("open").set_len(3).expect("truncate")
+                }
+                "chown by root" => std::os::unix::fs::chown(&p, Some(1), Some(1)).expect("chown"),
+                _ => OpenOptions::new().append(true).open(&p).expect("open").write_all(b"x").expect("write"),
+            }
+            out.push(fs::metadata(&p).expect("stat").mode() & 0o7777);
+        }
+        out
+    };
+    let want = modes(local.path());
+    assert_eq!(modes(m.path()), want, "modes after: another user's truncate, root's truncate, chown, root's write");
+}
+
 /// A second open on a client that already had the file open reused the
 /// first open's size and chunk locations: changes made elsewhere in between
 /// were not seen (close-to-open holds for every open).

@@ -48,6 +48,15 @@ fn data_requests(metrics: &str) -> f64 {
         .sum()
 }
 
+/// Kernel GETXATTR requests the mount at `metrics` has served.
+fn getxattr_requests(metrics: &str) -> f64 {
+    let (_, body) = http_get(metrics, "/metrics");
+    body.lines()
+        .filter(|l| l.starts_with("stripefs_mount_fuse_requests_total{") && l.contains("op=\"getxattr\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 fn scratch_xattr(p: &Path) -> String {
     String::from_utf8(xattr_get(p, "user.stripefs.scratch").expect("user.stripefs.scratch")).expect("utf-8")
 }
@@ -98,6 +107,16 @@ fn the_creating_host_uses_passthrough_and_another_host_the_node() {
     drop(r);
     assert_eq!(sha256(&fs::read(a.join("spill/obj")).expect("read")), sha256(&data));
     assert_eq!(data_requests(&metrics), before, "the mount served READ or WRITE requests of a passthrough file");
+
+    // Nor is the mount asked for security.capability before each write
+    // (HANDLE_KILLPRIV_V2): a hundred writes, at most the first asks.
+    let before = getxattr_requests(&metrics);
+    let mut f = fs::File::create(a.join("spill/many")).expect("create");
+    for _ in 0..100 {
+        f.write_all(&data[..4096]).expect("write");
+    }
+    drop(f);
+    assert!(getxattr_requests(&metrics) - before <= 1.0, "{} GETXATTRs", getxattr_requests(&metrics) - before);
 
     let ino = fs::metadata(a.join("spill/obj")).expect("stat").ino();
     let plain = plain_file(&c.node_dir(0), ino);

@@ -19,7 +19,7 @@ pub(super) fn set_attr(
         return Err(if rec.kind == FileKind::Dir { FsError::IsDir } else { FsError::InvalidArgument }.into());
     }
     if let Some(mode) = set.mode {
-        rec.perm = (mode & 0o7777) as u16;
+        rec.perm = (mode & 0o7777) as u16 & rec.allowed_bits();
         rec.ctime = now;
     }
     if let Some(uid) = set.uid {
@@ -164,6 +164,7 @@ pub(super) fn set_class(t: &mut Tables, op: &ops::SetClass, now: Timestamp) -> R
             rec.class = op.class;
             if op.class.is_scratch() {
                 rec.home = super::create::scratch_home(t)?;
+                rec.perm &= rec.allowed_bits();
             }
         }
         _ => return Err(FsError::InvalidArgument.into()),

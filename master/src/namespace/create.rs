@@ -21,6 +21,7 @@ pub(super) fn mknod(t: &mut Tables, op: &ops::Mknod, now: Timestamp) -> Result<A
     if kind == FileKind::File && rec.class.is_scratch() {
         child.class = rec.class;
         child.home = scratch_home(t)?;
+        child.perm &= child.allowed_bits();
     }
     add_child(t, parent, rec, name, child, now)
 }
