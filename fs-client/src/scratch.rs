@@ -51,6 +51,50 @@ pub struct ScratchOpen {
     wrote: AtomicBool,
     /// Size and mtime as last reported to (or read from) the master.
     reported: Mutex<(u64, Timestamp)>,
+    /// Windows of a remote file read on sequentially.
+    ahead: ReadAhead,
+}
+
+/// Bytes a remote reader that reads on sequentially fetches at once.
+const WINDOW: u64 = MAX_SCRATCH_IO as u64;
+/// Windows fetched ahead of a sequential remote reader.
+const WINDOWS_AHEAD: u64 = 4;
+/// Windows kept per open file (24 MiB).
+const WINDOWS_KEPT: usize = 6;
+
+/// One window of a remote scratch file, fetched once.
+type Window = Arc<tokio::sync::OnceCell<bytes::Bytes>>;
+
+/// Read-ahead of a remote scratch file: a reader that goes on where it
+/// (or another of its reads, as the kernel's read-ahead sends them out of
+/// order) left off reads whole windows, fetched ahead; any other read
+/// fetches just what it asks for (random 4 KiB reads must not pull in
+/// megabytes). This client's own writes drop the windows; another
+/// client's show at the next open (close-to-open).
+struct ReadAhead {
+    windows: Mutex<lru::LruCache<u64, Window>>,
+    last_end: AtomicU64,
+}
+
+impl ReadAhead {
+    fn new() -> ReadAhead {
+        let kept = std::num::NonZeroUsize::new(WINDOWS_KEPT).expect("not zero");
+        ReadAhead { windows: Mutex::new(lru::LruCache::new(kept)), last_end: AtomicU64::new(0) }
+    }
+
+    /// Whether a read of `size` bytes at `offset` goes on sequentially.
+    fn sequential(&self, offset: u64, size: u32) -> bool {
+        let last = self.last_end.swap(offset + size as u64, Ordering::Relaxed);
+        let index = offset / WINDOW;
+        offset == last || {
+            let windows = lock(&self.windows);
+            windows.contains(&index) || (index > 0 && windows.contains(&(index - 1)))
+        }
+    }
+
+    fn forget(&self) {
+        lock(&self.windows).clear();
+    }
 }
 
 impl ScratchOpen {
@@ -157,12 +201,18 @@ impl crate::core::FsCore {
             written_end: AtomicU64::new(0),
             wrote: AtomicBool::new(false),
             reported: Mutex::new(reported),
+            ahead: ReadAhead::new(),
         })
     }
 
     /// Reads up to `size` bytes at `offset` of a scratch file (fewer at
     /// its end).
-    pub(crate) async fn scratch_read(&self, sc: &ScratchOpen, offset: u64, size: u32) -> Result<Vec<u8>> {
+    pub(crate) async fn scratch_read(
+        self: &Arc<Self>,
+        sc: &Arc<ScratchOpen>,
+        offset: u64,
+        size: u32,
+    ) -> Result<Vec<u8>> {
         if let Some(f) = sc.local.clone() {
             let ino = sc.ino;
             return crate::conn::run_blocking(move || {
@@ -181,6 +231,58 @@ impl crate::core::FsCore {
             })
             .await;
         }
+        if !sc.ahead.sequential(offset, size) {
+            return self.scratch_fetch(sc, offset, size).await;
+        }
+        // Read on in whole windows, and fetch the next ones meanwhile: one
+        // round trip per window instead of one per kernel read.
+        let end = offset + size as u64;
+        let mut out = Vec::with_capacity(size as usize);
+        let mut pos = offset;
+        while pos < end {
+            let index = pos / WINDOW;
+            let w = self.scratch_window(sc, index).await?;
+            let start = index * WINDOW;
+            let from = (pos - start) as usize;
+            if from >= w.len() {
+                break;
+            }
+            let to = ((end - start) as usize).min(w.len());
+            out.extend_from_slice(&w[from..to]);
+            pos = start + to as u64;
+            if w.len() < WINDOW as usize {
+                break;
+            }
+        }
+        for k in 1..=WINDOWS_AHEAD {
+            let (core, sc, index) = (self.clone(), sc.clone(), end / WINDOW + k);
+            tokio::spawn(async move {
+                let _ = core.scratch_window(&sc, index).await;
+            });
+        }
+        Ok(out)
+    }
+
+    /// Window `index` of a remote scratch file: from the windows kept, or
+    /// fetched (once, whoever asks first; the others wait for it).
+    async fn scratch_window(&self, sc: &ScratchOpen, index: u64) -> Result<bytes::Bytes> {
+        let cell = lock(&sc.ahead.windows).get_or_insert(index, Default::default).clone();
+        let w = cell
+            .get_or_try_init(|| async {
+                let ino = sc.ino;
+                let (at, len) = (index * WINDOW, WINDOW as u32);
+                self.nodes
+                    .call(&sc.addr, SCRATCH_TIMEOUT, |c, ctx| async move { c.scratch_read(ctx, ino, at, len).await })
+                    .await
+                    .map_err(|e| lost(sc, e))
+            })
+            .await?;
+        Ok(w.clone())
+    }
+
+    /// `size` bytes at `offset` from the home node, in calls of at most
+    /// [`MAX_SCRATCH_IO`] (fewer at the end of the file).
+    async fn scratch_fetch(&self, sc: &ScratchOpen, offset: u64, size: u32) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(size as usize);
         while out.len() < size as usize {
             let at = offset + out.len() as u64;
@@ -203,6 +305,7 @@ impl crate::core::FsCore {
     /// Writes `data` at `offset` of a scratch file.
     pub(crate) async fn scratch_write(&self, sc: &ScratchOpen, offset: u64, data: &[u8]) -> Result<u32> {
         sc.wrote.store(true, Ordering::Relaxed);
+        sc.ahead.forget();
         if let Some(f) = sc.local.clone() {
             let (data, ino) = (data.to_vec(), sc.ino);
             let n = data.len() as u32;
@@ -215,7 +318,8 @@ impl crate::core::FsCore {
         let mut done = 0usize;
         while done < data.len() {
             let len = (data.len() - done).min(MAX_SCRATCH_IO as usize);
-            let (ino, at, part) = (sc.ino, offset + done as u64, data[done..done + len].to_vec());
+            let (ino, at) = (sc.ino, offset + done as u64);
+            let part = bytes::Bytes::copy_from_slice(&data[done..done + len]);
             let size = self
                 .nodes
                 .call(&sc.addr, SCRATCH_TIMEOUT, |c, ctx| {
@@ -247,6 +351,7 @@ impl crate::core::FsCore {
         };
         if let Some(s) = sc {
             s.written_end.store(size, Ordering::Relaxed);
+            s.ahead.forget();
         }
         self.nodes.call(&addr, SCRATCH_TIMEOUT, |c, ctx| async move { c.scratch_truncate(ctx, ino, size).await }).await
     }
@@ -314,5 +419,26 @@ fn lost(sc: &ScratchOpen, e: ClientError) -> ClientError {
     match e {
         ClientError::Fs(FsError::NotFound) => ClientError::Fs(FsError::Corrupt),
         e => e,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_reads_that_go_on_use_windows() {
+        let r = ReadAhead::new();
+        assert!(r.sequential(0, 4096), "a first read from the start");
+        assert!(r.sequential(4096, 4096), "the next one");
+        assert!(!r.sequential(100 << 20, 4096), "a jump far ahead");
+        assert!(!r.sequential(7 << 20, 4096), "another");
+        // Reads near a window already fetched go on (the kernel sends its
+        // read-ahead out of order).
+        lock(&r.windows).put(10, Default::default());
+        assert!(r.sequential(10 * WINDOW + 5, 100));
+        assert!(r.sequential(11 * WINDOW + 5, 100), "the window after a kept one");
+        r.forget();
+        assert!(!r.sequential(30 * WINDOW, 100), "a write dropped the windows");
     }
 }

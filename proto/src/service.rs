@@ -152,10 +152,10 @@ pub trait NodeService {
     /// Up to `len` bytes (at most [`crate::types::MAX_SCRATCH_IO`]) of the
     /// scratch file of `ino` from `offset`; fewer at its end. `NotFound`
     /// when this node holds no such file.
-    async fn scratch_read(ino: InodeId, offset: u64, len: u32) -> Result<Vec<u8>, FsError>;
+    async fn scratch_read(ino: InodeId, offset: u64, len: u32) -> Result<bytes::Bytes, FsError>;
     /// Writes `data` into the scratch file of `ino` at `offset` (creating
     /// the file); returns the file's size after it.
-    async fn scratch_write(ino: InodeId, offset: u64, data: Vec<u8>) -> Result<u64, FsError>;
+    async fn scratch_write(ino: InodeId, offset: u64, data: bytes::Bytes) -> Result<u64, FsError>;
     /// Sets the size of the scratch file of `ino` (creating the file).
     async fn scratch_truncate(ino: InodeId, size: u64) -> Result<(), FsError>;
     /// Puts the scratch file of `ino` on disk (fsync(2) of a client).

@@ -9,7 +9,7 @@
 
 use crate::chunk_store::{io_err, ChunkStore, StoreError};
 use std::fs::{self, File, OpenOptions};
-use std::io;
+use std::io::{self, Read, Seek};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 use stripefs_proto::types::MAX_SCRATCH_IO;
@@ -48,17 +48,12 @@ impl ChunkStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Self::scratch_not_found(ino)),
             Err(e) => return Err(io_err(format!("cannot open {}", path.display()))(e)),
         };
-        let mut buf = vec![0u8; len as usize];
-        let mut got = 0;
-        while got < buf.len() {
-            match file.read_at(&mut buf[got..], offset + got as u64) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(io_err(format!("cannot read {}", path.display()))(e)),
-            }
-        }
-        buf.truncate(got);
+        // read_to_end fills the buffer without zeroing it first.
+        let mut buf = Vec::with_capacity(len as usize);
+        let mut file = file;
+        file.seek(io::SeekFrom::Start(offset))
+            .and_then(|_| file.take(u64::from(len)).read_to_end(&mut buf))
+            .map_err(io_err(format!("cannot read {}", path.display())))?;
         Ok(buf)
     }
 

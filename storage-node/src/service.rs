@@ -170,13 +170,13 @@ impl NodeService for NodeServer {
     }
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "scratch_read", trace = %ctx.trace_id(), %ino))]
-    async fn scratch_read(self, ctx: Context, ino: InodeId, offset: u64, len: u32) -> Result<Vec<u8>, FsError> {
+    async fn scratch_read(self, ctx: Context, ino: InodeId, offset: u64, len: u32) -> Result<bytes::Bytes, FsError> {
         let store = self.inner.store.clone();
-        blocking(move || store.scratch_read(ino, offset, len)).await
+        blocking(move || store.scratch_read(ino, offset, len).map(bytes::Bytes::from)).await
     }
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "scratch_write", trace = %ctx.trace_id(), %ino))]
-    async fn scratch_write(self, ctx: Context, ino: InodeId, offset: u64, data: Vec<u8>) -> Result<u64, FsError> {
+    async fn scratch_write(self, ctx: Context, ino: InodeId, offset: u64, data: bytes::Bytes) -> Result<u64, FsError> {
         let store = self.inner.store.clone();
         blocking(move || store.scratch_write(ino, offset, &data)).await
     }

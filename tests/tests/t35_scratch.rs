@@ -84,7 +84,8 @@ fn the_creating_host_uses_passthrough_and_another_host_the_node() {
         ..Default::default()
     });
     make_scratch(&c, &a.join("spill"), false);
-    let data = random_bytes(3_000_000);
+    // Over two of a remote reader's 4 MiB read-ahead windows.
+    let data = random_bytes(10_000_000);
 
     let before = data_requests(&metrics);
     let mut f =
@@ -128,9 +129,17 @@ fn the_creating_host_uses_passthrough_and_another_host_the_node() {
     assert_eq!(master_attr.size, data.len() as u64, "the size reached the master at close");
     assert!(master_attr.home.is_some());
 
-    // Another host: reads through node 0, and writes there too.
+    // Another host: reads through node 0 (on, and here and there), and
+    // writes there too.
     let b = c.mount_with(MountOptions { host: Some(TestCluster::node_host(1)), ..Default::default() });
     assert_eq!(sha256(&fs::read(b.join("spill/obj")).expect("read on b")), sha256(&data));
+    let r = fs::File::open(b.join("spill/obj")).expect("open on b");
+    for at in [9_000_000u64, 17, 4_194_300, 8_388_000, 1_000_000, 9_999_000] {
+        let mut got = vec![0u8; 1000];
+        let n = std::os::unix::fs::FileExt::read_at(&r, &mut got, at).expect("read_at on b");
+        assert_eq!(&got[..n], &data[at as usize..(at as usize + 1000).min(data.len())], "at {at}");
+    }
+    drop(r);
     let mut w = fs::OpenOptions::new().write(true).open(b.join("spill/obj")).expect("open on b");
     assert!(scratch_xattr(&b.join("spill/obj")).contains("access=remote"), "{}", scratch_xattr(&b.join("spill/obj")));
     w.seek(SeekFrom::End(0)).expect("seek");
