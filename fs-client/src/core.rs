@@ -311,6 +311,7 @@ impl FsCore {
             })
         }));
         core.workers.spawn(LocalReadExpiry { core: Arc::downgrade(&core), closed: 0 });
+        core.workers.spawn(crate::scratch::SizeReports::new(Arc::downgrade(&core)));
         Ok(core)
     }
 
@@ -841,6 +842,11 @@ impl FsCore {
         None
     }
 
+    /// Every scratch file open here.
+    pub(crate) fn open_scratch_files(&self) -> Vec<Arc<ScratchOpen>> {
+        lock(&self.files).values().filter_map(|e| e.scratch.clone()).collect()
+    }
+
     /// The scratch file `ino` as open here, if it is one.
     pub(crate) fn scratch_of(&self, ino: InodeId) -> Option<Arc<ScratchOpen>> {
         lock(&self.files).get(&ino).and_then(|e| e.scratch.clone())
@@ -873,7 +879,7 @@ impl FsCore {
             return Ok(());
         }
         if let Some(sc) = self.scratch_of(ino) {
-            return self.scratch_report(&sc).await;
+            return self.scratch_report(&sc).await.map(|_| ());
         }
         let state = self.state_of(ino)?;
         let mut guard = state.lock().await;
@@ -932,7 +938,8 @@ impl FsCore {
         let mut guard = state.lock().await;
         let mut result = Ok(());
         if let Some(sc) = scratch {
-            result = self.scratch_report(&sc).await;
+            result = self.scratch_report(&sc).await.map(|_| ());
+            crate::scratch::seal_after_close(self, &sc);
         } else if let Some(st) = guard.as_mut() {
             result = self.flush_state(st).await;
         }

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use stripefs_daemon::lock;
-use stripefs_proto::types::{Attr, SetAttr, TimeSet, Timestamp, MAX_SCRATCH_IO};
+use stripefs_proto::types::{Attr, ScratchData, SetAttr, TimeSet, Timestamp, MAX_SCRATCH_IO};
 use stripefs_proto::{FsError, InodeId, NodeId};
 
 /// How long the client's copy of the node list is used before it asks the
@@ -51,6 +51,8 @@ pub struct ScratchOpen {
     wrote: AtomicBool,
     /// Size and mtime as last reported to (or read from) the master.
     reported: Mutex<(u64, Timestamp)>,
+    /// Size and mtime at the open.
+    opened: (u64, Timestamp),
     /// Windows of a remote file read on sequentially.
     ahead: ReadAhead,
 }
@@ -139,6 +141,51 @@ impl ScratchOpen {
 /// Node id → (address, host).
 type Locations = std::collections::HashMap<NodeId, (String, String)>;
 
+/// How often the sizes of scratch files open here are reported when they
+/// changed (a file written through passthrough stays open for long; the
+/// master, and so other hosts, would otherwise see its size only at close).
+pub const SIZE_REPORT_EVERY: Duration = Duration::from_secs(5);
+
+/// The worker reporting open scratch files' sizes every
+/// [`SIZE_REPORT_EVERY`]. Ends with the client.
+pub(crate) struct SizeReports {
+    core: std::sync::Weak<crate::core::FsCore>,
+    reported: u64,
+}
+
+impl SizeReports {
+    pub(crate) fn new(core: std::sync::Weak<crate::core::FsCore>) -> SizeReports {
+        SizeReports { core, reported: 0 }
+    }
+}
+
+impl stripefs_daemon::Worker for SizeReports {
+    fn name(&self) -> String {
+        "scratch-sizes".into()
+    }
+
+    async fn work(&mut self) -> std::result::Result<stripefs_daemon::Step, String> {
+        let Some(core) = self.core.upgrade() else { return Ok(stripefs_daemon::Step::Done) };
+        let mut failed = None;
+        for sc in core.open_scratch_files() {
+            match core.scratch_report(&sc).await {
+                Ok(true) => self.reported += 1,
+                Ok(false) => {}
+                Err(e) => failed = Some(format!("reporting the size of scratch file {}: {e}", sc.ino)),
+            }
+        }
+        failed.map_or(Ok(stripefs_daemon::Step::Idle), Err)
+    }
+
+    async fn wait_for_work(&mut self) {
+        tokio::time::sleep(SIZE_REPORT_EVERY).await
+    }
+
+    fn detail(&self) -> String {
+        format!("{} sizes of open scratch files reported", self.reported)
+    }
+}
+
 /// What the client knows of the nodes, and since when.
 #[derive(Default)]
 pub struct NodeList {
@@ -201,6 +248,7 @@ impl crate::core::FsCore {
             written_end: AtomicU64::new(0),
             wrote: AtomicBool::new(false),
             reported: Mutex::new(reported),
+            opened: reported,
             ahead: ReadAhead::new(),
         })
     }
@@ -271,10 +319,12 @@ impl crate::core::FsCore {
             .get_or_try_init(|| async {
                 let ino = sc.ino;
                 let (at, len) = (index * WINDOW, WINDOW as u32);
-                self.nodes
+                let got = self
+                    .nodes
                     .call(&sc.addr, SCRATCH_TIMEOUT, |c, ctx| async move { c.scratch_read(ctx, ino, at, len).await })
                     .await
-                    .map_err(|e| lost(sc, e))
+                    .map_err(|e| lost(sc, e))?;
+                checked(sc, at, got)
             })
             .await?;
         Ok(w.clone())
@@ -293,6 +343,7 @@ impl crate::core::FsCore {
                 .call(&sc.addr, SCRATCH_TIMEOUT, |c, ctx| async move { c.scratch_read(ctx, ino, at, len).await })
                 .await
                 .map_err(|e| lost(sc, e))?;
+            let got = checked(sc, at, got)?;
             let short = got.len() < len as usize;
             out.extend_from_slice(&got);
             if short {
@@ -370,8 +421,9 @@ impl crate::core::FsCore {
     }
 
     /// Tells the master the file's size and mtime if they changed since
-    /// the last report (close, fsync, last release).
-    pub(crate) async fn scratch_report(&self, sc: &ScratchOpen) -> Result<()> {
+    /// the last report (close, fsync, last release, and every
+    /// [`SIZE_REPORT_EVERY`]); says whether it did.
+    pub(crate) async fn scratch_report(&self, sc: &ScratchOpen) -> Result<bool> {
         let (size, mtime) = match &sc.local {
             Some(f) => {
                 let m = f.metadata().map_err(|e| local_err(sc.ino, e))?;
@@ -380,11 +432,11 @@ impl crate::core::FsCore {
             None if sc.wrote.swap(false, Ordering::Relaxed) => {
                 (lock(&sc.reported).0.max(sc.written_end.load(Ordering::Relaxed)), TimeSet::Now)
             }
-            None => return Ok(()),
+            None => return Ok(false),
         };
         if let TimeSet::At(t) = mtime {
             if *lock(&sc.reported) == (size, t) {
-                return Ok(());
+                return Ok(false);
             }
         }
         let set = SetAttr { size: Some(size), mtime: Some(mtime), ..Default::default() };
@@ -393,8 +445,43 @@ impl crate::core::FsCore {
         if let TimeSet::At(t) = mtime {
             *lock(&sc.reported) = (size, t);
         }
-        Ok(())
+        Ok(true)
     }
+}
+
+/// The bytes of a remote read, once they match the crcs the node sent
+/// with them (a sealed file's; none for one written lately).
+fn checked(sc: &ScratchOpen, at: u64, got: ScratchData) -> Result<bytes::Bytes> {
+    if let Some(i) = got.bad_block() {
+        let block = at / stripefs_proto::block::BLOCK_SIZE as u64 + i as u64;
+        tracing::error!(
+            "scratch file of inode {} on node {} on host {} ({}): 64 KiB block {block} fails its checksum",
+            sc.ino,
+            sc.home,
+            sc.host,
+            sc.addr
+        );
+        return Err(ClientError::Fs(FsError::Corrupt));
+    }
+    Ok(got.data)
+}
+
+/// Asks the home node to seal a file this client wrote and closed
+/// (its checksums are computed once it is left alone; see
+/// `stripefs_node`'s `scratch` module). Nobody waits for it.
+pub(crate) fn seal_after_close(core: &Arc<crate::core::FsCore>, sc: &ScratchOpen) {
+    let changed = sc.wrote.load(Ordering::Relaxed) || *lock(&sc.reported) != sc.opened;
+    if !changed {
+        return;
+    }
+    let (core, addr, ino) = (core.clone(), sc.addr.clone(), sc.ino);
+    tokio::spawn(async move {
+        let asked =
+            core.nodes.call(&addr, SCRATCH_TIMEOUT, |c, ctx| async move { c.scratch_seal(ctx, ino).await }).await;
+        if let Err(e) = asked {
+            tracing::debug!("asking node {addr} to seal scratch file {ino}: {e}");
+        }
+    });
 }
 
 fn mtime_of(m: &std::fs::Metadata) -> Timestamp {

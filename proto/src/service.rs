@@ -152,7 +152,7 @@ pub trait NodeService {
     /// Up to `len` bytes (at most [`crate::types::MAX_SCRATCH_IO`]) of the
     /// scratch file of `ino` from `offset`; fewer at its end. `NotFound`
     /// when this node holds no such file.
-    async fn scratch_read(ino: InodeId, offset: u64, len: u32) -> Result<bytes::Bytes, FsError>;
+    async fn scratch_read(ino: InodeId, offset: u64, len: u32) -> Result<ScratchData, FsError>;
     /// Writes `data` into the scratch file of `ino` at `offset` (creating
     /// the file); returns the file's size after it.
     async fn scratch_write(ino: InodeId, offset: u64, data: bytes::Bytes) -> Result<u64, FsError>;
@@ -160,4 +160,8 @@ pub trait NodeService {
     async fn scratch_truncate(ino: InodeId, size: u64) -> Result<(), FsError>;
     /// Puts the scratch file of `ino` on disk (fsync(2) of a client).
     async fn scratch_sync(ino: InodeId) -> Result<(), FsError>;
+    /// The scratch file of `ino` was closed after a write: its checksums
+    /// are computed once it is left alone for a second (in the
+    /// background; the call returns at once).
+    async fn scratch_seal(ino: InodeId) -> Result<(), FsError>;
 }

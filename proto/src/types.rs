@@ -115,6 +115,26 @@ impl Policy {
 /// Most bytes one `scratch_read` or `scratch_write` carries.
 pub const MAX_SCRATCH_IO: u32 = 4 << 20;
 
+/// What `scratch_read` returns: the bytes, and the crc32 of each 64 KiB
+/// block they cover when the node has checksums of the file as it is now
+/// (computed once the file was left alone after a close) and the read
+/// starts on a block boundary; empty otherwise. The reader checks them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScratchData {
+    /// The bytes (fewer than asked at the end of the file).
+    pub data: bytes::Bytes,
+    /// crc32 of `data`'s 64 KiB blocks, in order (the last may be short).
+    pub crcs: Vec<u32>,
+}
+
+impl ScratchData {
+    /// The index of the first of `data`'s blocks that fails its crc, if any.
+    pub fn bad_block(&self) -> Option<usize> {
+        let blocks = self.data.chunks(crate::block::BLOCK_SIZE);
+        self.crcs.iter().zip(blocks).position(|(crc, b)| crc32fast::hash(b) != *crc)
+    }
+}
+
 /// Where a file's data lives: the class of a directory is inherited by
 /// what is created in it, like its [`Policy`] (docs/SEMANTICS.md,
 /// "Scratch files").

@@ -1,7 +1,9 @@
 //! The scrubber: re-reads every replica's blocks at a bounded rate and
 //! reports those that fail their checksum, so the master replaces them
-//! before a reader needs them. A [`Worker`]: one replica per step, a pause
-//! between passes.
+//! before a reader needs them. Scratch files are checked against their
+//! seal (or sealed, once left alone; see [`crate::scratch`]); a corrupt one
+//! has no other copy, so it is logged, naming its blocks. A [`Worker`]:
+//! one replica or scratch file per step, a pause between passes.
 
 use crate::chunk_store::{ChunkStore, StoreError};
 use crate::reports::Reports;
@@ -50,13 +52,41 @@ impl Scrubber {
 
     async fn start_pass(&self) -> Result<Pass, String> {
         let s = self.store.clone();
-        let mut list = tokio::task::spawn_blocking(move || s.inventory())
-            .await
-            .map_err(|e| format!("listing task failed: {e}"))?
-            .map_err(|e| format!("cannot list replicas: {e}"))?;
+        let mut list = tokio::task::spawn_blocking(move || {
+            let mut list = s.inventory()?;
+            let sizes = |ino: u64| s.scratch_len(stripefs_proto::InodeId(ino));
+            list.extend(s.scratch_inventory()?.into_iter().map(|(c, v, _)| (c, v, sizes(c.0))));
+            Ok::<_, StoreError>(list)
+        })
+        .await
+        .map_err(|e| format!("listing task failed: {e}"))?
+        .map_err(|e| format!("cannot list replicas: {e}"))?;
         list.reverse();
         let total_bytes = list.iter().map(|r| r.2).sum();
         Ok(Pass { started: Instant::now(), replicas: list.len(), left: list, total_bytes, bytes: 0, corrupt: 0 })
+    }
+
+    /// Checks one scratch file against its seal (sealing it if it was left
+    /// alone and has none); true if it is corrupt.
+    async fn check_scratch(&self, ino: stripefs_proto::InodeId) -> bool {
+        let s = self.store.clone();
+        match tokio::task::spawn_blocking(move || s.scratch_scrub(ino)).await {
+            Ok(Ok(crate::scratch::ScrubOutcome::Corrupt(blocks))) => {
+                tracing::error!(
+                    "scratch file of inode {ino} is corrupt: 64 KiB blocks {blocks:?} fail their crc (it has no other copy)"
+                );
+                true
+            }
+            Ok(Ok(_)) => false,
+            Ok(Err(e)) => {
+                tracing::warn!("scrubbing scratch file of inode {ino}: {e}");
+                false
+            }
+            Err(e) => {
+                tracing::warn!("scrub task failed: {e}");
+                false
+            }
+        }
     }
 
     /// Checks every block of one replica; true if it is corrupt.
@@ -112,7 +142,11 @@ impl Worker for Scrubber {
                 Some(format!("last pass: {} replicas, {} bytes, {} corrupt", pass.replicas, pass.bytes, pass.corrupt));
             return Ok(Step::Idle);
         };
-        let corrupt = self.check(chunk, version).await;
+        let corrupt = if version == Version::SCRATCH_FILE {
+            self.check_scratch(stripefs_proto::InodeId(chunk.0)).await
+        } else {
+            self.check(chunk, version).await
+        };
         if corrupt {
             pass.corrupt += 1;
         }

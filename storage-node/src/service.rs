@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use stripefs_proto::data_conn::DataPool;
 use stripefs_proto::net::Secret;
-use stripefs_proto::types::EncodedBlock;
+use stripefs_proto::types::{EncodedBlock, ScratchData};
 use stripefs_proto::{ChunkId, FsError, InodeId, NodeService, Version};
 use tarpc::context::Context;
 
@@ -41,7 +41,12 @@ struct Inner {
     writes: WriteMemory,
     /// What the node counts.
     metrics: Arc<crate::metrics::NodeMetrics>,
+    /// Scratch files being sealed at once, at most.
+    seals: Arc<tokio::sync::Semaphore>,
 }
+
+/// Scratch files sealed at once ([`NodeService::scratch_seal`]).
+const CONCURRENT_SEALS: usize = 2;
 
 impl NodeServer {
     /// A server that reports corrupt replicas to `reports`, keeps
@@ -64,6 +69,7 @@ impl NodeServer {
                 space: Some((data_dir, reserve_bytes)),
                 writes: WriteMemory::new(write_memory_bytes),
                 metrics,
+                seals: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_SEALS)),
             }),
         }
     }
@@ -170,9 +176,9 @@ impl NodeService for NodeServer {
     }
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "scratch_read", trace = %ctx.trace_id(), %ino))]
-    async fn scratch_read(self, ctx: Context, ino: InodeId, offset: u64, len: u32) -> Result<bytes::Bytes, FsError> {
+    async fn scratch_read(self, ctx: Context, ino: InodeId, offset: u64, len: u32) -> Result<ScratchData, FsError> {
         let store = self.inner.store.clone();
-        blocking(move || store.scratch_read(ino, offset, len).map(bytes::Bytes::from)).await
+        blocking(move || store.scratch_read(ino, offset, len)).await
     }
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "scratch_write", trace = %ctx.trace_id(), %ino))]
@@ -191,6 +197,24 @@ impl NodeService for NodeServer {
     async fn scratch_sync(self, ctx: Context, ino: InodeId) -> Result<(), FsError> {
         let store = self.inner.store.clone();
         blocking(move || store.scratch_sync(ino)).await
+    }
+
+    #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "scratch_seal", trace = %ctx.trace_id(), %ino))]
+    async fn scratch_seal(self, ctx: Context, ino: InodeId) -> Result<(), FsError> {
+        let (store, seals) = (self.inner.store.clone(), self.inner.seals.clone());
+        tokio::spawn(async move {
+            // Just closed: wait here (a stop of the node cancels the wait),
+            // not in a blocking thread a stop would wait for.
+            tokio::time::sleep(crate::scratch::QUIET).await;
+            let Ok(_permit) = seals.acquire_owned().await else { return };
+            let sealed = tokio::task::spawn_blocking(move || store.scratch_seal(ino, Duration::from_millis(100))).await;
+            match sealed {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!("sealing scratch file {ino}: {e}"),
+                Err(e) => tracing::warn!("sealing task of scratch file {ino} failed: {e}"),
+            }
+        });
+        Ok(())
     }
 }
 

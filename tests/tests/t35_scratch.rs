@@ -292,3 +292,85 @@ fn lost_scratch_files_are_removed_when_their_class_says_so() {
     assert!(b.join("keep/g").exists(), "a class without remove_lost keeps its lost files");
     assert_eq!(fs::read(b.join("reap/on-b")).expect("a file of a live node"), b"home: node 1");
 }
+
+/// A file kept open on its home host: another host sees what it wrote
+/// within the size-report period without a close, and at once after its
+/// fsync (close-to-open for a new open of the other host).
+#[test]
+fn a_file_open_on_two_hosts() {
+    let c = TestCluster::builder().nodes(2).start();
+    let opts = |i| MountOptions {
+        host: Some(TestCluster::node_host(i)),
+        attr_ttl: Duration::ZERO,
+        entry_ttl: Duration::ZERO,
+        ..Default::default()
+    };
+    let a = c.mount_with(opts(0));
+    let b = c.mount_with(opts(1));
+    make_scratch(&c, &a.join("spill"), false);
+    let data = random_bytes(1_000_000);
+    let mut w = fs::File::create(a.join("spill/log")).expect("create on a");
+    w.write_all(&data[..600_000]).expect("write on a");
+    let deadline = Instant::now() + stripefs_client::scratch::SIZE_REPORT_EVERY * 3;
+    loop {
+        let seen = fs::read(b.join("spill/log")).expect("read on b");
+        if seen.len() == 600_000 {
+            assert_eq!(seen, data[..600_000], "b reads what a wrote, a still writing");
+            break;
+        }
+        assert!(Instant::now() < deadline, "b still sees {} bytes, a wrote 600000 and keeps the file open", seen.len());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    w.write_all(&data[600_000..]).expect("write on a");
+    w.sync_all().expect("fsync on a");
+    assert_eq!(fs::read(b.join("spill/log")).expect("read on b"), data, "after a's fsync");
+    drop(w);
+}
+
+/// A scratch file closed after a write is sealed by its node (crc32 of
+/// each 64 KiB block); a remote reader then checks what it reads: damage
+/// on the node's disk reads as EIO there, not as wrong bytes, and the
+/// node's scrubber finds it.
+#[test]
+fn a_remote_reader_checks_a_sealed_file() {
+    let c = TestCluster::builder().nodes(2).scrub_bytes_per_sec(100 << 20).start();
+    let a = c.mount_with(MountOptions { host: Some(TestCluster::node_host(0)), ..Default::default() });
+    make_scratch(&c, &a.join("spill"), false);
+    let data = random_bytes(300_000);
+    fs::write(a.join("spill/f"), &data).expect("write");
+    let ino = fs::metadata(a.join("spill/f")).expect("stat").ino();
+    let plain = plain_file(&c.node_dir(0), ino);
+    let seal = plain.with_extension("crc");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !seal.exists() {
+        assert!(Instant::now() < deadline, "no seal after 15 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let b = c.mount_with(MountOptions { host: Some(TestCluster::node_host(1)), ..Default::default() });
+    assert_eq!(sha256(&fs::read(b.join("spill/f")).expect("read on b")), sha256(&data));
+    drop(b);
+    // A bit flips on the node's disk; size and mtime stay.
+    let mtime = fs::metadata(&plain).expect("stat").modified().expect("mtime");
+    let f = fs::OpenOptions::new().write(true).open(&plain).expect("open the plain file");
+    let byte = [data[200_000] ^ 1];
+    std::os::unix::fs::FileExt::write_all_at(&f, &byte, 200_000).expect("damage");
+    f.set_modified(mtime).expect("mtime back");
+    drop(f);
+    let b = c.mount_with(MountOptions { host: Some(TestCluster::node_host(1)), ..Default::default() });
+    let err = fs::read(b.join("spill/f")).expect_err("a damaged block must not be served");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = http_get(&c.node_metrics_addr(0), "/metrics");
+        let errors: f64 = body
+            .lines()
+            .filter(|l| l.starts_with("stripefs_node_checksum_errors_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if errors >= 1.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the scrubber did not find the damage in 20 s:\n{body}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
