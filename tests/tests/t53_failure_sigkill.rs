@@ -235,3 +235,37 @@ fn sigkill_of_the_master_during_writes() {
     assert_eq!(sha256(&fs::read(m.join("f")).expect("read")), sha256(&data));
     stripefs_tests::wait_fsck_clean(m.path(), Duration::from_secs(60));
 }
+
+/// The node of a scratch file killed with SIGKILL: the file's data was
+/// there only. Another host's reads of it fail with EIO, fsck lists it as
+/// lost (exit code 4) and nothing else but the replicated file's expected
+/// under-replication; that file reads on.
+#[test]
+fn sigkill_of_the_node_holding_a_scratch_file() {
+    let mut c = ProcCluster::start(3);
+    let host = |i: usize| MountOptions { host: Some(format!("host{i}")), ..Default::default() };
+    let a = TestMount::start(&c.master_addr, host(0)).expect("mount on host0");
+    fs::create_dir(a.join("spill")).expect("mkdir");
+    let out = Command::new(bin("stripefs"))
+        .args(["policy".as_ref(), a.join("spill").as_os_str(), "--class".as_ref(), "scratch".as_ref()])
+        .env("STRIPEFS_SECRET", std::str::from_utf8(TEST_SECRET).expect("utf-8"))
+        .output()
+        .expect("stripefs policy");
+    assert!(out.status.success(), "stripefs policy: {}", String::from_utf8_lossy(&out.stderr));
+    let data = random_bytes(1_000_000);
+    fs::write(a.join("spill/f"), &data).expect("write the scratch file");
+    fs::write(a.join("kept"), &data).expect("write a replicated file");
+    drop(a);
+    c.kill_node(0);
+    c.wait_dead(1);
+    let b = TestMount::start(&c.master_addr, host(1)).expect("mount on host1");
+    let err = fs::read(b.join("spill/f")).expect_err("its only copy is on the killed node");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert_eq!(sha256(&fs::read(b.join("kept")).expect("the replicated file")), sha256(&data));
+    let (code, v) = stripefs_tests::fsck("scratch node killed", &[b.path().as_os_str()]);
+    let problems = stripefs_tests::fsck_problems(&v);
+    let lost = problems.iter().filter(|p| p["kind"] == "lost_scratch_file").count();
+    assert_eq!(lost, 1, "{v:#}");
+    assert!(problems.iter().all(|p| p["kind"] == "lost_scratch_file" || p["kind"] == "under_replicated"), "{v:#}");
+    assert_eq!(code, 4, "{v:#}");
+}
