@@ -324,7 +324,7 @@ impl crate::core::FsCore {
                     .call(&sc.addr, SCRATCH_TIMEOUT, |c, ctx| async move { c.scratch_read(ctx, ino, at, len).await })
                     .await
                     .map_err(|e| lost(sc, e))?;
-                checked(sc, at, got)
+                self.checked(sc, at, got).await
             })
             .await?;
         Ok(w.clone())
@@ -343,7 +343,7 @@ impl crate::core::FsCore {
                 .call(&sc.addr, SCRATCH_TIMEOUT, |c, ctx| async move { c.scratch_read(ctx, ino, at, len).await })
                 .await
                 .map_err(|e| lost(sc, e))?;
-            let got = checked(sc, at, got)?;
+            let got = self.checked(sc, at, got).await?;
             let short = got.len() < len as usize;
             out.extend_from_slice(&got);
             if short {
@@ -420,6 +420,30 @@ impl crate::core::FsCore {
             .map_err(|e| lost(sc, e))
     }
 
+    /// The bytes of a remote read, once they match the crcs the node sent
+    /// with them (a sealed file's; none for one written lately). A
+    /// damaged block is reported to the master (`stripefs fsck` lists the
+    /// file) and reads as EIO.
+    async fn checked(&self, sc: &ScratchOpen, at: u64, got: ScratchData) -> Result<bytes::Bytes> {
+        let Some(i) = got.bad_block() else { return Ok(got.data) };
+        let block = at / stripefs_proto::block::BLOCK_SIZE as u64 + i as u64;
+        tracing::error!(
+            "scratch file of inode {} on node {} on host {} ({}): 64 KiB block {block} fails its checksum",
+            sc.ino,
+            sc.home,
+            sc.host,
+            sc.addr
+        );
+        let (node, chunk) = (sc.home, stripefs_proto::ChunkId(sc.ino.0));
+        let version = stripefs_proto::Version::SCRATCH_FILE;
+        if let Err(e) =
+            self.master.call(|c, ctx| async move { c.report_corrupt(ctx, node, chunk, version).await }).await
+        {
+            tracing::warn!("reporting the corrupt scratch file to the master: {e}");
+        }
+        Err(ClientError::Fs(FsError::Corrupt))
+    }
+
     /// Tells the master the file's size and mtime if they changed since
     /// the last report (close, fsync, last release, and every
     /// [`SIZE_REPORT_EVERY`]); says whether it did.
@@ -447,23 +471,6 @@ impl crate::core::FsCore {
         }
         Ok(true)
     }
-}
-
-/// The bytes of a remote read, once they match the crcs the node sent
-/// with them (a sealed file's; none for one written lately).
-fn checked(sc: &ScratchOpen, at: u64, got: ScratchData) -> Result<bytes::Bytes> {
-    if let Some(i) = got.bad_block() {
-        let block = at / stripefs_proto::block::BLOCK_SIZE as u64 + i as u64;
-        tracing::error!(
-            "scratch file of inode {} on node {} on host {} ({}): 64 KiB block {block} fails its checksum",
-            sc.ino,
-            sc.home,
-            sc.host,
-            sc.addr
-        );
-        return Err(ClientError::Fs(FsError::Corrupt));
-    }
-    Ok(got.data)
 }
 
 /// Asks the home node to seal a file this client wrote and closed

@@ -161,7 +161,13 @@ impl MasterService for MasterServer {
         if req.op.set.size.is_some_and(|s| s > MAX_FILE_BYTES) {
             return Err(FsError::FileTooLarge);
         }
-        self.shared.store.run(req).await
+        let resized = req.op.set.size.is_some() || req.op.set.mtime.is_some();
+        let acked = self.shared.store.run(req).await?;
+        if let (true, Some(home)) = (resized, acked.value.home) {
+            // A scratch file written again: an earlier corruption is gone.
+            self.shared.scratch_rewritten(home, acked.value.ino);
+        }
+        Ok(acked)
     }
 
     #[tracing::instrument(level = "debug", name = "rpc", skip_all, fields(op = "mknod", peer = %self.conn.peer, trace = %ctx.trace_id(), request = %req.id, ino = %req.op.parent))]

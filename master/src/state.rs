@@ -213,6 +213,16 @@ impl MasterState {
     /// a good one exists, and placement keeps avoiding its node. Any other
     /// version is deleted at once.
     pub async fn corrupt_replica(&self, node: NodeId, chunk: ChunkId, version: Version) {
+        if version == Version::SCRATCH_FILE {
+            // A scratch file (inode `chunk`) has no other copy: listed by
+            // fsck until it is written again or removed, never deleted here.
+            let ino = stripefs_proto::InodeId(chunk.0);
+            if self.store.inode(ino).is_ok_and(|r| r.home == Some(node)) {
+                tracing::error!("scratch file {ino} on node {node} is corrupt (it has no other copy)");
+                lock(&self.corrupt).insert((node, chunk, version));
+            }
+            return;
+        }
         let current = match self.store.find_chunk(chunk) {
             Ok(Some((_, _, rec))) => rec.version == version && rec.replicas.contains(&node),
             Ok(None) => false,
@@ -234,6 +244,12 @@ impl MasterState {
                 tracing::error!("deleting the corrupt replica of chunk {chunk} on node {node}: {e}");
             }
         }
+    }
+
+    /// Forgets that scratch file `ino` on `node` was found corrupt (it was
+    /// written again: size or mtime changed).
+    pub fn scratch_rewritten(&self, node: NodeId, ino: stripefs_proto::InodeId) {
+        lock(&self.corrupt).remove(&(node, ChunkId(ino.0), Version::SCRATCH_FILE));
     }
 
     /// Whether the replica of `chunk` `version` on `node` is known corrupt.

@@ -314,6 +314,14 @@ pub enum FsckProblemKind {
         /// Its home node.
         node: NodeId,
     },
+    /// A scratch file whose blocks failed their crc (found by its node's
+    /// scrubber or a reader); it has no other copy.
+    CorruptScratchFile {
+        /// The file.
+        ino: InodeId,
+        /// Its home node.
+        node: NodeId,
+    },
 }
 
 impl FsckProblemKind {

@@ -75,6 +75,7 @@ impl Scrubber {
                 tracing::error!(
                     "scratch file of inode {ino} is corrupt: 64 KiB blocks {blocks:?} fail their crc (it has no other copy)"
                 );
+                self.reports.corrupt((ChunkId(ino.0), Version::SCRATCH_FILE));
                 true
             }
             Ok(Ok(_)) => false,

@@ -373,4 +373,15 @@ fn a_remote_reader_checks_a_sealed_file() {
         assert!(Instant::now() < deadline, "the scrubber did not find the damage in 20 s:\n{body}");
         std::thread::sleep(Duration::from_millis(200));
     }
+    // fsck lists it (the reader and the scrubber reported it; their
+    // heartbeat is 200 ms) until the file is written again.
+    std::thread::sleep(Duration::from_secs(1));
+    let (code, v) = fsck("a damaged scratch file", &[a.path().as_os_str()]);
+    let problems = fsck_problems(&v);
+    assert_eq!(problems.len(), 1, "{v:#}");
+    assert_eq!((&problems[0]["kind"], &problems[0]["ino"]), (&"corrupt_scratch_file".into(), &ino.into()), "{v:#}");
+    assert_eq!(code, 4, "{v:#}");
+    fs::write(a.join("spill/f"), &data).expect("write the file again");
+    wait_fsck_clean(a.path(), Duration::from_secs(10));
+    assert_eq!(sha256(&fs::read(b.join("spill/f")).expect("read on b")), sha256(&data));
 }

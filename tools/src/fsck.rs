@@ -233,6 +233,9 @@ fn describe(k: &FsckProblemKind) -> (&'static str, String) {
         P::LostScratchFile { ino, node } => {
             ("lost scratch file", format!("scratch file {ino} lives on node {node} only, which is down"))
         }
+        P::CorruptScratchFile { ino, node } => {
+            ("corrupt scratch file", format!("scratch file {ino} on node {node} fails its checksums (no other copy)"))
+        }
     }
 }
 
@@ -261,6 +264,7 @@ fn remedy(k: &FsckProblemKind) -> &'static str {
         P::LostScratchFile { .. } => {
             "data lost unless its node comes back; remove the file (a scratch class with --remove-lost does)"
         }
+        P::CorruptScratchFile { .. } => "its damaged blocks read as EIO; write the file again or remove it",
     }
 }
 
@@ -279,6 +283,9 @@ fn outcome_text(p: &FsckProblem) -> String {
         }
         (FsckOutcome::NotRepairable, P::LostScratchFile { .. }) => {
             "NOT REPAIRABLE: data lost unless its node comes back".into()
+        }
+        (FsckOutcome::NotRepairable, P::CorruptScratchFile { .. }) => {
+            "NOT REPAIRABLE: write the file again or remove it".into()
         }
         (FsckOutcome::NotRepairable, _) => "NOT REPAIRABLE".into(),
         (FsckOutcome::Kept, _) => "left alone: may be an upload in progress; garbage collection removes it".into(),

@@ -596,7 +596,8 @@ impl Checker<'_> {
         }
     }
 
-    /// Scratch files whose home node is down: their one copy is out of reach.
+    /// Scratch files whose home node is down (their one copy is out of
+    /// reach), and those found corrupt.
     fn scratch_files(&mut self, view: &NodeView) {
         let alive: HashSet<NodeId> = view.nodes.iter().filter(|(_, up)| *up).map(|(n, _)| *n).collect();
         let lost: Vec<(u64, NodeId)> = self
@@ -607,6 +608,15 @@ impl Checker<'_> {
             .collect();
         for (ino, node) in lost {
             self.s.found(P::LostScratchFile { ino: InodeId(ino), node }, Plan::Cannot);
+        }
+        let corrupt: Vec<(u64, NodeId)> = self
+            .inodes
+            .iter()
+            .filter_map(|(ino, f)| Some((*ino, f.as_ref()?.home?)))
+            .filter(|(ino, home)| view.corrupt.contains(&(*home, ChunkId(*ino), Version::SCRATCH_FILE)))
+            .collect();
+        for (ino, node) in corrupt {
+            self.s.found(P::CorruptScratchFile { ino: InodeId(ino), node }, Plan::Cannot);
         }
     }
 
