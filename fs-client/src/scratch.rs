@@ -302,8 +302,15 @@ impl crate::core::FsCore {
                 break;
             }
         }
-        for k in 1..=WINDOWS_AHEAD {
-            let (core, sc, index) = (self.clone(), sc.clone(), end / WINDOW + k);
+        // Only windows not yet kept or on their way: most kernel reads
+        // fall inside windows fetched already and start no task.
+        let next = end / WINDOW + 1;
+        let missing: Vec<u64> = {
+            let windows = lock(&sc.ahead.windows);
+            (next..next + WINDOWS_AHEAD).filter(|i| !windows.contains(i)).collect()
+        };
+        for index in missing {
+            let (core, sc) = (self.clone(), sc.clone());
             tokio::spawn(async move {
                 let _ = core.scratch_window(&sc, index).await;
             });
@@ -315,19 +322,20 @@ impl crate::core::FsCore {
     /// fetched (once, whoever asks first; the others wait for it).
     async fn scratch_window(&self, sc: &ScratchOpen, index: u64) -> Result<bytes::Bytes> {
         let cell = lock(&sc.ahead.windows).get_or_insert(index, Default::default).clone();
-        let w = cell
-            .get_or_try_init(|| async {
-                let ino = sc.ino;
-                let (at, len) = (index * WINDOW, WINDOW as u32);
-                let got = self
-                    .nodes
-                    .call(&sc.addr, SCRATCH_TIMEOUT, |c, ctx| async move { c.scratch_read(ctx, ino, at, len).await })
-                    .await
-                    .map_err(|e| lost(sc, e))?;
-                self.checked(sc, at, got).await
-            })
-            .await?;
+        let w = cell.get_or_try_init(|| self.scratch_read_once(sc, index * WINDOW, WINDOW as u32)).await?;
         Ok(w.clone())
+    }
+
+    /// One `scratch_read` call (at most [`MAX_SCRATCH_IO`] bytes), its
+    /// data checked against the crcs that came with it.
+    async fn scratch_read_once(&self, sc: &ScratchOpen, at: u64, len: u32) -> Result<bytes::Bytes> {
+        let ino = sc.ino;
+        let got = self
+            .nodes
+            .call(&sc.addr, SCRATCH_TIMEOUT, |c, ctx| async move { c.scratch_read(ctx, ino, at, len).await })
+            .await
+            .map_err(|e| lost(sc, e))?;
+        self.checked(sc, at, got).await
     }
 
     /// `size` bytes at `offset` from the home node, in calls of at most
@@ -337,13 +345,7 @@ impl crate::core::FsCore {
         while out.len() < size as usize {
             let at = offset + out.len() as u64;
             let len = (size - out.len() as u32).min(MAX_SCRATCH_IO);
-            let ino = sc.ino;
-            let got = self
-                .nodes
-                .call(&sc.addr, SCRATCH_TIMEOUT, |c, ctx| async move { c.scratch_read(ctx, ino, at, len).await })
-                .await
-                .map_err(|e| lost(sc, e))?;
-            let got = self.checked(sc, at, got).await?;
+            let got = self.scratch_read_once(sc, at, len).await?;
             let short = got.len() < len as usize;
             out.extend_from_slice(&got);
             if short {

@@ -44,6 +44,13 @@ fn ordered_to(shared: &MasterState, n: u64) -> Vec<ChunkId> {
     shared.copies.take_orders(NodeId(n)).iter().map(|o| o.chunk).collect()
 }
 
+/// The master's state over `store` and `registry`, with default graces.
+fn state(store: crate::store::Store, registry: Registry) -> MasterState {
+    let workers = stripefs_daemon::Workers::new(tokio_util::sync::CancellationToken::new());
+    let (gc_grace, scratch_lost_after) = (Duration::from_secs(600), Duration::from_secs(900));
+    MasterState::new(store, registry, Arc::new(OpenFiles::default()), gc_grace, scratch_lost_after, workers)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_order_to_a_node_that_died_is_given_to_another() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -56,15 +63,7 @@ async fn an_order_to_a_node_that_died_is_given_to_another() {
         let (id, rec) = node(i);
         registry.registered(id, rec);
     }
-    let workers = stripefs_daemon::Workers::new(tokio_util::sync::CancellationToken::new());
-    let shared = MasterState::new(
-        store,
-        registry,
-        Arc::new(OpenFiles::default()),
-        Duration::from_secs(600),
-        Duration::from_secs(900),
-        workers,
-    );
+    let shared = state(store, registry);
     // Node 2 dies: the chunk is copied from node 1 to node 3 or 4.
     let_die(&shared, &[1, 3, 4]);
     assert!(shared.copies.round(&shared).expect("round").work_left(&shared.copies), "there is work");
@@ -92,15 +91,7 @@ async fn the_under_replicated_count_stands_while_copies_are_at_their_limit() {
         let (id, rec) = node(i);
         registry.registered(id, rec);
     }
-    let workers = stripefs_daemon::Workers::new(tokio_util::sync::CancellationToken::new());
-    let shared = Arc::new(MasterState::new(
-        store,
-        registry,
-        Arc::new(OpenFiles::default()),
-        Duration::from_secs(600),
-        Duration::from_secs(900),
-        workers,
-    ));
+    let shared = Arc::new(state(store, registry));
     let alive: Vec<u64> = std::iter::once(1).chain(3..=10).collect();
     // A master that has just taken the lead orders nothing: the nodes it
     // has not heard from yet are not dead.
