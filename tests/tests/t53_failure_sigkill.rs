@@ -243,6 +243,9 @@ fn sigkill_of_the_master_during_writes() {
 #[test]
 fn sigkill_of_the_node_holding_a_scratch_file() {
     let mut c = ProcCluster::start(3);
+    // Every node registered (a node that was turned away while the master
+    // was starting retries later): a scratch file's home must exist.
+    c.wait_nodes(3);
     let host = |i: usize| MountOptions { host: Some(format!("host{i}")), ..Default::default() };
     let a = TestMount::start(&c.master_addr, host(0)).expect("mount on host0");
     fs::create_dir(a.join("spill")).expect("mkdir");
